@@ -1,0 +1,1 @@
+//! The portable snapshot file format.
