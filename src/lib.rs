@@ -7,4 +7,8 @@
 #![deny(missing_docs)]
 
 pub mod instrument;
+pub mod runtime;
 pub mod snapshot;
+
+pub use runtime::{Config, Engine, Module, Output, Step, Workflow};
+pub use snapshot::Snapshot;

@@ -1,1 +1,243 @@
-//! The instrumenter.
+//! The instrumenter: a pure function from module bytes to module bytes that
+//! makes every function able to reach a suspending import unwindable and
+//! rewindable, asyncify-style, and exposes everything the module holds.
+//!
+//! The pipeline is three phases, one file each:
+//!
+//! 1. [`analyse`]: read the module, refuse what cannot be snapshotted, and
+//!    find the functions that can reach a suspending import (call graph,
+//!    with indirect calls narrowed by signature and referenceability).
+//! 2. [`rewrite`]: rewrite each of those function bodies so that a call
+//!    which starts an unwind saves the frame to the stack memory and
+//!    returns, and a call made while rewinding restores the frame and skips
+//!    forward to the call it was suspended in.
+//! 3. [`emit`]: assemble the output module: the rewritten bodies, the
+//!    stack memory, the state globals, the Binaryen-compatible
+//!    `asyncify_*` functions and an export for every memory, global and
+//!    table.
+//!
+//! # The runtime protocol
+//!
+//! The output follows Binaryen's Asyncify ABI, in its secondary-memory
+//! form: `asyncify_start_unwind(p)`, `asyncify_stop_unwind()`,
+//! `asyncify_start_rewind(p)`, `asyncify_stop_rewind()` and
+//! `asyncify_get_state()` (0 normal, 1 unwinding, 2 rewinding), where `p`
+//! is the address of a `{pos: u32, end: u32}` header *in the stack memory*
+//! (exported as [`STACK_MEMORY_EXPORT`]). Frames are pushed upward from
+//! `pos`; when a frame does not fit below `end`, the stack memory grows and
+//! `end` moves, so an unwind never overflows.
+//!
+//! Each frame is `{function: u32, call_index: u32, locals...}`, the saved
+//! locals packed in the order given by [`FrameLayout`]. The innermost
+//! activation is written first (lowest address).
+
+mod analyse;
+mod emit;
+mod rewrite;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use wasmparser::ValType;
+
+/// Version of the instrumenter's output. Snapshots record it: the frames on
+/// an unwound stack are only meaningful to code instrumented the same way.
+pub const INSTRUMENTER_VERSION: u32 = 1;
+
+/// Export name of the memory that holds unwound frames.
+pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
+/// Export name of the instrumenter's state global (0 normal, 1 unwinding,
+/// 2 rewinding).
+pub const STATE_GLOBAL_EXPORT: &str = "__wasnap_state";
+/// Export name of the global holding the address of the `{pos, end}` header.
+pub const DATA_GLOBAL_EXPORT: &str = "__wasnap_data";
+/// Prefix of the export names under which memory `N` is exposed.
+pub const MEMORY_EXPORT_PREFIX: &str = "__wasnap_memory_";
+/// Prefix of the export names under which global `N` is exposed.
+pub const GLOBAL_EXPORT_PREFIX: &str = "__wasnap_global_";
+/// Prefix of the export names under which table `N` is exposed.
+pub const TABLE_EXPORT_PREFIX: &str = "__wasnap_table_";
+
+/// Size of the `{function, call_index}` header of every saved frame.
+pub const FRAME_HEADER_SIZE: u32 = 8;
+
+/// Instrumentation state: nothing to do.
+pub const STATE_NORMAL: i32 = 0;
+/// Instrumentation state: frames are being saved on the way out.
+pub const STATE_UNWINDING: i32 = 1;
+/// Instrumentation state: frames are being restored on the way in.
+pub const STATE_REWINDING: i32 = 2;
+
+/// What the instrumenter treats as suspending.
+#[derive(Clone, Debug)]
+pub struct Options {
+    suspending_imports: Vec<String>,
+}
+
+impl Default for Options {
+    /// The guest ABI's suspending imports: `wasnap.yield` and `wasnap.switch`.
+    fn default() -> Self {
+        Options {
+            suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
+        }
+    }
+}
+
+impl Options {
+    /// Also treat imports matching `pattern` (`module.name`, where `*`
+    /// matches any run of characters, as in `myhost.*`) as suspending.
+    pub fn suspending(mut self, pattern: impl Into<String>) -> Self {
+        self.suspending_imports.push(pattern.into());
+        self
+    }
+
+    /// The patterns of suspending imports, `module.name` with `*` wildcards.
+    pub fn suspending_imports(&self) -> &[String] {
+        &self.suspending_imports
+    }
+
+    /// Whether the import `module.name` is suspending under these options.
+    pub fn is_suspending(&self, module: &str, name: &str) -> bool {
+        let full = format!("{module}.{name}");
+        self.suspending_imports
+            .iter()
+            .any(|pattern| wildcard_match(pattern, &full))
+    }
+}
+
+/// Matches `text` against `pattern`, where `*` stands for any run of
+/// characters.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((prefix, rest)) => {
+            let Some(mut remaining) = text.strip_prefix(prefix) else {
+                return false;
+            };
+            loop {
+                if wildcard_match(rest, remaining) {
+                    return true;
+                }
+                let mut chars = remaining.chars();
+                if chars.next().is_none() {
+                    return false;
+                }
+                remaining = chars.as_str();
+            }
+        }
+    }
+}
+
+/// An instrumented module and what the engine needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Instrumented {
+    /// The output module.
+    pub wasm: Vec<u8>,
+    /// Layouts, names and indices that describe the output.
+    pub metadata: Metadata,
+}
+
+/// What the engine needs to know about an instrumented module.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    /// Number of memories of the original module (the stack memory is not
+    /// counted); memory `N` is exported as `__wasnap_memory_N`.
+    pub memory_count: u32,
+    /// Number of globals of the original module; global `N` is exported as
+    /// `__wasnap_global_N`.
+    pub global_count: u32,
+    /// Number of tables of the original module; table `N` is exported as
+    /// `__wasnap_table_N`.
+    pub table_count: u32,
+    /// Whether any code writes a table at run time (`table.set`,
+    /// `table.grow`, `table.fill`, `table.copy`, `table.init`).
+    pub writes_tables: bool,
+    /// The global that holds the shadow-stack pointer (`__stack_pointer` by
+    /// name, else by the LLVM convention), which coroutines switch.
+    pub stack_pointer_global: Option<u32>,
+    /// The frame layout of each instrumented function, by function index.
+    pub frames: BTreeMap<u32, FrameLayout>,
+    /// Function names from the name section, by function index.
+    pub function_names: BTreeMap<u32, String>,
+}
+
+/// How one instrumented function saves its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// Total size of the frame in bytes, header included.
+    pub size: u32,
+    /// The saved locals, in the order and at the offsets they are stored.
+    pub locals: Vec<SavedLocal>,
+    /// The suspending call sites, indexed by call index.
+    pub call_sites: Vec<CallSite>,
+}
+
+/// One local saved in a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedLocal {
+    /// Local index in the instrumented function.
+    pub index: u32,
+    /// Its type.
+    pub ty: ValType,
+    /// Byte offset within the frame.
+    pub offset: u32,
+    /// What the local is: one of the original function's or a value that
+    /// was on the operand stack.
+    pub origin: LocalOrigin,
+}
+
+/// Where a saved local comes from in the original function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalOrigin {
+    /// Parameter or local `N` of the original function.
+    Local(u32),
+    /// The value at this height of the original operand stack.
+    Operand(u32),
+}
+
+/// One call site that can suspend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSite {
+    /// Offset of the call instruction in the original module's bytes.
+    pub code_offset: usize,
+    /// The function called, for a direct call.
+    pub callee: Option<u32>,
+}
+
+/// Instruments `wasm` so that it can suspend at the imports `options`
+/// names, and exposes all of its state; see the module documentation.
+pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
+    let module = analyse::analyse(wasm, options)?;
+    let output = emit::emit(wasm, module)?;
+    if cfg!(debug_assertions) {
+        emit::validate_output(&output.wasm)?;
+    }
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard_match("myhost.*", "myhost.wait"));
+        assert!(wildcard_match("*.yield", "wasnap.yield"));
+        assert!(wildcard_match("a*c*e", "abcde"));
+        assert!(!wildcard_match("myhost.*", "other.wait"));
+        assert!(!wildcard_match("wasnap.yield", "wasnap.yields"));
+    }
+
+    #[test]
+    fn default_options_suspend_on_yield_and_switch_only() {
+        let options = Options::default();
+        assert!(options.is_suspending("wasnap", "yield"));
+        assert!(options.is_suspending("wasnap", "switch"));
+        assert!(!options.is_suspending("wasnap", "reply"));
+        assert!(
+            Options::default()
+                .suspending("env.*")
+                .is_suspending("env", "sleep")
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! Phase 1: read and validate the module, refuse what cannot be snapshotted,
+//! and find every function that can reach a suspending import.
+//!
+//! A function can suspend when it calls a suspending import, calls a
+//! function that can suspend, or makes an indirect call (`call_indirect`,
+//! `call_ref`) whose signature matches a function that can suspend and that
+//! the program can take a reference to (it sits in an element segment, is
+//! named by `ref.func`, or is exported). This is narrower than treating
+//! every indirect call as suspending, and still sound: a function nobody can
+//! reference cannot be called indirectly.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Context, Result, anyhow, bail};
+use wasmparser::{
+    ElementItems, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType, KnownCustom,
+    MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload, Validator,
+    ValidatorResources, WasmFeatures,
+};
+
+use super::Options;
+
+/// Everything the later phases need to know about the input module.
+pub(crate) struct Module<'a> {
+    /// Function types by type index (`None` for a non-function type).
+    pub types: Vec<Option<FuncType>>,
+    /// Type index of every function, imports first.
+    pub func_types: Vec<u32>,
+    /// Number of imported functions.
+    pub imported_funcs: u32,
+    /// Every global's type, imports first.
+    pub globals: Vec<GlobalType>,
+    /// Number of imported globals.
+    pub imported_globals: u32,
+    /// Every memory's type, imports first.
+    pub memories: Vec<MemoryType>,
+    /// Every table's type, imports first.
+    pub tables: Vec<TableType>,
+    /// The body of each defined function with its validator.
+    pub bodies: Vec<(FunctionBody<'a>, FuncToValidate<ValidatorResources>)>,
+    /// Whether each function (imports first) can suspend.
+    pub can_suspend: Vec<bool>,
+    /// Whether an indirect call of a given signature can suspend.
+    pub suspending_signatures: HashSet<FuncType>,
+    /// The shadow-stack pointer global, if one is known.
+    pub stack_pointer_global: Option<u32>,
+    /// Function names from the name section.
+    pub function_names: BTreeMap<u32, String>,
+    /// Names already exported, so that added exports can avoid them.
+    pub export_names: HashSet<String>,
+    /// Whether any code writes a table at run time.
+    pub writes_tables: bool,
+}
+
+impl Module<'_> {
+    /// The signature of function `index`.
+    pub fn func_type(&self, index: u32) -> &FuncType {
+        self.types[self.func_types[index as usize] as usize]
+            .as_ref()
+            .expect("validated: functions have function types")
+    }
+
+    /// A human name for function `index` for error messages.
+    pub fn describe_function(&self, index: u32) -> String {
+        match self.function_names.get(&index) {
+            Some(name) => format!("function {index} ({name})"),
+            None => format!("function {index}"),
+        }
+    }
+
+    /// Whether a `call_indirect` or `call_ref` with signature `type_index`
+    /// can reach a suspending function.
+    pub fn indirect_can_suspend(&self, type_index: u32) -> bool {
+        match &self.types[type_index as usize] {
+            Some(ty) => self.suspending_signatures.contains(ty),
+            None => false,
+        }
+    }
+}
+
+/// The features wasnap accepts in its input: what compilers emit today.
+/// Features it cannot snapshot are validated too, then refused with a
+/// message naming them.
+fn validation_features() -> WasmFeatures {
+    WasmFeatures::all() - WasmFeatures::COMPONENT_MODEL
+}
+
+/// Reads, validates and analyses `wasm`.
+pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a>> {
+    refuse_components(wasm)?;
+    let mut validator = Validator::new_with_features(validation_features());
+    let mut module = Module {
+        types: Vec::new(),
+        func_types: Vec::new(),
+        imported_funcs: 0,
+        globals: Vec::new(),
+        imported_globals: 0,
+        memories: Vec::new(),
+        tables: Vec::new(),
+        bodies: Vec::new(),
+        can_suspend: Vec::new(),
+        suspending_signatures: HashSet::new(),
+        stack_pointer_global: None,
+        function_names: BTreeMap::new(),
+        export_names: HashSet::new(),
+        writes_tables: false,
+    };
+    let mut graph = CallGraph::default();
+    let mut import_names: Vec<(String, String)> = Vec::new();
+    let mut global_names: HashMap<u32, String> = HashMap::new();
+
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.context("the module is not valid WebAssembly")?;
+        let valid = validator
+            .payload(&payload)
+            .map_err(|e| anyhow!("the module is not valid WebAssembly: {e}"))?;
+        match payload {
+            Payload::TypeSection(reader) => {
+                for group in reader.into_iter_err_on_gc_types().map(|g| g.map(Some)) {
+                    let ty = group.map_err(|e| refuse_gc(e.offset()))?;
+                    module.types.push(ty);
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import?;
+                    match import.ty {
+                        TypeRef::Func(ty) => {
+                            module.func_types.push(ty);
+                            module.imported_funcs += 1;
+                            import_names.push((import.module.into(), import.name.into()));
+                        }
+                        TypeRef::Global(ty) => {
+                            module.globals.push(ty);
+                            module.imported_globals += 1;
+                        }
+                        TypeRef::Memory(ty) => module.memories.push(ty),
+                        TypeRef::Table(ty) => module.tables.push(ty),
+                        TypeRef::Tag(_) => bail!(refusal("exception handling", "an imported tag")),
+                        _ => bail!(
+                            "unsupported import kind for {}.{}",
+                            import.module,
+                            import.name
+                        ),
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    module.func_types.push(ty?);
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    module.tables.push(table?.ty);
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    module.memories.push(memory?);
+                }
+            }
+            Payload::TagSection(_) => bail!(refusal("exception handling", "a tag section")),
+            Payload::GlobalSection(reader) => {
+                for global in reader {
+                    let global = global?;
+                    for op in global.init_expr.get_operators_reader() {
+                        if let Operator::RefFunc { function_index } = op? {
+                            graph.referenceable.insert(function_index);
+                        }
+                    }
+                    module.globals.push(global.ty);
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export?;
+                    module.export_names.insert(export.name.to_string());
+                    if export.kind == ExternalKind::Func {
+                        graph.referenceable.insert(export.index);
+                    }
+                }
+            }
+            Payload::ElementSection(reader) => {
+                for element in reader {
+                    graph.add_element_items(element?.items)?;
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let ValidPayload::Func(func, _) = valid else {
+                    unreachable!("the validator hands out every function body")
+                };
+                let index = func.index;
+                graph.scan_body(index, &body)?;
+                module.bodies.push((body, func));
+            }
+            Payload::CustomSection(reader) => {
+                if let KnownCustom::Name(names) = reader.as_known() {
+                    read_names(names, &mut module.function_names, &mut global_names);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    for (index, memory) in module.memories.iter().enumerate() {
+        if memory.shared {
+            bail!(refusal("threads", &format!("memory {index} is shared")));
+        }
+    }
+    if let Some((function, proposal)) = graph.unsupported.first() {
+        bail!(refusal(
+            proposal,
+            &format!("it is used in {}", module.describe_function(*function))
+        ));
+    }
+
+    let suspending_imports: Vec<bool> = import_names
+        .iter()
+        .map(|(m, n)| options.is_suspending(m, n))
+        .collect();
+    let (can_suspend, signatures) = graph.propagate(&module, &suspending_imports);
+    module.can_suspend = can_suspend;
+    module.suspending_signatures = signatures;
+    module.stack_pointer_global = find_stack_pointer(&module, &global_names);
+    module.writes_tables = graph.writes_tables;
+    Ok(module)
+}
+
+/// Gives a component its own error rather than a parse failure.
+fn refuse_components(wasm: &[u8]) -> Result<()> {
+    if wasm.len() >= 8 && wasm[0..4] == *b"\0asm" && wasm[4..8] != [1, 0, 0, 0] {
+        if wasm[6..8] == [1, 0] {
+            bail!("this is a WebAssembly component, not a core module: wasnap runs core modules");
+        }
+        bail!("unsupported WebAssembly binary version {:?}", &wasm[4..8]);
+    }
+    if wasm.len() < 4 || wasm[0..4] != *b"\0asm" {
+        bail!("not a WebAssembly module (the file does not start with \\0asm)");
+    }
+    Ok(())
+}
+
+/// The one-line error for a feature wasnap cannot snapshot.
+fn refusal(feature: &str, detail: &str) -> String {
+    format!("unsupported feature: {feature} cannot be snapshotted by wasnap ({detail})")
+}
+
+fn refuse_gc(offset: usize) -> anyhow::Error {
+    anyhow!(refusal(
+        "GC types",
+        &format!("a struct, array or recursive type at offset {offset:#x}")
+    ))
+}
+
+fn read_names(
+    names: wasmparser::NameSectionReader<'_>,
+    functions: &mut BTreeMap<u32, String>,
+    globals: &mut HashMap<u32, String>,
+) {
+    // A malformed name section is not worth failing over: names only
+    // decorate errors and inspection.
+    for name in names.into_iter().flatten() {
+        let (map, target): (_, &mut dyn FnMut(u32, String)) = match name {
+            Name::Function(map) => (map, &mut |i, n| {
+                functions.insert(i, n);
+            }),
+            Name::Global(map) => (map, &mut |i, n| {
+                globals.insert(i, n);
+            }),
+            _ => continue,
+        };
+        for naming in map.into_iter().flatten() {
+            target(naming.index, naming.name.to_string());
+        }
+    }
+}
+
+/// The shadow-stack pointer: the global named `__stack_pointer`, else, by
+/// the LLVM convention, global 0 when it is a defined mutable `i32`.
+fn find_stack_pointer(module: &Module, global_names: &HashMap<u32, String>) -> Option<u32> {
+    if let Some((&index, _)) = global_names.iter().find(|(_, n)| *n == "__stack_pointer") {
+        return Some(index);
+    }
+    let first = module.globals.first()?;
+    (module.imported_globals == 0
+        && first.mutable
+        && first.content_type == wasmparser::ValType::I32)
+        .then_some(0)
+}
+
+/// Direct calls, indirect-call signatures and references, per function.
+#[derive(Default)]
+struct CallGraph {
+    /// For each callee, the functions that call it directly.
+    callers: HashMap<u32, Vec<u32>>,
+    /// For each signature (type index), the functions that call it indirectly.
+    indirect_callers: HashMap<u32, Vec<u32>>,
+    /// Functions whose reference the program can take.
+    referenceable: HashSet<u32>,
+    /// The first function using a feature that cannot be snapshotted.
+    unsupported: Vec<(u32, &'static str)>,
+    /// Whether any function writes a table.
+    writes_tables: bool,
+}
+
+impl CallGraph {
+    fn add_element_items(&mut self, items: ElementItems<'_>) -> Result<()> {
+        match items {
+            ElementItems::Functions(functions) => {
+                for function in functions {
+                    self.referenceable.insert(function?);
+                }
+            }
+            ElementItems::Expressions(_, expressions) => {
+                for expression in expressions {
+                    for op in expression?.get_operators_reader() {
+                        if let Operator::RefFunc { function_index } = op? {
+                            self.referenceable.insert(function_index);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_body(&mut self, function: u32, body: &FunctionBody<'_>) -> Result<()> {
+        for op in body.get_operators_reader()? {
+            let op = op?;
+            match op {
+                Operator::Call { function_index } | Operator::ReturnCall { function_index } => self
+                    .callers
+                    .entry(function_index)
+                    .or_default()
+                    .push(function),
+                Operator::CallIndirect { type_index, .. }
+                | Operator::ReturnCallIndirect { type_index, .. }
+                | Operator::CallRef { type_index }
+                | Operator::ReturnCallRef { type_index } => self
+                    .indirect_callers
+                    .entry(type_index)
+                    .or_default()
+                    .push(function),
+                Operator::RefFunc { function_index } => {
+                    self.referenceable.insert(function_index);
+                }
+                Operator::TableSet { .. }
+                | Operator::TableGrow { .. }
+                | Operator::TableFill { .. }
+                | Operator::TableCopy { .. }
+                | Operator::TableInit { .. } => self.writes_tables = true,
+                _ => {}
+            }
+            if self.unsupported.is_empty() {
+                if let Some(feature) = unsupported_feature(&op) {
+                    self.unsupported.push((function, feature));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks every function that can reach a suspending import, and every
+    /// signature through which an indirect call can.
+    fn propagate(
+        &self,
+        module: &Module,
+        suspending_imports: &[bool],
+    ) -> (Vec<bool>, HashSet<FuncType>) {
+        let mut can_suspend = vec![false; module.func_types.len()];
+        let mut signatures: HashSet<FuncType> = HashSet::new();
+        let mut work: Vec<u32> = Vec::new();
+        for (index, &suspends) in suspending_imports.iter().enumerate() {
+            if suspends {
+                can_suspend[index] = true;
+                work.push(index as u32);
+            }
+        }
+        // Indirect callers are grouped by their type index; signatures are
+        // compared structurally, so group the type indices by signature.
+        let mut types_by_signature: HashMap<&FuncType, Vec<u32>> = HashMap::new();
+        for (index, ty) in module.types.iter().enumerate() {
+            if let Some(ty) = ty {
+                types_by_signature.entry(ty).or_default().push(index as u32);
+            }
+        }
+        let mark = |f: u32, work: &mut Vec<u32>, can_suspend: &mut Vec<bool>| {
+            if !can_suspend[f as usize] {
+                can_suspend[f as usize] = true;
+                work.push(f);
+            }
+        };
+        while let Some(callee) = work.pop() {
+            for &caller in self.callers.get(&callee).into_iter().flatten() {
+                mark(caller, &mut work, &mut can_suspend);
+            }
+            if !self.referenceable.contains(&callee) {
+                continue;
+            }
+            let signature = module.func_type(callee);
+            if !signatures.insert(signature.clone()) {
+                continue;
+            }
+            for type_index in &types_by_signature[signature] {
+                for &caller in self.indirect_callers.get(type_index).into_iter().flatten() {
+                    mark(caller, &mut work, &mut can_suspend);
+                }
+            }
+        }
+        (can_suspend, signatures)
+    }
+}
+
+/// Names the proposal of `op` when wasnap cannot snapshot code using it.
+fn unsupported_feature(op: &Operator) -> Option<&'static str> {
+    macro_rules! proposal_of {
+        ($(@$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+            match op {
+                $(Operator::$op { .. } => stringify!($proposal),)*
+                _ => "",
+            }
+        };
+    }
+    let proposal: &str = wasmparser::for_each_operator!(proposal_of);
+    match proposal {
+        "exceptions" | "legacy_exceptions" => Some("exception handling"),
+        "gc" => Some("GC types"),
+        "threads" | "shared_everything_threads" => Some("threads"),
+        "stack_switching" => Some("stack switching"),
+        _ => None,
+    }
+}

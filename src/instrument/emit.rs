@@ -1,0 +1,431 @@
+//! Phase 3: assemble the output module.
+//!
+//! Every section of the input is copied as it is, except those that grow:
+//! the type section (the runtime functions' signatures and multi-value
+//! block types), the function and code sections (rewritten bodies, the
+//! `asyncify_*` functions and the stack-growing helper), the memory section
+//! (the stack memory), the global section (state and data pointer) and the
+//! export section (the runtime functions, and every memory, global and
+//! table under a reserved name). Nothing is renumbered: what the module had
+//! keeps its index, additions come after it.
+
+use std::ops::Range;
+
+use anyhow::{Result, anyhow, bail};
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    BlockType, CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection,
+    GlobalSection, GlobalType, Instruction, MemArg, MemorySection, MemoryType, RawSection,
+    TypeSection, ValType,
+};
+use wasmparser::{Parser, Payload};
+
+use super::analyse::Module;
+use super::rewrite::{Additions, NewTypes, rewrite};
+use super::{
+    DATA_GLOBAL_EXPORT, GLOBAL_EXPORT_PREFIX, Instrumented, MEMORY_EXPORT_PREFIX, Metadata,
+    STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING,
+    TABLE_EXPORT_PREFIX,
+};
+
+/// Section ids in the order the binary format requires them.
+const SECTION_ORDER: [u8; 13] = [1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11];
+/// The sections the output always has, because they gain entries.
+const GROWING_SECTIONS: [u8; 6] = [1, 3, 5, 6, 7, 10];
+
+/// The runtime functions appended after the module's own, in this order.
+const RUNTIME_FUNCTIONS: [&str; 6] = [
+    "",
+    "asyncify_start_unwind",
+    "asyncify_stop_unwind",
+    "asyncify_start_rewind",
+    "asyncify_stop_rewind",
+    "asyncify_get_state",
+];
+
+/// Builds the instrumented module from the input bytes and their analysis.
+pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> {
+    if module.export_names.contains("asyncify_start_unwind") {
+        bail!(
+            "the module is already instrumented (it exports asyncify_start_unwind); run it as it is"
+        );
+    }
+    if let Some(name) = module
+        .export_names
+        .iter()
+        .find(|n| n.starts_with("__wasnap_"))
+    {
+        bail!("the module exports {name}, a name wasnap reserves for itself");
+    }
+    let function_count = module.func_types.len() as u32;
+    let additions = Additions {
+        state_global: module.globals.len() as u32,
+        data_global: module.globals.len() as u32 + 1,
+        stack_memory: module.memories.len() as u32,
+        grow_function: function_count,
+    };
+    // Signatures of the runtime functions: (i32) -> (), () -> (), () -> (i32).
+    let first_new_type = module.types.len() as u32;
+    let runtime_types = [first_new_type, first_new_type + 1, first_new_type + 2];
+    let mut new_types = NewTypes::new(first_new_type + 3);
+
+    let mut metadata = Metadata {
+        memory_count: module.memories.len() as u32,
+        global_count: module.globals.len() as u32,
+        table_count: module.tables.len() as u32,
+        stack_pointer_global: module.stack_pointer_global,
+        writes_tables: module.writes_tables,
+        function_names: module.function_names.clone(),
+        ..Metadata::default()
+    };
+    let mut code = CodeSection::new();
+    let bodies = std::mem::take(&mut module.bodies);
+    for (body, func) in bodies {
+        let index = func.index;
+        if module.can_suspend[index as usize] {
+            let rewritten = rewrite(&module, index, &body, func, &additions, &mut new_types)?;
+            code.function(&rewritten.body);
+            metadata.frames.insert(index, rewritten.layout);
+        } else {
+            code.raw(&wasm[body.range()]);
+        }
+    }
+    for function in runtime_function_bodies(&additions) {
+        code.function(&function);
+    }
+
+    let push = |output: &mut wasm_encoder::Module, id: u8, data: Option<&[u8]>| -> Result<()> {
+        match id {
+            1 => output.section(&types_section(data, runtime_types, &new_types)?),
+            3 => output.section(&functions_section(data, runtime_types)?),
+            5 => output.section(&memories_section(data)?),
+            6 => output.section(&globals_section(data)?),
+            7 => output.section(&exports_section(data, &module, &additions)?),
+            10 => output.section(&code),
+            _ => output.section(&RawSection {
+                id,
+                data: data.unwrap_or_default(),
+            }),
+        };
+        Ok(())
+    };
+    let mut output = wasm_encoder::Module::new();
+    let mut missing: Vec<u8> = GROWING_SECTIONS.to_vec();
+    for (id, range) in sections(wasm)? {
+        if id != 0 {
+            // A section the output needs but the input lacks goes where the
+            // binary format's order puts it.
+            while let Some(&next) = missing.first().filter(|&&m| rank_of(m) < rank_of(id)) {
+                push(&mut output, next, None)?;
+                missing.remove(0);
+            }
+            missing.retain(|&m| m != id);
+        }
+        push(&mut output, id, Some(&wasm[range]))?;
+    }
+    for id in missing {
+        push(&mut output, id, None)?;
+    }
+    Ok(Instrumented {
+        wasm: output.finish(),
+        metadata,
+    })
+}
+
+fn rank_of(id: u8) -> usize {
+    SECTION_ORDER
+        .iter()
+        .position(|&s| s == id)
+        .unwrap_or(SECTION_ORDER.len())
+}
+
+/// The id and content range of every section, in input order.
+fn sections(wasm: &[u8]) -> Result<Vec<(u8, Range<usize>)>> {
+    let mut sections = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let (id, range) = match payload? {
+            Payload::TypeSection(r) => (1, r.range()),
+            Payload::ImportSection(r) => (2, r.range()),
+            Payload::FunctionSection(r) => (3, r.range()),
+            Payload::TableSection(r) => (4, r.range()),
+            Payload::MemorySection(r) => (5, r.range()),
+            Payload::TagSection(r) => (13, r.range()),
+            Payload::GlobalSection(r) => (6, r.range()),
+            Payload::ExportSection(r) => (7, r.range()),
+            Payload::StartSection { range, .. } => (8, range),
+            Payload::ElementSection(r) => (9, r.range()),
+            Payload::DataCountSection { range, .. } => (12, range),
+            Payload::CodeSectionStart { range, .. } => (10, range),
+            Payload::DataSection(r) => (11, r.range()),
+            Payload::CustomSection(r) => (0, r.range()),
+            _ => continue,
+        };
+        sections.push((id, range));
+    }
+    Ok(sections)
+}
+
+fn reader<'a, T>(
+    data: &'a [u8],
+    read: impl FnOnce(wasmparser::BinaryReader<'a>) -> wasmparser::Result<T>,
+) -> Result<T> {
+    Ok(read(wasmparser::BinaryReader::new(data, 0))?)
+}
+
+fn types_section(
+    data: Option<&[u8]>,
+    runtime_types: [u32; 3],
+    new_types: &NewTypes,
+) -> Result<TypeSection> {
+    let mut section = TypeSection::new();
+    if let Some(data) = data {
+        let existing = reader(data, wasmparser::TypeSectionReader::new)?;
+        RoundtripReencoder.parse_type_section(&mut section, existing)?;
+    }
+    debug_assert_eq!(section.len(), runtime_types[0]);
+    section.ty().function([ValType::I32], []);
+    section.ty().function([], []);
+    section.ty().function([], [ValType::I32]);
+    for (params, results) in &new_types.types {
+        let convert = |types: &[wasmparser::ValType]| -> Result<Vec<ValType>> {
+            types
+                .iter()
+                .map(|t| Ok(RoundtripReencoder.val_type(*t)?))
+                .collect()
+        };
+        section.ty().function(convert(params)?, convert(results)?);
+    }
+    Ok(section)
+}
+
+fn functions_section(data: Option<&[u8]>, runtime_types: [u32; 3]) -> Result<FunctionSection> {
+    let mut section = FunctionSection::new();
+    if let Some(data) = data {
+        let existing = reader(data, wasmparser::FunctionSectionReader::new)?;
+        RoundtripReencoder.parse_function_section(&mut section, existing)?;
+    }
+    let [takes_i32, plain, returns_i32] = runtime_types;
+    // grow_stack, start_unwind, stop_unwind, start_rewind, stop_rewind, get_state
+    for ty in [takes_i32, takes_i32, plain, takes_i32, plain, returns_i32] {
+        section.function(ty);
+    }
+    Ok(section)
+}
+
+fn memories_section(data: Option<&[u8]>) -> Result<MemorySection> {
+    let mut section = MemorySection::new();
+    if let Some(data) = data {
+        let existing = reader(data, wasmparser::MemorySectionReader::new)?;
+        RoundtripReencoder.parse_memory_section(&mut section, existing)?;
+    }
+    section.memory(MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    Ok(section)
+}
+
+fn globals_section(data: Option<&[u8]>) -> Result<GlobalSection> {
+    let mut section = GlobalSection::new();
+    if let Some(data) = data {
+        let existing = reader(data, wasmparser::GlobalSectionReader::new)?;
+        RoundtripReencoder.parse_global_section(&mut section, existing)?;
+    }
+    let mutable_i32 = GlobalType {
+        val_type: ValType::I32,
+        mutable: true,
+        shared: false,
+    };
+    section.global(mutable_i32, &ConstExpr::i32_const(STATE_NORMAL));
+    section.global(mutable_i32, &ConstExpr::i32_const(0));
+    Ok(section)
+}
+
+fn exports_section(
+    data: Option<&[u8]>,
+    module: &Module,
+    additions: &Additions,
+) -> Result<ExportSection> {
+    let mut section = ExportSection::new();
+    if let Some(data) = data {
+        let existing = reader(data, wasmparser::ExportSectionReader::new)?;
+        RoundtripReencoder.parse_export_section(&mut section, existing)?;
+    }
+    for (offset, name) in RUNTIME_FUNCTIONS.iter().enumerate().skip(1) {
+        section.export(
+            name,
+            ExportKind::Func,
+            additions.grow_function + offset as u32,
+        );
+    }
+    section.export(
+        STACK_MEMORY_EXPORT,
+        ExportKind::Memory,
+        additions.stack_memory,
+    );
+    section.export(
+        STATE_GLOBAL_EXPORT,
+        ExportKind::Global,
+        additions.state_global,
+    );
+    section.export(
+        DATA_GLOBAL_EXPORT,
+        ExportKind::Global,
+        additions.data_global,
+    );
+    for index in 0..module.memories.len() as u32 {
+        section.export(
+            &format!("{MEMORY_EXPORT_PREFIX}{index}"),
+            ExportKind::Memory,
+            index,
+        );
+    }
+    for index in 0..module.globals.len() as u32 {
+        section.export(
+            &format!("{GLOBAL_EXPORT_PREFIX}{index}"),
+            ExportKind::Global,
+            index,
+        );
+    }
+    for index in 0..module.tables.len() as u32 {
+        section.export(
+            &format!("{TABLE_EXPORT_PREFIX}{index}"),
+            ExportKind::Table,
+            index,
+        );
+    }
+    Ok(section)
+}
+
+/// `grow_stack` and the five Binaryen-compatible `asyncify_*` functions.
+fn runtime_function_bodies(additions: &Additions) -> Vec<Function> {
+    let memory = additions.stack_memory;
+    let at = |offset: u64| MemArg {
+        offset,
+        align: 2,
+        memory_index: memory,
+    };
+    let state = additions.state_global;
+    let data = additions.data_global;
+    // Binaryen's only overflow check, kept for compatibility: pos > end traps.
+    let check = [
+        Instruction::GlobalGet(data),
+        Instruction::I32Load(at(0)),
+        Instruction::GlobalGet(data),
+        Instruction::I32Load(at(4)),
+        Instruction::I32GtU,
+        Instruction::If(BlockType::Empty),
+        Instruction::Unreachable,
+        Instruction::End,
+    ];
+    let set_state = |value: i32, with_data: bool| {
+        let mut code = vec![Instruction::I32Const(value), Instruction::GlobalSet(state)];
+        if with_data {
+            code.extend([Instruction::LocalGet(0), Instruction::GlobalSet(data)]);
+        }
+        code.extend(check.iter().cloned());
+        code
+    };
+    // grow_stack(needed_end): grow to a whole number of pages covering
+    // needed_end, then move `end` to the memory's new size.
+    let grow = vec![
+        Instruction::LocalGet(0),
+        Instruction::I32Const(65535),
+        Instruction::I32Add,
+        Instruction::I32Const(16),
+        Instruction::I32ShrU,
+        Instruction::MemorySize(memory),
+        Instruction::I32Sub,
+        Instruction::LocalTee(1),
+        Instruction::I32Const(0),
+        Instruction::I32GtS,
+        Instruction::If(BlockType::Empty),
+        Instruction::LocalGet(1),
+        Instruction::MemoryGrow(memory),
+        Instruction::I32Const(-1),
+        Instruction::I32Eq,
+        Instruction::If(BlockType::Empty),
+        Instruction::Unreachable,
+        Instruction::End,
+        Instruction::End,
+        Instruction::GlobalGet(data),
+        Instruction::MemorySize(memory),
+        Instruction::I32Const(16),
+        Instruction::I32Shl,
+        Instruction::I32Store(at(4)),
+    ];
+    let bodies = [
+        (grow, vec![(1, ValType::I32)]),
+        (set_state(STATE_UNWINDING, true), vec![]),
+        (set_state(STATE_NORMAL, false), vec![]),
+        (set_state(STATE_REWINDING, true), vec![]),
+        (set_state(STATE_NORMAL, false), vec![]),
+        (vec![Instruction::GlobalGet(state)], vec![]),
+    ];
+    bodies
+        .into_iter()
+        .map(|(code, locals)| {
+            let mut function = Function::new(locals);
+            for instruction in &code {
+                function.instruction(instruction);
+            }
+            function.instruction(&Instruction::End);
+            function
+        })
+        .collect()
+}
+
+/// Validates the output (debug builds): a failure is a bug in the
+/// instrumenter, reported with the WAT of the function it broke.
+pub(crate) fn validate_output(wasm: &[u8]) -> Result<()> {
+    let features = wasmparser::WasmFeatures::all() - wasmparser::WasmFeatures::COMPONENT_MODEL;
+    let Err(error) = wasmparser::Validator::new_with_features(features).validate_all(wasm) else {
+        return Ok(());
+    };
+    let function = broken_function(wasm, error.offset());
+    let text = function
+        .and_then(|index| function_text(wasm, index))
+        .unwrap_or_else(|| "(function not found)".into());
+    Err(anyhow!(
+        "wasnap produced an invalid module (an instrumenter bug): {error}\n{text}"
+    ))
+}
+
+/// The index of the function whose body contains `offset`.
+fn broken_function(wasm: &[u8], offset: usize) -> Option<u32> {
+    let mut index = 0;
+    let mut imported = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.ok()? {
+            Payload::ImportSection(r) => {
+                imported = r
+                    .into_imports()
+                    .filter(|i| {
+                        matches!(i.as_ref().map(|i| i.ty), Ok(wasmparser::TypeRef::Func(_)))
+                    })
+                    .count() as u32;
+            }
+            Payload::CodeSectionEntry(body) => {
+                if body.range().contains(&offset) {
+                    return Some(imported + index);
+                }
+                index += 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The WAT of function `index`, cut out of the printed module.
+fn function_text(wasm: &[u8], index: u32) -> Option<String> {
+    let text = wasmprinter::print_bytes(wasm).ok()?;
+    let start = text.find(&format!("(func (;{index};)"))?;
+    let end = text[start + 1..]
+        .find("\n  (func ")
+        .map_or(text.len(), |e| start + 1 + e);
+    Some(text[start..end].to_string())
+}

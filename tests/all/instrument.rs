@@ -1,0 +1,144 @@
+//! The instrumenter: WAT fixtures through the differential harness, and
+//! the errors for what it refuses.
+
+use wasnap::instrument::{Options, instrument};
+
+use crate::harness::differential;
+
+fn options() -> Options {
+    Options::default().suspending("env.sleep")
+}
+
+/// Runs a fixture from `tests/fixtures` through the harness and returns
+/// the results of its `run` export, checking it really suspended.
+fn fixture(name: &str) -> Vec<u128> {
+    let path = format!("{}/tests/fixtures/{name}.wat", env!("CARGO_MANIFEST_DIR"));
+    let wasm = wat::parse_file(&path).unwrap();
+    let report = differential(&wasm, &options())
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        .expect("fixtures import functions only");
+    assert!(report.suspensions > 0, "{name} never suspended");
+    assert_eq!(report.original.outcomes, report.suspended.outcomes);
+    report.suspended.outcomes[0].clone().expect("run returns")
+}
+
+#[test]
+fn values_below_nested_blocks_survive() {
+    assert_eq!(fixture("nested_blocks"), [1126]);
+}
+
+#[test]
+fn loops_suspend_on_every_iteration() {
+    assert_eq!(fixture("loop_accumulate"), [145]);
+}
+
+#[test]
+fn if_else_arms_resume_in_the_right_arm() {
+    assert_eq!(fixture("if_else"), [1072]);
+}
+
+#[test]
+fn branches_leave_suspending_regions() {
+    assert_eq!(fixture("branches"), [321]);
+}
+
+#[test]
+fn block_parameters_and_multi_value() {
+    assert_eq!(fixture("block_params"), [1127]);
+}
+
+#[test]
+fn indirect_calls_through_tables() {
+    assert_eq!(fixture("call_indirect"), [40]);
+}
+
+#[test]
+fn recursion_keeps_every_frame() {
+    assert_eq!(fixture("recursion"), [90]);
+}
+
+#[test]
+fn wide_locals_and_nan_bits_survive() {
+    assert_eq!(fixture("wide_locals"), [1]);
+}
+
+#[test]
+fn globals_and_every_memory_survive() {
+    assert_eq!(fixture("globals_memory"), [19]);
+}
+
+#[test]
+fn functions_that_cannot_suspend_are_left_alone() {
+    let wasm = wat::parse_file(format!(
+        "{}/tests/fixtures/call_indirect.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let output = instrument(&wasm, &options()).unwrap();
+    let frames: Vec<u32> = output.metadata.frames.keys().copied().collect();
+    // 0 is the import; $double (1) and $wide_id (3) cannot suspend.
+    assert_eq!(frames, [2, 4]);
+}
+
+#[test]
+fn output_is_deterministic() {
+    let wasm = wat::parse_file(format!(
+        "{}/tests/fixtures/branches.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let first = instrument(&wasm, &options()).unwrap().wasm;
+    let second = instrument(&wasm, &options()).unwrap().wasm;
+    assert_eq!(first, second);
+}
+
+fn refusal(wat: &str) -> String {
+    let wasm = wat::parse_str(wat).unwrap();
+    format!("{:#}", instrument(&wasm, &options()).unwrap_err())
+}
+
+#[test]
+fn refuses_shared_memories() {
+    let message = refusal("(module (memory 1 1 shared))");
+    assert!(message.contains("threads"), "{message}");
+    assert!(message.contains("memory 0 is shared"), "{message}");
+}
+
+#[test]
+fn refuses_exception_handling_naming_the_function() {
+    let message = refusal(r#"(module (tag $e) (func $thrower (throw $e)))"#);
+    assert!(message.contains("exception handling"), "{message}");
+}
+
+#[test]
+fn refuses_exception_handling_in_code() {
+    let message = refusal(r#"(module (func $f (block $b (try_table (catch_all $b) nop))))"#);
+    assert!(message.contains("exception handling"), "{message}");
+    assert!(message.contains("function 0 (f)"), "{message}");
+}
+
+#[test]
+fn refuses_gc_types() {
+    let message = refusal("(module (type (struct (field i32))))");
+    assert!(message.contains("GC types"), "{message}");
+}
+
+#[test]
+fn refuses_a_suspending_tail_call() {
+    let message = refusal(
+        r#"(module
+             (import "env" "sleep" (func $sleep (param i32) (result i32)))
+             (func $f (param i32) (result i32) local.get 0 return_call $sleep))"#,
+    );
+    assert!(message.contains("return_call"), "{message}");
+    assert!(message.contains("function 1 (f)"), "{message}");
+}
+
+#[test]
+fn refuses_components_and_garbage() {
+    let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
+    let message = format!("{:#}", instrument(&component, &options()).unwrap_err());
+    assert!(message.contains("component"), "{message}");
+    let message = format!("{:#}", instrument(b"hello", &options()).unwrap_err());
+    assert!(message.contains("not a WebAssembly module"), "{message}");
+}
