@@ -1,0 +1,300 @@
+//! The runtime: load modules, run workflows to their next suspension, and
+//! turn a suspended workflow into a [`Snapshot`] and back.
+//!
+//! ```text
+//! Engine::load(wasm)        instrument + compile, cached by content hash
+//! Engine::start(module)     a fresh Workflow
+//! Workflow::run()           runs to the next suspension: Step::Yielded / Step::Finished
+//! Workflow::snapshot()      the engine-neutral state, any time it is suspended
+//! Engine::restore(snapshot) a Workflow in a fresh Store, ready to run() again
+//! ```
+
+mod abi;
+mod state;
+mod workflow;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result, bail};
+use wasmtime::{InstancePre, Linker};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::instrument::{self, Metadata, Options};
+use crate::snapshot::{ModuleHash, Snapshot};
+
+pub use workflow::{Step, Workflow};
+
+use abi::HostState;
+
+/// Compiles and caches modules, and starts and restores workflows.
+///
+/// One engine serves any number of modules and workflows; modules are
+/// cached by the hash of their original bytes, so loading the same bytes
+/// twice instruments and compiles them once.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<HostState>,
+    options: Options,
+    modules: Mutex<HashMap<ModuleHash, Module>>,
+}
+
+/// A module ready to run: instrumented, compiled and linked.
+#[derive(Clone)]
+pub struct Module {
+    inner: Arc<ModuleInner>,
+}
+
+struct ModuleInner {
+    hash: ModuleHash,
+    metadata: Metadata,
+    compiled: wasmtime::Module,
+    instance_pre: InstancePre<HostState>,
+    entry: String,
+}
+
+impl Module {
+    /// BLAKE3 hash of the original module bytes.
+    pub fn hash(&self) -> ModuleHash {
+        self.inner.hash
+    }
+
+    /// What the instrumenter found and produced.
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.metadata
+    }
+
+    /// The compiled artifact, for a cache that outlives this process; give
+    /// it back to [`Engine::load_with_artifact`] to skip compilation.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        Ok(self.inner.compiled.serialize()?)
+    }
+
+    /// The export the workflow starts at: `_start` or `run`.
+    pub fn entry(&self) -> &str {
+        &self.inner.entry
+    }
+}
+
+/// The hash under which wasnap identifies a module's original bytes.
+pub fn module_hash(wasm: &[u8]) -> ModuleHash {
+    *blake3::hash(wasm).as_bytes()
+}
+
+/// Where a workflow's WASI stdout goes.
+#[derive(Clone, Debug, Default)]
+pub enum Output {
+    /// The host process's stdout.
+    #[default]
+    Inherit,
+    /// An in-memory buffer, read with [`Captured::contents`].
+    Capture(Captured),
+}
+
+/// A buffer that collects a workflow's stdout.
+#[derive(Clone, Debug)]
+pub struct Captured(MemoryOutputPipe);
+
+impl Default for Captured {
+    fn default() -> Self {
+        Captured(MemoryOutputPipe::new(usize::MAX))
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.contents().to_vec()
+    }
+}
+
+/// How a workflow is started or restored.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdout: Output,
+    memory_limit: Option<usize>,
+    directories: Vec<(PathBuf, String)>,
+}
+
+impl Config {
+    /// WASI arguments, program name first. Ignored on restore: a snapshot
+    /// keeps the arguments the workflow was started with.
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// WASI environment variables. Ignored on restore, like the arguments.
+    pub fn env<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.env = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Where the workflow's stdout goes (default: inherited).
+    pub fn stdout(mut self, output: Output) -> Self {
+        self.stdout = output;
+        self
+    }
+
+    /// Upper bound, in bytes, on each of the workflow's memories.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Grants the workflow the host directory `host` as `guest` (WASI has
+    /// no filesystem access otherwise).
+    pub fn directory(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.directories.push((host.into(), guest.into()));
+        self
+    }
+}
+
+impl Engine {
+    /// An engine suspending on the guest ABI's `wasnap.yield` and
+    /// `wasnap.switch`.
+    pub fn new() -> Result<Engine> {
+        Engine::with_options(Options::default())
+    }
+
+    /// An engine with instrumentation options, for example more suspending
+    /// imports.
+    pub fn with_options(options: Options) -> Result<Engine> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_multi_memory(true);
+        let wasmtime = wasmtime::Engine::new(&config)?;
+        let mut linker = Linker::new(&wasmtime);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
+        abi::add_to_linker(&mut linker)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasmtime,
+                linker,
+                options,
+                modules: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Identifies the compiler settings: a compiled artifact is only valid
+    /// for an engine with the same fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner
+            .wasmtime
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("wasmtime-48-{:016x}", hasher.finish())
+    }
+
+    /// Instruments and compiles `wasm` (or returns the cached result).
+    pub fn load(&self, wasm: &[u8]) -> Result<Module> {
+        self.load_with_artifact(wasm, None)
+    }
+
+    /// Like [`Engine::load`], but takes a compiled artifact made earlier by
+    /// [`Module::serialize`] with an engine of the same fingerprint, which
+    /// skips compilation. An artifact that does not fit is ignored.
+    pub fn load_with_artifact(&self, wasm: &[u8], artifact: Option<&[u8]>) -> Result<Module> {
+        let hash = module_hash(wasm);
+        if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
+            return Ok(module.clone());
+        }
+        let instrumented = instrument::instrument(wasm, &self.inner.options)?;
+        let compiled = match artifact.and_then(|bytes| self.deserialize(bytes)) {
+            Some(compiled) => compiled,
+            None => wasmtime::Module::new(&self.inner.wasmtime, &instrumented.wasm)
+                .map_err(anyhow::Error::from)
+                .context("compiling the instrumented module")?,
+        };
+        let entry = ["_start", "run"]
+            .into_iter()
+            .find(|name| compiled.get_export(name).is_some())
+            .context("the module exports neither _start nor run, so there is nothing to start")?
+            .to_string();
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(anyhow::Error::from)
+            .context("the module imports something wasnap does not provide")?;
+        let module = Module {
+            inner: Arc::new(ModuleInner {
+                hash,
+                metadata: instrumented.metadata,
+                compiled,
+                instance_pre,
+                entry,
+            }),
+        };
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
+        // SAFETY: artifacts come from `Module::serialize` of an engine with
+        // the same fingerprint, kept in wasnap's own store; wasmtime checks
+        // the engine compatibility header itself and refuses a mismatch.
+        unsafe { wasmtime::Module::deserialize(&self.inner.wasmtime, artifact) }.ok()
+    }
+
+    /// A new workflow instance of `module`, not yet running.
+    pub fn start(&self, module: &Module, config: Config) -> Result<Workflow> {
+        Workflow::start(module.clone(), config)
+    }
+
+    /// A workflow restored from `snapshot` into a fresh store, ready to
+    /// [`Workflow::run`] from where it was suspended. Its stdout is the
+    /// host's; see [`Engine::restore_with`].
+    pub fn restore(&self, module: &Module, snapshot: &Snapshot) -> Result<Workflow> {
+        self.restore_with(module, snapshot, Config::default())
+    }
+
+    /// Like [`Engine::restore`], with the output and limits of `config`.
+    pub fn restore_with(
+        &self,
+        module: &Module,
+        snapshot: &Snapshot,
+        config: Config,
+    ) -> Result<Workflow> {
+        if snapshot.module_hash != module.hash() {
+            bail!(
+                "the snapshot belongs to module {}, not to module {}",
+                short_hash(&snapshot.module_hash),
+                short_hash(&module.hash())
+            );
+        }
+        if snapshot.instrumenter_version != instrument::INSTRUMENTER_VERSION {
+            bail!(
+                "the snapshot was made by instrumenter version {}, this wasnap has version {}",
+                snapshot.instrumenter_version,
+                instrument::INSTRUMENTER_VERSION
+            );
+        }
+        Workflow::restore(module.clone(), snapshot, config)
+    }
+}
+
+/// The first 12 hex digits of a hash, as shown to users.
+pub fn short_hash(hash: &ModuleHash) -> String {
+    hash[..6].iter().map(|b| format!("{b:02x}")).collect()
+}

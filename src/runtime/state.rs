@@ -1,0 +1,172 @@
+//! Copying an instance's memories, globals and tables to and from the
+//! engine-neutral snapshot form.
+
+use anyhow::{Context as _, Result, bail};
+use wasmtime::{Instance, Memory, Store, V128, Val};
+
+use super::abi::HostState;
+use crate::instrument::{GLOBAL_EXPORT_PREFIX, MEMORY_EXPORT_PREFIX, Metadata};
+use crate::snapshot::{GlobalValue, MemoryImage, PAGE_SIZE, Page, TableImage};
+
+pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u32) -> Memory {
+    instance
+        .get_memory(&mut *store, &format!("{MEMORY_EXPORT_PREFIX}{index}"))
+        .expect("the instrumenter exports every memory")
+}
+
+/// Every memory as its size and non-zero pages.
+pub(crate) fn capture_memories(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    metadata: &Metadata,
+) -> Vec<MemoryImage> {
+    (0..metadata.memory_count)
+        .map(|index| {
+            let memory = memory(store, instance, index);
+            let data = memory.data(&*store);
+            let pages = data
+                .chunks_exact(PAGE_SIZE)
+                .enumerate()
+                .filter(|(_, page)| !is_zero(page))
+                .map(|(index, page)| Page {
+                    index: index as u32,
+                    data: page.to_vec(),
+                })
+                .collect();
+            MemoryImage {
+                page_count: (data.len() / PAGE_SIZE) as u64,
+                pages,
+            }
+        })
+        .collect()
+}
+
+/// Whether a page is all zeros, a machine word at a time.
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+    let (prefix, words, suffix) = unsafe { bytes.align_to::<u128>() };
+    prefix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
+        && suffix.iter().all(|&b| b == 0)
+}
+
+/// Makes each memory of a fresh instance equal to its image. Only pages
+/// that are non-zero on either side are written: growing a memory gives
+/// zero pages for free.
+pub(crate) fn restore_memories(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    images: &[MemoryImage],
+) -> Result<()> {
+    for (index, image) in images.iter().enumerate() {
+        let memory = memory(store, instance, index as u32);
+        let current = memory.size(&*store);
+        if image.page_count < current {
+            bail!(
+                "memory {index} of the snapshot has {} pages, fewer than the module's minimum of {current}",
+                image.page_count
+            );
+        }
+        // Data segments may have written pages the snapshot has as zeros.
+        let initialised = current as usize * PAGE_SIZE;
+        let data = memory.data_mut(&mut *store);
+        let mut next_image_page = image.pages.iter().peekable();
+        for (page_index, page) in data[..initialised].chunks_exact_mut(PAGE_SIZE).enumerate() {
+            let in_image = next_image_page
+                .next_if(|p| p.index as usize == page_index)
+                .is_some();
+            if !in_image && !is_zero(page) {
+                page.fill(0);
+            }
+        }
+        memory
+            .grow(&mut *store, image.page_count - current)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("growing memory {index} to {} pages", image.page_count))?;
+        let data = memory.data_mut(&mut *store);
+        for page in &image.pages {
+            let start = page.index as usize * PAGE_SIZE;
+            data.get_mut(start..start + PAGE_SIZE)
+                .with_context(|| format!("page {} is outside memory {index}", page.index))?
+                .copy_from_slice(&page.data);
+        }
+    }
+    Ok(())
+}
+
+fn global(store: &mut Store<HostState>, instance: &Instance, index: u32) -> wasmtime::Global {
+    instance
+        .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{index}"))
+        .expect("the instrumenter exports every global")
+}
+
+/// Every global, as raw bits.
+pub(crate) fn capture_globals(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    metadata: &Metadata,
+) -> Result<Vec<GlobalValue>> {
+    (0..metadata.global_count)
+        .map(|index| {
+            let value = global(store, instance, index).get(&mut *store);
+            Ok(match value {
+                Val::I32(v) => GlobalValue::I32(v as u32),
+                Val::I64(v) => GlobalValue::I64(v as u64),
+                Val::F32(bits) => GlobalValue::F32(bits),
+                Val::F64(bits) => GlobalValue::F64(bits),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) => {
+                    GlobalValue::NullRef
+                }
+                _ => {
+                    bail!("global {index} holds a non-null reference, which cannot be snapshotted")
+                }
+            })
+        })
+        .collect()
+}
+
+/// Sets every mutable global; immutable ones are already what the module
+/// initialised them to.
+pub(crate) fn restore_globals(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    values: &[GlobalValue],
+) -> Result<()> {
+    for (index, value) in values.iter().enumerate() {
+        let global = global(store, instance, index as u32);
+        if global.ty(&*store).mutability() != wasmtime::Mutability::Var {
+            continue;
+        }
+        let value = match *value {
+            GlobalValue::I32(v) => Val::I32(v as i32),
+            GlobalValue::I64(v) => Val::I64(v as i64),
+            GlobalValue::F32(bits) => Val::F32(bits),
+            GlobalValue::F64(bits) => Val::F64(bits),
+            GlobalValue::V128(v) => Val::V128(V128::from(v)),
+            GlobalValue::NullRef => continue,
+            GlobalValue::FuncRef(_) => {
+                bail!("global {index}: function references cannot be restored")
+            }
+        };
+        global
+            .set(&mut *store, value)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("restoring global {index}"))?;
+    }
+    Ok(())
+}
+
+/// Tables: a module that never writes its tables at run time has them
+/// exactly as instantiation made them, so nothing needs to be kept.
+pub(crate) fn capture_tables(metadata: &Metadata) -> Result<Vec<TableImage>> {
+    if metadata.writes_tables {
+        bail!(
+            "the module writes its tables at run time (table.set, table.grow, ...), which wasnap cannot snapshot yet"
+        );
+    }
+    Ok((0..metadata.table_count)
+        .map(|_| TableImage {
+            elements: Vec::new(),
+        })
+        .collect())
+}

@@ -1,0 +1,417 @@
+//! A running or suspended workflow instance, and the coroutine scheduler.
+//!
+//! Only one coroutine's frames are ever in the stack memory: when a
+//! coroutine unwinds (it yielded, or switched to another), its frames are
+//! moved out into its [`Coroutine::stack`], and when it is switched back
+//! into they are moved back and rewound. So a snapshot holds every
+//! coroutine's stack without the stack memory itself, which is empty at
+//! every suspension.
+
+use anyhow::{Context as _, Result, bail};
+use wasmtime::{Func, Instance, Store, Val};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use super::abi::{Handles, HostState, Pending, STACK_HEADER, STACK_START};
+use super::{Config, Module, Output, state};
+use crate::instrument::{
+    self, DATA_GLOBAL_EXPORT, MEMORY_EXPORT_PREFIX, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT,
+    STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
+};
+use crate::snapshot::{Coroutine, CoroutineState, HostState as SnapshotHost, Snapshot};
+
+/// Where a call to [`Workflow::run`] stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The workflow called `yield` with this value and is suspended; it can
+    /// be snapshotted, sent a reply, and run again.
+    Yielded(Vec<u8>),
+    /// The workflow's main function returned, or it called WASI `proc_exit`
+    /// with this status (0 when it returned).
+    Finished(i32),
+}
+
+/// One workflow instance: a wasmtime store and instance, and the state of
+/// its coroutines.
+pub struct Workflow {
+    module: Module,
+    store: Store<HostState>,
+    instance: Instance,
+    finished: bool,
+}
+
+impl Workflow {
+    pub(super) fn start(module: Module, config: Config) -> Result<Workflow> {
+        let args = if config.args.is_empty() {
+            vec!["workflow".to_string()]
+        } else {
+            config.args.clone()
+        };
+        let env = config.env.clone();
+        let mut workflow = Workflow::instantiate(module, &config, args, env)?;
+        workflow.store.data_mut().coroutines.push(Coroutine {
+            id: 0,
+            parent: 0,
+            state: CoroutineState::Fresh,
+            entry_function: 0,
+            entry_argument: 0,
+            stack_pointer: 0,
+            stack: Vec::new(),
+            resume_value: 0,
+        });
+        workflow.store.data_mut().next_coroutine_id = 1;
+        Ok(workflow)
+    }
+
+    pub(super) fn restore(module: Module, snapshot: &Snapshot, config: Config) -> Result<Workflow> {
+        let metadata = module.metadata();
+        if snapshot.memories.len() != metadata.memory_count as usize
+            || snapshot.globals.len() != metadata.global_count as usize
+        {
+            bail!(
+                "the snapshot has {} memories and {} globals, the module {} and {}",
+                snapshot.memories.len(),
+                snapshot.globals.len(),
+                metadata.memory_count,
+                metadata.global_count
+            );
+        }
+        let host = &snapshot.host;
+        let mut workflow =
+            Workflow::instantiate(module, &config, host.args.clone(), host.env.clone())?;
+        let (store, instance) = (&mut workflow.store, &workflow.instance);
+        state::restore_memories(store, instance, &snapshot.memories)?;
+        state::restore_globals(store, instance, &snapshot.globals)?;
+        let data = store.data_mut();
+        data.coroutines = snapshot.coroutines.clone();
+        data.current = host.current;
+        data.next_coroutine_id = host.next_coroutine_id;
+        data.suspended_in = host.suspended_in.clone();
+        data.yielded = host.yielded.clone();
+        data.reply = host.reply.clone();
+        if data.coroutine(host.current).is_none() {
+            bail!(
+                "the snapshot's running coroutine {} does not exist",
+                host.current
+            );
+        }
+        Ok(workflow)
+    }
+
+    fn instantiate(
+        module: Module,
+        config: &Config,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Workflow> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&args).envs(&env).inherit_stderr();
+        match &config.stdout {
+            Output::Inherit => wasi.inherit_stdout(),
+            Output::Capture(captured) => wasi.stdout(captured.0.clone()),
+        };
+        for (host, guest) in &config.directories {
+            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("granting directory {}", host.display()))?;
+        }
+        let mut limits = wasmtime::StoreLimitsBuilder::new();
+        if let Some(bytes) = config.memory_limit {
+            limits = limits.memory_size(bytes);
+        }
+        let host = HostState {
+            wasi: wasi.build_p1(),
+            limits: limits.build(),
+            handles: None,
+            coroutines: Vec::new(),
+            current: 0,
+            next_coroutine_id: 1,
+            pending: None,
+            suspended_in: String::new(),
+            yielded: Vec::new(),
+            reply: Vec::new(),
+            args,
+            env,
+        };
+        let mut store = Store::new(module.inner.compiled.engine(), host);
+        store.limiter(|host| &mut host.limits);
+        let instance = module
+            .inner
+            .instance_pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)
+            .context("instantiating the module")?;
+        let handles = Handles {
+            state: instance
+                .get_global(&mut store, STATE_GLOBAL_EXPORT)
+                .expect("instrumented"),
+            data: instance
+                .get_global(&mut store, DATA_GLOBAL_EXPORT)
+                .expect("instrumented"),
+            stack: instance
+                .get_memory(&mut store, STACK_MEMORY_EXPORT)
+                .expect("instrumented"),
+            memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
+            stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
+                instance.get_global(
+                    &mut store,
+                    &format!("{}{index}", instrument::GLOBAL_EXPORT_PREFIX),
+                )
+            }),
+            table: instance.get_table(&mut store, &format!("{TABLE_EXPORT_PREFIX}0")),
+        };
+        store.data_mut().handles = Some(handles);
+        Ok(Workflow {
+            module,
+            store,
+            instance,
+            finished: false,
+        })
+    }
+
+    /// Sets what the pending `yield` returns (its length) and what
+    /// `wasnap.reply` copies out when the workflow runs again.
+    pub fn send(&mut self, reply: &[u8]) {
+        self.store.data_mut().reply = reply.to_vec();
+    }
+
+    /// The value of the last `yield`.
+    pub fn yielded(&self) -> &[u8] {
+        &self.store.data().yielded
+    }
+
+    /// Whether the workflow has finished.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The module this workflow runs.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Runs the workflow until it yields or finishes. A trap is an error,
+    /// with the guest's backtrace; the workflow cannot run after one.
+    pub fn run(&mut self) -> Result<Step> {
+        if self.finished {
+            bail!("the workflow has finished");
+        }
+        loop {
+            let current = self.store.data().current;
+            let returned = self.run_coroutine(current)?;
+            let handles = self.handles();
+            let instrumentation = handles.state.get(&mut self.store).unwrap_i32();
+            match (returned, instrumentation) {
+                (Exit::Status(status), _) => {
+                    self.finished = true;
+                    return Ok(Step::Finished(status));
+                }
+                (Exit::Returned, STATE_UNWINDING) => {
+                    if let Some(step) = self.suspend_current()? {
+                        return Ok(step);
+                    }
+                }
+                (Exit::Returned, STATE_NORMAL) => {
+                    if let Some(step) = self.finish_current()? {
+                        return Ok(step);
+                    }
+                }
+                (Exit::Returned, _) => bail!(
+                    "rewinding coroutine {current} did not reach the call it was suspended in: the snapshot does not match the module"
+                ),
+            }
+        }
+    }
+
+    /// Calls into coroutine `id`: rewinds it when it was suspended, starts
+    /// it when it is fresh.
+    fn run_coroutine(&mut self, id: u32) -> Result<Exit> {
+        let handles = self.handles();
+        let coroutine = self
+            .store
+            .data()
+            .coroutine(id)
+            .expect("current exists")
+            .clone();
+        if let Some(stack_pointer) = handles.stack_pointer
+            && (coroutine.state == CoroutineState::Suspended || id != 0)
+        {
+            stack_pointer.set(&mut self.store, Val::I32(coroutine.stack_pointer as i32))?;
+        }
+        self.write_stack(&coroutine.stack)?;
+        if coroutine.state == CoroutineState::Suspended {
+            handles.data.set(&mut self.store, Val::I32(STACK_HEADER))?;
+            handles
+                .state
+                .set(&mut self.store, Val::I32(STATE_REWINDING))?;
+        }
+        let (entry, argument) = self.entry_of(&coroutine)?;
+        let mut no_results = [];
+        let result = match argument {
+            Some(argument) => entry.call(&mut self.store, &[Val::I32(argument)], &mut no_results),
+            None => entry.call(&mut self.store, &[], &mut no_results),
+        };
+        match result {
+            Ok(()) => Ok(Exit::Returned),
+            Err(error) => match error.downcast_ref::<I32Exit>() {
+                Some(exit) => Ok(Exit::Status(exit.0)),
+                None => Err(anyhow::Error::from(error)
+                    .context(format!("the workflow trapped in coroutine {id}"))),
+            },
+        }
+    }
+
+    fn entry_of(&mut self, coroutine: &Coroutine) -> Result<(Func, Option<i32>)> {
+        if coroutine.id == 0 {
+            let entry = self.module.entry().to_string();
+            let func = self
+                .instance
+                .get_func(&mut self.store, &entry)
+                .expect("entry checked at load");
+            return Ok((func, None));
+        }
+        let Some(table) = self.handles().table else {
+            bail!(
+                "coroutine {} needs table 0, and the module has none",
+                coroutine.id
+            );
+        };
+        let element = table.get(&mut self.store, coroutine.entry_function as u64);
+        let Some(func) = element.and_then(|r| r.as_func().flatten().copied()) else {
+            bail!(
+                "coroutine {}'s function {} is not a function in table 0",
+                coroutine.id,
+                coroutine.entry_function
+            );
+        };
+        Ok((func, Some(coroutine.entry_argument as i32)))
+    }
+
+    /// The running coroutine unwound: keep its stack, then either suspend
+    /// the workflow (a yield) or switch (returns `None`).
+    fn suspend_current(&mut self) -> Result<Option<Step>> {
+        let handles = self.handles();
+        handles.state.set(&mut self.store, Val::I32(STATE_NORMAL))?;
+        let stack = self.read_stack()?;
+        let stack_pointer = match handles.stack_pointer {
+            Some(global) => global.get(&mut self.store).unwrap_i32() as u32,
+            None => 0,
+        };
+        let host = self.store.data_mut();
+        let current = host.current;
+        let coroutine = host.coroutine_mut(current);
+        coroutine.stack = stack;
+        coroutine.stack_pointer = stack_pointer;
+        coroutine.state = CoroutineState::Suspended;
+        match host.pending.take() {
+            Some(Pending::Yield(value)) => {
+                host.suspended_in = "wasnap.yield".into();
+                host.yielded = value.clone();
+                host.reply.clear();
+                Ok(Some(Step::Yielded(value)))
+            }
+            Some(Pending::Switch { target, value }) => {
+                host.coroutine_mut(target).resume_value = value;
+                host.current = target;
+                Ok(None)
+            }
+            None => bail!("the workflow unwound without a suspending call"),
+        }
+    }
+
+    /// The running coroutine's function returned: the workflow finishes
+    /// when it is main, else its parent resumes with 0.
+    fn finish_current(&mut self) -> Result<Option<Step>> {
+        let host = self.store.data_mut();
+        let current = host.current;
+        let coroutine = host.coroutine_mut(current);
+        coroutine.state = CoroutineState::Finished;
+        coroutine.stack.clear();
+        if current == 0 {
+            self.finished = true;
+            return Ok(Some(Step::Finished(0)));
+        }
+        // A finished parent hands control further up, as greenlets do.
+        let mut parent = coroutine.parent;
+        while parent != 0
+            && host.coroutine(parent).map(|c| c.state) == Some(CoroutineState::Finished)
+        {
+            parent = host.coroutine(parent).map_or(0, |c| c.parent);
+        }
+        host.coroutine_mut(parent).resume_value = 0;
+        host.current = parent;
+        Ok(None)
+    }
+
+    fn handles(&self) -> Handles {
+        self.store.data().handles.expect("set at instantiation")
+    }
+
+    /// Puts a coroutine's frames into the stack memory and sets the header.
+    fn write_stack(&mut self, frames: &[u8]) -> Result<()> {
+        let stack = self.handles().stack;
+        let needed = STACK_START as usize + frames.len();
+        let size = stack.data_size(&self.store);
+        if needed > size {
+            let pages = (needed - size).div_ceil(65536) as u64;
+            stack
+                .grow(&mut self.store, pages)
+                .map_err(anyhow::Error::from)
+                .context("growing the stack memory")?;
+        }
+        let data = stack.data_mut(&mut self.store);
+        let end = data.len().min(u32::MAX as usize) as u32;
+        data[STACK_START as usize..needed].copy_from_slice(frames);
+        data[0..4].copy_from_slice(&(needed as u32).to_le_bytes());
+        data[4..8].copy_from_slice(&end.to_le_bytes());
+        Ok(())
+    }
+
+    /// Takes the unwound frames out of the stack memory.
+    fn read_stack(&mut self) -> Result<Vec<u8>> {
+        let stack = self.handles().stack;
+        let data = stack.data(&self.store);
+        let pos = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
+        if pos < STACK_START as usize || pos > data.len() {
+            bail!("the stack memory's header is corrupt (pos {pos})");
+        }
+        Ok(data[STACK_START as usize..pos].to_vec())
+    }
+
+    /// The workflow's complete state; valid while it is suspended (after
+    /// [`Workflow::run`] returned [`Step::Yielded`], or before the first run).
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        if self.finished {
+            bail!("the workflow has finished; there is nothing to snapshot");
+        }
+        let metadata = self.module.metadata().clone();
+        let memories = state::capture_memories(&mut self.store, &self.instance, &metadata);
+        let globals = state::capture_globals(&mut self.store, &self.instance, &metadata)?;
+        let tables = state::capture_tables(&metadata)?;
+        let host = self.store.data();
+        Ok(Snapshot {
+            module_hash: self.module.hash(),
+            instrumenter_version: instrument::INSTRUMENTER_VERSION,
+            memories,
+            globals,
+            tables,
+            coroutines: host.coroutines.clone(),
+            host: SnapshotHost {
+                current: host.current,
+                next_coroutine_id: host.next_coroutine_id,
+                suspended_in: host.suspended_in.clone(),
+                yielded: host.yielded.clone(),
+                reply: host.reply.clone(),
+                args: host.args.clone(),
+                env: host.env.clone(),
+            },
+        })
+    }
+}
+
+/// How a call into a coroutine ended.
+enum Exit {
+    /// The entry function returned (normally, or at the end of an unwind).
+    Returned,
+    /// WASI `proc_exit` with this status.
+    Status(i32),
+}
