@@ -34,16 +34,15 @@
     (if (i32.ne (local.get $len) (local.get $n))
       (then (return (i32.const 0))))
     (drop (call $reply (i32.const 96) (local.get $n)))
-    (block $differ
-      (loop $next
-        (br_if 1 (i32.ge_u (local.get $i) (local.get $n)))   ;; all equal
-        (br_if $differ
-          (i32.ne (i32.load8_u offset=96 (local.get $i))
-                  (i32.load8_u (i32.add (local.get $s) (local.get $i)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $next))
-      (unreachable))
-    (return (i32.const 0)))
+    (loop $next
+      (if (i32.ge_u (local.get $i) (local.get $n))
+        (then (return (i32.const 1))))                     ;; all equal
+      (if (i32.ne (i32.load8_u offset=96 (local.get $i))
+                  (i32.load8_u (i32.add (local.get $s) (local.get $i))))
+        (then (return (i32.const 0))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next))
+    (unreachable))
 
   ;; Yield a 22-byte message whose last byte is the digit of machine $k.
   (func $yield_machine (param $msg i32) (param $k i32) (result i32)
