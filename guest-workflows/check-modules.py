@@ -3,6 +3,9 @@
 
 Usage: check-modules.py OUT_DIR      (checks OUT_DIR/<language>/<name>.wasm)
        check-modules.py FILE.wasm...
+       check-modules.py --self-test DIR   (DIR/*.wat, assembled with wat2wasm,
+                                           each rejected as its `;; expect:`
+                                           line says, or accepted)
 
 For every module:
   * imports come only from `wasnap` and `wasi_snapshot_preview1`, and from
@@ -22,7 +25,9 @@ By demo name:
 
 Exits 1 naming each problem. Only the Python standard library is used.
 """
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ABI = {  # name -> (params, results), all i32
@@ -213,10 +218,10 @@ def parse_names(s, m):
         s.pos = end
 
 
-def check(path, data):
+def check(path, data, demo=None):
     problems = []
     m = parse(data)
-    demo = path.stem
+    demo = demo or path.stem
     wasnap_imports = set()
     for module, field, kind, desc in m["imports"]:
         if module not in ALLOWED_MODULES:
@@ -265,7 +270,34 @@ def check(path, data):
     return problems, entry[0] if entry else "-", sorted(wasnap_imports)
 
 
+def self_test(directory):
+    """Each DIR/*.wat names the problem the checker must report (`;; expect:
+    TEXT`, or `nothing` for a module it must accept) and, with `;; as: NAME`,
+    the demo it poses as."""
+    failed = 0
+    cases = sorted(Path(directory).glob("*.wat"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            header = {}
+            for line in case.read_text().splitlines():
+                if line.startswith(";; ") and ":" in line:
+                    key, _, value = line[3:].partition(":")
+                    header.setdefault(key.strip(), value.strip())
+            wasm = Path(tmp) / (case.stem + ".wasm")
+            subprocess.run(["wat2wasm", "--debug-names", str(case), "-o", str(wasm)], check=True)
+            problems, _, _ = check(wasm, wasm.read_bytes(), header.get("as"))
+            expect = header.get("expect", "")
+            ok = not problems if expect == "nothing" else any(expect in p for p in problems)
+            if not ok:
+                failed += 1
+                print(f"FAIL self-test {case.name}: expected {expect!r}, got {problems}", file=sys.stderr)
+    print(f"check-modules self-test: {len(cases) - failed} of {len(cases)} cases as expected")
+    return 1 if failed or not cases else 0
+
+
 def main(args):
+    if len(args) == 2 and args[0] == "--self-test":
+        return self_test(args[1])
     if len(args) == 1 and Path(args[0]).is_dir():
         files = sorted(Path(args[0]).glob("*/*.wasm"))
     else:
