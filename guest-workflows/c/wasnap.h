@@ -1,0 +1,158 @@
+/*
+ * wasnap.h — write wasnap workflows in C (header only).
+ *
+ * Build for WASI preview 1:  clang --target=wasm32-wasi -O2 my.c -o my.wasm
+ *
+ * The raw imports are the ABI of DESIGN.md ("Guest ABI"); the helpers below
+ * add what every workflow needs: stdout is flushed before the workflow
+ * suspends (the process may end at a yield, and bytes left in stdio's buffer
+ * would be printed later by another process, out of order), replies come back
+ * as NUL-terminated strings, and coroutines get a heap-allocated shadow stack
+ * and a record of their parent, as greenlets have.
+ *
+ * The helpers keep their state in `static` variables: use this header from
+ * one translation unit per module.
+ */
+#ifndef WASNAP_H
+#define WASNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__wasm32__)
+#error "wasnap.h targets wasm32 (clang --target=wasm32-wasi)"
+#endif
+
+#define WASNAP_IMPORT(name) __attribute__((import_module("wasnap"), import_name(name)))
+
+/* ---- The raw ABI: all i32, pointers are offsets into memory 0. ---- */
+
+/* Publish [ptr, ptr+len) and suspend the workflow; returns the length of the
+ * reply it is resumed with (0 when none). */
+WASNAP_IMPORT("yield") int32_t wasnap_raw_yield(const void *ptr, int32_t len);
+/* Copy up to cap bytes of the latest reply to ptr; returns the number copied. */
+WASNAP_IMPORT("reply") int32_t wasnap_raw_reply(void *ptr, int32_t cap);
+/* New coroutine running table0[func](arg) on [stack, stack+len); returns its id. */
+WASNAP_IMPORT("spawn") int32_t wasnap_raw_spawn(int32_t func, int32_t arg, void *stack, int32_t len);
+/* Run coroutine id (0 = main), handing it value; returns what we are resumed with. */
+WASNAP_IMPORT("switch") int32_t wasnap_raw_switch(int32_t id, int32_t value);
+/* Id of the running coroutine (0 = main). */
+WASNAP_IMPORT("current") int32_t wasnap_current(void);
+
+/* ---- Yielding ---- */
+
+/* Yield len bytes; copy up to cap bytes of the reply into reply (which may be
+ * NULL when cap is 0). Returns the full length of the reply. */
+static inline size_t wasnap_yield(const void *data, size_t len, void *reply, size_t cap) {
+    fflush(stdout);
+    int32_t n = wasnap_raw_yield(data, (int32_t)len);
+    if (n > 0 && cap > 0) wasnap_raw_reply(reply, (int32_t)cap);
+    return (size_t)(n > 0 ? n : 0);
+}
+
+/* Yield a string; returns the reply as a malloc'd NUL-terminated string
+ * (empty when there was none) that the caller frees. */
+static inline char *wasnap_yield_str(const char *s) {
+    fflush(stdout);
+    int32_t n = wasnap_raw_yield(s, (int32_t)strlen(s));
+    if (n < 0) n = 0;
+    char *reply = malloc((size_t)n + 1);
+    if (!reply) abort();
+    int32_t got = n > 0 ? wasnap_raw_reply(reply, n) : 0;
+    reply[got] = '\0';
+    return reply;
+}
+
+/* A bare suspension (greenlet's root.switch()): yields nothing, ignores any reply. */
+static inline void wasnap_suspend(void) {
+    fflush(stdout);
+    (void)wasnap_raw_yield(NULL, 0);
+}
+
+/* 1 when yielding s is answered with exactly `expected`. */
+static inline int wasnap_ask(const char *s, const char *expected) {
+    char *reply = wasnap_yield_str(s);
+    int same = strcmp(reply, expected) == 0;
+    free(reply);
+    return same;
+}
+
+/* ---- Coroutines ---- */
+
+typedef struct wasnap_coroutine {
+    int32_t id;      /* given by the engine, > 0 */
+    int32_t parent;  /* the coroutine that spawned it; it resumes when fn returns */
+    int done;        /* fn has returned */
+    void (*fn)(void *);
+    void *data;
+    void *stack;
+    struct wasnap_coroutine *next;
+} wasnap_coroutine;
+
+static wasnap_coroutine *wasnap__coroutines;
+
+/* Every coroutine starts here: spawn's func must be a table index of type
+ * (i32) -> (), and its arg is the record above. */
+static void wasnap__trampoline(int32_t arg) {
+    wasnap_coroutine *co = (wasnap_coroutine *)(uintptr_t)arg;
+    co->fn(co->data);
+    co->done = 1;
+    fflush(stdout); /* returning switches to the parent */
+}
+
+/* New coroutine that will run fn(data) on a fresh shadow stack of stack_size
+ * bytes; it starts at the first wasnap_switch into it. */
+static inline wasnap_coroutine *wasnap_spawn(void (*fn)(void *), void *data, size_t stack_size) {
+    stack_size = (stack_size + 15) & ~(size_t)15; /* the stack top stays 16-aligned */
+    wasnap_coroutine *co = calloc(1, sizeof *co);
+    void *stack = aligned_alloc(16, stack_size);
+    if (!co || !stack) abort();
+    co->fn = fn;
+    co->data = data;
+    co->stack = stack;
+    co->parent = wasnap_current();
+    /* In wasm32 a function pointer is its index in table 0. */
+    co->id = wasnap_raw_spawn((int32_t)(uintptr_t)&wasnap__trampoline,
+                              (int32_t)(uintptr_t)co, stack, (int32_t)stack_size);
+    co->next = wasnap__coroutines;
+    wasnap__coroutines = co;
+    return co;
+}
+
+/* Suspend the running coroutine and run coroutine id (0 = main). */
+static inline int32_t wasnap_switch(int32_t id, int32_t value) {
+    fflush(stdout);
+    return wasnap_raw_switch(id, value);
+}
+
+/* The parent of the running coroutine (main, 0, for the main's own children);
+ * -1 in main, which has none. */
+static inline int32_t wasnap_parent(void) {
+    int32_t me = wasnap_current();
+    for (wasnap_coroutine *co = wasnap__coroutines; co; co = co->next)
+        if (co->id == me) return co->parent;
+    return -1;
+}
+
+/* greenlet.getcurrent().parent.switch(value) */
+static inline int32_t wasnap_switch_parent(int32_t value) {
+    int32_t parent = wasnap_parent();
+    if (parent < 0) abort(); /* main has no parent */
+    return wasnap_switch(parent, value);
+}
+
+/* Release a finished coroutine's record and stack. A coroutine that has not
+ * finished still owns its stack: it is left alone and 0 is returned. */
+static inline int wasnap_release(wasnap_coroutine *co) {
+    if (!co->done) return 0;
+    for (wasnap_coroutine **p = &wasnap__coroutines; *p; p = &(*p)->next)
+        if (*p == co) { *p = co->next; break; }
+    free(co->stack);
+    free(co);
+    return 1;
+}
+
+#endif /* WASNAP_H */

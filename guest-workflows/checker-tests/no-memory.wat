@@ -1,0 +1,3 @@
+;; expect: has no memory 0
+(module
+  (func (export "run")))

@@ -1,0 +1,241 @@
+//! Write wasnap workflows in Rust.
+//!
+//! A workflow is ordinary sequential code: [`yield_str`] publishes a value,
+//! suspends the whole workflow (which may be saved, and resumed hours later in
+//! another process) and returns the reply it was resumed with. Coroutines
+//! ([`spawn`], [`Coroutine::switch`], [`switch_to_parent`]) are greenlets:
+//! each runs on its own shadow stack, and when its closure returns, its
+//! parent (the coroutine that spawned it) resumes.
+//!
+//! Build for `wasm32-wasip1` (the engine calls `_start`, so `fn main` is the
+//! workflow) or, without the `std` feature, for `wasm32-unknown-unknown`
+//! (export a `run` function). The crate needs only `core` and `alloc`.
+//!
+//! ```ignore
+//! fn main() {
+//!     wasnap_guest::yield_str("do something");
+//!     if wasnap_guest::yield_str("ask boss for permission") == "true" {
+//!         wasnap_guest::yield_str("do another after approved");
+//!     }
+//! }
+//! ```
+#![no_std]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+use alloc::alloc::{Layout, alloc, dealloc};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+
+/// The guest ABI exactly as DESIGN.md fixes it: all i32, pointers are
+/// offsets into memory 0.
+pub mod raw {
+    #[link(wasm_import_module = "wasnap")]
+    unsafe extern "C" {
+        /// Publish [ptr, ptr+len) and suspend the workflow; returns the length
+        /// of the reply it is resumed with (0 when none).
+        #[link_name = "yield"]
+        pub fn yield_(ptr: i32, len: i32) -> i32;
+        /// Copy up to `cap` bytes of the latest reply to `ptr`; returns the
+        /// number copied.
+        pub fn reply(ptr: i32, cap: i32) -> i32;
+        /// New coroutine running `table0[func](arg)` on the shadow stack
+        /// [stack_ptr, stack_ptr+stack_len); returns its id (> 0).
+        pub fn spawn(func: i32, arg: i32, stack_ptr: i32, stack_len: i32) -> i32;
+        /// Suspend the running coroutine and run coroutine `id` (0 = main).
+        pub fn switch(id: i32, value: i32) -> i32;
+        /// Id of the running coroutine.
+        pub fn current() -> i32;
+    }
+}
+
+/// Pointers are 32-bit offsets on wasm32; the ABI passes them as i32.
+fn addr<T: ?Sized>(p: *const T) -> i32 {
+    p as *const u8 as usize as i32
+}
+
+/// Bytes must not wait in std's stdout buffer while the workflow is
+/// suspended: the process may end there, and they would be printed later, by
+/// another process, out of order.
+fn flush_stdout() {
+    #[cfg(feature = "std")]
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Publish `value` as this step's value and suspend the workflow; returns
+/// the reply it is resumed with (empty when none).
+pub fn yield_bytes(value: &[u8]) -> Vec<u8> {
+    flush_stdout();
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `value` is.
+    let len = unsafe { raw::yield_(addr(value.as_ptr()), value.len() as i32) };
+    let mut reply = Vec::with_capacity(len.max(0) as usize);
+    if len > 0 {
+        // SAFETY: the host writes at most `len` bytes, the capacity we hold.
+        unsafe {
+            let got = raw::reply(addr(reply.as_mut_ptr()), len);
+            reply.set_len(got.clamp(0, len) as usize);
+        }
+    }
+    reply
+}
+
+/// [`yield_bytes`] for text: the reply is decoded as UTF-8 (invalid bytes
+/// become U+FFFD).
+pub fn yield_str(value: &str) -> String {
+    let reply = yield_bytes(value.as_bytes());
+    match String::from_utf8(reply) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// A bare suspension (greenlet's `root.switch()`): an empty value, which the
+/// host prints as nothing; any reply is ignored.
+pub fn suspend() {
+    flush_stdout();
+    // SAFETY: an empty range publishes nothing.
+    unsafe { raw::yield_(0, 0) };
+}
+
+/// Id of the running coroutine (0 is the workflow's main).
+pub fn current() -> i32 {
+    // SAFETY: no arguments, no memory.
+    unsafe { raw::current() }
+}
+
+/// Suspend the running coroutine and run coroutine `id` (0 = main), whose
+/// pending `switch` returns `value`. Returns what this coroutine is later
+/// resumed with (0 when a child it switched into has returned).
+pub fn switch(id: i32, value: i32) -> i32 {
+    flush_stdout();
+    // SAFETY: switching touches no memory of ours; the engine keeps each
+    // coroutine's stack where it is.
+    unsafe { raw::switch(id, value) }
+}
+
+/// Which coroutine spawned which: (id, parent). The engine knows too, but the
+/// ABI has no call to ask it, and greenlets need `parent`.
+struct Registry(UnsafeCell<Vec<(i32, i32)>>);
+// SAFETY: wasm32 guests are single-threaded (wasnap refuses shared memories
+// and threads), so the registry is never touched concurrently.
+unsafe impl Sync for Registry {}
+static PARENTS: Registry = Registry(UnsafeCell::new(Vec::new()));
+
+fn with_parents<R>(f: impl FnOnce(&mut Vec<(i32, i32)>) -> R) -> R {
+    // SAFETY: single-threaded, and `f` never re-enters the registry.
+    f(unsafe { &mut *PARENTS.0.get() })
+}
+
+/// The parent of the running coroutine, `None` in main.
+pub fn parent() -> Option<i32> {
+    let me = current();
+    with_parents(|p| p.iter().find(|(id, _)| *id == me).map(|&(_, parent)| parent))
+}
+
+/// `greenlet.getcurrent().parent.switch(value)`.
+///
+/// # Panics
+/// In main, which has no parent.
+pub fn switch_to_parent(value: i32) -> i32 {
+    let parent = parent().expect("the workflow's main has no parent coroutine");
+    switch(parent, value)
+}
+
+/// What the trampoline needs; `arg` of `spawn` points at it.
+struct Start {
+    body: Option<Box<dyn FnOnce()>>,
+    done: bool,
+}
+
+/// Every coroutine starts here: `spawn` takes the table index of a function
+/// of type (i32) -> (), and the closure is behind `arg`.
+extern "C" fn trampoline(arg: i32) {
+    // SAFETY: `arg` is the `Start` that `spawn` leaked for this coroutine,
+    // alive until the coroutine is done (see `Drop for Coroutine`).
+    let start = unsafe { &mut *(arg as usize as *mut Start) };
+    if let Some(body) = start.body.take() {
+        body();
+    }
+    start.done = true;
+    flush_stdout(); // returning resumes the parent
+}
+
+/// A coroutine made by [`spawn`]; it owns its shadow stack.
+pub struct Coroutine {
+    id: i32,
+    start: *mut Start,
+    stack: *mut u8,
+    layout: Layout,
+}
+
+/// Shadow stacks grow down from a 16-byte aligned top, as LLVM expects.
+const STACK_ALIGN: usize = 16;
+
+/// A new coroutine that will run `body` on a shadow stack of `stack_size`
+/// bytes allocated from the heap. It starts at the first switch into it; its
+/// parent is the running coroutine. The stack is not guarded: a coroutine
+/// that overflows it writes over heap memory, so size it generously.
+pub fn spawn<F: FnOnce() + 'static>(body: F, stack_size: usize) -> Coroutine {
+    let size = stack_size.next_multiple_of(STACK_ALIGN).max(STACK_ALIGN);
+    let layout = Layout::from_size_align(size, STACK_ALIGN).expect("stack size too large");
+    // SAFETY: the layout has a non-zero size.
+    let stack = unsafe { alloc(layout) };
+    if stack.is_null() {
+        alloc::alloc::handle_alloc_error(layout);
+    }
+    let start = Box::into_raw(Box::new(Start { body: Some(Box::new(body)), done: false }));
+    let entry: extern "C" fn(i32) = trampoline;
+    // In wasm32 a function pointer is the function's index in table 0.
+    let func = entry as usize as i32;
+    // SAFETY: the engine keeps the pointers; both stay valid while the
+    // coroutine can run (see Drop).
+    let id = unsafe { raw::spawn(func, addr(start), addr(stack), size as i32) };
+    let parent = current();
+    with_parents(|p| p.push((id, parent)));
+    Coroutine { id, start, stack, layout }
+}
+
+impl Coroutine {
+    /// The engine's id of this coroutine.
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// Run this coroutine (`greenlet.switch()`); returns what the running
+    /// coroutine is resumed with, 0 when this one has returned.
+    pub fn switch(&self, value: i32) -> i32 {
+        switch(self.id, value)
+    }
+
+    /// Whether its closure has returned.
+    pub fn is_done(&self) -> bool {
+        // SAFETY: `start` lives as long as `self`.
+        unsafe { (*self.start).done }
+    }
+}
+
+impl Drop for Coroutine {
+    /// A finished coroutine's stack is freed. An unfinished one may still be
+    /// switched into (it is suspended on that stack, and its frames point into
+    /// it), so its stack and closure are leaked rather than freed under it.
+    fn drop(&mut self) {
+        if !self.is_done() {
+            return;
+        }
+        let id = self.id;
+        with_parents(|p| p.retain(|(c, _)| *c != id));
+        // SAFETY: allocated in `spawn` with these layouts, and the coroutine
+        // has returned, so nothing uses them any more.
+        unsafe {
+            drop(Box::from_raw(self.start));
+            dealloc(self.stack, self.layout);
+        }
+    }
+}
