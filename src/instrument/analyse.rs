@@ -352,10 +352,10 @@ impl CallGraph {
                 | Operator::TableInit { .. } => self.writes_tables = true,
                 _ => {}
             }
-            if self.unsupported.is_empty() {
-                if let Some(feature) = unsupported_feature(&op) {
-                    self.unsupported.push((function, feature));
-                }
+            if self.unsupported.is_empty()
+                && let Some(feature) = unsupported_feature(&op)
+            {
+                self.unsupported.push((function, feature));
             }
         }
         Ok(())
