@@ -176,8 +176,15 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
                 for export in reader {
                     let export = export?;
                     module.export_names.insert(export.name.to_string());
-                    if export.kind == ExternalKind::Func {
-                        graph.referenceable.insert(export.index);
+                    match export.kind {
+                        ExternalKind::Func => {
+                            graph.referenceable.insert(export.index);
+                        }
+                        // AssemblyScript names its shadow stack by export.
+                        ExternalKind::Global if export.name == "__stack_pointer" => {
+                            global_names.insert(export.index, export.name.to_string());
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -1,0 +1,166 @@
+//! The seed demos and the deploy workflow in every guest language, through
+//! the Rust API, every step restored from a snapshot into a new Engine.
+//!
+//! The modules come from `guest-workflows/build` (run by `.ci/run` before
+//! the tests); a missing module fails the test with that hint.
+
+use wasnap::runtime::Captured;
+use wasnap::{Config, Engine, Output, Snapshot, Step};
+
+/// Every language build directory under `guest-workflows/out`.
+const LANGUAGES: [&str; 9] = [
+    "wat",
+    "c",
+    "c-O0",
+    "rust",
+    "rust-O0",
+    "zig",
+    "zig-O0",
+    "assemblyscript",
+    "assemblyscript-O0",
+];
+
+fn module(language: &str, demo: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/guest-workflows/out/{language}/{demo}.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{path}: {e}; build the guests with guest-workflows/build --with-O0")
+    })
+}
+
+/// One step of a workflow "in a new process": a new engine restores the
+/// snapshot (or starts the module), sends the reply, runs to the next
+/// suspension. Returns the step, the snapshot after it, and the stdout
+/// lines, yielded values included, as the command line prints them.
+fn step(
+    wasm: &[u8],
+    from: Option<&Snapshot>,
+    reply: Option<&str>,
+) -> (Step, Option<Snapshot>, String) {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(wasm).unwrap();
+    let captured = Captured::default();
+    let config = Config::default().stdout(Output::Capture(captured.clone()));
+    let mut workflow = match from {
+        Some(snapshot) => engine.restore_with(&module, snapshot, config).unwrap(),
+        None => engine.start(&module, config).unwrap(),
+    };
+    if let Some(reply) = reply {
+        workflow.send(reply.as_bytes());
+    }
+    let step = workflow.run().unwrap_or_else(|e| panic!("{e:?}"));
+    let mut out = String::from_utf8(captured.contents()).unwrap();
+    let snapshot = match &step {
+        Step::Yielded(value) => {
+            if !value.is_empty() {
+                out += &String::from_utf8_lossy(value);
+                out += "\n";
+            }
+            Some(workflow.snapshot().unwrap())
+        }
+        Step::Finished(_) => None,
+    };
+    (step, snapshot, out)
+}
+
+/// Runs a workflow to its end with one reply per resume; returns stdout.
+fn run_with_replies(wasm: &[u8], replies: &[Option<&str>]) -> String {
+    let (_, mut snapshot, mut out) = step(wasm, None, None);
+    for reply in replies {
+        let snap = snapshot.expect("suspended before its last reply");
+        let (_, next, text) = step(wasm, Some(&snap), *reply);
+        out += &text;
+        snapshot = next;
+    }
+    assert!(snapshot.is_none(), "the workflow did not finish");
+    out
+}
+
+#[test]
+fn approval_in_every_language() {
+    for language in LANGUAGES {
+        let wasm = module(language, "approval");
+        let approved = run_with_replies(&wasm, &[None, Some("true"), None]);
+        assert_eq!(
+            approved, "do something\nask boss for permission\ndo another after approved\n",
+            "{language}"
+        );
+        // Branch from version 2 with another answer.
+        let (_, v1, _) = step(&wasm, None, None);
+        let (_, v2, _) = step(&wasm, v1.as_ref(), None);
+        let (_, _, rejected) = step(&wasm, v2.as_ref(), Some("false"));
+        assert_eq!(rejected, "do another after rejected\n", "{language}");
+    }
+}
+
+#[test]
+fn greenlet_in_every_language() {
+    for language in LANGUAGES {
+        let wasm = module(language, "greenlet");
+        let (_, v1, mut out) = step(&wasm, None, None);
+        let v1 = v1.unwrap();
+        let pickled = v1.memories.iter().flat_map(|m| &m.pages).any(|page| {
+            page.data
+                .windows(b"special-g-stack".len())
+                .any(|w| w == b"special-g-stack")
+        });
+        out += &format!(
+            "is greenlet g also pickled? {}\n",
+            if pickled { "True" } else { "False" }
+        );
+        let (_, v2, text) = step(&wasm, Some(&v1), None);
+        out += &text;
+        let (_, v3, text) = step(&wasm, v2.as_ref(), None);
+        out += &text;
+        let (_, _, text) = step(&wasm, Some(&v1), None);
+        out += &text;
+        let (end, _, text) = step(&wasm, v3.as_ref(), None);
+        out += &text;
+        assert!(matches!(end, Step::Finished(_)), "{language}");
+        assert_eq!(
+            out, "enter g\nis greenlet g also pickled? True\na\nleave g\nb\na\nleave g\nc\n",
+            "{language}"
+        );
+    }
+}
+
+#[test]
+fn deploy_in_every_language() {
+    let scenarios: [(&[Option<&str>], &str); 4] = [
+        (
+            &[Some("yes"), Some("ok"), Some("ok"), Some("ok")],
+            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n",
+        ),
+        (
+            &[
+                Some("yes"),
+                Some("ok"),
+                Some("ok"),
+                Some("fail"),
+                None,
+                None,
+            ],
+            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\nrolling back machine-2\nrolling back machine-1\nrolled back after machine-3 failed\n",
+        ),
+        (
+            &[Some("yes"), Some("ok"), Some("fail"), None],
+            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n",
+        ),
+        (
+            &[Some("no")],
+            "building release\nwaiting for approval\ndeployment not approved\n",
+        ),
+    ];
+    for language in LANGUAGES {
+        let wasm = module(language, "deploy");
+        for (replies, expected) in scenarios {
+            assert_eq!(
+                run_with_replies(&wasm, replies),
+                expected,
+                "{language} {replies:?}"
+            );
+        }
+    }
+}
