@@ -1,1 +1,689 @@
 //! The portable snapshot file format.
+//!
+//! A snapshot file is a zstd stream (zstd's content checksum on). Its
+//! uncompressed form is:
+//!
+//! ```text
+//! magic      8 bytes  "WASNAPSF"
+//! version    u32      FORMAT_VERSION
+//! flags      u32      bit 0: a module is embedded; bit 1: page contents left out
+//! state               module hash, instrumenter version, globals, tables,
+//!                     coroutines, host state
+//! memories            per memory: page count (u64), non-zero page count (u32),
+//!                     then each page as its index (u32) and its 65536 raw bytes
+//! module              if embedded: length (u32) and the original module bytes
+//! checksum   32 bytes BLAKE3 of everything before it
+//! ```
+//!
+//! All integers are little-endian; byte strings and lists are prefixed with
+//! their length as `u32`. Page contents are stored raw so that
+//! `zstd -dc FILE | grep` finds data from the guest's memory.
+//!
+//! The same encoding without page contents (and without zstd) is the
+//! per-version state blob of the store, which keeps pages apart.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result, bail};
+
+use super::codec::{Reader, Writer};
+use super::{
+    Coroutine, CoroutineState, GlobalValue, HostState, MemoryImage, PAGE_SIZE, Page, Snapshot,
+    TableImage,
+};
+
+/// The first bytes of an uncompressed snapshot file.
+pub const MAGIC: [u8; 8] = *b"WASNAPSF";
+
+/// The version of the format this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// zstd level for files: they are written once, by hand, so favour size a bit.
+const FILE_ZSTD_LEVEL: i32 = 3;
+
+const FLAG_MODULE: u32 = 1;
+const FLAG_NO_PAGES: u32 = 2;
+const KNOWN_FLAGS: u32 = FLAG_MODULE | FLAG_NO_PAGES;
+
+/// The first bytes of every zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Largest memory in Wasm pages: 2^64 bytes (memory64) / 64 KiB.
+const MAX_PAGE_COUNT: u64 = 1 << 48;
+
+/// Encodes `snapshot`, and the original module bytes if given, as a
+/// self-contained snapshot file.
+pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
+    let raw = encode_raw(snapshot, module, true)?;
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), FILE_ZSTD_LEVEL)
+        .context("cannot start zstd compression")?;
+    encoder
+        .include_checksum(true)
+        .context("cannot enable the zstd checksum")?;
+    encoder
+        .write_all(&raw)
+        .context("cannot compress the snapshot")?;
+    encoder.finish().context("cannot compress the snapshot")
+}
+
+/// Decodes a snapshot file into its snapshot and, if the file embeds one,
+/// the original module bytes. Everything is checked before it returns: the
+/// zstd checksum, the magic, the format version, the BLAKE3 checksum, the
+/// structure, and that an embedded module matches the snapshot's hash.
+pub fn decode(bytes: &[u8]) -> Result<(Snapshot, Option<Vec<u8>>)> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        bail!("not a wasnap snapshot file (it is not zstd-compressed)");
+    }
+    let raw = decompress(bytes)?;
+    let (snapshot, module) = decode_raw(&raw, true).map_err(|e| {
+        if e.is::<NotCorruption>() {
+            e
+        } else {
+            anyhow::anyhow!("snapshot file is corrupt: {e:#}")
+        }
+    })?;
+    if let Some(module) = &module
+        && *blake3::hash(module).as_bytes() != snapshot.module_hash
+    {
+        bail!("snapshot file is corrupt: the embedded module does not match its hash");
+    }
+    Ok((snapshot, module))
+}
+
+/// Encodes everything but the page contents, uncompressed: the per-version
+/// state blob of the store. Memories keep their sizes, not their pages.
+pub(crate) fn encode_state(snapshot: &Snapshot) -> Result<Vec<u8>> {
+    encode_raw(snapshot, None, false)
+}
+
+/// Decodes a blob written by [`encode_state`]; memories come back with
+/// their sizes and no pages.
+pub(crate) fn decode_state(bytes: &[u8]) -> Result<Snapshot> {
+    Ok(decode_raw(bytes, false)?.0)
+}
+
+/// Errors that are not corruption (a newer format, a wrong kind of blob)
+/// and must reach the user as they are.
+#[derive(Debug)]
+struct NotCorruption(String);
+
+impl std::fmt::Display for NotCorruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotCorruption {}
+
+fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut decoder = zstd::stream::read::Decoder::new(bytes)
+        .context("snapshot file cannot be read: zstd cannot start")?;
+    match decoder.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) => bail!("snapshot file is corrupt or truncated (zstd: {e})"),
+    }
+}
+
+fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> Result<Vec<u8>> {
+    let mut w = Writer::default();
+    w.raw(&MAGIC);
+    w.u32(FORMAT_VERSION);
+    let mut flags = if with_pages { 0 } else { FLAG_NO_PAGES };
+    if module.is_some() {
+        flags |= FLAG_MODULE;
+    }
+    w.u32(flags);
+    write_state(&mut w, snapshot)?;
+    write_memories(&mut w, &snapshot.memories, with_pages)?;
+    if let Some(module) = module {
+        w.bytes(module)?;
+    }
+    let sum = blake3::hash(&w.buf);
+    w.raw(sum.as_bytes());
+    Ok(w.buf)
+}
+
+fn decode_raw(raw: &[u8], with_pages: bool) -> Result<(Snapshot, Option<Vec<u8>>)> {
+    let mut r = Reader::new(raw);
+    if r.remaining() < MAGIC.len() || r.raw(MAGIC.len())? != MAGIC {
+        return Err(NotCorruption("not a wasnap snapshot (bad magic)".into()).into());
+    }
+    let version = r.u32().context("the header is truncated")?;
+    if version > FORMAT_VERSION {
+        return Err(NotCorruption(format!(
+            "snapshot format version {version} is newer than this wasnap supports ({FORMAT_VERSION})"
+        ))
+        .into());
+    }
+    if version == 0 {
+        bail!("format version 0 does not exist");
+    }
+    verify_checksum(raw)?;
+    let body = &raw[..raw.len() - 32];
+    let mut r = Reader::new(&body[MAGIC.len() + 4..]);
+    let flags = r.u32()?;
+    check_flags(flags, with_pages)?;
+    let mut snapshot = read_state(&mut r)?;
+    snapshot.memories = read_memories(&mut r)?;
+    let module = if flags & FLAG_MODULE != 0 {
+        Some(r.bytes().context("the embedded module")?)
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok((snapshot, module))
+}
+
+fn verify_checksum(raw: &[u8]) -> Result<()> {
+    if raw.len() < MAGIC.len() + 8 + 32 {
+        bail!("it is truncated ({} bytes)", raw.len());
+    }
+    let (body, sum) = raw.split_at(raw.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        bail!("checksum mismatch");
+    }
+    Ok(())
+}
+
+fn check_flags(flags: u32, with_pages: bool) -> Result<()> {
+    if flags & !KNOWN_FLAGS != 0 {
+        bail!("unknown flags {flags:#x}");
+    }
+    if (flags & FLAG_NO_PAGES == 0) != with_pages {
+        let what = if with_pages {
+            "a snapshot file"
+        } else {
+            "a stored state"
+        };
+        return Err(NotCorruption(format!("this is not {what}")).into());
+    }
+    Ok(())
+}
+
+fn write_state(w: &mut Writer, s: &Snapshot) -> Result<()> {
+    w.raw(&s.module_hash);
+    w.u32(s.instrumenter_version);
+    w.len(s.globals.len())?;
+    s.globals.iter().for_each(|g| write_global(w, g));
+    w.len(s.tables.len())?;
+    for table in &s.tables {
+        write_table(w, table)?;
+    }
+    w.len(s.coroutines.len())?;
+    for c in &s.coroutines {
+        write_coroutine(w, c)?;
+    }
+    write_host(w, &s.host)
+}
+
+fn read_state(r: &mut Reader) -> Result<Snapshot> {
+    let module_hash = r.hash()?;
+    let instrumenter_version = r.u32()?;
+    let globals = (0..r.count(1)?)
+        .map(|i| read_global(r).with_context(|| format!("global {i}")))
+        .collect::<Result<_>>()?;
+    let tables = (0..r.count(4)?)
+        .map(|i| read_table(r).with_context(|| format!("table {i}")))
+        .collect::<Result<_>>()?;
+    let coroutines = read_coroutines(r)?;
+    let host = read_host(r).context("host state")?;
+    Ok(Snapshot {
+        module_hash,
+        instrumenter_version,
+        memories: Vec::new(),
+        globals,
+        tables,
+        coroutines,
+        host,
+    })
+}
+
+fn write_global(w: &mut Writer, g: &GlobalValue) {
+    match *g {
+        GlobalValue::I32(v) => {
+            w.u8(0);
+            w.u32(v);
+        }
+        GlobalValue::I64(v) => {
+            w.u8(1);
+            w.u64(v);
+        }
+        GlobalValue::F32(v) => {
+            w.u8(2);
+            w.u32(v);
+        }
+        GlobalValue::F64(v) => {
+            w.u8(3);
+            w.u64(v);
+        }
+        GlobalValue::V128(v) => {
+            w.u8(4);
+            w.u128(v);
+        }
+        GlobalValue::NullRef => w.u8(5),
+        GlobalValue::FuncRef(f) => {
+            w.u8(6);
+            w.u32(f);
+        }
+    }
+}
+
+fn read_global(r: &mut Reader) -> Result<GlobalValue> {
+    Ok(match r.u8()? {
+        0 => GlobalValue::I32(r.u32()?),
+        1 => GlobalValue::I64(r.u64()?),
+        2 => GlobalValue::F32(r.u32()?),
+        3 => GlobalValue::F64(r.u64()?),
+        4 => GlobalValue::V128(r.u128()?),
+        5 => GlobalValue::NullRef,
+        6 => GlobalValue::FuncRef(r.u32()?),
+        tag => bail!("unknown value kind {tag}"),
+    })
+}
+
+fn write_table(w: &mut Writer, t: &TableImage) -> Result<()> {
+    w.len(t.elements.len())?;
+    for e in &t.elements {
+        match e {
+            None => w.u8(0),
+            Some(f) => {
+                w.u8(1);
+                w.u32(*f);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_table(r: &mut Reader) -> Result<TableImage> {
+    let elements = (0..r.count(1)?)
+        .map(|_| match r.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(r.u32()?)),
+            tag => bail!("unknown element kind {tag}"),
+        })
+        .collect::<Result<_>>()?;
+    Ok(TableImage { elements })
+}
+
+fn write_coroutine(w: &mut Writer, c: &Coroutine) -> Result<()> {
+    w.u32(c.id);
+    w.u32(c.parent);
+    w.u8(match c.state {
+        CoroutineState::Fresh => 0,
+        CoroutineState::Suspended => 1,
+        CoroutineState::Finished => 2,
+    });
+    w.u32(c.entry_function);
+    w.u32(c.entry_argument);
+    w.u32(c.stack_pointer);
+    w.bytes(&c.stack)?;
+    w.u32(c.resume_value);
+    Ok(())
+}
+
+fn read_coroutines(r: &mut Reader) -> Result<Vec<Coroutine>> {
+    let coroutines: Vec<Coroutine> = (0..r.count(25)?)
+        .map(|i| read_coroutine(r).with_context(|| format!("coroutine {i}")))
+        .collect::<Result<_>>()?;
+    let mut ids: Vec<u32> = coroutines.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        bail!("two coroutines share an id");
+    }
+    Ok(coroutines)
+}
+
+fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
+    let id = r.u32()?;
+    let parent = r.u32()?;
+    let state = match r.u8()? {
+        0 => CoroutineState::Fresh,
+        1 => CoroutineState::Suspended,
+        2 => CoroutineState::Finished,
+        tag => bail!("unknown coroutine state {tag}"),
+    };
+    Ok(Coroutine {
+        id,
+        parent,
+        state,
+        entry_function: r.u32()?,
+        entry_argument: r.u32()?,
+        stack_pointer: r.u32()?,
+        stack: r.bytes()?,
+        resume_value: r.u32()?,
+    })
+}
+
+fn write_host(w: &mut Writer, h: &HostState) -> Result<()> {
+    w.u32(h.current);
+    w.u32(h.next_coroutine_id);
+    w.str(&h.suspended_in)?;
+    w.bytes(&h.yielded)?;
+    w.bytes(&h.reply)?;
+    w.strings(&h.args)?;
+    w.len(h.env.len())?;
+    for (k, v) in &h.env {
+        w.str(k)?;
+        w.str(v)?;
+    }
+    Ok(())
+}
+
+fn read_host(r: &mut Reader) -> Result<HostState> {
+    let current = r.u32()?;
+    let next_coroutine_id = r.u32()?;
+    let suspended_in = r.str()?;
+    let yielded = r.bytes()?;
+    let reply = r.bytes()?;
+    let args = r.strings()?;
+    let env = (0..r.count(8)?)
+        .map(|_| Ok((r.str()?, r.str()?)))
+        .collect::<Result<_>>()?;
+    Ok(HostState {
+        current,
+        next_coroutine_id,
+        suspended_in,
+        yielded,
+        reply,
+        args,
+        env,
+    })
+}
+
+fn write_memories(w: &mut Writer, memories: &[MemoryImage], with_pages: bool) -> Result<()> {
+    w.len(memories.len())?;
+    for (i, m) in memories.iter().enumerate() {
+        check_memory(m).with_context(|| format!("memory {i} cannot be saved"))?;
+        w.u64(m.page_count);
+        if with_pages {
+            w.len(m.pages.len())?;
+            for p in &m.pages {
+                w.u32(p.index);
+                w.raw(&p.data);
+            }
+        } else {
+            w.u32(0);
+        }
+    }
+    Ok(())
+}
+
+fn read_memories(r: &mut Reader) -> Result<Vec<MemoryImage>> {
+    (0..r.count(12)?)
+        .map(|i| read_memory(r).with_context(|| format!("memory {i}")))
+        .collect()
+}
+
+fn read_memory(r: &mut Reader) -> Result<MemoryImage> {
+    let page_count = r.u64()?;
+    let pages = (0..r.count(4 + PAGE_SIZE)?)
+        .map(|_| {
+            let index = r.u32()?;
+            let data = r.raw(PAGE_SIZE)?.to_vec();
+            Ok(Page { index, data })
+        })
+        .collect::<Result<_>>()?;
+    let memory = MemoryImage { page_count, pages };
+    check_memory(&memory)?;
+    Ok(memory)
+}
+
+/// The invariants of a memory image: a possible size, and whole pages
+/// inside it in strictly ascending order.
+pub(crate) fn check_memory(m: &MemoryImage) -> Result<()> {
+    if m.page_count > MAX_PAGE_COUNT {
+        bail!("size of {} pages is beyond any Wasm memory", m.page_count);
+    }
+    let mut previous: Option<u32> = None;
+    for p in &m.pages {
+        if p.data.len() != PAGE_SIZE {
+            bail!(
+                "page {} holds {} bytes, not {PAGE_SIZE}",
+                p.index,
+                p.data.len()
+            );
+        }
+        if u64::from(p.index) >= m.page_count {
+            bail!(
+                "page {} is beyond its size of {} pages",
+                p.index,
+                m.page_count
+            );
+        }
+        if previous.is_some_and(|prev| prev >= p.index) {
+            bail!("page {} is out of order", p.index);
+        }
+        previous = Some(p.index);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A snapshot that uses every kind of field, with recognisable bytes in
+    /// two memories.
+    pub(crate) fn sample() -> Snapshot {
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[100..118].copy_from_slice(b"special-g-stack!!!");
+        let mut other = vec![7u8; PAGE_SIZE];
+        other[0] = 1;
+        Snapshot {
+            module_hash: *blake3::hash(b"module").as_bytes(),
+            instrumenter_version: 3,
+            memories: vec![
+                MemoryImage {
+                    page_count: 17,
+                    pages: vec![
+                        Page {
+                            index: 0,
+                            data: page,
+                        },
+                        Page {
+                            index: 16,
+                            data: other.clone(),
+                        },
+                    ],
+                },
+                MemoryImage {
+                    page_count: 1,
+                    pages: vec![Page {
+                        index: 0,
+                        data: other,
+                    }],
+                },
+            ],
+            globals: vec![
+                GlobalValue::I32(1),
+                GlobalValue::I64(u64::MAX),
+                GlobalValue::F32(0x7fc0_0001),
+                GlobalValue::F64(0x7ff8_0000_0000_0001),
+                GlobalValue::V128(u128::MAX - 5),
+                GlobalValue::NullRef,
+                GlobalValue::FuncRef(9),
+            ],
+            tables: vec![TableImage {
+                elements: vec![None, Some(3), Some(0)],
+            }],
+            coroutines: vec![
+                Coroutine {
+                    id: 0,
+                    parent: 0,
+                    state: CoroutineState::Suspended,
+                    entry_function: 0,
+                    entry_argument: 0,
+                    stack_pointer: 65536,
+                    stack: vec![1, 2, 3, 4],
+                    resume_value: 0,
+                },
+                Coroutine {
+                    id: 1,
+                    parent: 0,
+                    state: CoroutineState::Fresh,
+                    entry_function: 2,
+                    entry_argument: 42,
+                    stack_pointer: 4096,
+                    stack: Vec::new(),
+                    resume_value: 5,
+                },
+            ],
+            host: HostState {
+                current: 1,
+                next_coroutine_id: 2,
+                suspended_in: "wasnap.yield".into(),
+                yielded: b"ask the boss".to_vec(),
+                reply: b"true".to_vec(),
+                args: vec!["wf.wasm".into(), "--fast".into()],
+                env: vec![("HOME".into(), "/root".into())],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_with_and_without_module() {
+        let s = sample();
+        let bytes = encode(&s, Some(b"module")).unwrap();
+        assert_eq!(
+            decode(&bytes).unwrap(),
+            (s.clone(), Some(b"module".to_vec()))
+        );
+        let bytes = encode(&s, None).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), (s, None));
+    }
+
+    #[test]
+    fn pages_appear_raw_once_decompressed() {
+        let bytes = encode(&sample(), None).unwrap();
+        let raw = zstd::stream::decode_all(&bytes[..]).unwrap();
+        let needle = b"special-g-stack";
+        assert!(raw.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn several_frames_are_one_stream() {
+        let bytes = encode(&sample(), None).unwrap();
+        let raw = zstd::stream::decode_all(&bytes[..]).unwrap();
+        let (a, b) = raw.split_at(raw.len() / 3);
+        let mut two = zstd::stream::encode_all(a, 1).unwrap();
+        two.extend(zstd::stream::encode_all(b, 1).unwrap());
+        assert_eq!(decode(&two).unwrap().0, sample());
+    }
+
+    #[test]
+    fn state_blob_leaves_pages_out() {
+        let s = sample();
+        let blob = encode_state(&s).unwrap();
+        assert!(blob.len() < PAGE_SIZE);
+        let back = decode_state(&blob).unwrap();
+        assert_eq!(back.memories[0].page_count, 17);
+        assert!(back.memories.iter().all(|m| m.pages.is_empty()));
+        assert_eq!(back.host, s.host);
+        let file_err = decode_state(&encode_raw(&s, None, true).unwrap()).unwrap_err();
+        assert_eq!(file_err.to_string(), "this is not a stored state");
+    }
+
+    /// Rewrites the uncompressed form of a file, fixing its checksum.
+    fn reseal(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut raw = zstd::stream::decode_all(bytes).unwrap();
+        raw.truncate(raw.len() - 32);
+        edit(&mut raw);
+        let sum = blake3::hash(&raw);
+        raw.extend_from_slice(sum.as_bytes());
+        zstd::stream::encode_all(&raw[..], 1).unwrap()
+    }
+
+    #[test]
+    fn newer_format_is_refused_by_name() {
+        let bytes = encode(&sample(), None).unwrap();
+        let newer = reseal(&bytes, |raw| {
+            raw[8..12].copy_from_slice(&7u32.to_le_bytes())
+        });
+        assert_eq!(
+            decode(&newer).unwrap_err().to_string(),
+            format!(
+                "snapshot format version 7 is newer than this wasnap supports ({FORMAT_VERSION})"
+            )
+        );
+    }
+
+    #[test]
+    fn bad_structure_is_refused_even_with_a_good_checksum() {
+        let bytes = encode(&sample(), Some(b"module")).unwrap();
+        let wrong_module = reseal(&bytes, |raw| {
+            let n = raw.len();
+            raw[n - 1] ^= 1;
+        });
+        let err = decode(&wrong_module).unwrap_err().to_string();
+        assert!(err.contains("embedded module does not match"), "{err}");
+        let trailing = reseal(&bytes, |raw| raw.push(0));
+        let err = decode(&trailing).unwrap_err().to_string();
+        assert!(err.contains("unexpected bytes"), "{err}");
+    }
+
+    #[test]
+    fn refuses_invalid_memories_when_encoding() {
+        let mut s = sample();
+        s.memories[0].pages.swap(0, 1);
+        assert!(encode(&s, None).is_err());
+        let mut s = sample();
+        s.memories[1].page_count = 0;
+        assert!(encode(&s, None).is_err());
+        let mut s = sample();
+        s.memories[0].pages[0].data.pop();
+        assert!(encode(&s, None).is_err());
+    }
+
+    #[test]
+    fn names_the_cause_of_garbage() {
+        let err = decode(b"hello").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "not a wasnap snapshot file (it is not zstd-compressed)"
+        );
+        let not_ours = zstd::stream::encode_all(&b"some other data entirely"[..], 1).unwrap();
+        let err = decode(&not_ours).unwrap_err().to_string();
+        assert_eq!(err, "not a wasnap snapshot (bad magic)");
+    }
+
+    /// Every truncation and many bit flips of a valid file, and random
+    /// bytes, are refused with a one-line error and never panic.
+    #[test]
+    fn truncations_flips_and_noise_are_refused() {
+        let s = sample();
+        let bytes = encode(&s, Some(b"module")).unwrap();
+        for len in 0..bytes.len() {
+            let err = decode(&bytes[..len]).expect_err("a truncated file decoded");
+            assert!(!err.to_string().contains('\n'));
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            match decode(&flipped) {
+                // A flip in zstd's framing may be harmless (e.g. a reserved
+                // header bit); what decodes must then be the original.
+                Ok(back) => assert_eq!(back, (s.clone(), Some(b"module".to_vec()))),
+                Err(e) => assert!(!e.to_string().contains('\n')),
+            }
+        }
+        for len in [0usize, 1, 4, 13, 100, 4096] {
+            let mut noise: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            assert!(decode(&noise).is_err());
+            if noise.len() >= 4 {
+                noise[..4].copy_from_slice(&ZSTD_MAGIC);
+                assert!(decode(&noise).is_err());
+            }
+            let raw_noise = zstd::stream::encode_all(&noise[..], 1).unwrap();
+            assert!(decode(&raw_noise).is_err());
+        }
+    }
+}

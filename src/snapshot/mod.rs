@@ -6,6 +6,7 @@
 //! Nothing in it refers to a wasmtime object, so it can be written to a file
 //! ([`file`]) or to the store and restored in another process.
 
+pub(crate) mod codec;
 pub mod file;
 
 /// Size of one snapshot page, in bytes: the unit of zero-skipping and of
