@@ -16,7 +16,8 @@ mod workflow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use wasmtime::{InstancePre, Linker};
@@ -44,6 +45,7 @@ struct EngineInner {
     linker: Linker<HostState>,
     options: Options,
     modules: Mutex<HashMap<ModuleHash, Module>>,
+    ticker: Once,
 }
 
 /// A module ready to run: instrumented, compiled and linked.
@@ -122,6 +124,7 @@ pub struct Config {
     env: Vec<(String, String)>,
     stdout: Output,
     memory_limit: Option<usize>,
+    time_limit: Option<Duration>,
     directories: Vec<(PathBuf, String)>,
 }
 
@@ -157,6 +160,14 @@ impl Config {
         self
     }
 
+    /// Upper bound on the time one [`Workflow::run`] may take before the
+    /// workflow is interrupted with an error (checked every
+    /// [`EPOCH_TICK`]). The last saved version is unaffected.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
     /// Grants the workflow the host directory `host` as `guest` (WASI has
     /// no filesystem access otherwise).
     pub fn directory(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
@@ -177,6 +188,9 @@ impl Engine {
     pub fn with_options(options: Options) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
+        // Time limits interrupt a run at the next epoch check; the checks
+        // cost a load and a compare at loop heads and function entries.
+        config.epoch_interruption(true);
         let wasmtime = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
@@ -187,6 +201,7 @@ impl Engine {
                 linker,
                 options,
                 modules: Mutex::new(HashMap::new()),
+                ticker: Once::new(),
             }),
         })
     }
@@ -259,7 +274,26 @@ impl Engine {
 
     /// A new workflow instance of `module`, not yet running.
     pub fn start(&self, module: &Module, config: Config) -> Result<Workflow> {
+        self.start_ticker_for(&config);
         Workflow::start(module.clone(), config)
+    }
+
+    /// Time limits are measured in epochs: the first workflow with one
+    /// starts a thread that advances the engine's epoch every
+    /// [`EPOCH_TICK`] for the rest of the process.
+    fn start_ticker_for(&self, config: &Config) {
+        if config.time_limit.is_none() {
+            return;
+        }
+        self.inner.ticker.call_once(|| {
+            let engine = self.inner.wasmtime.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            });
+        });
     }
 
     /// A workflow restored from `snapshot` into a fresh store, ready to
@@ -290,9 +324,13 @@ impl Engine {
                 instrument::INSTRUMENTER_VERSION
             );
         }
+        self.start_ticker_for(&config);
         Workflow::restore(module.clone(), snapshot, config)
     }
 }
+
+/// How often time limits are checked.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The first 12 hex digits of a hash, as shown to users.
 pub fn short_hash(hash: &ModuleHash) -> String {

@@ -19,6 +19,9 @@ use crate::instrument::{
 };
 use crate::snapshot::{Coroutine, CoroutineState, HostState as SnapshotHost, Snapshot};
 
+/// Epochs until the deadline when there is no time limit: never reached.
+const NO_DEADLINE: u64 = u64::MAX / 2;
+
 /// Where a call to [`Workflow::run`] stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -37,6 +40,7 @@ pub struct Workflow {
     store: Store<HostState>,
     instance: Instance,
     finished: bool,
+    time_limit: Option<std::time::Duration>,
 }
 
 impl Workflow {
@@ -116,7 +120,9 @@ impl Workflow {
         }
         let mut limits = wasmtime::StoreLimitsBuilder::new();
         if let Some(bytes) = config.memory_limit {
-            limits = limits.memory_size(bytes);
+            // A clear trap rather than a failed memory.grow the guest may
+            // not check.
+            limits = limits.memory_size(bytes).trap_on_grow_failure(true);
         }
         let host = HostState {
             wasi: wasi.build_p1(),
@@ -134,6 +140,9 @@ impl Workflow {
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
         store.limiter(|host| &mut host.limits);
+        // A new store's epoch deadline is "now": give the start function,
+        // if any, all the time it needs; `run` sets the real deadline.
+        store.set_epoch_deadline(NO_DEADLINE);
         let instance = module
             .inner
             .instance_pre
@@ -165,6 +174,7 @@ impl Workflow {
             store,
             instance,
             finished: false,
+            time_limit: config.time_limit,
         })
     }
 
@@ -195,6 +205,11 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished");
         }
+        let ticks = match self.time_limit {
+            Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
+            None => NO_DEADLINE,
+        };
+        self.store.set_epoch_deadline(ticks);
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
@@ -254,6 +269,14 @@ impl Workflow {
             Ok(()) => Ok(Exit::Returned),
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(Exit::Status(exit.0)),
+                None if error.downcast_ref::<wasmtime::Trap>()
+                    == Some(&wasmtime::Trap::Interrupt) =>
+                {
+                    match self.time_limit {
+                        Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
+                        None => bail!("the workflow was interrupted"),
+                    }
+                }
                 None => Err(anyhow::Error::from(error)
                     .context(format!("the workflow trapped in coroutine {id}"))),
             },

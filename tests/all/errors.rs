@@ -1,0 +1,122 @@
+//! Bad input and limits through the engine: every error is one clear line,
+//! and a failed step leaves the saved snapshot usable.
+
+use std::time::Duration;
+
+use wasnap::{Config, Engine, Step};
+
+fn approval() -> Vec<u8> {
+    wat::parse_file(format!(
+        "{}/guest-workflows/wat/approval.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn message(result: anyhow::Result<impl Sized>) -> String {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
+fn guest(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "run") {body}))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_snapshot_does_not_load_into_another_module() {
+    let engine = Engine::new().unwrap();
+    let approval = engine.load(&approval()).unwrap();
+    let other = engine
+        .load(&guest("(drop (call $yield (i32.const 0) (i32.const 0)))"))
+        .unwrap();
+    let mut workflow = engine.start(&approval, Config::default()).unwrap();
+    workflow.run().unwrap();
+    let snapshot = workflow.snapshot().unwrap();
+    let error = message(engine.restore(&other, &snapshot));
+    assert!(
+        error.starts_with("the snapshot belongs to module "),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_snapshot_of_another_instrumenter_version_is_refused() {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&approval()).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    workflow.run().unwrap();
+    let mut snapshot = workflow.snapshot().unwrap();
+    snapshot.instrumenter_version += 1;
+    let error = message(engine.restore(&module, &snapshot));
+    assert!(error.contains("instrumenter version"), "{error}");
+}
+
+#[test]
+fn a_trap_is_an_error_and_the_saved_snapshot_still_resumes() {
+    // Yields, then traps on the way to the second yield.
+    let wasm = guest(
+        "(drop (call $yield (i32.const 0) (i32.const 0)))
+         (if (i32.eqz (call $yield (i32.const 0) (i32.const 0))) (then unreachable))
+         (drop (call $yield (i32.const 0) (i32.const 1)))",
+    );
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    workflow.run().unwrap();
+    workflow.run().unwrap();
+    let saved = workflow.snapshot().unwrap();
+    let error = message(workflow.run());
+    assert!(error.contains("trapped"), "{error}");
+    assert!(error.contains("unreachable"), "{error}");
+    let mut again = engine.restore(&module, &saved).unwrap();
+    again.send(b"ok");
+    assert_eq!(again.run().unwrap(), Step::Yielded(vec![0]));
+}
+
+#[test]
+fn a_time_limit_interrupts_a_runaway_workflow() {
+    let wasm = guest("(loop $forever (br $forever))");
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let config = Config::default().time_limit(Duration::from_millis(50));
+    let mut workflow = engine.start(&module, config).unwrap();
+    let error = message(workflow.run());
+    assert!(error.contains("time limit of 50ms"), "{error}");
+}
+
+#[test]
+fn a_memory_limit_stops_growth_with_a_clear_error() {
+    let wasm = guest("(drop (memory.grow (i32.const 100)))");
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let config = Config::default().memory_limit(1 << 20);
+    let mut workflow = engine.start(&module, config).unwrap();
+    let error = message(workflow.run());
+    assert!(error.contains("memory"), "{error}");
+}
+
+#[test]
+fn modules_that_cannot_run_are_refused_when_loaded() {
+    let engine = Engine::new().unwrap();
+    let error = message(engine.load(b"not wasm at all"));
+    assert_eq!(
+        error,
+        "not a WebAssembly module (the file does not start with \\0asm)"
+    );
+    let no_entry = wat::parse_str("(module (func (export \"other\")))").unwrap();
+    let error = message(engine.load(&no_entry));
+    assert!(error.contains("neither _start nor run"), "{error}");
+    let unknown_import =
+        wat::parse_str(r#"(module (import "elsewhere" "f" (func)) (func (export "run")))"#)
+            .unwrap();
+    let error = message(engine.load(&unknown_import));
+    assert!(error.contains("elsewhere"), "{error}");
+}
