@@ -105,9 +105,9 @@ impl Options {
     }
 }
 
-/// Matches `text` against `pattern`, where `*` stands for any run of
+/// Whether `text` matches `pattern`, where `*` stands for any run of
 /// characters.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((prefix, rest)) => {

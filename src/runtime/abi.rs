@@ -50,8 +50,9 @@ pub(crate) struct Handles {
 /// Why the guest is unwinding.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// `yield`: suspend the whole workflow, publishing a value.
-    Yield(Vec<u8>),
+    /// `yield`, or an embedder's suspending function (named `import`):
+    /// suspend the whole workflow, publishing a value.
+    Yield { import: String, value: Vec<u8> },
     /// `switch`: run another coroutine.
     Switch { target: u32, value: u32 },
 }
@@ -81,7 +82,7 @@ fn instrumentation_state(caller: &mut Caller<'_, HostState>) -> i32 {
 }
 
 /// The second call of a suspending import: end the rewind.
-fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
+pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
     if instrumentation_state(caller) != STATE_REWINDING {
         return Ok(false);
     }
@@ -92,7 +93,7 @@ fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
 }
 
 /// The first call of a suspending import: start the unwind.
-fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending) -> Result<()> {
+pub(crate) fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending) -> Result<()> {
     let handles = handles(caller);
     handles.data.set(&mut *caller, Val::I32(STACK_HEADER))?;
     handles.state.set(&mut *caller, Val::I32(STATE_UNWINDING))?;
@@ -100,14 +101,14 @@ fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending) -> Result<
     Ok(())
 }
 
-fn guest_memory<'a>(caller: &'a mut Caller<'_, HostState>) -> Result<&'a mut [u8]> {
+pub(crate) fn guest_memory<'a>(caller: &'a mut Caller<'_, HostState>) -> Result<&'a mut [u8]> {
     let Some(memory) = handles(caller).memory else {
         bail!("the module has no memory 0 for the wasnap imports to use");
     };
     Ok(memory.data_mut(caller))
 }
 
-fn guest_range(memory: &[u8], ptr: i32, len: i32) -> Result<std::ops::Range<usize>> {
+pub(crate) fn guest_range(memory: &[u8], ptr: i32, len: i32) -> Result<std::ops::Range<usize>> {
     let start = ptr as u32 as usize;
     let end = start + len as u32 as usize;
     if end > memory.len() {
@@ -134,7 +135,11 @@ fn wasnap_yield(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result
     }
     let memory = guest_memory(&mut caller)?;
     let value = memory[guest_range(memory, ptr, len)?].to_vec();
-    start_unwind(&mut caller, Pending::Yield(value))?;
+    let pending = Pending::Yield {
+        import: "wasnap.yield".into(),
+        value,
+    };
+    start_unwind(&mut caller, pending)?;
     Ok(0)
 }
 

@@ -10,6 +10,7 @@
 //! ```
 
 mod abi;
+mod host;
 mod state;
 mod workflow;
 
@@ -26,7 +27,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, Snapshot};
 
+pub use host::{Decision, Handler, HostCall};
+pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
+
+use host::HostFunction;
 
 use abi::HostState;
 
@@ -44,6 +49,7 @@ struct EngineInner {
     wasmtime: wasmtime::Engine,
     linker: Linker<HostState>,
     options: Options,
+    host_functions: Vec<HostFunction>,
     modules: Mutex<HashMap<ModuleHash, Module>>,
     ticker: Once,
 }
@@ -186,6 +192,18 @@ impl Engine {
     /// An engine with instrumentation options, for example more suspending
     /// imports.
     pub fn with_options(options: Options) -> Result<Engine> {
+        Engine::build(options, Vec::new())
+    }
+
+    /// A builder for an engine with host functions of the embedder's own.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            options: Options::default(),
+            host_functions: Vec::new(),
+        }
+    }
+
+    fn build(options: Options, host_functions: Vec<HostFunction>) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
         // Time limits interrupt a run at the next epoch check; the checks
@@ -200,6 +218,7 @@ impl Engine {
                 wasmtime,
                 linker,
                 options,
+                host_functions,
                 modules: Mutex::new(HashMap::new()),
                 ticker: Once::new(),
             }),
@@ -243,8 +262,7 @@ impl Engine {
             .context("the module exports neither _start nor run, so there is nothing to start")?
             .to_string();
         let instance_pre = self
-            .inner
-            .linker
+            .linker_for(&compiled)?
             .instantiate_pre(&compiled)
             .map_err(anyhow::Error::from)
             .context("the module imports something wasnap does not provide")?;
@@ -263,6 +281,32 @@ impl Engine {
             .unwrap()
             .insert(hash, module.clone());
         Ok(module)
+    }
+
+    /// The engine's linker plus the embedder's host functions for the
+    /// imports of this module that match them (their types come from the
+    /// module, so one pattern serves imports of any signature).
+    fn linker_for(&self, compiled: &wasmtime::Module) -> Result<Linker<HostState>> {
+        if self.inner.host_functions.is_empty() {
+            return Ok(self.inner.linker.clone());
+        }
+        let mut linker = self.inner.linker.clone();
+        linker.allow_shadowing(true);
+        for import in compiled.imports() {
+            let wasmtime::ExternType::Func(ty) = import.ty() else {
+                continue;
+            };
+            let found = self.inner.host_functions.iter().find(|f| {
+                instrument::wildcard_match(
+                    &f.pattern,
+                    &format!("{}.{}", import.module(), import.name()),
+                )
+            });
+            if let Some(function) = found {
+                function.define(&mut linker, import.module(), import.name(), ty)?;
+            }
+        }
+        Ok(linker)
     }
 
     fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
@@ -326,6 +370,84 @@ impl Engine {
         }
         self.start_ticker_for(&config);
         Workflow::restore(module.clone(), snapshot, config)
+    }
+}
+
+/// Builds an [`Engine`] with host functions of the embedder's own.
+///
+/// ```
+/// use wasnap::runtime::{Decision, Val};
+/// use wasnap::{Config, Engine, Step};
+///
+/// # fn main() -> anyhow::Result<()> {
+/// // `machines.wait(id)` suspends until the machine is ready; the reply is
+/// // its answer, an i32.
+/// let engine = Engine::builder()
+///     .suspending("machines.wait", |call| match call.reply() {
+///         None => Ok(Decision::Suspend(format!("waiting for {:?}", call.args()[0].unwrap_i32()).into_bytes())),
+///         Some(reply) => Ok(Decision::Answer(vec![Val::I32(reply.len() as i32)])),
+///     })
+///     .build()?;
+/// let wasm = wat::parse_str(r#"
+///     (module
+///       (import "machines" "wait" (func $wait (param i32) (result i32)))
+///       (global (export "answer") (mut i32) (i32.const 0))
+///       (memory 1)
+///       (func (export "run") (global.set 0 (call $wait (i32.const 7)))))
+/// "#)?;
+/// let module = engine.load(&wasm)?;
+/// let mut workflow = engine.start(&module, Config::default())?;
+/// assert_eq!(workflow.run()?, Step::Yielded(b"waiting for 7".to_vec()));
+/// let snapshot = workflow.snapshot()?;
+/// let mut later = engine.restore(&module, &snapshot)?;
+/// later.send(b"ready");
+/// assert_eq!(later.run()?, Step::Finished(0));
+/// # Ok(())
+/// # }
+/// ```
+pub struct EngineBuilder {
+    options: Options,
+    host_functions: Vec<HostFunction>,
+}
+
+impl EngineBuilder {
+    /// A host function for the imports matching `pattern` (`module.name`,
+    /// `*` allowed) that may suspend the workflow: see [`HostCall`].
+    pub fn suspending(
+        mut self,
+        pattern: &str,
+        handler: impl Fn(&mut HostCall<'_, '_>) -> Result<Decision> + Send + Sync + 'static,
+    ) -> Self {
+        self.options = self.options.suspending(pattern);
+        self.host_functions.push(HostFunction {
+            pattern: pattern.to_string(),
+            suspending: true,
+            handler: Arc::new(handler),
+        });
+        self
+    }
+
+    /// A host function for the imports matching `pattern` that always
+    /// answers at once (it must return [`Decision::Answer`]).
+    pub fn function(
+        mut self,
+        pattern: &str,
+        handler: impl Fn(&mut HostCall<'_, '_>) -> Result<Decision> + Send + Sync + 'static,
+    ) -> Self {
+        self.host_functions.push(HostFunction {
+            pattern: pattern.to_string(),
+            suspending: false,
+            handler: Arc::new(handler),
+        });
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Result<Engine> {
+        for function in &self.host_functions {
+            host::check_pattern(&function.pattern)?;
+        }
+        Engine::build(self.options, self.host_functions)
     }
 }
 

@@ -326,8 +326,8 @@ impl Workflow {
         coroutine.stack_pointer = stack_pointer;
         coroutine.state = CoroutineState::Suspended;
         match host.pending.take() {
-            Some(Pending::Yield(value)) => {
-                host.suspended_in = "wasnap.yield".into();
+            Some(Pending::Yield { import, value }) => {
+                host.suspended_in = import;
                 host.yielded = value.clone();
                 host.reply.clear();
                 Ok(Some(Step::Yielded(value)))
