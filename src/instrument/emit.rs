@@ -45,17 +45,15 @@ const RUNTIME_FUNCTIONS: [&str; 6] = [
 
 /// Builds the instrumented module from the input bytes and their analysis.
 pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> {
-    if module.export_names.contains("asyncify_start_unwind") {
-        bail!(
-            "the module is already instrumented (it exports asyncify_start_unwind); run it as it is"
-        );
-    }
     if let Some(name) = module
         .export_names
         .iter()
         .find(|n| n.starts_with("__wasnap_"))
     {
         bail!("the module exports {name}, a name wasnap reserves for itself");
+    }
+    if module.export_names.contains("asyncify_start_unwind") {
+        return expose(wasm, &module);
     }
     let function_count = module.func_types.len() as u32;
     let additions = Additions {
@@ -74,6 +72,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
         global_count: module.globals.len() as u32,
         table_count: module.tables.len() as u32,
         stack_pointer_global: module.stack_pointer_global,
+        initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
         writes_tables: module.writes_tables,
         function_names: module.function_names.clone(),
         ..Metadata::default()
@@ -100,7 +99,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
             3 => output.section(&functions_section(data, runtime_types)?),
             5 => output.section(&memories_section(data)?),
             6 => output.section(&globals_section(data)?),
-            7 => output.section(&exports_section(data, &module, &additions)?),
+            7 => output.section(&reserved_exports(data, &module, Some(&additions))?),
             10 => output.section(&code),
             _ => output.section(&RawSection {
                 id,
@@ -129,6 +128,33 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
     Ok(Instrumented {
         wasm: output.finish(),
         metadata,
+    })
+}
+
+/// A module `wasm-opt --asyncify` already instrumented is used as it is:
+/// it only gains the exports of its memories, globals and tables.
+fn expose(wasm: &[u8], module: &Module) -> Result<Instrumented> {
+    let mut output = wasm_encoder::Module::new();
+    for (id, range) in sections(wasm)? {
+        let data = &wasm[range];
+        match id {
+            7 => output.section(&reserved_exports(Some(data), module, None)?),
+            _ => output.section(&RawSection { id, data }),
+        };
+    }
+    Ok(Instrumented {
+        wasm: output.finish(),
+        metadata: Metadata {
+            memory_count: module.memories.len() as u32,
+            global_count: module.globals.len() as u32,
+            table_count: module.tables.len() as u32,
+            stack_pointer_global: module.stack_pointer_global,
+            function_names: module.function_names.clone(),
+            writes_tables: module.writes_tables,
+            binaryen: true,
+            initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
+            ..Metadata::default()
+        },
     })
 }
 
@@ -244,38 +270,39 @@ fn globals_section(data: Option<&[u8]>) -> Result<GlobalSection> {
     Ok(section)
 }
 
-fn exports_section(
+/// The module's exports, then (for wasnap's own instrumentation) the
+/// runtime's, then every memory, global and table under its reserved name.
+fn reserved_exports(
     data: Option<&[u8]>,
     module: &Module,
-    additions: &Additions,
+    additions: Option<&Additions>,
 ) -> Result<ExportSection> {
     let mut section = ExportSection::new();
     if let Some(data) = data {
         let existing = reader(data, wasmparser::ExportSectionReader::new)?;
         RoundtripReencoder.parse_export_section(&mut section, existing)?;
     }
-    for (offset, name) in RUNTIME_FUNCTIONS.iter().enumerate().skip(1) {
+    if let Some(additions) = additions {
+        for (offset, name) in RUNTIME_FUNCTIONS.iter().enumerate().skip(1) {
+            let index = additions.grow_function + offset as u32;
+            section.export(name, ExportKind::Func, index);
+        }
         section.export(
-            name,
-            ExportKind::Func,
-            additions.grow_function + offset as u32,
+            STACK_MEMORY_EXPORT,
+            ExportKind::Memory,
+            additions.stack_memory,
+        );
+        section.export(
+            STATE_GLOBAL_EXPORT,
+            ExportKind::Global,
+            additions.state_global,
+        );
+        section.export(
+            DATA_GLOBAL_EXPORT,
+            ExportKind::Global,
+            additions.data_global,
         );
     }
-    section.export(
-        STACK_MEMORY_EXPORT,
-        ExportKind::Memory,
-        additions.stack_memory,
-    );
-    section.export(
-        STATE_GLOBAL_EXPORT,
-        ExportKind::Global,
-        additions.state_global,
-    );
-    section.export(
-        DATA_GLOBAL_EXPORT,
-        ExportKind::Global,
-        additions.data_global,
-    );
     for index in 0..module.memories.len() as u32 {
         section.export(
             &format!("{MEMORY_EXPORT_PREFIX}{index}"),

@@ -149,6 +149,12 @@ pub struct Metadata {
     /// Number of tables of the original module; table `N` is exported as
     /// `__wasnap_table_N`.
     pub table_count: u32,
+    /// Whether the module came already instrumented by `wasm-opt
+    /// --asyncify` and was only given the exports above: its frames are
+    /// Binaryen's, driven through its exported `asyncify_*` functions.
+    pub binaryen: bool,
+    /// The initial size of memory 0 in Wasm pages (0 without a memory).
+    pub initial_pages_of_memory0: u64,
     /// Whether any code writes a table at run time (`table.set`,
     /// `table.grow`, `table.fill`, `table.copy`, `table.init`).
     pub writes_tables: bool,

@@ -7,17 +7,13 @@
 //! is rewound and the same import is called again with the same arguments
 //! (state rewinding): now it ends the rewind and returns the answer.
 
-use wasmtime::{Caller, Global, Linker, Memory, Table, Val};
+use wasmtime::{Caller, Global, Linker, Memory, Table};
 use wasmtime::{Result, bail};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::instrument::{STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING};
+use super::unwinder::Unwinder;
+use crate::instrument::STATE_REWINDING;
 use crate::snapshot::{Coroutine, CoroutineState};
-
-/// Address of the `{pos, end}` header in the stack memory; frames follow it.
-pub(crate) const STACK_HEADER: i32 = 0;
-/// Where the first frame goes in the stack memory.
-pub(crate) const STACK_START: u32 = 8;
 
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
@@ -39,9 +35,7 @@ pub(crate) struct HostState {
 /// Exports of the instance the host functions use.
 #[derive(Clone, Copy)]
 pub(crate) struct Handles {
-    pub state: Global,
-    pub data: Global,
-    pub stack: Memory,
+    pub unwinder: Unwinder,
     pub memory: Option<Memory>,
     pub stack_pointer: Option<Global>,
     pub table: Option<Table>,
@@ -77,26 +71,28 @@ fn handles(caller: &Caller<'_, HostState>) -> Handles {
         .expect("host functions run only in a set-up instance")
 }
 
-fn instrumentation_state(caller: &mut Caller<'_, HostState>) -> i32 {
-    handles(caller).state.get(&mut *caller).unwrap_i32()
-}
-
 /// The second call of a suspending import: end the rewind.
 pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
-    if instrumentation_state(caller) != STATE_REWINDING {
+    let unwinder = handles(caller).unwinder;
+    if unwinder
+        .state(&mut *caller)
+        .map_err(wasmtime::Error::from_anyhow)?
+        != STATE_REWINDING
+    {
         return Ok(false);
     }
-    handles(caller)
-        .state
-        .set(&mut *caller, Val::I32(STATE_NORMAL))?;
+    unwinder
+        .stop_rewind(&mut *caller)
+        .map_err(wasmtime::Error::from_anyhow)?;
     Ok(true)
 }
 
 /// The first call of a suspending import: start the unwind.
 pub(crate) fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending) -> Result<()> {
-    let handles = handles(caller);
-    handles.data.set(&mut *caller, Val::I32(STACK_HEADER))?;
-    handles.state.set(&mut *caller, Val::I32(STATE_UNWINDING))?;
+    handles(caller)
+        .unwinder
+        .start_unwind(&mut *caller)
+        .map_err(wasmtime::Error::from_anyhow)?;
     caller.data_mut().pending = Some(pending);
     Ok(())
 }

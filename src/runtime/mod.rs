@@ -12,6 +12,7 @@
 mod abi;
 mod host;
 mod state;
+mod unwinder;
 mod workflow;
 
 use std::collections::HashMap;

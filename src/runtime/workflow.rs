@@ -11,11 +11,11 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::abi::{Handles, HostState, Pending, STACK_HEADER, STACK_START};
+use super::abi::{Handles, HostState, Pending};
+use super::unwinder::Unwinder;
 use super::{Config, Module, Output, state};
 use crate::instrument::{
-    self, DATA_GLOBAL_EXPORT, MEMORY_EXPORT_PREFIX, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT,
-    STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
+    self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
 use crate::snapshot::{Coroutine, CoroutineState, HostState as SnapshotHost, Snapshot};
 
@@ -52,6 +52,7 @@ impl Workflow {
         };
         let env = config.env.clone();
         let mut workflow = Workflow::instantiate(module, &config, args, env)?;
+        workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
             parent: 0,
@@ -149,16 +150,14 @@ impl Workflow {
             .instantiate(&mut store)
             .map_err(anyhow::Error::from)
             .context("instantiating the module")?;
+        let metadata = module.metadata();
         let handles = Handles {
-            state: instance
-                .get_global(&mut store, STATE_GLOBAL_EXPORT)
-                .expect("instrumented"),
-            data: instance
-                .get_global(&mut store, DATA_GLOBAL_EXPORT)
-                .expect("instrumented"),
-            stack: instance
-                .get_memory(&mut store, STACK_MEMORY_EXPORT)
-                .expect("instrumented"),
+            unwinder: Unwinder::of(
+                &mut store,
+                &instance,
+                metadata.binaryen,
+                metadata.initial_pages_of_memory0,
+            )?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -213,8 +212,7 @@ impl Workflow {
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
-            let handles = self.handles();
-            let instrumentation = handles.state.get(&mut self.store).unwrap_i32();
+            let instrumentation = self.handles().unwinder.state(&mut self.store)?;
             match (returned, instrumentation) {
                 (Exit::Status(status), _) => {
                     self.finished = true;
@@ -252,12 +250,10 @@ impl Workflow {
         {
             stack_pointer.set(&mut self.store, Val::I32(coroutine.stack_pointer as i32))?;
         }
-        self.write_stack(&coroutine.stack)?;
         if coroutine.state == CoroutineState::Suspended {
-            handles.data.set(&mut self.store, Val::I32(STACK_HEADER))?;
             handles
-                .state
-                .set(&mut self.store, Val::I32(STATE_REWINDING))?;
+                .unwinder
+                .start_rewind(&mut self.store, &coroutine.stack)?;
         }
         let (entry, argument) = self.entry_of(&coroutine)?;
         let mut no_results = [];
@@ -313,8 +309,8 @@ impl Workflow {
     /// the workflow (a yield) or switch (returns `None`).
     fn suspend_current(&mut self) -> Result<Option<Step>> {
         let handles = self.handles();
-        handles.state.set(&mut self.store, Val::I32(STATE_NORMAL))?;
-        let stack = self.read_stack()?;
+        handles.unwinder.stop_unwind(&mut self.store)?;
+        let stack = handles.unwinder.take_frames(&mut self.store)?;
         let stack_pointer = match handles.stack_pointer {
             Some(global) => global.get(&mut self.store).unwrap_i32() as u32,
             None => 0,
@@ -367,37 +363,6 @@ impl Workflow {
 
     fn handles(&self) -> Handles {
         self.store.data().handles.expect("set at instantiation")
-    }
-
-    /// Puts a coroutine's frames into the stack memory and sets the header.
-    fn write_stack(&mut self, frames: &[u8]) -> Result<()> {
-        let stack = self.handles().stack;
-        let needed = STACK_START as usize + frames.len();
-        let size = stack.data_size(&self.store);
-        if needed > size {
-            let pages = (needed - size).div_ceil(65536) as u64;
-            stack
-                .grow(&mut self.store, pages)
-                .map_err(anyhow::Error::from)
-                .context("growing the stack memory")?;
-        }
-        let data = stack.data_mut(&mut self.store);
-        let end = data.len().min(u32::MAX as usize) as u32;
-        data[STACK_START as usize..needed].copy_from_slice(frames);
-        data[0..4].copy_from_slice(&(needed as u32).to_le_bytes());
-        data[4..8].copy_from_slice(&end.to_le_bytes());
-        Ok(())
-    }
-
-    /// Takes the unwound frames out of the stack memory.
-    fn read_stack(&mut self) -> Result<Vec<u8>> {
-        let stack = self.handles().stack;
-        let data = stack.data(&self.store);
-        let pos = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
-        if pos < STACK_START as usize || pos > data.len() {
-            bail!("the stack memory's header is corrupt (pos {pos})");
-        }
-        Ok(data[STACK_START as usize..pos].to_vec())
     }
 
     /// The workflow's complete state; valid while it is suspended (after

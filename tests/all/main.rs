@@ -1,5 +1,6 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
+mod asyncified;
 mod demos;
 mod errors;
 mod guests;
