@@ -8,3 +8,4 @@
 
 pub mod instrument;
 pub mod snapshot;
+pub mod store;
