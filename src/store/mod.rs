@@ -55,18 +55,20 @@ pub struct Store {
 }
 
 /// What the store's handles and leases share.
-pub(crate) struct Shared {
-    pub(crate) conn: Connection,
+struct Shared {
+    conn: Connection,
     /// Called at named points inside a commit; see [`Store::set_commit_hook`].
-    pub(crate) commit_hook: Option<fn(&str)>,
+    commit_hook: Option<fn(&str)>,
     /// Kept between commits so that its context is allocated once.
-    pub(crate) compressor: zstd::bulk::Compressor<'static>,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The pages last committed, so that unchanged ones are not hashed again.
+    page_cache: pages::PageCache,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
 /// the lock leaves no transaction open (rusqlite rolls back on drop), so
 /// the connection is still good to use.
-pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -213,6 +215,7 @@ impl Store {
             conn,
             commit_hook: None,
             compressor,
+            page_cache: pages::PageCache::default(),
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),

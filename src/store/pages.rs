@@ -12,9 +12,12 @@
 //! 64 KiB page fills exactly; SHA-256 is several times slower, and fast
 //! non-cryptographic hashes give no guarantee against collisions.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, params};
 
+use super::InstanceId;
 use crate::snapshot::{MemoryImage, PAGE_SIZE, Page};
 
 /// zstd level for pages: they are compressed on the path of a suspension,
@@ -30,20 +33,73 @@ pub(super) struct HashedPage<'a> {
     pub hash: [u8; 32],
 }
 
-/// Names every non-zero page of `memories`. Runs before the transaction
-/// starts, so the write lock is not held while hashing.
-pub(super) fn hash_pages(memories: &[MemoryImage]) -> Vec<HashedPage<'_>> {
-    memories
-        .iter()
-        .zip(0u32..)
-        .flat_map(|(m, memory)| m.pages.iter().map(move |page| (memory, page)))
-        .filter(|(_, page)| page.data[..] != ZERO_PAGE[..])
-        .map(|(memory, page)| HashedPage {
-            memory,
-            page,
-            hash: *blake3::hash(&page.data).as_bytes(),
-        })
-        .collect()
+/// How many pages a [`PageCache`] keeps (64 MiB): beyond that, memory spent
+/// on copies would outweigh the hashing it saves.
+const CACHE_PAGES: usize = 1024;
+
+/// The names of the pages last committed through one store handle, with
+/// their contents, by (memory, page index), for one instance at a time.
+///
+/// From one suspension to the next a workflow usually changes few pages.
+/// Comparing a page with its previous contents runs at memory speed, several
+/// times faster than hashing it, so only pages that changed are hashed. A
+/// name is a pure function of the contents, so the cache can never be
+/// wrong, only miss (after a branch, or a commit that was rolled back).
+#[derive(Default)]
+pub(super) struct PageCache {
+    instance: Option<InstanceId>,
+    entries: HashMap<(u32, u32), ([u8; 32], Vec<u8>)>,
+}
+
+impl PageCache {
+    /// The name of a page, or `None` if it is all zeros. A page equal to
+    /// the cached one is known to be non-zero and is not scanned again.
+    fn name(&mut self, memory: u32, page: &Page) -> Option<[u8; 32]> {
+        let key = (memory, page.index);
+        let room = self.entries.len() < CACHE_PAGES;
+        let cached = self.entries.get_mut(&key);
+        if let Some((hash, data)) = &cached
+            && *data == page.data
+        {
+            return Some(*hash);
+        }
+        if page.data[..] == ZERO_PAGE[..] {
+            return None;
+        }
+        let hash = *blake3::hash(&page.data).as_bytes();
+        match cached {
+            Some(entry) => {
+                entry.0 = hash;
+                entry.1.copy_from_slice(&page.data);
+            }
+            None if room => {
+                self.entries.insert(key, (hash, page.data.clone()));
+            }
+            None => {}
+        }
+        Some(hash)
+    }
+}
+
+/// Names every non-zero page of `memories`, a snapshot of `instance`.
+pub(super) fn hash_pages<'a>(
+    memories: &'a [MemoryImage],
+    instance: InstanceId,
+    cache: &mut PageCache,
+) -> Vec<HashedPage<'a>> {
+    if cache.instance != Some(instance) {
+        cache.entries.clear();
+        cache.instance = Some(instance);
+    }
+    let mut named = Vec::new();
+    for (m, memory) in memories.iter().zip(0u32..) {
+        for page in &m.pages {
+            if let Some(hash) = cache.name(memory, page) {
+                named.push(HashedPage { memory, page, hash });
+            }
+        }
+    }
+    named
 }
 
 /// Stores the pages not stored yet and returns the bytes this added. A
@@ -149,11 +205,36 @@ mod tests {
                 pages: vec![Page { index: 0, data: a }],
             },
         ];
-        let hashed = hash_pages(&memories);
+        let mut cache = PageCache::default();
+        let hashed = hash_pages(&memories, 1, &mut cache);
         assert_eq!(hashed.len(), 2);
         assert_eq!((hashed[0].memory, hashed[0].page.index), (0, 1));
         assert_eq!((hashed[1].memory, hashed[1].page.index), (1, 0));
         assert_eq!(hashed[0].hash, hashed[1].hash);
+    }
+
+    #[test]
+    fn the_cache_names_changed_pages_anew() {
+        let mut memories = vec![MemoryImage {
+            page_count: 1,
+            pages: vec![Page {
+                index: 0,
+                data: vec![1; PAGE_SIZE],
+            }],
+        }];
+        let mut cache = PageCache::default();
+        let first = hash_pages(&memories, 1, &mut cache)[0].hash;
+        assert_eq!(hash_pages(&memories, 1, &mut cache)[0].hash, first);
+        memories[0].pages[0].data[7] = 2;
+        let changed = hash_pages(&memories, 1, &mut cache)[0].hash;
+        assert_eq!(
+            changed,
+            *blake3::hash(&memories[0].pages[0].data).as_bytes()
+        );
+        assert_ne!(changed, first);
+        // Another instance starts from an empty cache.
+        assert_eq!(hash_pages(&memories, 2, &mut cache)[0].hash, changed);
+        assert_eq!(cache.instance, Some(2));
     }
 
     #[test]

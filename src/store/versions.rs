@@ -151,16 +151,17 @@ impl Store {
         reply: &[u8],
     ) -> Result<u32> {
         let row = Row::of(outcome)?;
-        let hashed = match outcome {
-            Outcome::Suspended(s) => pages::hash_pages(&s.memories),
-            _ => Vec::new(),
-        };
         self.with(|shared| {
             let Shared {
                 conn,
                 commit_hook,
                 compressor,
+                page_cache,
             } = shared;
+            let hashed = match outcome {
+                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
+                _ => Vec::new(),
+            };
             let hook_fn = *commit_hook;
             let hook = |stage: &str| {
                 if let Some(h) = hook_fn {
