@@ -186,6 +186,12 @@ impl Store {
         let mut conn = connect(&path, flags)?;
         let found = schema::version(&conn).map_err(|e| explain(&path, e.into()))?;
         schema::check_not_newer(found)?;
+        if found == 0 {
+            // Only takes effect before the first table and the switch to
+            // WAL; lets `gc` give freed space back to the file system.
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(|e| explain(&path, e.into()))?;
+        }
         configure(&conn).map_err(|e| explain(&path, e))?;
         schema::migrate(&mut conn).map_err(|e| explain(&path, e))?;
         Self::wrap(conn, path)

@@ -110,11 +110,6 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         if current == SCHEMA_VERSION {
             return Ok(());
         }
-        if current == 0 {
-            // Only possible before the first table exists; lets `gc`
-            // return freed space to the file system.
-            tx.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
-        }
         tx.execute_batch(MIGRATIONS[current as usize])?;
         tx.pragma_update(None, "user_version", current + 1)?;
         tx.commit()?;
