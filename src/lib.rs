@@ -40,9 +40,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod instrument;
 pub mod runtime;
 pub mod snapshot;
+pub mod store;
 
 pub use runtime::{Config, Engine, Module, Output, Step, Workflow};
 pub use snapshot::Snapshot;

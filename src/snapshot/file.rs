@@ -56,14 +56,16 @@ const MAX_PAGE_COUNT: u64 = 1 << 48;
 pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
     let raw = encode_raw(snapshot, module, true)?;
     let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), FILE_ZSTD_LEVEL)
-        .context("cannot start zstd compression")?;
+        .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
     encoder
         .include_checksum(true)
-        .context("cannot enable the zstd checksum")?;
+        .map_err(|e| anyhow::anyhow!("cannot enable the zstd checksum: {e}"))?;
     encoder
         .write_all(&raw)
-        .context("cannot compress the snapshot")?;
-    encoder.finish().context("cannot compress the snapshot")
+        .map_err(|e| anyhow::anyhow!("cannot compress the snapshot: {e}"))?;
+    encoder
+        .finish()
+        .map_err(|e| anyhow::anyhow!("cannot compress the snapshot: {e}"))
 }
 
 /// Decodes a snapshot file into its snapshot and, if the file embeds one,
@@ -395,7 +397,7 @@ fn read_host(r: &mut Reader) -> Result<HostState> {
 fn write_memories(w: &mut Writer, memories: &[MemoryImage], with_pages: bool) -> Result<()> {
     w.len(memories.len())?;
     for (i, m) in memories.iter().enumerate() {
-        check_memory(m).with_context(|| format!("memory {i} cannot be saved"))?;
+        check_memory(m).map_err(|e| anyhow::anyhow!("memory {i} cannot be saved: {e}"))?;
         w.u64(m.page_count);
         if with_pages {
             w.len(m.pages.len())?;

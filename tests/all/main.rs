@@ -6,3 +6,4 @@ mod errors;
 mod guests;
 mod harness;
 mod instrument;
+mod cli;

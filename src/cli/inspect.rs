@@ -1,0 +1,152 @@
+//! `wasnap inspect INSTANCE[@VERSION]`
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use wasmparser::ValType;
+
+use super::Target;
+use crate::instrument::{FrameLayout, LocalOrigin, Metadata, Options, instrument};
+use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
+
+/// Show a suspended version: every coroutine's call stack with its saved
+/// locals, memory use, and the snapshot's size.
+#[derive(Args, Debug)]
+pub struct Inspect {
+    /// `INSTANCE` (its head version) or `INSTANCE@VERSION`.
+    target: Target,
+}
+
+impl Inspect {
+    pub(super) fn execute(self, db: &Path) -> Result<()> {
+        let store = super::open_existing(db)?;
+        let instance = self.target.instance;
+        let version = self.target.version_in(&store)?;
+        let snapshot = store.load_version(instance, version)?;
+        let wasm = store.module(&snapshot.module_hash)?;
+        let metadata = instrument(&wasm, &Options::default())?.metadata;
+        let host = &snapshot.host;
+        println!(
+            "instance {instance} version {version}: suspended in {} with value {:?}",
+            host.suspended_in,
+            String::from_utf8_lossy(&host.yielded)
+        );
+        for coroutine in &snapshot.coroutines {
+            print_coroutine(coroutine, host.current, &metadata)?;
+        }
+        print_memory(&snapshot);
+        let compressed = file::encode(&snapshot, None)?.len();
+        println!("snapshot: {compressed} bytes compressed (module not included)");
+        Ok(())
+    }
+}
+
+fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> Result<()> {
+    let state = match coroutine.state {
+        CoroutineState::Fresh => "not started",
+        CoroutineState::Suspended => "suspended",
+        CoroutineState::Finished => "finished",
+    };
+    let running = if coroutine.id == current { ", the one that suspended the workflow" } else { "" };
+    let name = if coroutine.id == 0 { "main".to_string() } else { format!("coroutine {}", coroutine.id) };
+    println!(
+        "{name} (parent {}, {state}{running}, stack pointer {:#x}, {} stack bytes)",
+        coroutine.parent,
+        coroutine.stack_pointer,
+        coroutine.stack.len()
+    );
+    for (depth, frame) in frames(&coroutine.stack, metadata)?.iter().enumerate() {
+        let function = metadata
+            .function_names
+            .get(&frame.function)
+            .cloned()
+            .unwrap_or_else(|| format!("function {}", frame.function));
+        let site = frame
+            .layout
+            .call_sites
+            .get(frame.call_index as usize)
+            .map_or(String::new(), |s| format!(" at code offset {:#x}", s.code_offset));
+        println!("  #{depth} {function}{site}");
+        let values: Vec<String> = frame
+            .layout
+            .locals
+            .iter()
+            .map(|local| {
+                let bytes = &frame.bytes[local.offset as usize..];
+                let name = match local.origin {
+                    LocalOrigin::Local(i) => format!("local{i}"),
+                    LocalOrigin::Operand(h) => format!("stack{h}"),
+                };
+                format!("{name}={}", render(local.ty, bytes))
+            })
+            .collect();
+        if !values.is_empty() {
+            println!("       {}", values.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// One saved frame on an unwound stack.
+struct Frame<'a> {
+    function: u32,
+    call_index: u32,
+    layout: &'a FrameLayout,
+    bytes: &'a [u8],
+}
+
+/// The frames of an unwound stack, innermost first.
+fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < stack.len() {
+        let word = |at: usize| -> Result<u32> {
+            match stack.get(at..at + 4) {
+                Some(b) => Ok(u32::from_le_bytes(b.try_into().unwrap())),
+                None => bail!("the unwound stack is truncated at byte {at}"),
+            }
+        };
+        let function = word(offset)?;
+        let call_index = word(offset + 4)?;
+        let Some(layout) = metadata.frames.get(&function) else {
+            bail!("the unwound stack names function {function}, which the module does not instrument");
+        };
+        let end = offset + layout.size as usize;
+        let Some(bytes) = stack.get(offset..end) else {
+            bail!("the unwound stack is truncated in a frame of function {function}");
+        };
+        frames.push(Frame { function, call_index, layout, bytes });
+        offset = end;
+    }
+    Ok(frames)
+}
+
+fn render(ty: ValType, bytes: &[u8]) -> String {
+    let take = |n: usize| -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..n].copy_from_slice(&bytes[..n]);
+        out
+    };
+    match ty {
+        ValType::I32 => (u32::from_le_bytes(take(4)[..4].try_into().unwrap()) as i32).to_string(),
+        ValType::I64 => (u64::from_le_bytes(take(8)[..8].try_into().unwrap()) as i64).to_string(),
+        ValType::F32 => f32::from_le_bytes(take(4)[..4].try_into().unwrap()).to_string(),
+        ValType::F64 => f64::from_le_bytes(take(8)[..8].try_into().unwrap()).to_string(),
+        ValType::V128 => format!("{:#034x}", u128::from_le_bytes(take(16))),
+        ValType::Ref(_) => "ref".to_string(),
+    }
+}
+
+fn print_memory(snapshot: &Snapshot) {
+    for (index, memory) in snapshot.memories.iter().enumerate() {
+        let total = memory.page_count * PAGE_SIZE as u64;
+        println!(
+            "memory {index}: {} of {} pages in use ({} of {} bytes are on non-zero pages)",
+            memory.pages.len(),
+            memory.page_count,
+            memory.pages.len() * PAGE_SIZE,
+            total
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The `wasnap` command line: one type per subcommand, each in its own
+//! file; `main` only parses and executes.
+//!
+//! Yielded values go to stdout, one per line (an empty value prints
+//! nothing), as does the guest's own stdout; what wasnap says about the run
+//! goes to stderr. Errors are one line naming the cause, with exit status 1.
+
+mod gc;
+mod inspect;
+mod instrument;
+mod json;
+mod log;
+mod ls;
+mod restore;
+mod resume;
+mod rm;
+mod run;
+mod session;
+mod snapshot;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::store::{InstanceId, Store};
+
+/// wasnap: run WebAssembly workflows that suspend, survive the process, and
+/// continue from any saved version.
+#[derive(Parser, Debug)]
+#[command(name = "wasnap", version, about, long_about = None)]
+pub struct Cli {
+    /// The SQLite database holding modules, instances and versions.
+    #[arg(long, global = true, env = "WASNAP_DB", default_value = "wasnap.db")]
+    db: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Run(run::Run),
+    Resume(resume::Resume),
+    Ls(ls::Ls),
+    Log(log::Log),
+    Inspect(inspect::Inspect),
+    Snapshot(snapshot::SnapshotCommand),
+    Restore(restore::Restore),
+    Rm(rm::Rm),
+    Gc(gc::Gc),
+    Instrument(instrument::Instrument),
+}
+
+/// Parses the command line, runs the command, and reports an error as one
+/// line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.execute() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            eprintln!("wasnap: error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for (i, cause) in error.chain().enumerate() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or_default().trim();
+        if i > 0 {
+            if line.contains(first) {
+                continue;
+            }
+            line += ": ";
+        }
+        line += first;
+    }
+    line
+}
+
+impl Cli {
+    fn execute(self) -> Result<()> {
+        let db = self.db;
+        match self.command {
+            Command::Run(c) => c.execute(&db),
+            Command::Resume(c) => c.execute(&db),
+            Command::Ls(c) => c.execute(&db),
+            Command::Log(c) => c.execute(&db),
+            Command::Inspect(c) => c.execute(&db),
+            Command::Snapshot(c) => c.execute(&db),
+            Command::Restore(c) => c.execute(&db),
+            Command::Rm(c) => c.execute(&db),
+            Command::Gc(c) => c.execute(&db),
+            Command::Instrument(c) => c.execute(),
+        }
+    }
+}
+
+/// `INSTANCE` or `INSTANCE@VERSION`.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    instance: InstanceId,
+    version: Option<u32>,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (instance, version) = match text.split_once('@') {
+            Some((i, v)) => (i, Some(v)),
+            None => (text, None),
+        };
+        let instance = instance
+            .parse()
+            .map_err(|_| format!("{text:?} is not INSTANCE or INSTANCE@VERSION (numbers)"))?;
+        let version = version
+            .map(|v| v.parse())
+            .transpose()
+            .map_err(|_| format!("{text:?} is not INSTANCE or INSTANCE@VERSION (numbers)"))?;
+        Ok(Target { instance, version })
+    }
+}
+
+impl Target {
+    /// The version named, or the instance's head.
+    fn version_in(&self, store: &Store) -> Result<u32> {
+        if let Some(version) = self.version {
+            return Ok(version);
+        }
+        let info = store.instance(self.instance)?;
+        info.head
+            .with_context(|| format!("instance {} has no version yet", self.instance))
+    }
+}
+
+/// Opens an existing database for reading.
+fn open_existing(db: &std::path::Path) -> Result<Store> {
+    if !db.exists() {
+        bail!("no database at {} (run a workflow first, or pass --db)", db.display());
+    }
+    Store::open(db)
+}
+
+/// Reads a module file: binary Wasm, or WAT text for a `.wat` file.
+fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "wat") {
+        return wat::parse_bytes(&bytes)
+            .map(|b| b.into_owned())
+            .with_context(|| format!("{} is not valid WAT", path.display()));
+    }
+    Ok(bytes)
+}

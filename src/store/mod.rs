@@ -1,0 +1,564 @@
+//! The store: modules, instances and their version trees in one SQLite file.
+//!
+//! Every suspension of an instance becomes a version whose parent is the
+//! version it was resumed from; each version is written in one transaction
+//! ([`Store::commit_version`]), so a crash loses no committed version and
+//! leaves no half-written one. Memory is kept as content-addressed pages
+//! (named by their BLAKE3 hash, stored once, compressed): a version costs what changed since the versions before
+//! it, not a whole memory.
+//!
+//! # Durability
+//!
+//! The database runs in WAL mode with `synchronous = NORMAL` by default
+//! ([`Durability::Process`]): a committed version survives the crash or kill
+//! of any process, because it is in the WAL (in the operating system's
+//! cache) when the commit returns; after a power loss or kernel crash the
+//! last versions may be gone but the database is consistent. That is the
+//! failure the store is built for, and it keeps a commit free of `fsync`,
+//! which thousands of suspensions per second need. [`Durability::Power`]
+//! (`synchronous = FULL`) syncs the WAL at every commit for those who want
+//! versions to outlive power loss too.
+
+mod lease;
+mod pages;
+mod schema;
+mod versions;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+pub use lease::Lease;
+pub use schema::SCHEMA_VERSION;
+pub use versions::{Outcome, VersionInfo, VersionKind};
+
+use crate::snapshot::ModuleHash;
+use crate::snapshot::codec::{Reader, Writer};
+
+/// The id of an instance: 1, 2, ... in order of creation, never reused.
+pub type InstanceId = u64;
+
+/// How long a statement waits for another process's write lock before it
+/// gives up. Commits are short, so a wait this long means something is
+/// stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A wasnap database. Cheap to share between threads; each call takes the
+/// connection for its duration.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Mutex<Shared>>,
+    path: PathBuf,
+}
+
+/// What the store's handles and leases share.
+struct Shared {
+    conn: Connection,
+    /// Called at named points inside a commit; see [`Store::set_commit_hook`].
+    commit_hook: Option<fn(&str)>,
+    /// Kept between commits so that its context is allocated once.
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The pages last committed, so that unchanged ones are not hashed again.
+    page_cache: pages::PageCache,
+}
+
+/// Locks the shared connection; a panic in another thread while it held
+/// the lock leaves no transaction open (rusqlite rolls back on drop), so
+/// the connection is still good to use.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How far a committed version is guaranteed to survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives any process crash; the default (`synchronous = NORMAL`).
+    Process,
+    /// Also survives power loss, at the cost of an `fsync` per commit
+    /// (`synchronous = FULL`).
+    Power,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// Created; no version yet (its first run has not reached a suspension
+    /// or an end).
+    Created,
+    /// Its head version is a suspension: it can be resumed.
+    Suspended,
+    /// Its head version is the end of a run that finished.
+    Finished,
+    /// Its head version is the end of a run that failed (a trap or error).
+    Failed,
+}
+
+impl InstanceState {
+    /// The name used in the database and in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Suspended => "suspended",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "created" => Self::Created,
+            "suspended" => Self::Suspended,
+            "finished" => Self::Finished,
+            "failed" => Self::Failed,
+            other => bail!("unknown instance state {other:?} in the database"),
+        })
+    }
+}
+
+/// One instance, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub id: InstanceId,
+    /// The module it runs.
+    pub module_hash: ModuleHash,
+    /// Where it is in its life.
+    pub state: InstanceState,
+    /// Its head (latest committed) version, if any.
+    pub head: Option<u32>,
+    /// The value of its head version (yielded value or result).
+    pub last_value: Option<Vec<u8>>,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Its WASI arguments, program name first.
+    pub args: Vec<String>,
+    /// The pid of the live process holding its lease, if one does.
+    pub leased_by: Option<u32>,
+}
+
+/// Counts of what a database holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Instances.
+    pub instances: u64,
+    /// Versions of all instances.
+    pub versions: u64,
+    /// Distinct stored pages.
+    pub pages: u64,
+    /// Their stored (compressed) size in bytes.
+    pub page_bytes: u64,
+    /// References from versions to pages (a page each version holds).
+    pub page_refs: u64,
+}
+
+/// What [`Store::gc`] freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Pages deleted.
+    pub pages: u64,
+    /// Their stored (compressed) size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`Store::remove_instance`] freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoveReport {
+    /// Versions deleted.
+    pub versions: u64,
+    /// Page references deleted; pages no other version uses are freed by
+    /// the next [`Store::gc`].
+    pub page_refs: u64,
+    /// Bytes of the deleted versions' own rows (state, value, reply).
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database at `path` for reading and
+    /// writing, and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = connect(&path, flags)?;
+        let found = schema::version(&conn).map_err(|e| explain(&path, e.into()))?;
+        schema::check_not_newer(found)?;
+        if found == 0 {
+            // Only takes effect before the first table and the switch to
+            // WAL; lets `gc` give freed space back to the file system.
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(|e| explain(&path, e.into()))?;
+        }
+        configure(&conn).map_err(|e| explain(&path, e))?;
+        schema::migrate(&mut conn).map_err(|e| explain(&path, e))?;
+        Self::wrap(conn, path)
+    }
+
+    /// Opens an existing database for reading only; every write fails with
+    /// "database PATH is read-only".
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = connect(&path, flags)?;
+        let found = schema::version(&conn).map_err(|e| explain(&path, e.into()))?;
+        schema::check_not_newer(found)?;
+        if found < SCHEMA_VERSION {
+            bail!(
+                "database {} has schema version {found}; open it writable once to upgrade it",
+                path.display()
+            );
+        }
+        Self::wrap(conn, path)
+    }
+
+    fn wrap(conn: Connection, path: PathBuf) -> Result<Self> {
+        let compressor = zstd::bulk::Compressor::new(pages::PAGE_ZSTD_LEVEL)
+            .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
+        let shared = Shared {
+            conn,
+            commit_hook: None,
+            compressor,
+            page_cache: pages::PageCache::default(),
+        };
+        Ok(Self {
+            shared: Arc::new(Mutex::new(shared)),
+            path,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Chooses how far committed versions survive; see [`Durability`].
+    pub fn set_durability(&self, durability: Durability) -> Result<()> {
+        let level = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        self.with(|s| Ok(s.conn.pragma_update(None, "synchronous", level)?))
+    }
+
+    /// Runs `f` on the connection, turning SQLite's error codes into
+    /// one-line errors that name the file.
+    fn with<T>(&self, f: impl FnOnce(&mut Shared) -> Result<T>) -> Result<T> {
+        let mut guard = lock(&self.shared);
+        f(&mut guard).map_err(|e| explain(&self.path, e))
+    }
+
+    /// Stores `bytes` as a module (once: storing it again is free) and
+    /// returns its content hash.
+    pub fn put_module(&self, bytes: &[u8]) -> Result<ModuleHash> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        self.with(|s| {
+            s.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO modules (hash, bytes, created) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![hash, bytes, now_ms()])?;
+            Ok(hash)
+        })?;
+        Ok(hash)
+    }
+
+    /// The original bytes of the module with content hash `hash`.
+    pub fn module(&self, hash: &ModuleHash) -> Result<Vec<u8>> {
+        self.with(|s| {
+            s.conn
+                .prepare_cached("SELECT bytes FROM modules WHERE hash = ?1")?
+                .query_row([hash], |r| r.get(0))
+                .optional()?
+                .with_context(|| format!("module {} not found", hex(hash)))
+        })
+    }
+
+    /// The compiled artifact cached for module `hash` under the engine
+    /// `fingerprint` (which names everything that makes artifacts
+    /// incompatible: engine version, settings, instrumenter version).
+    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|s| {
+            Ok(s.conn
+                .prepare_cached(
+                    "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
+                )?
+                .query_row(params![hash, fingerprint], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Caches a compiled artifact of module `hash` (which must be stored)
+    /// under the engine `fingerprint`, replacing any earlier one.
+    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
+        self.with(|s| {
+            let tx = s.conn.transaction()?;
+            require_module(&tx, hash)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![hash, fingerprint, bytes])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Creates an instance of the stored module `module_hash` with its WASI
+    /// arguments (program name first). It has no version until its first
+    /// run is committed.
+    pub fn create_instance(&self, module_hash: &ModuleHash, args: &[String]) -> Result<InstanceId> {
+        let mut w = Writer::default();
+        w.strings(args)?;
+        self.with(|s| {
+            let tx = s.conn.transaction()?;
+            require_module(&tx, module_hash)?;
+            tx.prepare_cached(
+                "INSERT INTO instances (module_hash, state, created, args)
+                 VALUES (?1, 'created', ?2, ?3)",
+            )?
+            .execute(params![module_hash, now_ms(), w.buf])?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id as InstanceId)
+        })
+    }
+
+    /// Takes the lease on `instance`: only its holder can commit versions.
+    /// Fails with "instance N is busy" while another live process (or
+    /// another lease in this one) holds it; a lease whose holder died is
+    /// taken over.
+    pub fn lease(&self, instance: InstanceId) -> Result<Lease> {
+        lease::acquire(&self.shared, instance).map_err(|e| explain(&self.path, e))
+    }
+
+    /// One instance.
+    pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo> {
+        self.with(|s| {
+            let row = s
+                .conn
+                .prepare_cached(&format!("{INSTANCE_QUERY} WHERE i.id = ?1"))?
+                .query_row([id], read_instance_row)
+                .optional()?;
+            match row {
+                Some(row) => finish_instance(&s.conn, row),
+                None => bail!("instance {id} not found"),
+            }
+        })
+    }
+
+    /// Every instance, by id.
+    pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.with(|s| {
+            let rows = s
+                .conn
+                .prepare_cached(&format!("{INSTANCE_QUERY} ORDER BY i.id"))?
+                .query_map([], read_instance_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|row| finish_instance(&s.conn, row))
+                .collect()
+        })
+    }
+
+    /// Deletes an instance and all its versions. Fails with "instance N is
+    /// busy" while a live process holds its lease.
+    pub fn remove_instance(&self, id: InstanceId) -> Result<RemoveReport> {
+        self.with(|s| {
+            let tx = s
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            lease::check_free(&tx, id)?;
+            let report = tx.query_row(
+                "SELECT count(*),
+                        coalesce(sum(coalesce(length(state), 0) + length(value) + length(reply)
+                                 + coalesce(length(message), 0)), 0),
+                        (SELECT count(*) FROM version_pages
+                          WHERE version IN (SELECT id FROM versions WHERE instance = ?1))
+                 FROM versions WHERE instance = ?1",
+                [id],
+                |r| {
+                    Ok(RemoveReport {
+                        versions: r.get(0)?,
+                        bytes: r.get::<_, Option<u64>>(1)?.unwrap_or(0),
+                        page_refs: r.get(2)?,
+                    })
+                },
+            )?;
+            tx.execute(
+                "DELETE FROM version_pages
+                 WHERE version IN (SELECT id FROM versions WHERE instance = ?1)",
+                [id],
+            )?;
+            tx.execute("DELETE FROM versions WHERE instance = ?1", [id])?;
+            tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(report)
+        })
+    }
+
+    /// Deletes the pages no version refers to, and returns the space to the
+    /// file system.
+    pub fn gc(&self) -> Result<GcReport> {
+        self.with(|s| {
+            let tx = s
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let unused = "FROM pages WHERE hash NOT IN (SELECT hash FROM version_pages)";
+            let report = tx.query_row(
+                &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
+                [],
+                |r| {
+                    Ok(GcReport {
+                        pages: r.get(0)?,
+                        bytes: r.get(1)?,
+                    })
+                },
+            )?;
+            tx.execute(&format!("DELETE {unused}"), [])?;
+            tx.commit()?;
+            s.conn.execute_batch("PRAGMA incremental_vacuum")?;
+            Ok(report)
+        })
+    }
+
+    /// Counts of what the database holds.
+    pub fn stats(&self) -> Result<Stats> {
+        self.with(|s| {
+            Ok(s.conn.query_row(
+                "SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM versions),
+                        (SELECT count(*) FROM pages),
+                        (SELECT coalesce(sum(length(data)), 0) FROM pages),
+                        (SELECT count(*) FROM version_pages)",
+                [],
+                |r| {
+                    Ok(Stats {
+                        instances: r.get(0)?,
+                        versions: r.get(1)?,
+                        pages: r.get(2)?,
+                        page_bytes: r.get(3)?,
+                        page_refs: r.get(4)?,
+                    })
+                },
+            )?)
+        })
+    }
+
+    /// Sets a function called at named points inside every commit (after
+    /// `"begin"`, `"pages"`, `"version"`, and at `"before-commit"`). Crash
+    /// tests use it to kill the process in the middle of a commit.
+    #[doc(hidden)]
+    pub fn set_commit_hook(&self, hook: Option<fn(&str)>) {
+        lock(&self.shared).commit_hook = hook;
+    }
+}
+
+const INSTANCE_QUERY: &str = "
+    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value
+    FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
+
+/// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
+type InstanceRow = (
+    InstanceId,
+    ModuleHash,
+    String,
+    Option<u32>,
+    u64,
+    Vec<u8>,
+    Option<Vec<u8>>,
+);
+
+fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
+    let (id, module_hash, state, head, created_ms, args, last_value) = row;
+    let mut r = Reader::new(&args);
+    let args = r
+        .strings()
+        .and_then(|a| r.finish().map(|()| a))
+        .map_err(|e| anyhow::anyhow!("the arguments of instance {id} are corrupt: {e}"))?;
+    Ok(InstanceInfo {
+        id,
+        module_hash,
+        state: InstanceState::parse(&state)?,
+        head,
+        last_value,
+        created_ms,
+        args,
+        leased_by: lease::holder(conn, id)?,
+    })
+}
+
+fn require_module(conn: &Connection, hash: &ModuleHash) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM modules WHERE hash = ?1")?
+        .exists([hash])?;
+    if !found {
+        bail!("module {} not found", hex(hash));
+    }
+    Ok(())
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| explain(path, e.into()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("cannot switch to WAL mode (journal mode stays {mode})");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+/// Rewrites SQLite errors whose cause the user can act on into one line
+/// naming the file; other errors pass through.
+fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let code = e
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(|e| e.sqlite_error_code());
+    let p = path.display();
+    match code {
+        Some(ErrorCode::NotADatabase) => {
+            anyhow::anyhow!("{p} is not a wasnap database (not SQLite)")
+        }
+        Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
+        Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
+        }
+        Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
+        Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
+        Some(_) => anyhow::anyhow!("database {p}: {e}"),
+        None => e,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A hash as lowercase hex.
+pub fn hex(hash: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}

@@ -1,0 +1,117 @@
+//! The database schema and its migrations.
+//!
+//! `PRAGMA user_version` holds the schema version. Migration `i` (0-based in
+//! [`MIGRATIONS`]) takes a database from version `i` to `i + 1`; each runs in
+//! its own transaction together with the version bump, so an interrupted
+//! upgrade leaves the database at the version before it.
+
+use anyhow::{Result, bail};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// The schema version this build writes, and the newest it can open.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Each entry migrates from its index to its index + 1.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The first schema.
+///
+/// Notes on choices:
+/// - `instances.id` is AUTOINCREMENT so that the id of a removed instance
+///   is never handed out again (ids appear in logs and scripts).
+/// - `versions.parent` is checked by the code that commits a version rather
+///   than by a foreign key: a self-reference would need an extra index that
+///   every commit pays for, only to speed up deletions.
+/// - `version_pages.hash` has no foreign key and no index for the same
+///   reason: a version's page references are written in the transaction
+///   that makes sure the pages exist, and `gc` deletes only pages that no
+///   reference names, inside one transaction.
+/// - `pages` is a rowid table: its rows (compressed pages, up to 64 KiB)
+///   are too large for a WITHOUT ROWID table to pay off.
+const V1: &str = "
+CREATE TABLE modules (
+    hash    BLOB PRIMARY KEY CHECK (length(hash) = 32),
+    bytes   BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE compiled (
+    module_hash BLOB NOT NULL REFERENCES modules(hash) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    bytes       BLOB NOT NULL,
+    PRIMARY KEY (module_hash, fingerprint)
+);
+CREATE TABLE instances (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    module_hash BLOB NOT NULL REFERENCES modules(hash),
+    state       TEXT NOT NULL
+                CHECK (state IN ('created', 'suspended', 'finished', 'failed')),
+    head        INTEGER,
+    created     INTEGER NOT NULL,
+    args        BLOB NOT NULL,
+    lease_pid   INTEGER,
+    lease_owner TEXT,
+    lease_token INTEGER
+);
+CREATE TABLE versions (
+    id           INTEGER PRIMARY KEY,
+    instance     INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    number       INTEGER NOT NULL CHECK (number > 0),
+    parent       INTEGER,
+    kind         TEXT NOT NULL CHECK (kind IN ('suspended', 'finished', 'failed')),
+    value        BLOB NOT NULL,
+    reply        BLOB NOT NULL,
+    created      INTEGER NOT NULL,
+    memory_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    state        BLOB,
+    exit_status  INTEGER,
+    message      TEXT,
+    UNIQUE (instance, number),
+    CHECK ((kind = 'suspended') = (state IS NOT NULL))
+);
+CREATE TABLE pages (
+    hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+    data BLOB NOT NULL
+);
+CREATE TABLE version_pages (
+    version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    memory     INTEGER NOT NULL,
+    page_index INTEGER NOT NULL,
+    hash       BLOB NOT NULL,
+    PRIMARY KEY (version, memory, page_index)
+) WITHOUT ROWID;
+";
+
+/// Reads the schema version; this is also the first read of the file, so
+/// it is where a file that is not SQLite shows itself.
+pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// The error for a database written by a newer wasnap.
+pub fn check_not_newer(found: u32) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        bail!(
+            "database schema version {found} is newer than this wasnap supports ({SCHEMA_VERSION})"
+        );
+    }
+    Ok(())
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], one migration per
+/// transaction.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read again under the write lock: another process may have
+        // migrated since we looked.
+        let current = version(&tx)?;
+        check_not_newer(current)?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[current as usize])?;
+        tx.pragma_update(None, "user_version", current + 1)?;
+        tx.commit()?;
+    }
+}

@@ -1,0 +1,387 @@
+//! Versions: committing one in a single transaction, loading one back, and
+//! listing an instance's tree.
+
+use anyhow::{Result, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{InstanceId, Lease, Shared, Store, lease, now_ms, pages};
+use crate::snapshot::{PAGE_SIZE, Snapshot, file};
+
+/// How a run from a version (or from the start) ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome<'a> {
+    /// It suspended; the snapshot's `host.yielded` is the version's value.
+    Suspended(&'a Snapshot),
+    /// It finished, with the WASI exit status if it called `proc_exit`, and
+    /// what it returned or printed as its result (may be empty).
+    Finished {
+        /// The exit status, if any.
+        exit_status: Option<i32>,
+        /// The result, stored as the version's value.
+        result: &'a [u8],
+    },
+    /// It failed (a trap or a host error) with this one-line cause.
+    Failed {
+        /// The cause.
+        message: &'a str,
+    },
+}
+
+/// What a version is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionKind {
+    /// A suspension: it has a snapshot and can be resumed.
+    Suspended,
+    /// The end of a run that finished.
+    Finished,
+    /// The end of a run that failed.
+    Failed,
+}
+
+impl VersionKind {
+    /// The name used in the database and in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Suspended => "suspended",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "suspended" => Self::Suspended,
+            "finished" => Self::Finished,
+            "failed" => Self::Failed,
+            other => bail!("unknown version kind {other:?} in the database"),
+        })
+    }
+}
+
+/// One version of an instance, as listed (without its snapshot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Its number: 1, 2, ... within its instance, in order of commit.
+    pub number: u32,
+    /// The version it was resumed from; `None` for the first run.
+    pub parent: Option<u32>,
+    /// A suspension or an end.
+    pub kind: VersionKind,
+    /// The value yielded (suspension) or the result (finished).
+    pub value: Vec<u8>,
+    /// The reply it was resumed from its parent with.
+    pub reply: Vec<u8>,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Total size of its memories in bytes (zeros included).
+    pub memory_bytes: u64,
+    /// Bytes the database grew by to store it (new pages, compressed, and
+    /// its own row): what it cost given the versions before it.
+    pub stored_bytes: u64,
+    /// The exit status of a finished run, if it gave one.
+    pub exit_status: Option<i32>,
+    /// The cause of a failed run.
+    pub message: Option<String>,
+}
+
+/// The columns of a version row that [`Outcome`] determines.
+struct Row<'a> {
+    kind: VersionKind,
+    value: &'a [u8],
+    state: Option<Vec<u8>>,
+    memory_bytes: u64,
+    exit_status: Option<i32>,
+    message: Option<&'a str>,
+}
+
+impl<'a> Row<'a> {
+    fn of(outcome: &Outcome<'a>) -> Result<Self> {
+        Ok(match *outcome {
+            Outcome::Suspended(s) => Self {
+                kind: VersionKind::Suspended,
+                value: &s.host.yielded,
+                state: Some(file::encode_state(s)?),
+                memory_bytes: s
+                    .memories
+                    .iter()
+                    .map(|m| m.page_count.saturating_mul(PAGE_SIZE as u64))
+                    .fold(0, u64::saturating_add),
+                exit_status: None,
+                message: None,
+            },
+            Outcome::Finished {
+                exit_status,
+                result,
+            } => Self {
+                kind: VersionKind::Finished,
+                value: result,
+                state: None,
+                memory_bytes: 0,
+                exit_status,
+                message: None,
+            },
+            Outcome::Failed { message } => Self {
+                kind: VersionKind::Failed,
+                value: &[],
+                state: None,
+                memory_bytes: 0,
+                exit_status: None,
+                message: Some(message),
+            },
+        })
+    }
+
+    fn own_bytes(&self, reply: &[u8]) -> u64 {
+        let state = self.state.as_ref().map_or(0, Vec::len);
+        let message = self.message.map_or(0, str::len);
+        (state + self.value.len() + reply.len() + message) as u64
+    }
+}
+
+impl Store {
+    /// Commits the outcome of a run of the leased instance as its new head
+    /// version, in one transaction, and returns its number. `parent` is the
+    /// version the run was resumed from (`None` only for an instance's
+    /// first run) and `reply` what it was resumed with.
+    pub fn commit_version(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+    ) -> Result<u32> {
+        let row = Row::of(outcome)?;
+        self.with(|shared| {
+            let Shared {
+                conn,
+                commit_hook,
+                compressor,
+                page_cache,
+            } = shared;
+            let hashed = match outcome {
+                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
+                _ => Vec::new(),
+            };
+            let hook_fn = *commit_hook;
+            let hook = |stage: &str| {
+                if let Some(h) = hook_fn {
+                    h(stage)
+                }
+            };
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            hook("begin");
+            lease::check_held(&tx, lease)?;
+            let instance = lease.instance;
+            if let Outcome::Suspended(s) = outcome {
+                check_module(&tx, instance, s)?;
+            }
+            check_parent(&tx, instance, parent)?;
+            let page_bytes = pages::store_missing(&tx, compressor, &hashed)?;
+            hook("pages");
+            let number = next_number(&tx, instance)?;
+            let stored = page_bytes + row.own_bytes(reply);
+            let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
+            pages::reference(&tx, id, &hashed)?;
+            hook("version");
+            tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
+                .execute(params![instance, number, row.kind.as_str()])?;
+            hook("before-commit");
+            tx.commit()?;
+            Ok(number)
+        })
+    }
+
+    /// The snapshot of a suspension version.
+    pub fn load_version(&self, instance: InstanceId, version: u32) -> Result<Snapshot> {
+        self.with(|s| {
+            // One read transaction: a concurrent `rm` or `gc` cannot pull
+            // pages out from under the load.
+            let tx = s.conn.transaction()?;
+            let (id, kind, state) = find_version(&tx, instance, version)?;
+            let Some(state) = state else {
+                bail!(
+                    "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
+                    kind.as_str()
+                );
+            };
+            let corrupt = |e: anyhow::Error| {
+                anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
+            };
+            let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
+            pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            for m in &snapshot.memories {
+                file::check_memory(m).map_err(corrupt)?;
+            }
+            Ok(snapshot)
+        })
+    }
+
+    /// One version of an instance.
+    pub fn version(&self, instance: InstanceId, version: u32) -> Result<VersionInfo> {
+        self.with(|s| {
+            let info = s
+                .conn
+                .prepare_cached(&format!(
+                    "{VERSION_QUERY} WHERE instance = ?1 AND number = ?2"
+                ))?
+                .query_row(params![instance, version], read_info)
+                .optional()?;
+            match info {
+                Some(info) => info,
+                None => {
+                    require_instance(&s.conn, instance)?;
+                    bail!("version {version} of instance {instance} not found")
+                }
+            }
+        })
+    }
+
+    /// Every version of an instance, by number (parents always come before
+    /// their children), to draw its tree.
+    pub fn versions(&self, instance: InstanceId) -> Result<Vec<VersionInfo>> {
+        self.with(|s| {
+            require_instance(&s.conn, instance)?;
+            s.conn
+                .prepare_cached(&format!(
+                    "{VERSION_QUERY} WHERE instance = ?1 ORDER BY number"
+                ))?
+                .query_map([instance], read_info)?
+                .map(|r| r.map_err(anyhow::Error::from).and_then(|info| info))
+                .collect()
+        })
+    }
+}
+
+const VERSION_QUERY: &str = "
+    SELECT number, parent, kind, value, reply, created, memory_bytes, stored_bytes,
+           exit_status, message
+    FROM versions";
+
+fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
+    let kind: String = r.get(2)?;
+    let info = VersionInfo {
+        number: r.get(0)?,
+        parent: r.get(1)?,
+        kind: VersionKind::Suspended,
+        value: r.get(3)?,
+        reply: r.get(4)?,
+        created_ms: r.get(5)?,
+        memory_bytes: r.get(6)?,
+        stored_bytes: r.get(7)?,
+        exit_status: r.get(8)?,
+        message: r.get(9)?,
+    };
+    Ok(VersionKind::parse(&kind).map(|kind| VersionInfo { kind, ..info }))
+}
+
+fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?
+        .exists([instance])?;
+    if !found {
+        bail!("instance {instance} not found");
+    }
+    Ok(())
+}
+
+/// The row id, kind and state blob of a version.
+fn find_version(
+    conn: &Connection,
+    instance: InstanceId,
+    version: u32,
+) -> Result<(i64, VersionKind, Option<Vec<u8>>)> {
+    let row: Option<(i64, String, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2")?
+        .query_row(params![instance, version], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    match row {
+        Some((id, kind, state)) => Ok((id, VersionKind::parse(&kind)?, state)),
+        None => {
+            require_instance(conn, instance)?;
+            bail!("version {version} of instance {instance} not found")
+        }
+    }
+}
+
+/// A snapshot must come from the module its instance runs.
+fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
+    let module: [u8; 32] = conn
+        .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
+        .query_row([instance], |r| r.get(0))?;
+    if module != s.module_hash {
+        bail!(
+            "the snapshot is of module {}, but instance {instance} runs module {}",
+            super::hex(&s.module_hash),
+            super::hex(&module)
+        );
+    }
+    Ok(())
+}
+
+/// A run resumes a suspension of the same instance; only the first run of
+/// an instance has no parent.
+fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) -> Result<()> {
+    match parent {
+        Some(p) => {
+            let (_, kind, _) = find_version(conn, instance, p)?;
+            if kind != VersionKind::Suspended {
+                bail!(
+                    "version {p} of instance {instance} is the end of a run ({}); it cannot be resumed",
+                    kind.as_str()
+                );
+            }
+        }
+        None => {
+            let has_versions = conn
+                .prepare_cached("SELECT 1 FROM versions WHERE instance = ?1")?
+                .exists([instance])?;
+            if has_versions {
+                bail!("instance {instance} has versions already: a new one needs a parent");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
+    let last: Option<u32> = conn
+        .prepare_cached("SELECT max(number) FROM versions WHERE instance = ?1")?
+        .query_row([instance], |r| r.get(0))?;
+    match last.unwrap_or(0).checked_add(1) {
+        Some(n) => Ok(n),
+        None => bail!("instance {instance} has run out of version numbers"),
+    }
+}
+
+fn insert_version(
+    conn: &Connection,
+    instance: InstanceId,
+    number: u32,
+    parent: Option<u32>,
+    row: &Row,
+    reply: &[u8],
+    stored_bytes: u64,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
+                               memory_bytes, stored_bytes, state, exit_status, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        instance,
+        number,
+        parent,
+        row.kind.as_str(),
+        row.value,
+        reply,
+        now_ms(),
+        row.memory_bytes,
+        stored_bytes,
+        row.state,
+        row.exit_status,
+        row.message,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}

@@ -1,0 +1,191 @@
+//! The command line, as real processes: the seed demos with every step a
+//! new process, branching, snapshot files across databases, and bad input
+//! that must change nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn wasnap(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasnap"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(db: &Path, args: &[&str]) -> String {
+    let output = wasnap(db, args);
+    assert!(
+        output.status.success(),
+        "wasnap {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn fails(db: &Path, args: &[&str]) -> String {
+    let output = wasnap(db, args);
+    assert!(!output.status.success(), "wasnap {args:?} succeeded");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    errors[0].to_string()
+}
+
+fn guest(name: &str) -> String {
+    format!("{}/guest-workflows/wat/{name}.wat", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wasnap.db");
+    (dir, db)
+}
+
+#[test]
+fn approval_demo_every_step_a_new_process() {
+    let (_dir, db) = scratch();
+    assert_eq!(ok(&db, &["run", &guest("approval")]), "do something\n");
+    assert_eq!(ok(&db, &["resume", "1"]), "ask boss for permission\n");
+    assert_eq!(
+        ok(&db, &["resume", "1", "--send", "true"]),
+        "do another after approved\n"
+    );
+    assert_eq!(ok(&db, &["resume", "1"]), "");
+    let error = fails(&db, &["resume", "1"]);
+    assert!(error.contains("finished"), "{error}");
+    // The same saved moment, another answer.
+    assert_eq!(
+        ok(&db, &["resume", "1@2", "--send", "false"]),
+        "do another after rejected\n"
+    );
+    let log = ok(&db, &["log", "1"]);
+    assert!(log.contains("v5"), "{log}");
+    let ls = ok(&db, &["ls", "--json"]);
+    assert!(ls.contains(r#""instance":1"#), "{ls}");
+}
+
+#[test]
+fn greenlet_demo_with_snapshot_files_and_branches() {
+    let (dir, db) = scratch();
+    assert_eq!(ok(&db, &["run", &guest("greenlet")]), "enter g\n");
+    let v1 = dir.path().join("v1.wsnap");
+    ok(&db, &["snapshot", "1@1", "-o", v1.to_str().unwrap()]);
+    let decompressed = zstd::decode_all(&std::fs::read(&v1).unwrap()[..]).unwrap();
+    assert!(
+        decompressed
+            .windows(b"special-g-stack".len())
+            .any(|w| w == b"special-g-stack"),
+        "g's stack is in version 1"
+    );
+    assert_eq!(ok(&db, &["resume", "1@1"]), "a\nleave g\n");
+    assert_eq!(ok(&db, &["resume", "1"]), "b\n");
+    assert_eq!(ok(&db, &["resume", "1@1"]), "a\nleave g\n");
+    assert_eq!(ok(&db, &["resume", "1@3"]), "c\n");
+    let log = ok(&db, &["log", "1", "--json"]);
+    assert!(log.contains(r#""version":4,"parent":1"#), "{log}");
+
+    // The snapshot file is self-contained: a second, empty database.
+    let other = dir.path().join("other.db");
+    assert_eq!(ok(&other, &["restore", v1.to_str().unwrap()]), "a\nleave g\n");
+    assert_eq!(ok(&other, &["resume", "1"]), "b\n");
+}
+
+#[test]
+fn inspect_shows_every_coroutine_stack() {
+    let (_dir, db) = scratch();
+    ok(&db, &["run", &guest("greenlet")]);
+    let report = ok(&db, &["inspect", "1"]);
+    assert!(report.contains("main"), "{report}");
+    assert!(report.contains("coroutine 1"), "{report}");
+    assert!(report.contains("#0 run"), "{report}");
+    assert!(report.contains("#0 g"), "{report}");
+    assert!(report.contains("memory 0"), "{report}");
+}
+
+/// What the database holds, as the listings show it: instances, and
+/// every version of each (a write changes SQLite's file header even when
+/// it changes no content, so bytes are not compared).
+fn content(db: &Path) -> String {
+    let mut all = ok(db, &["ls", "--json"]);
+    for line in all.clone().lines() {
+        let id = line.split(r#""instance":"#).nth(1).unwrap().split(',').next().unwrap();
+        all += &ok(db, &["log", id, "--json"]);
+    }
+    all
+}
+
+#[test]
+fn bad_input_gets_one_line_and_changes_nothing() {
+    let (dir, db) = scratch();
+    ok(&db, &["run", &guest("approval")]);
+    let before = content(&db);
+
+    let not_wasm = dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, b"hello").unwrap();
+    let error = fails(&db, &["run", not_wasm.to_str().unwrap()]);
+    assert!(error.contains("not a WebAssembly module"), "{error}");
+
+    let threads = dir.path().join("threads.wat");
+    std::fs::write(&threads, "(module (memory 1 1 shared) (func (export \"run\")))").unwrap();
+    let error = fails(&db, &["run", threads.to_str().unwrap()]);
+    assert!(error.contains("threads"), "{error}");
+
+    let error = fails(&db, &["resume", "7"]);
+    assert!(error.contains("instance 7"), "{error}");
+    let error = fails(&db, &["resume", "1@9"]);
+    assert!(error.contains("version 9"), "{error}");
+
+    let corrupt = dir.path().join("corrupt.wsnap");
+    ok(&db, &["snapshot", "1", "-o", corrupt.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&corrupt, &bytes).unwrap();
+    fails(&db, &["restore", corrupt.to_str().unwrap()]);
+    std::fs::write(&corrupt, &bytes[..middle]).unwrap();
+    fails(&db, &["restore", corrupt.to_str().unwrap()]);
+
+    assert_eq!(content(&db), before, "a failed command changed the database");
+    assert_eq!(ok(&db, &["resume", "1"]), "ask boss for permission\n");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_named() {
+    let (dir, _) = scratch();
+    let bogus = dir.path().join("bogus.db");
+    std::fs::write(&bogus, vec![7u8; 4096]).unwrap();
+    let error = fails(&bogus, &["ls"]);
+    assert!(error.contains("bogus.db"), "{error}");
+}
+
+#[test]
+fn instrument_writes_a_module_with_the_asyncify_abi() {
+    let (dir, db) = scratch();
+    let out = dir.path().join("out.wasm");
+    ok(&db, &["instrument", &guest("approval"), "-o", out.to_str().unwrap()]);
+    let wasm = std::fs::read(&out).unwrap();
+    let exports: Vec<String> = wasmparser::Parser::new(0)
+        .parse_all(&wasm)
+        .filter_map(|p| match p.unwrap() {
+            wasmparser::Payload::ExportSection(r) => {
+                Some(r.into_iter().map(|e| e.unwrap().name.to_string()).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for name in [
+        "asyncify_start_unwind",
+        "asyncify_stop_unwind",
+        "asyncify_start_rewind",
+        "asyncify_stop_rewind",
+        "asyncify_get_state",
+    ] {
+        assert!(exports.iter().any(|e| e == name), "{name} missing");
+    }
+    assert!(!db.exists(), "instrument does not touch the database");
+}

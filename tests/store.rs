@@ -1,0 +1,681 @@
+//! The SQLite store: versions, dedup, leases, crashes, errors.
+//!
+//! Crash and lease tests run this test binary again as a child process (the
+//! ignored test `child_process`, driven by environment variables) and kill
+//! it with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use wasnap::snapshot::{
+    Coroutine, CoroutineState, GlobalValue, HostState, MemoryImage, PAGE_SIZE, Page, Snapshot,
+    TableImage,
+};
+use wasnap::store::{
+    Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, Store, VersionKind,
+};
+
+const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+const PAGES: u32 = 16;
+
+/// Incompressible contents for each page, so that sizes tell pages apart.
+fn base_pages() -> &'static [Vec<u8>] {
+    static BASE: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..PAGES)
+            .map(|_| {
+                (0..PAGE_SIZE)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// The snapshot of step `n` of a 1 MiB workflow: every page holds data,
+/// and step `n` rewrites page `n % 16` with its number.
+fn step(n: u32) -> Snapshot {
+    let pages = (0..PAGES)
+        .map(|index| {
+            let mut data = base_pages()[index as usize].clone();
+            if index == n % PAGES {
+                data[8..12].copy_from_slice(&n.to_le_bytes());
+                data[PAGE_SIZE - 4..].copy_from_slice(&n.to_le_bytes());
+            }
+            Page { index, data }
+        })
+        .collect();
+    Snapshot {
+        module_hash: *blake3::hash(MODULE).as_bytes(),
+        instrumenter_version: 1,
+        memories: vec![MemoryImage {
+            page_count: u64::from(PAGES) + 4,
+            pages,
+        }],
+        globals: vec![GlobalValue::I32(n), GlobalValue::F64(f64::NAN.to_bits())],
+        tables: vec![TableImage {
+            elements: vec![None, Some(n)],
+        }],
+        coroutines: vec![Coroutine {
+            id: 0,
+            parent: 0,
+            state: CoroutineState::Suspended,
+            entry_function: 0,
+            entry_argument: 0,
+            stack_pointer: 1024,
+            stack: n.to_le_bytes().repeat(8),
+            resume_value: 0,
+        }],
+        host: HostState {
+            current: 0,
+            next_coroutine_id: 1,
+            suspended_in: "wasnap.yield".into(),
+            yielded: format!("step {n}").into_bytes(),
+            reply: Vec::new(),
+            args: vec!["wf.wasm".into()],
+            env: Vec::new(),
+        },
+    }
+}
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasnap.db");
+    (dir, path)
+}
+
+/// A store with one instance of [`MODULE`].
+fn store_with_instance() -> (tempfile::TempDir, Store, u64) {
+    let (dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    (dir, store, id)
+}
+
+fn commit_chain(store: &Store, id: u64, steps: std::ops::RangeInclusive<u32>) {
+    let lease = store.lease(id).unwrap();
+    for n in steps {
+        let parent = (n > 1).then(|| n - 1);
+        let v = store
+            .commit_version(&lease, parent, &Outcome::Suspended(&step(n)), b"go")
+            .unwrap();
+        assert_eq!(v, n);
+    }
+}
+
+#[test]
+fn versions_round_trip_and_branch() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=3);
+    let lease = store.lease(id).unwrap();
+    // Resuming version 1 again starts a branch.
+    let v4 = store
+        .commit_version(&lease, Some(1), &Outcome::Suspended(&step(4)), b"again")
+        .unwrap();
+    assert_eq!(v4, 4);
+    for n in 1..=4 {
+        assert_eq!(store.load_version(id, n).unwrap(), step(n));
+    }
+    let tree: Vec<_> = store
+        .versions(id)
+        .unwrap()
+        .iter()
+        .map(|v| (v.number, v.parent, v.reply.clone()))
+        .collect();
+    assert_eq!(
+        tree,
+        vec![
+            (1, None, b"go".to_vec()),
+            (2, Some(1), b"go".to_vec()),
+            (3, Some(2), b"go".to_vec()),
+            (4, Some(1), b"again".to_vec()),
+        ]
+    );
+    let info = store.instance(id).unwrap();
+    assert_eq!(info.head, Some(4));
+    assert_eq!(info.state, InstanceState::Suspended);
+    assert_eq!(info.last_value.as_deref(), Some(&b"step 4"[..]));
+    assert_eq!(info.args, vec!["wf.wasm".to_string()]);
+    assert_eq!(info.leased_by, Some(std::process::id()));
+    drop(lease);
+    assert_eq!(store.instance(id).unwrap().leased_by, None);
+}
+
+#[test]
+fn ends_are_versions_without_snapshots() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=1);
+    let lease = store.lease(id).unwrap();
+    let finished = Outcome::Finished {
+        exit_status: Some(0),
+        result: b"done",
+    };
+    assert_eq!(
+        store
+            .commit_version(&lease, Some(1), &finished, b"yes")
+            .unwrap(),
+        2
+    );
+    let failed = Outcome::Failed {
+        message: "wasm trap: unreachable",
+    };
+    assert_eq!(
+        store
+            .commit_version(&lease, Some(1), &failed, b"no")
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.instance(id).unwrap().state, InstanceState::Failed);
+    let v2 = store.version(id, 2).unwrap();
+    assert_eq!(
+        (v2.kind, v2.value.as_slice(), v2.exit_status),
+        (VersionKind::Finished, &b"done"[..], Some(0))
+    );
+    let v3 = store.version(id, 3).unwrap();
+    assert_eq!(v3.message.as_deref(), Some("wasm trap: unreachable"));
+    assert_eq!(
+        store.load_version(id, 2).unwrap_err().to_string(),
+        "version 2 of instance 1 is the end of a run (finished); it has no snapshot"
+    );
+    let err = store
+        .commit_version(&lease, Some(2), &Outcome::Suspended(&step(5)), b"")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "version 2 of instance 1 is the end of a run (finished); it cannot be resumed"
+    );
+}
+
+/// 100 versions that each change one page cost about 100 pages, not 100
+/// memories.
+#[test]
+fn a_version_costs_what_changed() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=100);
+    let stats = store.stats().unwrap();
+    // Step 1 stores 16 pages; step 2 restores page 1 to its base form (a
+    // new page) and stamps page 2; every later step stamps one new page.
+    assert_eq!(stats.pages, u64::from(PAGES) + 100);
+    assert_eq!(stats.page_refs, 100 * u64::from(PAGES));
+    let versions = store.versions(id).unwrap();
+    let first = versions[0].stored_bytes;
+    let later = versions[50].stored_bytes;
+    assert!(
+        later * 10 < first,
+        "version 51 stored {later} bytes, version 1 {first}"
+    );
+    assert_eq!(
+        versions[50].memory_bytes,
+        u64::from(PAGES + 4) * PAGE_SIZE as u64
+    );
+}
+
+#[test]
+fn zero_pages_are_not_stored() {
+    let (_dir, store, id) = store_with_instance();
+    let mut s = step(1);
+    s.memories[0].pages.push(Page {
+        index: PAGES,
+        data: vec![0; PAGE_SIZE],
+    });
+    let lease = store.lease(id).unwrap();
+    store
+        .commit_version(&lease, None, &Outcome::Suspended(&s), b"")
+        .unwrap();
+    assert_eq!(store.stats().unwrap().page_refs, u64::from(PAGES));
+    assert_eq!(store.load_version(id, 1).unwrap(), step(1));
+}
+
+#[test]
+fn gc_and_rm_report_what_they_free() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=10);
+    let hash = store.put_module(MODULE).unwrap();
+    let other = store.create_instance(&hash, &[]).unwrap();
+    commit_chain(&store, other, 1..=1);
+    assert_eq!(store.gc().unwrap(), GcReport::default());
+    let before = store.stats().unwrap();
+    let removed = store.remove_instance(id).unwrap();
+    assert_eq!(removed.versions, 10);
+    assert_eq!(removed.page_refs, 10 * u64::from(PAGES));
+    assert!(removed.bytes > 0);
+    let gc = store.gc().unwrap();
+    // `other` holds step 1's 16 pages; steps 2..=10 added the base form of
+    // page 1 and one stamped page each.
+    assert_eq!(gc.pages, 10);
+    assert_eq!(
+        gc.bytes,
+        before.page_bytes - store.stats().unwrap().page_bytes
+    );
+    assert_eq!(store.load_version(other, 1).unwrap(), step(1));
+    assert_eq!(
+        store.instance(id).unwrap_err().to_string(),
+        "instance 1 not found"
+    );
+    // Ids are not reused.
+    assert_eq!(store.create_instance(&hash, &[]).unwrap(), 3);
+}
+
+#[test]
+fn modules_and_compiled_artifacts() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    assert_eq!(hash, *blake3::hash(MODULE).as_bytes());
+    assert_eq!(store.put_module(MODULE).unwrap(), hash);
+    assert_eq!(store.module(&hash).unwrap(), MODULE);
+    assert_eq!(store.compiled(&hash, "wasmtime-48/x86_64").unwrap(), None);
+    store
+        .put_compiled(&hash, "wasmtime-48/x86_64", b"elf")
+        .unwrap();
+    store
+        .put_compiled(&hash, "wasmtime-48/x86_64", b"elf2")
+        .unwrap();
+    assert_eq!(
+        store.compiled(&hash, "wasmtime-48/x86_64").unwrap(),
+        Some(b"elf2".to_vec())
+    );
+    assert_eq!(store.compiled(&hash, "other").unwrap(), None);
+    let missing = [7u8; 32];
+    let err = store.module(&missing).unwrap_err().to_string();
+    assert_eq!(err, format!("module {} not found", "07".repeat(32)));
+    assert!(store.put_compiled(&missing, "x", b"").is_err());
+    assert!(store.create_instance(&missing, &[]).is_err());
+}
+
+/// Everything the database holds, as text, to compare before and after.
+fn dump(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut out = String::new();
+    for table in [
+        "modules",
+        "compiled",
+        "instances",
+        "versions",
+        "pages",
+        "version_pages",
+    ] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            .unwrap();
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            let values: Vec<String> = (0..columns)
+                .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                .collect();
+            out.push_str(&format!("{table}: {}\n", values.join(", ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn failed_calls_change_nothing() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=2);
+    let lease = store.lease(id).unwrap();
+    let before = dump(store.path());
+    let expect = |result: anyhow::Result<()>, message: &str| {
+        assert_eq!(result.unwrap_err().to_string(), message);
+        assert_eq!(dump(store.path()), before, "after: {message}");
+    };
+    let s = step(3);
+    let suspended = Outcome::Suspended(&s);
+    expect(store.lease(9).map(drop), "instance 9 not found");
+    expect(store.lease(id).map(drop), "instance 1 is busy");
+    expect(store.remove_instance(id).map(drop), "instance 1 is busy");
+    expect(store.remove_instance(9).map(drop), "instance 9 not found");
+    expect(store.load_version(9, 1).map(drop), "instance 9 not found");
+    expect(
+        store.load_version(id, 7).map(drop),
+        "version 7 of instance 1 not found",
+    );
+    expect(
+        store.version(id, 7).map(drop),
+        "version 7 of instance 1 not found",
+    );
+    expect(store.versions(9).map(drop), "instance 9 not found");
+    expect(
+        store
+            .commit_version(&lease, Some(7), &suspended, b"")
+            .map(drop),
+        "version 7 of instance 1 not found",
+    );
+    expect(
+        store
+            .commit_version(&lease, None, &suspended, b"")
+            .map(drop),
+        "instance 1 has versions already: a new one needs a parent",
+    );
+    let mut foreign = step(3);
+    foreign.module_hash = [1; 32];
+    let err = store
+        .commit_version(&lease, Some(2), &Outcome::Suspended(&foreign), b"")
+        .map(drop);
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .starts_with("the snapshot is of module 0101")
+    );
+    let mut bad = step(3);
+    bad.memories[0].pages.swap(0, 1);
+    let err = store
+        .commit_version(&lease, Some(2), &Outcome::Suspended(&bad), b"")
+        .map(drop);
+    assert!(err.unwrap_err().to_string().contains("out of order"));
+    assert_eq!(dump(store.path()), before);
+    // A lease that another holder has taken over is no good for commits.
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute("UPDATE instances SET lease_token = lease_token + 1", [])
+        .unwrap();
+    let before = dump(store.path());
+    let err = store.commit_version(&lease, Some(2), &suspended, b"");
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "the lease on instance 1 has been lost"
+    );
+    assert_eq!(dump(store.path()), before);
+}
+
+#[test]
+fn a_lease_of_a_dead_process_is_taken_over() {
+    let (_dir, store, id) = store_with_instance();
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    // A pid that cannot exist, and a live pid whose start time differs (a
+    // reused pid): neither holds the lease.
+    for (pid, owner) in [(u32::MAX - 1, "x/1"), (std::process::id(), "old-boot/1")] {
+        conn.execute(
+            "UPDATE instances SET lease_pid = ?2, lease_owner = ?3, lease_token = 5 WHERE id = ?1",
+            rusqlite::params![id, pid, owner],
+        )
+        .unwrap();
+        assert_eq!(store.instance(id).unwrap().leased_by, None);
+        store.lease(id).unwrap().release().unwrap();
+    }
+}
+
+#[test]
+fn schema_is_versioned() {
+    let (_dir, path) = temp_db();
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    // 2 = incremental: `gc` can give freed space back to the file system.
+    let vacuum: u32 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(vacuum, 2);
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    for err in [
+        Store::open(&path).map(drop).unwrap_err(),
+        Store::open_read_only(&path).map(drop).unwrap_err(),
+    ] {
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "database schema version {} is newer than this wasnap supports ({SCHEMA_VERSION})",
+                SCHEMA_VERSION + 1
+            )
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_named() {
+    let (_dir, path) = temp_db();
+    std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+    let err = Store::open(&path).map(drop).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("{} is not a wasnap database (not SQLite)", path.display())
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), vec![b'x'; 8192]);
+}
+
+#[test]
+fn a_read_only_database_says_so() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let id = store.create_instance(&hash, &[]).unwrap();
+    commit_chain(&store, id, 1..=1);
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(ro.load_version(id, 1).unwrap(), step(1));
+    assert_eq!(ro.instances().unwrap().len(), 1);
+    let read_only = format!("database {} is read-only", path.display());
+    let before = dump(&path);
+    assert_eq!(ro.put_module(b"other").unwrap_err().to_string(), read_only);
+    assert_eq!(ro.lease(id).unwrap_err().to_string(), read_only);
+    assert_eq!(ro.gc().unwrap_err().to_string(), read_only);
+    assert_eq!(dump(&path), before);
+}
+
+#[test]
+fn durability_can_be_raised() {
+    let (_dir, store, id) = store_with_instance();
+    store.set_durability(Durability::Power).unwrap();
+    commit_chain(&store, id, 1..=2);
+    assert_eq!(store.load_version(id, 2).unwrap(), step(2));
+}
+
+// ---------------------------------------------------------------------
+// Child processes: crashes and competing leases.
+
+fn spawn_child(db: &Path, mode: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("WASNAP_TEST_CHILD_DB", db)
+        .env("WASNAP_TEST_CHILD_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads the child's stdout until a line holding `prefix` has been
+/// seen `count` times; returns that line from `prefix` on.
+fn wait_for(child: &mut Child, prefix: &str, count: usize) -> String {
+    let out = child.stdout.as_mut().unwrap();
+    let mut seen = 0;
+    for line in BufReader::new(out).lines() {
+        // The harness writes "test child_process ... " before the child's
+        // first line, on the same line.
+        let line = line.unwrap();
+        if let Some(at) = line.find(prefix) {
+            seen += 1;
+            if seen == count {
+                return line[at..].to_string();
+            }
+        }
+    }
+    panic!("the child ended before saying {prefix:?} {count} times");
+}
+
+/// Every version in the database loads and equals what was committed, the
+/// head is the last one, nothing half-written is left, and the instance
+/// can go on.
+fn check_after_crash(db: &Path, at_least: u32) -> u32 {
+    let store = Store::open(db).unwrap();
+    let versions = store.versions(1).unwrap();
+    let count = versions.len() as u32;
+    assert!(
+        count >= at_least,
+        "{count} versions, {at_least} were committed"
+    );
+    for (v, n) in versions.iter().zip(1..) {
+        assert_eq!(v.number, n);
+        assert_eq!(store.load_version(1, n).unwrap(), step(n));
+    }
+    assert_eq!(store.instance(1).unwrap().head, Some(count));
+    assert_eq!(store.gc().unwrap(), GcReport::default(), "orphan pages");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    commit_chain(&store, 1, count + 1..=count + 1);
+    count
+}
+
+#[test]
+fn a_killed_process_loses_no_committed_version() {
+    let (_dir, db) = temp_db();
+    // Kill the loop at several points; each run continues the last.
+    for kill_after in [1, 7, 20] {
+        let mut child = spawn_child(&db, "commit-loop");
+        let line = wait_for(&mut child, "committed", kill_after);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let committed: u32 = line["committed ".len()..].parse().unwrap();
+        check_after_crash(&db, committed);
+    }
+}
+
+#[test]
+fn a_process_killed_mid_commit_leaves_no_half_version() {
+    for stage in ["begin", "pages", "version", "before-commit"] {
+        let (_dir, db) = temp_db();
+        let mut child = spawn_child(&db, &format!("kill-at:{stage}:5"));
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the child was to be killed at {stage}");
+        // The fifth commit never happened; the first four are whole.
+        assert_eq!(check_after_crash(&db, 4), 4, "killed at {stage}");
+    }
+}
+
+#[test]
+fn of_two_processes_one_gets_the_lease() {
+    let (_dir, db) = temp_db();
+    let store = Store::open(&db).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    store.create_instance(&hash, &[]).unwrap();
+    let mut children = [spawn_child(&db, "race"), spawn_child(&db, "race")];
+    let lines: Vec<String> = children
+        .iter_mut()
+        .map(|c| wait_for(c, "lease:", 1))
+        .collect();
+    children.iter_mut().for_each(|c| {
+        c.wait().unwrap();
+    });
+    let mut lines = lines;
+    lines.sort();
+    assert_eq!(lines, ["lease: instance 1 is busy", "lease: taken"]);
+    assert!(store.versions(1).unwrap().len() == 1);
+}
+
+#[test]
+fn a_lease_held_by_a_killed_process_is_freed() {
+    let (_dir, db) = temp_db();
+    let store = Store::open(&db).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    store.create_instance(&hash, &[]).unwrap();
+    let mut child = spawn_child(&db, "hold");
+    wait_for(&mut child, "lease:", 1);
+    assert_eq!(
+        store.lease(1).unwrap_err().to_string(),
+        "instance 1 is busy"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    store.lease(1).unwrap();
+}
+
+static KILL_STAGE: OnceLock<(String, u32)> = OnceLock::new();
+static STAGE_SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// Kills this process with SIGKILL when the chosen commit stage is reached
+/// for the chosen time.
+fn kill_hook(stage: &str) {
+    let Some((target, nth)) = KILL_STAGE.get() else {
+        return;
+    };
+    if stage == target && STAGE_SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+        let pid = std::process::id().to_string();
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        unreachable!("SIGKILL did not arrive");
+    }
+}
+
+/// The child process of the tests above; does nothing unless run by them.
+#[test]
+#[ignore = "run as a child process by the crash and lease tests"]
+fn child_process() {
+    let (Ok(db), Ok(mode)) = (
+        std::env::var("WASNAP_TEST_CHILD_DB"),
+        std::env::var("WASNAP_TEST_CHILD_MODE"),
+    ) else {
+        panic!("run only by the crash and lease tests");
+    };
+    let store = Store::open(&db).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    if store.instances().unwrap().is_empty() {
+        store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    }
+    if let Some(spec) = mode.strip_prefix("kill-at:") {
+        let (stage, nth) = spec.split_once(':').unwrap();
+        KILL_STAGE
+            .set((stage.to_string(), nth.parse().unwrap()))
+            .unwrap();
+        store.set_commit_hook(Some(kill_hook));
+    }
+    match mode.as_str() {
+        "race" | "hold" => hold_lease(&store, mode == "race"),
+        _ => commit_forever(&store),
+    }
+}
+
+fn hold_lease(store: &Store, commit: bool) {
+    match store.lease(1) {
+        Ok(lease) => {
+            println!("lease: taken");
+            if commit {
+                store
+                    .commit_version(&lease, None, &Outcome::Suspended(&step(1)), b"")
+                    .unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_secs(if commit { 3 } else { 600 }));
+        }
+        Err(e) => println!("lease: {e}"),
+    }
+}
+
+fn commit_forever(store: &Store) {
+    let lease = store.lease(1).unwrap();
+    let mut n = store.instance(1).unwrap().head.unwrap_or(0);
+    loop {
+        n += 1;
+        let parent = (n > 1).then(|| n - 1);
+        store
+            .commit_version(&lease, parent, &Outcome::Suspended(&step(n)), b"go")
+            .unwrap();
+        println!("committed {n}");
+    }
+}
