@@ -4,7 +4,7 @@
 //! pages, globals as raw bits (a NaN payload survives), table elements as
 //! function indices, and every coroutine as the bytes of its unwound stack.
 //! Nothing in it refers to a wasmtime object, so it can be written to a file
-//! ([`file`]) or to the store and restored in another process.
+//! ([`file`](mod@file)) or to the store and restored in another process.
 
 pub(crate) mod codec;
 pub mod file;

@@ -28,6 +28,8 @@ pub struct Lease {
     pub(super) shared: Arc<Mutex<Shared>>,
     pub(super) instance: InstanceId,
     pub(super) token: i64,
+    /// Set by [`Lease::release`], so that dropping does not release again.
+    released: bool,
 }
 
 impl Lease {
@@ -38,10 +40,9 @@ impl Lease {
 
     /// Gives the lease up now, reporting a failure to do so (dropping it
     /// does the same silently).
-    pub fn release(self) -> Result<()> {
-        let result = release(&self.shared, self.instance, self.token);
-        std::mem::forget(self);
-        result
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        release(&self.shared, self.instance, self.token)
     }
 }
 
@@ -49,7 +50,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // A lease that cannot be released here is freed for the next taker
         // anyway once this process exits.
-        let _ = release(&self.shared, self.instance, self.token);
+        if !self.released {
+            let _ = release(&self.shared, self.instance, self.token);
+        }
     }
 }
 
@@ -89,6 +92,7 @@ pub(super) fn acquire(shared: &Arc<Mutex<Shared>>, instance: InstanceId) -> Resu
         shared: Arc::clone(shared),
         instance,
         token,
+        released: false,
     })
 }
 
