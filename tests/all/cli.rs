@@ -36,7 +36,10 @@ fn fails(db: &Path, args: &[&str]) -> String {
 }
 
 fn guest(name: &str) -> String {
-    format!("{}/guest-workflows/wat/{name}.wat", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/guest-workflows/wat/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn scratch() -> (tempfile::TempDir, PathBuf) {
@@ -90,7 +93,10 @@ fn greenlet_demo_with_snapshot_files_and_branches() {
 
     // The snapshot file is self-contained: a second, empty database.
     let other = dir.path().join("other.db");
-    assert_eq!(ok(&other, &["restore", v1.to_str().unwrap()]), "a\nleave g\n");
+    assert_eq!(
+        ok(&other, &["restore", v1.to_str().unwrap()]),
+        "a\nleave g\n"
+    );
     assert_eq!(ok(&other, &["resume", "1"]), "b\n");
 }
 
@@ -112,7 +118,13 @@ fn inspect_shows_every_coroutine_stack() {
 fn content(db: &Path) -> String {
     let mut all = ok(db, &["ls", "--json"]);
     for line in all.clone().lines() {
-        let id = line.split(r#""instance":"#).nth(1).unwrap().split(',').next().unwrap();
+        let id = line
+            .split(r#""instance":"#)
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
         all += &ok(db, &["log", id, "--json"]);
     }
     all
@@ -130,7 +142,11 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     assert!(error.contains("not a WebAssembly module"), "{error}");
 
     let threads = dir.path().join("threads.wat");
-    std::fs::write(&threads, "(module (memory 1 1 shared) (func (export \"run\")))").unwrap();
+    std::fs::write(
+        &threads,
+        "(module (memory 1 1 shared) (func (export \"run\")))",
+    )
+    .unwrap();
     let error = fails(&db, &["run", threads.to_str().unwrap()]);
     assert!(error.contains("threads"), "{error}");
 
@@ -149,7 +165,11 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     std::fs::write(&corrupt, &bytes[..middle]).unwrap();
     fails(&db, &["restore", corrupt.to_str().unwrap()]);
 
-    assert_eq!(content(&db), before, "a failed command changed the database");
+    assert_eq!(
+        content(&db),
+        before,
+        "a failed command changed the database"
+    );
     assert_eq!(ok(&db, &["resume", "1"]), "ask boss for permission\n");
 }
 
@@ -166,14 +186,24 @@ fn a_file_that_is_not_a_database_is_named() {
 fn instrument_writes_a_module_with_the_asyncify_abi() {
     let (dir, db) = scratch();
     let out = dir.path().join("out.wasm");
-    ok(&db, &["instrument", &guest("approval"), "-o", out.to_str().unwrap()]);
+    ok(
+        &db,
+        &[
+            "instrument",
+            &guest("approval"),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
     let wasm = std::fs::read(&out).unwrap();
     let exports: Vec<String> = wasmparser::Parser::new(0)
         .parse_all(&wasm)
         .filter_map(|p| match p.unwrap() {
-            wasmparser::Payload::ExportSection(r) => {
-                Some(r.into_iter().map(|e| e.unwrap().name.to_string()).collect::<Vec<_>>())
-            }
+            wasmparser::Payload::ExportSection(r) => Some(
+                r.into_iter()
+                    .map(|e| e.unwrap().name.to_string())
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         })
         .flatten()

@@ -487,7 +487,7 @@ fn spawn_child(db: &Path, mode: &str) -> Child {
         .args([
             "--ignored",
             "--exact",
-            "child_process",
+            "store::child_process",
             "--nocapture",
             "--test-threads=1",
         ])
