@@ -13,7 +13,10 @@ impl Gc {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let store = super::open_existing(db)?;
         let report = store.gc()?;
-        eprintln!("wasnap: freed {} pages, {} bytes", report.pages, report.bytes);
+        eprintln!(
+            "wasnap: freed {} pages, {} bytes",
+            report.pages, report.bytes
+        );
         Ok(())
     }
 }

@@ -48,8 +48,16 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
         CoroutineState::Suspended => "suspended",
         CoroutineState::Finished => "finished",
     };
-    let running = if coroutine.id == current { ", the one that suspended the workflow" } else { "" };
-    let name = if coroutine.id == 0 { "main".to_string() } else { format!("coroutine {}", coroutine.id) };
+    let running = if coroutine.id == current {
+        ", the one that suspended the workflow"
+    } else {
+        ""
+    };
+    let name = if coroutine.id == 0 {
+        "main".to_string()
+    } else {
+        format!("coroutine {}", coroutine.id)
+    };
     println!(
         "{name} (parent {}, {state}{running}, stack pointer {:#x}, {} stack bytes)",
         coroutine.parent,
@@ -66,7 +74,9 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
             .layout
             .call_sites
             .get(frame.call_index as usize)
-            .map_or(String::new(), |s| format!(" at code offset {:#x}", s.code_offset));
+            .map_or(String::new(), |s| {
+                format!(" at code offset {:#x}", s.code_offset)
+            });
         println!("  #{depth} {function}{site}");
         let values: Vec<String> = frame
             .layout
@@ -110,13 +120,20 @@ fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>>
         let function = word(offset)?;
         let call_index = word(offset + 4)?;
         let Some(layout) = metadata.frames.get(&function) else {
-            bail!("the unwound stack names function {function}, which the module does not instrument");
+            bail!(
+                "the unwound stack names function {function}, which the module does not instrument"
+            );
         };
         let end = offset + layout.size as usize;
         let Some(bytes) = stack.get(offset..end) else {
             bail!("the unwound stack is truncated in a frame of function {function}");
         };
-        frames.push(Frame { function, call_index, layout, bytes });
+        frames.push(Frame {
+            function,
+            call_index,
+            layout,
+            bytes,
+        });
         offset = end;
     }
     Ok(frames)

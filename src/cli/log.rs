@@ -34,7 +34,12 @@ impl Log {
         for v in &versions {
             children.entry(v.parent).or_default().push(v);
         }
-        println!("instance {} ({}, head {})", self.instance, info.state.as_str(), info.head.map_or("-".into(), |h| h.to_string()));
+        println!(
+            "instance {} ({}, head {})",
+            self.instance,
+            info.state.as_str(),
+            info.head.map_or("-".into(), |h| h.to_string())
+        );
         let roots = children.get(&None).cloned().unwrap_or_default();
         for (i, root) in roots.iter().enumerate() {
             draw(&children, root, "", i + 1 == roots.len(), info.head);
@@ -46,10 +51,15 @@ impl Log {
 fn describe(v: &VersionInfo, head: Option<u32>) -> String {
     let mut text = format!("v{}", v.number);
     match v.kind {
-        VersionKind::Suspended => text += &format!(" yielded {:?}", String::from_utf8_lossy(&v.value)),
+        VersionKind::Suspended => {
+            text += &format!(" yielded {:?}", String::from_utf8_lossy(&v.value))
+        }
         VersionKind::Finished => text += " finished",
         VersionKind::Failed => {
-            text += &format!(" failed: {}", v.message.as_deref().unwrap_or("unknown cause"))
+            text += &format!(
+                " failed: {}",
+                v.message.as_deref().unwrap_or("unknown cause")
+            )
         }
     }
     if !v.reply.is_empty() {
@@ -87,6 +97,9 @@ fn version_json(v: &VersionInfo) -> String {
         ("created_ms", v.created_ms.to_string()),
         ("memory_bytes", v.memory_bytes.to_string()),
         ("stored_bytes", v.stored_bytes.to_string()),
-        ("message", v.message.as_deref().map_or("null".into(), json::string)),
+        (
+            "message",
+            v.message.as_deref().map_or("null".into(), json::string),
+        ),
     ])
 }

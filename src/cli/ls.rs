@@ -21,7 +21,10 @@ impl Ls {
         let store = super::open_existing(db)?;
         let instances = store.instances()?;
         if !self.json {
-            println!("{:>8}  {:<12}  {:<9}  {:>4}  LAST VALUE", "INSTANCE", "MODULE", "STATE", "HEAD");
+            println!(
+                "{:>8}  {:<12}  {:<9}  {:>4}  LAST VALUE",
+                "INSTANCE", "MODULE", "STATE", "HEAD"
+            );
         }
         for info in instances {
             let module = hex(&info.module_hash)[..12].to_string();

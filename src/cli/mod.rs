@@ -143,15 +143,17 @@ impl Target {
 /// Opens an existing database for reading.
 fn open_existing(db: &std::path::Path) -> Result<Store> {
     if !db.exists() {
-        bail!("no database at {} (run a workflow first, or pass --db)", db.display());
+        bail!(
+            "no database at {} (run a workflow first, or pass --db)",
+            db.display()
+        );
     }
     Store::open(db)
 }
 
 /// Reads a module file: binary Wasm, or WAT text for a `.wat` file.
 fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "wat") {
         return wat::parse_bytes(&bytes)
             .map(|b| b.into_owned())

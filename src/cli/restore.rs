@@ -27,10 +27,16 @@ impl Restore {
         let (snapshot, wasm) =
             file::decode(&bytes).with_context(|| format!("{}", self.file.display()))?;
         let Some(wasm) = wasm else {
-            bail!("{} holds no module, so it cannot be restored on its own", self.file.display());
+            bail!(
+                "{} holds no module, so it cannot be restored on its own",
+                self.file.display()
+            );
         };
         if module_hash(&wasm) != snapshot.module_hash {
-            bail!("{}: the embedded module does not match the snapshot", self.file.display());
+            bail!(
+                "{}: the embedded module does not match the snapshot",
+                self.file.display()
+            );
         }
         let session = Session::open(db)?;
         // Everything that can fail on the file's content is checked before
@@ -42,9 +48,10 @@ impl Restore {
         let hash = session.store.put_module(&wasm)?;
         let instance = session.store.create_instance(&hash, &snapshot.host.args)?;
         let lease = session.store.lease(instance)?;
-        let first = session
-            .store
-            .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
+        let first =
+            session
+                .store
+                .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
         eprintln!(
             "wasnap: restored {} as instance {instance} version {first}",
             self.file.display()

@@ -27,8 +27,9 @@ impl Resume {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let reply = match (&self.send, &self.send_file) {
             (Some(text), _) => text.as_bytes().to_vec(),
-            (None, Some(path)) => std::fs::read(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
+            (None, Some(path)) => {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            }
             (None, None) => Vec::new(),
         };
         let session = Session::open_existing(db)?;

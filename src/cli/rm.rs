@@ -7,7 +7,8 @@ use clap::Args;
 
 use crate::store::InstanceId;
 
-/// Delete an instance and all its versions.
+/// Delete an instance and all its versions, and free the pages only they
+/// used.
 #[derive(Args, Debug)]
 pub struct Rm {
     /// The instance.
@@ -17,10 +18,11 @@ pub struct Rm {
 impl Rm {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let store = super::open_existing(db)?;
-        let report = store.remove_instance(self.instance)?;
+        let removed = store.remove_instance(self.instance)?;
+        let freed = store.gc()?;
         eprintln!(
-            "wasnap: removed instance {}: {} versions, {} page references, {} bytes ({} to free them)",
-            self.instance, report.versions, report.page_refs, report.bytes, "run `wasnap gc`"
+            "wasnap: removed instance {} and its {} versions; freed {} pages ({} bytes)",
+            self.instance, removed.versions, freed.pages, freed.bytes
         );
         Ok(())
     }

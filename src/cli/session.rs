@@ -61,9 +61,12 @@ impl Session {
         match workflow.run() {
             Ok(Step::Yielded(value)) => {
                 let snapshot = workflow.snapshot()?;
-                let version =
-                    self.store
-                        .commit_version(lease, parent, &Outcome::Suspended(&snapshot), reply)?;
+                let version = self.store.commit_version(
+                    lease,
+                    parent,
+                    &Outcome::Suspended(&snapshot),
+                    reply,
+                )?;
                 print_value(&value)?;
                 eprintln!("wasnap: instance {instance} suspended at version {version}");
             }
