@@ -219,3 +219,92 @@ fn instrument_writes_a_module_with_the_asyncify_abi() {
     }
     assert!(!db.exists(), "instrument does not touch the database");
 }
+
+/// Every guest language's build directory under `guest-workflows/out`.
+const LANGUAGES: [&str; 9] = [
+    "wat",
+    "c",
+    "c-O0",
+    "rust",
+    "rust-O0",
+    "zig",
+    "zig-O0",
+    "assemblyscript",
+    "assemblyscript-O0",
+];
+
+fn built(language: &str, demo: &str) -> String {
+    let path = format!(
+        "{}/guest-workflows/out/{language}/{demo}.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: build the guests with guest-workflows/build --with-O0"
+    );
+    path
+}
+
+#[test]
+fn seed_demos_in_every_language_one_process_per_step() {
+    for language in LANGUAGES {
+        let (dir, db) = scratch();
+        let approval = built(language, "approval");
+        let mut out = ok(&db, &["run", &approval]);
+        out += &ok(&db, &["resume", "1"]);
+        out += &ok(&db, &["resume", "1", "--send", "true"]);
+        out += &ok(&db, &["resume", "1"]);
+        out += &ok(&db, &["resume", "1@2", "--send", "false"]);
+        assert_eq!(
+            out,
+            "do something\nask boss for permission\ndo another after approved\ndo another after rejected\n",
+            "{language}"
+        );
+
+        let greenlet = built(language, "greenlet");
+        let mut out = ok(&db, &["run", &greenlet]);
+        let v1 = dir.path().join("v1.wsnap");
+        ok(&db, &["snapshot", "2@1", "-o", v1.to_str().unwrap()]);
+        let raw = zstd::decode_all(&std::fs::read(&v1).unwrap()[..]).unwrap();
+        let pickled = raw.windows(15).any(|w| w == b"special-g-stack");
+        out += &format!(
+            "is greenlet g also pickled? {}\n",
+            if pickled { "True" } else { "False" }
+        );
+        out += &ok(&db, &["resume", "2@1"]);
+        out += &ok(&db, &["resume", "2"]);
+        out += &ok(&db, &["resume", "2@1"]);
+        out += &ok(&db, &["resume", "2@3"]);
+        assert_eq!(
+            out, "enter g\nis greenlet g also pickled? True\na\nleave g\nb\na\nleave g\nc\n",
+            "{language}"
+        );
+    }
+}
+
+/// A snapshot file written by an earlier build of wasnap (module included)
+/// must still restore: the format and the instrumenter's frames are stable
+/// across rebuilds. `WASNAP_BLESS=1` writes the file anew, which is only
+/// right when the format or the instrumenter version changed on purpose.
+#[test]
+fn a_snapshot_from_an_earlier_build_still_restores() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/approval-v2.wsnap");
+    if std::env::var_os("WASNAP_BLESS").is_some() {
+        let (_dir, db) = scratch();
+        ok(&db, &["run", &guest("approval")]);
+        ok(&db, &["resume", "1"]);
+        ok(&db, &["snapshot", "1@2", "-o", golden.to_str().unwrap()]);
+    }
+    let (_dir, db) = scratch();
+    assert_eq!(
+        ok(
+            &db,
+            &["restore", golden.to_str().unwrap(), "--send", "true"]
+        ),
+        "do another after approved\n"
+    );
+    assert_eq!(
+        ok(&db, &["resume", "1@1", "--send", "false"]),
+        "do another after rejected\n"
+    );
+}
