@@ -1,5 +1,7 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
 mod demos;
+mod fuzz;
 mod harness;
 mod instrument;
+mod smith;
