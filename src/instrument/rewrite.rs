@@ -209,7 +209,7 @@ pub(crate) fn rewrite(
     )));
     rewriter.out.push(Instruction::Block(body_type));
     let end = rewriter.region(0, &ctx)?;
-    rewriter.load_slots(0, &results);
+    rewriter.load_region_results(0, &results);
     rewriter.validate(end)?;
     rewriter.out.push(Instruction::End);
     rewriter.out.push(Instruction::Return);
@@ -364,6 +364,28 @@ impl<'a> Rewriter<'_, 'a> {
         let local = self.new_local(ty);
         self.result_temps.insert((position, ty), local);
         local
+    }
+
+    /// Pushes the results of the region just emitted, at heights `base..`,
+    /// onto the real stack.
+    fn load_region_results(&mut self, base: u32, types: &[ValType]) {
+        if !self.frame_is_unreachable() || types.iter().all(|&ty| is_storable(ty)) {
+            self.load_slots(base, types);
+            return;
+        }
+        // The region ends in a branch, and a result is a reference, which
+        // has no slot. Rewinding can still fall through here, the branch
+        // being skipped, and then carries the saved slots on unchanged; a
+        // reference result would have made the construct's store refuse, so
+        // only a function's own results or a `then` arm's (dropped while
+        // rewinding) get here. A null type-checks in their place.
+        for (k, &ty) in types.iter().enumerate() {
+            if is_storable(ty) {
+                self.load_slots(base + k as u32, &[ty]);
+            } else {
+                self.out.push(zero(ty));
+            }
+        }
     }
 
     /// Pushes the slots for heights `base..` holding `types` onto the real stack.
@@ -610,7 +632,7 @@ impl<'a> Rewriter<'_, 'a> {
         } else {
             self.region(i + 1, ctx)?
         };
-        self.load_slots(base, &results);
+        self.load_region_results(base, &results);
         self.out.push(Instruction::End);
         self.labels.pop();
         self.validate(end)?;
@@ -641,7 +663,7 @@ impl<'a> Rewriter<'_, 'a> {
             Instruction::BrIf(0),
         ]);
         let stop = self.region(i + 1, ctx)?;
-        self.load_slots(base, results);
+        self.load_region_results(base, results);
         // Still rewinding: the suspended call is in the else arm.
         self.out.extend([
             Instruction::GlobalGet(self.additions.state_global),

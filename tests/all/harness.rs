@@ -11,6 +11,11 @@
 //!    from those bytes, and the stack is rewound there, where the import
 //!    returns its answer.
 //!
+//! Modules whose state holds references that bytes cannot carry (a table
+//! written at run time, a mutable reference-typed global) are rewound in
+//! the same instance instead: the unwind and rewind are still real, only
+//! the copy is left out.
+//!
 //! The observable behaviour compared is: the results or trap of each
 //! exported function called, the sequence of import calls with their
 //! arguments, and (for 2 and 3) the final contents of every memory.
@@ -44,15 +49,18 @@ pub struct Report {
     pub suspended: Trace,
     /// How many times the module really suspended.
     pub suspensions: usize,
+    /// Whether it was rewound in the same instance, its state not being
+    /// copyable as bytes.
+    pub rewound_in_place: bool,
 }
 
-fn engine() -> Engine {
+pub fn engine() -> Engine {
     let mut config = wasmtime::Config::new();
     config.wasm_multi_memory(true);
     Engine::new(&config).unwrap()
 }
 
-fn bits(value: &Val) -> u128 {
+pub fn bits(value: &Val) -> u128 {
     match value {
         Val::I32(v) => *v as u32 as u128,
         Val::I64(v) => *v as u64 as u128,
@@ -65,12 +73,12 @@ fn bits(value: &Val) -> u128 {
     }
 }
 
-fn zero_of(ty: &ValType) -> Val {
+pub fn zero_of(ty: &ValType) -> Val {
     Val::default_for_ty(ty).unwrap_or(Val::I32(0))
 }
 
 /// The deterministic answer of an import.
-fn answer(args: &[Val], results: &mut [Val], ty: &FuncType) {
+pub fn answer(args: &[Val], results: &mut [Val], ty: &FuncType) {
     let sum = args
         .iter()
         .fold(0u64, |acc, a| acc.wrapping_add(bits(a) as u64));
@@ -94,6 +102,8 @@ struct Host {
     suspensions: usize,
     /// Whether suspending imports really suspend.
     suspend: bool,
+    /// Whether a fresh instance is being made to restore a snapshot into.
+    restoring: bool,
 }
 
 fn imports_are_functions_only(module: &Module) -> bool {
@@ -126,14 +136,17 @@ pub fn differential(wasm: &[u8], options: &Options) -> Result<Option<Report>> {
         &engine,
         &compiled,
         &suspending,
-        false,
+        Run::default(),
         &instrumented.metadata,
     )?;
-    let (suspended, suspensions) = run_instrumented(
+    let (suspended, suspensions, rewound_in_place) = run_instrumented(
         &engine,
         &compiled,
         &suspending,
-        true,
+        Run {
+            suspend: true,
+            ..Run::default()
+        },
         &instrumented.metadata,
     )?;
 
@@ -157,10 +170,41 @@ pub fn differential(wasm: &[u8], options: &Options) -> Result<Option<Report>> {
         original: plain,
         suspended,
         suspensions,
+        rewound_in_place,
     }))
 }
 
-fn exported_functions(module: &Module) -> Vec<(String, FuncType)> {
+/// Instruments `wasm` and runs it suspending at every call of a suspending
+/// import (run 3 of [`differential`]), with memory 0 grown by one page
+/// before anything runs when `grow_memory_0` (to match a run that needs a
+/// page of memory 0 for itself, as Binaryen's output does). Returns the
+/// trace and the number of suspensions, or `None` as [`differential`] does.
+pub fn suspend_everywhere(
+    wasm: &[u8],
+    options: &Options,
+    grow_memory_0: bool,
+) -> Result<Option<(Trace, usize)>> {
+    let engine = engine();
+    let original = Module::new(&engine, wasm).map_err(anyhow::Error::from)?;
+    if !imports_are_functions_only(&original) {
+        return Ok(None);
+    }
+    let instrumented = instrument::instrument(wasm, options)?;
+    let compiled = Module::new(&engine, &instrumented.wasm).map_err(anyhow::Error::from)?;
+    let suspending: Vec<bool> = original
+        .imports()
+        .map(|i| options.is_suspending(i.module(), i.name()))
+        .collect();
+    let run = Run {
+        suspend: true,
+        grow_memory_0,
+    };
+    let (trace, suspensions, _) =
+        run_instrumented(&engine, &compiled, &suspending, run, &instrumented.metadata)?;
+    Ok(Some((trace, suspensions)))
+}
+
+pub fn exported_functions(module: &Module) -> Vec<(String, FuncType)> {
     module
         .exports()
         .filter_map(|e| match e.ty() {
@@ -172,7 +216,7 @@ fn exported_functions(module: &Module) -> Vec<(String, FuncType)> {
         .collect()
 }
 
-fn call_outcome(result: wasmtime::Result<()>, results: &[Val]) -> Result<Vec<u128>, String> {
+pub fn call_outcome(result: wasmtime::Result<()>, results: &[Val]) -> Result<Vec<u128>, String> {
     match result {
         Ok(()) => Ok(results.iter().map(bits).collect()),
         Err(e) => Err(match e.downcast_ref::<wasmtime::Trap>() {
@@ -224,11 +268,14 @@ fn run_original(engine: &Engine, module: &Module) -> Result<Trace> {
     })
 }
 
-fn state_of(caller: &mut Caller<'_, Host>) -> i32 {
+/// The instrumentation state, or `None` while the instance is being made
+/// (a start function calling an import), when its exports are not yet
+/// reachable and it cannot suspend.
+fn state_of(caller: &mut Caller<'_, Host>) -> Option<i32> {
     let Some(Extern::Global(g)) = caller.get_export(STATE_GLOBAL_EXPORT) else {
-        unreachable!()
+        return None;
     };
-    g.get(&mut *caller).unwrap_i32()
+    Some(g.get(&mut *caller).unwrap_i32())
 }
 
 fn set_state(caller: &mut Caller<'_, Host>, state: i32) {
@@ -251,7 +298,19 @@ fn linker_for(engine: &Engine, module: &Module, suspending: &[bool]) -> Result<L
             import.name(),
             ty,
             move |mut caller, args, results| {
-                let state = state_of(&mut caller);
+                let Some(state) = state_of(&mut caller) else {
+                    // The start function. Restoring a snapshot runs it
+                    // again, into state that is then overwritten: only its
+                    // first run is the program's.
+                    if !caller.data().restoring {
+                        caller
+                            .data_mut()
+                            .calls
+                            .push((name.clone(), args.iter().map(bits).collect()));
+                    }
+                    answer(args, results, &ty2);
+                    return Ok(());
+                };
                 if suspends && state == STATE_REWINDING {
                     // The second call of a suspension: same arguments as the
                     // first (checked by the trace), now answer for real.
@@ -294,21 +353,38 @@ fn reset_stack(store: &mut Store<Host>, instance: &Instance) {
     data[4..8].copy_from_slice(&end.to_le_bytes());
 }
 
+/// How [`run_instrumented`] runs.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    /// Whether suspending imports really suspend.
+    suspend: bool,
+    /// Whether memory 0, if any, grows by a page before anything runs.
+    grow_memory_0: bool,
+}
+
 fn run_instrumented(
     engine: &Engine,
     module: &Module,
     suspending: &[bool],
-    suspend: bool,
+    run: Run,
     metadata: &instrument::Metadata,
-) -> Result<(Trace, usize)> {
+) -> Result<(Trace, usize, bool)> {
     let linker = linker_for(engine, module, suspending)?;
     let host = Host {
-        suspend,
+        suspend: run.suspend,
         ..Host::default()
     };
     let mut store = Store::new(engine, host);
     let mut instance = linker.instantiate(&mut store, module)?;
     reset_stack(&mut store, &instance);
+    if run.grow_memory_0 && metadata.memory_count > 0 {
+        let memory = instance
+            .get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0"))
+            .unwrap();
+        memory.grow(&mut store, 1)?;
+    }
+    let copyable =
+        !metadata.writes_tables && !has_mutable_reference_global(&mut store, &instance, metadata);
     let mut outcomes = Vec::new();
     let functions: Vec<_> = exported_functions(module)
         .into_iter()
@@ -333,6 +409,13 @@ fn run_instrumented(
                 outcomes.push(call_outcome(result, &results));
                 break;
             }
+            if !copyable {
+                instance
+                    .get_global(&mut store, STATE_GLOBAL_EXPORT)
+                    .unwrap()
+                    .set(&mut store, Val::I32(STATE_REWINDING))?;
+                continue;
+            }
             // Suspended: copy everything to bytes, throw the instance away,
             // and rewind in a fresh one made from those bytes.
             instance
@@ -342,7 +425,9 @@ fn run_instrumented(
             let bytes = save(&mut store, &instance, metadata);
             let host = std::mem::take(store.data_mut());
             store = Store::new(engine, host);
+            store.data_mut().restoring = true;
             instance = linker.instantiate(&mut store, module)?;
+            store.data_mut().restoring = false;
             load(&mut store, &instance, metadata, &bytes)?;
             let state = instance
                 .get_global(&mut store, STATE_GLOBAL_EXPORT)
@@ -366,7 +451,24 @@ fn run_instrumented(
             memories,
         },
         suspensions,
+        !copyable,
     ))
+}
+
+/// Whether a global can hold a reference the program chose at run time,
+/// which a fresh instance cannot be given from bytes.
+fn has_mutable_reference_global(
+    store: &mut Store<Host>,
+    instance: &Instance,
+    metadata: &instrument::Metadata,
+) -> bool {
+    (0..metadata.global_count).any(|i| {
+        let ty = instance
+            .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{i}"))
+            .unwrap()
+            .ty(&*store);
+        ty.mutability() == wasmtime::Mutability::Var && ty.content().is_ref()
+    })
 }
 
 fn put(bytes: &mut Vec<u8>, chunk: &[u8]) {

@@ -68,6 +68,11 @@ fn globals_and_every_memory_survive() {
 }
 
 #[test]
+fn reference_results_after_a_final_branch() {
+    assert_eq!(fixture("reference_result_after_return"), [1]);
+}
+
+#[test]
 fn functions_that_cannot_suspend_are_left_alone() {
     let wasm = wat::parse_file(format!(
         "{}/tests/fixtures/call_indirect.wat",

@@ -1,10 +1,13 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
 mod asyncified;
+mod binaryen;
 mod cli;
 mod demos;
 mod errors;
+mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod smith;
 mod store;
