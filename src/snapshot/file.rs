@@ -22,7 +22,7 @@
 //! The same encoding without page contents (and without zstd) is the
 //! per-version state blob of the store, which keeps pages apart.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use anyhow::{Context, Result, bail};
 
@@ -55,17 +55,19 @@ const MAX_PAGE_COUNT: u64 = 1 << 48;
 /// self-contained snapshot file.
 pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
     let raw = encode_raw(snapshot, module, true)?;
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), FILE_ZSTD_LEVEL)
-        .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
-    encoder
-        .include_checksum(true)
-        .map_err(|e| anyhow::anyhow!("cannot enable the zstd checksum: {e}"))?;
-    encoder
-        .write_all(&raw)
-        .map_err(|e| anyhow::anyhow!("cannot compress the snapshot: {e}"))?;
-    encoder
-        .finish()
-        .map_err(|e| anyhow::anyhow!("cannot compress the snapshot: {e}"))
+    // One-shot compression of the whole buffer: zstd's streaming encoder
+    // compresses a large input that was written to it in one piece against
+    // an "external dictionary" of its own earlier blocks, which made it
+    // several times slower (docs/PERFORMANCE.md). The output is still one
+    // zstd frame with its checksum.
+    let mut compressor =
+        zstd::bulk::Compressor::new(FILE_ZSTD_LEVEL).context("cannot start zstd compression")?;
+    compressor
+        .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+        .context("cannot enable the zstd checksum")?;
+    compressor
+        .compress(&raw)
+        .context("cannot compress the snapshot")
 }
 
 /// Decodes a snapshot file into its snapshot and, if the file embeds one,

@@ -1,0 +1,150 @@
+//! Instrumentation: how long it takes, how much code it adds, and what it
+//! costs at run time when no suspension is taken, next to the original
+//! module and to Binaryen's `wasm-opt --asyncify -O` on the same inputs.
+//!
+//! The guests are C programs built by `scripts/build-bench-guests` into
+//! `target/bench-guests/` (a compute kernel that calls `wasnap.yield` from
+//! its hot loop, and SQLite running an analytics job whose progress handler
+//! calls it). Without them this bench says so and measures nothing.
+//!
+//! Every variant runs in plain wasmtime, on the same engine, with a host
+//! whose `wasnap.yield` returns 0 at once: nothing ever unwinds, so the run
+//! time differences are the instrumentation's cost on the normal path. The
+//! variants must print the same output, which is checked before timing.
+//!
+//! - `original`: the module as clang made it;
+//! - `wasnap`: `wasnap::instrument::instrument` of it;
+//! - `asyncify`: `wasm-opt --asyncify -O` of it;
+//! - `wasm-opt-O`: `wasm-opt -O` of it, to tell Binaryen's optimiser apart
+//!   from Asyncify's cost.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasnap::instrument::{Options, instrument};
+
+const GUESTS: &[&str] = &["compute", "sqlite"];
+
+fn guest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-guests")
+}
+
+/// Size in bytes of the code section's contents.
+fn code_size(wasm: &[u8]) -> usize {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let Ok(wasmparser::Payload::CodeSectionStart { size, .. }) = payload {
+            return size as usize;
+        }
+    }
+    0
+}
+
+/// Runs a WASI command to its end with a never-suspending `wasnap.yield`,
+/// and returns what it printed.
+fn run(engine: &Engine, linker: &Linker<WasiP1Ctx>, module: &Module) -> Vec<u8> {
+    let stdout = MemoryOutputPipe::new(usize::MAX);
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .build_p1();
+    let mut store = Store::new(engine, wasi);
+    let instance = linker.instantiate(&mut store, module).unwrap();
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .unwrap();
+    match start.call(&mut store, ()) {
+        Ok(()) => {}
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(0)) => {}
+            _ => panic!("the guest failed: {e:?}"),
+        },
+    }
+    stdout.contents().to_vec()
+}
+
+fn instrumentation(c: &mut Criterion) {
+    let dir = guest_dir();
+    if !dir.join("compute.wasm").exists() {
+        eprintln!(
+            "no guests in {}: run scripts/build-bench-guests first; nothing measured",
+            dir.display()
+        );
+        return;
+    }
+    let engine = Engine::default();
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    p1::add_to_linker_sync(&mut linker, |ctx| ctx).unwrap();
+    linker
+        .func_wrap("wasnap", "yield", |_ptr: i32, _len: i32| -> i32 { 0 })
+        .unwrap();
+    let options = Options::default();
+
+    for guest in GUESTS {
+        let read = |suffix: &str| std::fs::read(dir.join(format!("{guest}{suffix}.wasm"))).unwrap();
+        let original = read("");
+        let instrumented = instrument(&original, &options).unwrap().wasm;
+        let variants = [
+            ("original", original.clone()),
+            ("wasnap", instrumented),
+            ("asyncify", read(".asyncify")),
+            ("wasm-opt-O", read(".opt")),
+        ];
+
+        eprintln!("{guest}: module and code-section sizes in bytes");
+        for (name, wasm) in &variants {
+            eprintln!(
+                "  {name:>10}: module {:>9}, code {:>9}",
+                wasm.len(),
+                code_size(wasm)
+            );
+        }
+
+        let mut group = c.benchmark_group(format!("instrument_time/{guest}"));
+        group.bench_function("wasnap", |b| {
+            b.iter(|| black_box(instrument(&original, &options).unwrap()))
+        });
+        group.finish();
+
+        let compiled: Vec<(&str, Module)> = variants
+            .iter()
+            .map(|(name, wasm)| (*name, Module::new(&engine, wasm).unwrap()))
+            .collect();
+        let expected = run(&engine, &linker, &compiled[0].1);
+        eprint!("{}", String::from_utf8_lossy(&expected));
+        for (name, module) in &compiled[1..] {
+            assert_eq!(
+                run(&engine, &linker, module),
+                expected,
+                "{guest}: the {name} variant prints something else"
+            );
+        }
+
+        let mut group = c.benchmark_group(format!("instrument_run/{guest}"));
+        for (name, module) in &compiled {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| black_box(run(&engine, &linker, module)))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    // Runs last a few hundred milliseconds: ten of each, compared as ratios.
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = instrumentation
+}
+criterion_main!(benches);

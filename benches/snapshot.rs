@@ -1,0 +1,227 @@
+//! Snapshot (capture + encode) and restore (decode + instantiate + rewind),
+//! each measured next to its reference in the same run:
+//!
+//! - snapshot: `wasnap` is `Workflow::snapshot` + `snapshot::file::encode`;
+//!   `reference` is a memcpy of the same non-zero pages out of a buffer laid
+//!   out like the guest's memory, plus zstd level 1 of those bytes.
+//! - restore: `wasnap` is `snapshot::file::decode` + `Engine::restore` +
+//!   `Workflow::run` until the guest, rewound into its `yield`, yields
+//!   again; `reference` is a plain `Engine::start` (instantiation) of the
+//!   same compiled module.
+//!
+//! The breakdown benches (`capture`, `encode`, `decode`, `restore_run`)
+//! show where the time goes.
+//!
+//! Memories of 1, 16, 64 and 256 MiB with 0%, 1%, 25% and 100% non-zero
+//! pages. By default a reduced matrix runs; `WASNAP_BENCH_FULL=1` runs all
+//! sixteen. `scripts/bench-ratios` turns criterion's results into the
+//! ratio tables of docs/PERFORMANCE.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wasnap::snapshot::{PAGE_SIZE, file};
+use wasnap::{Config, Engine, Module, Snapshot, Step, Workflow};
+
+/// (MiB, percent of pages written) measured by default.
+const REDUCED: &[(u32, u32)] = &[
+    (1, 0),
+    (1, 100),
+    (16, 0),
+    (16, 1),
+    (16, 25),
+    (16, 100),
+    (64, 0),
+    (64, 1),
+];
+
+fn matrix() -> Vec<(u32, u32)> {
+    if std::env::var_os("WASNAP_BENCH_FULL").is_some() {
+        let mut all = Vec::new();
+        for mib in [1, 16, 64, 256] {
+            for percent in [0, 1, 25, 100] {
+                all.push((mib, percent));
+            }
+        }
+        all
+    } else {
+        REDUCED.to_vec()
+    }
+}
+
+/// How many of `pages` pages the guest writes for `percent`: rounded up, so
+/// that 1% of a small memory is still one page.
+fn written_pages(pages: u32, percent: u32) -> u32 {
+    (pages * percent).div_ceil(100)
+}
+
+/// A guest that grows its memory to `mib` MiB, fills `percent`% of its pages
+/// (spread evenly) with a half-compressible pattern, then yields forever.
+///
+/// The pattern is the address times a 64-bit odd constant with every other
+/// byte masked to zero: zstd compresses it to a bit over half, like typical
+/// heap data, rather than to nothing (constant fill) or not at all (noise).
+fn guest(mib: u32, percent: u32) -> Vec<u8> {
+    let pages = mib * 16;
+    let count = written_pages(pages, percent);
+    let wat = format!(
+        r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory 1)
+  (func $fill (param $addr i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
+    (loop $words
+      (i64.store (local.get $addr)
+        (i64.and
+          (i64.mul (i64.extend_i32_u (local.get $addr)) (i64.const 0x9E3779B97F4A7C15))
+          (i64.const 0x00FF00FF00FF00FF)))
+      (br_if $words
+        (i32.lt_u
+          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
+          (local.get $end)))))
+  (func (export "run")
+    (local $i i32)
+    (drop (memory.grow (i32.const {grow})))
+    (block $done
+      (loop $pages
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+        (call $fill
+          (i32.mul
+            (i32.div_u (i32.mul (local.get $i) (i32.const {pages})) (i32.const {count}))
+            (i32.const 65536)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $pages)))
+    (loop $forever
+      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (br $forever))))
+"#,
+        grow = pages - 1,
+    );
+    wat::parse_str(&wat).expect("the bench guest is valid WAT")
+}
+
+/// A workflow suspended at its first yield, its module and its snapshot.
+struct Suspended {
+    engine: Engine,
+    module: Module,
+    workflow: Workflow,
+    snapshot: Snapshot,
+}
+
+fn suspended(mib: u32, percent: u32) -> Suspended {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&guest(mib, percent)).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let snapshot = workflow.snapshot().unwrap();
+    let pages = &snapshot.memories[0].pages;
+    assert_eq!(pages.len() as u32, written_pages(mib * 16, percent));
+    Suspended {
+        engine,
+        module,
+        workflow,
+        snapshot,
+    }
+}
+
+/// The reference's source: a buffer laid out like the guest's memory, and
+/// the indices of its non-zero pages.
+fn mirror(snapshot: &Snapshot) -> (Vec<u8>, Vec<usize>) {
+    let image = &snapshot.memories[0];
+    let mut memory = vec![0u8; image.page_count as usize * PAGE_SIZE];
+    for page in &image.pages {
+        let start = page.index as usize * PAGE_SIZE;
+        memory[start..start + PAGE_SIZE].copy_from_slice(&page.data);
+    }
+    let indices = image.pages.iter().map(|p| p.index as usize).collect();
+    (memory, indices)
+}
+
+/// memcpy of the non-zero pages, then zstd level 1 of them.
+fn reference_snapshot(memory: &[u8], indices: &[usize]) -> Vec<u8> {
+    let mut copy = Vec::with_capacity(indices.len() * PAGE_SIZE);
+    for &index in indices {
+        copy.extend_from_slice(&memory[index * PAGE_SIZE..(index + 1) * PAGE_SIZE]);
+    }
+    zstd::bulk::compress(&copy, 1).unwrap()
+}
+
+fn label(mib: u32, percent: u32) -> String {
+    format!("{mib}MiB-{percent}pct")
+}
+
+fn snapshot_and_restore(c: &mut Criterion) {
+    for (mib, percent) in matrix() {
+        let mut s = suspended(mib, percent);
+        let (memory, indices) = mirror(&s.snapshot);
+        let bytes = file::encode(&s.snapshot, None).unwrap();
+        let reference = reference_snapshot(&memory, &indices);
+        eprintln!(
+            "{}: snapshot file {} bytes, reference (zstd-1) {} bytes",
+            label(mib, percent),
+            bytes.len(),
+            reference.len()
+        );
+        let id = |name: &str| BenchmarkId::new(name, label(mib, percent));
+
+        let mut group = c.benchmark_group("snapshot");
+        group.bench_function(id("wasnap"), |b| {
+            b.iter(|| {
+                let snapshot = s.workflow.snapshot().unwrap();
+                black_box(file::encode(&snapshot, None).unwrap())
+            })
+        });
+        group.bench_function(id("reference"), |b| {
+            b.iter(|| black_box(reference_snapshot(&memory, &indices)))
+        });
+        group.bench_function(id("capture"), |b| {
+            b.iter(|| black_box(s.workflow.snapshot().unwrap()))
+        });
+        group.bench_function(id("encode"), |b| {
+            b.iter(|| black_box(file::encode(&s.snapshot, None).unwrap()))
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("restore");
+        group.bench_function(id("wasnap"), |b| {
+            b.iter(|| {
+                let (snapshot, _) = file::decode(&bytes).unwrap();
+                let mut workflow = s.engine.restore(&s.module, &snapshot).unwrap();
+                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+                black_box(workflow)
+            })
+        });
+        group.bench_function(id("reference"), |b| {
+            b.iter(|| black_box(s.engine.start(&s.module, Config::default()).unwrap()))
+        });
+        group.bench_function(id("decode"), |b| {
+            b.iter(|| black_box(file::decode(&bytes).unwrap()))
+        });
+        group.bench_function(id("restore_run"), |b| {
+            b.iter(|| {
+                let mut workflow = s.engine.restore(&s.module, &s.snapshot).unwrap();
+                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+                black_box(workflow)
+            })
+        });
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    // A shared two-core machine: short runs, compared as ratios.
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = snapshot_and_restore
+}
+criterion_main!(benches);
