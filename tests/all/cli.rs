@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::guests::{LANGUAGES, built};
+
 fn wasnap(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wasnap"))
         .arg("--db")
@@ -218,31 +220,6 @@ fn instrument_writes_a_module_with_the_asyncify_abi() {
         assert!(exports.iter().any(|e| e == name), "{name} missing");
     }
     assert!(!db.exists(), "instrument does not touch the database");
-}
-
-/// Every guest language's build directory under `guest-workflows/out`.
-const LANGUAGES: [&str; 9] = [
-    "wat",
-    "c",
-    "c-O0",
-    "rust",
-    "rust-O0",
-    "zig",
-    "zig-O0",
-    "assemblyscript",
-    "assemblyscript-O0",
-];
-
-fn built(language: &str, demo: &str) -> String {
-    let path = format!(
-        "{}/guest-workflows/out/{language}/{demo}.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    assert!(
-        Path::new(&path).exists(),
-        "{path} is missing: build the guests with guest-workflows/build --with-O0"
-    );
-    path
 }
 
 #[test]

@@ -8,7 +8,7 @@ use wasnap::runtime::Captured;
 use wasnap::{Config, Engine, Output, Snapshot, Step};
 
 /// Every language build directory under `guest-workflows/out`.
-const LANGUAGES: [&str; 9] = [
+pub const LANGUAGES: [&str; 9] = [
     "wat",
     "c",
     "c-O0",
@@ -20,14 +20,22 @@ const LANGUAGES: [&str; 9] = [
     "assemblyscript-O0",
 ];
 
-fn module(language: &str, demo: &str) -> Vec<u8> {
+/// The path of a built guest module; panics with the build command when
+/// it is missing.
+pub fn built(language: &str, demo: &str) -> String {
     let path = format!(
         "{}/guest-workflows/out/{language}/{demo}.wasm",
         env!("CARGO_MANIFEST_DIR")
     );
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{path}: {e}; build the guests with guest-workflows/build --with-O0")
-    })
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: build the guests with guest-workflows/build --with-O0"
+    );
+    path
+}
+
+fn module(language: &str, demo: &str) -> Vec<u8> {
+    std::fs::read(built(language, demo)).unwrap()
 }
 
 /// One step of a workflow "in a new process": a new engine restores the
