@@ -7,7 +7,7 @@ use clap::Args;
 use wasmparser::ValType;
 
 use super::Target;
-use crate::instrument::{FrameLayout, LocalOrigin, Metadata, Options, instrument};
+use crate::instrument::{CallSite, FRAME_HEADER_SIZE, LocalOrigin, Metadata, Options, instrument};
 use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
 
 /// Show a suspended version: every coroutine's call stack with its saved
@@ -70,17 +70,13 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
             .get(&frame.function)
             .cloned()
             .unwrap_or_else(|| format!("function {}", frame.function));
-        let site = frame
-            .layout
-            .call_sites
-            .get(frame.call_index as usize)
-            .map_or(String::new(), |s| {
-                format!(" at code offset {:#x}", s.code_offset)
-            });
-        println!("  #{depth} {function}{site}");
+        println!(
+            "  #{depth} {function} at code offset {:#x}",
+            frame.site.code_offset
+        );
         let values: Vec<String> = frame
-            .layout
-            .locals
+            .site
+            .saved
             .iter()
             .map(|local| {
                 let bytes = &frame.bytes[local.offset as usize..];
@@ -101,41 +97,44 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
 /// One saved frame on an unwound stack.
 struct Frame<'a> {
     function: u32,
-    call_index: u32,
-    layout: &'a FrameLayout,
+    site: &'a CallSite,
     bytes: &'a [u8],
 }
 
-/// The frames of an unwound stack, innermost first.
+/// The frames of an unwound stack, innermost first. Each frame's header is
+/// at its end, so the stack is read from the top down.
 fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>> {
     let mut frames = Vec::new();
-    let mut offset = 0;
-    while offset < stack.len() {
-        let word = |at: usize| -> Result<u32> {
-            match stack.get(at..at + 4) {
-                Some(b) => Ok(u32::from_le_bytes(b.try_into().unwrap())),
-                None => bail!("the unwound stack is truncated at byte {at}"),
-            }
+    let mut end = stack.len();
+    while end > 0 {
+        let header = FRAME_HEADER_SIZE as usize;
+        let Some(header_start) = end.checked_sub(header) else {
+            bail!("the unwound stack is truncated: {end} bytes left, less than a frame header");
         };
-        let function = word(offset)?;
-        let call_index = word(offset + 4)?;
+        let word = |at: usize| u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
+        let function = word(header_start);
+        let call_index = word(header_start + 4);
         let Some(layout) = metadata.frames.get(&function) else {
             bail!(
                 "the unwound stack names function {function}, which the module does not instrument"
             );
         };
-        let end = offset + layout.size as usize;
-        let Some(bytes) = stack.get(offset..end) else {
+        let Some(site) = layout.call_sites.get(call_index as usize) else {
+            bail!(
+                "the unwound stack names call {call_index} of function {function}, which has no such call"
+            );
+        };
+        let Some(start) = header_start.checked_sub(site.size as usize) else {
             bail!("the unwound stack is truncated in a frame of function {function}");
         };
         frames.push(Frame {
             function,
-            call_index,
-            layout,
-            bytes,
+            site,
+            bytes: &stack[start..header_start],
         });
-        offset = end;
+        end = start;
     }
+    frames.reverse();
     Ok(frames)
 }
 

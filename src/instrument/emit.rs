@@ -3,7 +3,7 @@
 //! Every section of the input is copied as it is, except those that grow:
 //! the type section (the runtime functions' signatures and multi-value
 //! block types), the function and code sections (rewritten bodies, the
-//! `asyncify_*` functions and the stack-growing helper), the memory section
+//! `asyncify_*` functions and the frame helpers), the memory section
 //! (the stack memory), the global section (state and data pointer) and the
 //! export section (the runtime functions, and every memory, global and
 //! table under a reserved name). Nothing is renumbered: what the module had
@@ -23,9 +23,9 @@ use wasmparser::{Parser, Payload};
 use super::analyse::Module;
 use super::rewrite::{Additions, NewTypes, rewrite};
 use super::{
-    DATA_GLOBAL_EXPORT, GLOBAL_EXPORT_PREFIX, Instrumented, MEMORY_EXPORT_PREFIX, Metadata,
-    STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING,
-    TABLE_EXPORT_PREFIX,
+    DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
+    MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
+    STATE_REWINDING, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
 
 /// Section ids in the order the binary format requires them.
@@ -33,8 +33,11 @@ const SECTION_ORDER: [u8; 13] = [1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11];
 /// The sections the output always has, because they gain entries.
 const GROWING_SECTIONS: [u8; 6] = [1, 3, 5, 6, 7, 10];
 
-/// The runtime functions appended after the module's own, in this order.
-const RUNTIME_FUNCTIONS: [&str; 6] = [
+/// The runtime functions appended after the module's own, in this order;
+/// the unnamed ones are helpers of the rewritten code, not exported.
+const RUNTIME_FUNCTIONS: [&str; 8] = [
+    "",
+    "",
     "",
     "asyncify_start_unwind",
     "asyncify_stop_unwind",
@@ -61,11 +64,13 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
         data_global: module.globals.len() as u32 + 1,
         stack_memory: module.memories.len() as u32,
         grow_function: function_count,
+        push_frame: function_count + 1,
+        pop_frame: function_count + 2,
     };
-    // Signatures of the runtime functions: (i32) -> (), () -> (), () -> (i32).
+    // Signatures of the runtime functions, in the order of `RuntimeTypes`.
     let first_new_type = module.types.len() as u32;
-    let runtime_types = [first_new_type, first_new_type + 1, first_new_type + 2];
-    let mut new_types = NewTypes::new(first_new_type + 3);
+    let runtime_types = RuntimeTypes(std::array::from_fn(|k| first_new_type + k as u32));
+    let mut new_types = NewTypes::new(first_new_type + RUNTIME_TYPES.len() as u32);
 
     let mut metadata = Metadata {
         memory_count: module.memories.len() as u32,
@@ -200,7 +205,7 @@ fn reader<'a, T>(
 
 fn types_section(
     data: Option<&[u8]>,
-    runtime_types: [u32; 3],
+    runtime_types: RuntimeTypes,
     new_types: &NewTypes,
 ) -> Result<TypeSection> {
     let mut section = TypeSection::new();
@@ -208,10 +213,12 @@ fn types_section(
         let existing = reader(data, wasmparser::TypeSectionReader::new)?;
         RoundtripReencoder.parse_type_section(&mut section, existing)?;
     }
-    debug_assert_eq!(section.len(), runtime_types[0]);
-    section.ty().function([ValType::I32], []);
-    section.ty().function([], []);
-    section.ty().function([], [ValType::I32]);
+    debug_assert_eq!(section.len(), runtime_types.0[0]);
+    for (params, results) in RUNTIME_TYPES {
+        section
+            .ty()
+            .function(params.iter().copied(), results.iter().copied());
+    }
     for (params, results) in &new_types.types {
         let convert = |types: &[wasmparser::ValType]| -> Result<Vec<ValType>> {
             types
@@ -224,15 +231,39 @@ fn types_section(
     Ok(section)
 }
 
-fn functions_section(data: Option<&[u8]>, runtime_types: [u32; 3]) -> Result<FunctionSection> {
+/// The signatures the runtime functions use, as (params, results).
+const RUNTIME_TYPES: [(&[ValType], &[ValType]); 5] = [
+    (&[ValType::I32], &[]),
+    (&[], &[]),
+    (&[], &[ValType::I32]),
+    (&[ValType::I32, ValType::I32, ValType::I32], &[ValType::I32]),
+    (&[ValType::I32], &[ValType::I32]),
+];
+
+/// The type indices of [`RUNTIME_TYPES`] in the output.
+#[derive(Clone, Copy)]
+struct RuntimeTypes([u32; 5]);
+
+fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result<FunctionSection> {
     let mut section = FunctionSection::new();
     if let Some(data) = data {
         let existing = reader(data, wasmparser::FunctionSectionReader::new)?;
         RoundtripReencoder.parse_function_section(&mut section, existing)?;
     }
-    let [takes_i32, plain, returns_i32] = runtime_types;
-    // grow_stack, start_unwind, stop_unwind, start_rewind, stop_rewind, get_state
-    for ty in [takes_i32, takes_i32, plain, takes_i32, plain, returns_i32] {
+    let [takes_i32, plain, returns_i32, push_frame, pop_frame] = runtime_types.0;
+    // In the order of RUNTIME_FUNCTIONS: grow_stack, push_frame, pop_frame,
+    // start_unwind, stop_unwind, start_rewind, stop_rewind, get_state.
+    let types = [
+        takes_i32,
+        push_frame,
+        pop_frame,
+        takes_i32,
+        plain,
+        takes_i32,
+        plain,
+        returns_i32,
+    ];
+    for ty in types {
         section.function(ty);
     }
     Ok(section)
@@ -283,7 +314,10 @@ fn reserved_exports(
         RoundtripReencoder.parse_export_section(&mut section, existing)?;
     }
     if let Some(additions) = additions {
-        for (offset, name) in RUNTIME_FUNCTIONS.iter().enumerate().skip(1) {
+        for (offset, name) in RUNTIME_FUNCTIONS.iter().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
             let index = additions.grow_function + offset as u32;
             section.export(name, ExportKind::Func, index);
         }
@@ -327,7 +361,8 @@ fn reserved_exports(
     Ok(section)
 }
 
-/// `grow_stack` and the five Binaryen-compatible `asyncify_*` functions.
+/// `grow_stack`, `push_frame`, `pop_frame` and the five
+/// Binaryen-compatible `asyncify_*` functions.
 fn runtime_function_bodies(additions: &Additions) -> Vec<Function> {
     let memory = additions.stack_memory;
     let at = |offset: u64| MemArg {
@@ -384,8 +419,57 @@ fn runtime_function_bodies(additions: &Additions) -> Vec<Function> {
         Instruction::I32Shl,
         Instruction::I32Store(at(4)),
     ];
+    // push_frame(size, function, call_index) -> address: reserve the frame
+    // (growing the stack memory if needed), write its header after the
+    // values, move `pos` past it.
+    let push_frame = vec![
+        Instruction::GlobalGet(data),
+        Instruction::I32Load(at(0)),
+        Instruction::LocalTee(3),
+        Instruction::LocalGet(0),
+        Instruction::I32Add,
+        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
+        Instruction::I32Add,
+        Instruction::LocalTee(4),
+        Instruction::GlobalGet(data),
+        Instruction::I32Load(at(4)),
+        Instruction::I32GtU,
+        Instruction::If(BlockType::Empty),
+        Instruction::LocalGet(4),
+        Instruction::Call(additions.grow_function),
+        Instruction::End,
+        Instruction::LocalGet(3),
+        Instruction::LocalGet(0),
+        Instruction::I32Add,
+        Instruction::LocalGet(1),
+        Instruction::I32Store(at(0)),
+        Instruction::LocalGet(3),
+        Instruction::LocalGet(0),
+        Instruction::I32Add,
+        Instruction::LocalGet(2),
+        Instruction::I32Store(at(4)),
+        Instruction::GlobalGet(data),
+        Instruction::LocalGet(4),
+        Instruction::I32Store(at(0)),
+        Instruction::LocalGet(3),
+    ];
+    // pop_frame(size) -> address: move `pos` down past the frame on top.
+    let pop_frame = vec![
+        Instruction::GlobalGet(data),
+        Instruction::GlobalGet(data),
+        Instruction::I32Load(at(0)),
+        Instruction::LocalGet(0),
+        Instruction::I32Sub,
+        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
+        Instruction::I32Sub,
+        Instruction::LocalTee(1),
+        Instruction::I32Store(at(0)),
+        Instruction::LocalGet(1),
+    ];
     let bodies = [
         (grow, vec![(1, ValType::I32)]),
+        (push_frame, vec![(2, ValType::I32)]),
+        (pop_frame, vec![(1, ValType::I32)]),
         (set_state(STATE_UNWINDING, true), vec![]),
         (set_state(STATE_NORMAL, false), vec![]),
         (set_state(STATE_REWINDING, true), vec![]),

@@ -8,9 +8,9 @@
 //!    find the functions that can reach a suspending import (call graph,
 //!    with indirect calls narrowed by signature and referenceability).
 //! 2. [`rewrite`]: rewrite each of those function bodies so that a call
-//!    which starts an unwind saves the frame to the stack memory and
-//!    returns, and a call made while rewinding restores the frame and skips
-//!    forward to the call it was suspended in.
+//!    which starts an unwind saves what is live there ([`liveness`]) to the
+//!    stack memory and returns, and a function entered while rewinding
+//!    branches straight to the call it was suspended in and restores it.
 //! 3. [`emit`]: assemble the output module: the rewritten bodies, the
 //!    stack memory, the state globals, the Binaryen-compatible
 //!    `asyncify_*` functions and an export for every memory, global and
@@ -27,12 +27,15 @@
 //! `pos`; when a frame does not fit below `end`, the stack memory grows and
 //! `end` moves, so an unwind never overflows.
 //!
-//! Each frame is `{function: u32, call_index: u32, locals...}`, the saved
-//! locals packed in the order given by [`FrameLayout`]. The innermost
-//! activation is written first (lowest address).
+//! Each frame is `{values..., function: u32, call_index: u32}`: the values
+//! that call site saves, packed in the order its [`CallSite`] gives, then a
+//! header at the end, so that a frame can be popped from the top without
+//! knowing its size in advance. The innermost activation is written first
+//! (lowest address); the outermost is on top.
 
 mod analyse;
 mod emit;
+mod liveness;
 mod rewrite;
 
 use std::collections::BTreeMap;
@@ -42,7 +45,7 @@ use wasmparser::ValType;
 
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
-pub const INSTRUMENTER_VERSION: u32 = 1;
+pub const INSTRUMENTER_VERSION: u32 = 2;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
@@ -58,7 +61,7 @@ pub const GLOBAL_EXPORT_PREFIX: &str = "__wasnap_global_";
 /// Prefix of the export names under which table `N` is exposed.
 pub const TABLE_EXPORT_PREFIX: &str = "__wasnap_table_";
 
-/// Size of the `{function, call_index}` header of every saved frame.
+/// Size of the `{function, call_index}` header at the end of every saved frame.
 pub const FRAME_HEADER_SIZE: u32 = 8;
 
 /// Instrumentation state: nothing to do.
@@ -167,18 +170,14 @@ pub struct Metadata {
     pub function_names: BTreeMap<u32, String>,
 }
 
-/// How one instrumented function saves its frame.
+/// How one instrumented function saves its frames.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameLayout {
-    /// Total size of the frame in bytes, header included.
-    pub size: u32,
-    /// The saved locals, in the order and at the offsets they are stored.
-    pub locals: Vec<SavedLocal>,
     /// The suspending call sites, indexed by call index.
     pub call_sites: Vec<CallSite>,
 }
 
-/// One local saved in a frame.
+/// One value saved in a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SavedLocal {
     /// Local index in the instrumented function.
@@ -201,13 +200,19 @@ pub enum LocalOrigin {
     Operand(u32),
 }
 
-/// One call site that can suspend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One call site that can suspend, and the frame it saves.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallSite {
     /// Offset of the call instruction in the original module's bytes.
     pub code_offset: usize,
     /// The function called, for a direct call.
     pub callee: Option<u32>,
+    /// Size in bytes of the saved values, header excluded.
+    pub size: u32,
+    /// The saved values, in the order and at the offsets they are stored:
+    /// the original locals live after the call, then the operand stack up
+    /// to and including the call's arguments.
+    pub saved: Vec<SavedLocal>,
 }
 
 /// Instruments `wasm` so that it can suspend at the imports `options`

@@ -3,50 +3,74 @@
 //! Wasm's operand stack cannot be read from the host, and values below a
 //! block boundary cannot be reached from inside the block. So inside every
 //! *suspendable* construct (one that contains, at any depth, a call that can
-//! suspend) the operand stack is kept in locals instead: the value at height
-//! `h` of type `T` lives in a "slot" local dedicated to `(h, T)`. Runs of
-//! ordinary instructions between suspendable items become *segments* that
-//! load the slots they consume, run unchanged on the real stack, store what
-//! they leave, and are skipped while rewinding:
+//! suspend) the operand stack between items is kept in locals: the value at
+//! height `h` of type `T` lives in a "slot" local dedicated to `(h, T)`.
+//! Runs of ordinary instructions between suspendable items become
+//! *segments* that load the slots they consume, run unchanged on the real
+//! stack, and store what they leave.
+//!
+//! **Unwinding.** After each suspending call, if the state says unwinding,
+//! the call site pushes a frame holding only what is live there (the
+//! original locals live after the call, found by [`super::liveness`], and
+//! the operand slots up to the call's arguments) and returns:
 //!
 //! ```wat
-//! ;; before                      ;; after (inside a suspendable frame)
-//! local.get 0                    (if (i32.eqz (global.get $state))
-//! i32.const 1                      (then local.get 0  i32.const 1  i32.add
-//! i32.add                                local.set $slot0_i32))
-//! call $sleep ;; suspends        (if (i32.or (i32.eqz (global.get $state))
-//!                                            (i32.eq (local.get $ridx) (i32.const 0)))
-//!                                  (then (call $sleep (local.get $slot0_i32))
-//!                                        (if (i32.eq (global.get $state) (i32.const 1))
-//!                                          (then (br $unwind (i32.const 0))))))
+//! ;; before                      ;; after (call index 0)
+//! local.get 0                    local.get 0  i32.const 1  i32.add
+//! i32.const 1                    local.set $slot0_i32            ;; segment
+//! i32.add                        ...
+//! call $sleep ;; suspends        local.get $slot0_i32
+//! local.get 2                    call $sleep
+//! i32.add                        (if (i32.eq (global.get $state) (i32.const 1))
+//!                                  (then (local.set $pos (call $push_frame
+//!                                          (i32.const 8) (i32.const $f) (i32.const 0)))
+//!                                        (i32.store $stack (local.get $pos) (local.get 2))
+//!                                        (i32.store $stack offset=4 (local.get $pos)
+//!                                                                   (local.get $slot0_i32))
+//!                                        (return (i32.const 0))))
+//!                                local.set $slot0_i32  ...
 //! ```
 //!
-//! Each suspending call gets an index. Unwinding branches to the function's
-//! `$unwind` label with that index, which saves every local (slots
-//! included) as a frame in the stack memory. Rewinding restores the frame at
-//! entry and "falls forward": segments are skipped, suspendable blocks,
-//! loops and `if` arms are entered, until the call with the saved index runs
-//! again with the same arguments, which are still in their slots. A
-//! suspendable `if` is lowered so that rewinding enters the `then` arm and,
-//! if the call was not there, falls into the `else` arm:
+//! Saving only live values at the call site, instead of every local in one
+//! shared epilogue, is what keeps instrumented code fast: a shared save
+//! reads every local on a path reachable from every call, so a compiler
+//! must keep every local alive everywhere.
+//!
+//! **Rewinding.** The function's prologue reads the call index from the
+//! frame on top of the stack. Every suspendable region (the function body,
+//! a block or loop body, an `if` arm) starts with a *dispatch* that, while
+//! rewinding, branches straight to the item holding that call: each item
+//! is wrapped in an entry block, and a call item also in a landing block
+//! that pops its frame and restores what was saved before falling into the
+//! call. Ordinary code never runs while rewinding, and the restored values
+//! only join the normal path right at the call:
 //!
 //! ```wat
-//! ;; before                      ;; after
-//! if (result i32)                block $if (result i32)
-//!   ...then...                     block $else
-//! else                               local.get $cond  rewinding?  i32.or
-//!   ...else...                       i32.eqz  br_if $else
-//! end                                ...then...  results from slots
-//!                                    normal?  br_if $if   drop
-//!                                  end
-//!                                  ...else...  results from slots
-//!                                end
+//! block $entry1                      ;; item 1: a loop holding calls 1..3
+//!   block $entry0                    ;; item 0: call 0
+//!     block $landing0
+//!       (if (i32.eq (global.get $state) (i32.const 2))
+//!         (then (br_table $landing0 $entry1 $entry1 $entry1
+//!                 (local.get $rewind_index))))
+//!       ...segment...
+//!       br $entry0
+//!     end
+//!     ...pop frame 0, restore what call 0 saved...
+//!   end
+//!   ...call 0...
+//!   ...segment...
+//! end
+//! loop ...its own dispatch... end
 //! ```
+//!
+//! A suspendable `if` becomes a block around its arms whose condition,
+//! while rewinding, is "the call is in the `then` arm".
 //!
 //! Code outside suspendable constructs, and functions that cannot suspend,
 //! are left exactly as they were.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
@@ -56,6 +80,7 @@ use wasmparser::{
 };
 
 use super::analyse::Module;
+use super::liveness::live_after;
 use super::{
     CallSite, FRAME_HEADER_SIZE, FrameLayout, LocalOrigin, STATE_REWINDING, STATE_UNWINDING,
     SavedLocal,
@@ -71,6 +96,13 @@ pub(crate) struct Additions {
     pub stack_memory: u32,
     /// `grow_stack(needed_end: i32)`: makes room up to `needed_end`.
     pub grow_function: u32,
+    /// `push_frame(size, function, call_index) -> address`: reserves a
+    /// frame of `size` bytes plus its header, writes the header, and
+    /// returns where the saved values go.
+    pub push_frame: u32,
+    /// `pop_frame(size) -> address`: pops the frame on top of the stack,
+    /// whose values take `size` bytes, and returns where they are.
+    pub pop_frame: u32,
 }
 
 /// Function types the rewritten code needs for multi-value blocks; they are
@@ -120,10 +152,11 @@ enum Label {
     /// The label of the original frame that starts at this operator index
     /// (`usize::MAX` for the function body).
     Original(usize),
-    /// A label the rewrite introduced.
+    /// A label the rewrite introduced and never branches to by name.
     Added,
-    /// The function's `$unwind` block.
-    Unwind,
+    /// A label the rewrite introduced and branches to: entry and landing
+    /// blocks, by a number unique in the function.
+    Marked(u32),
 }
 
 const FUNCTION_FRAME: usize = usize::MAX;
@@ -135,6 +168,14 @@ enum Role {
     SuspendingCall,
     /// `block`, `loop` or `if` whose body contains a suspending call.
     SuspendableStart,
+}
+
+/// Locals of the rewritten code that are never saved.
+struct Temporaries {
+    /// The address of the frame being pushed or popped.
+    pos: u32,
+    /// While rewinding, the call index the function was suspended at.
+    rewind_index: u32,
 }
 
 /// Rewrites function `index`; see the module documentation.
@@ -161,92 +202,66 @@ pub(crate) fn rewrite(
         let (count, ty) = local?;
         local_types.extend(std::iter::repeat_n(ty, count as usize));
     }
-    if let Some(ty) = local_types.iter().find(|t| !is_storable(**t)) {
-        bail!(
-            "{} needs instrumentation but has a local of type {ty}, which cannot be saved in a snapshot",
-            describe()
-        );
-    }
-    let original_locals = local_types.len() as u32;
+    let sites: Vec<usize> = (0..ops.len())
+        .filter(|&i| roles[i] == Role::SuspendingCall)
+        .collect();
+    let live = live_after(&ops, &sites, local_types.len());
 
     let mut rewriter = Rewriter {
         module,
+        function_index: index,
         ops: &ops,
         roles: &roles,
+        live,
+        local_types: &local_types,
         validator: {
             let mut validator = func.into_validator(Default::default());
             validator.read_locals(&mut body.get_binary_reader())?;
             validator
         },
         types: Vec::new(),
-        labels: vec![Label::Unwind, Label::Original(FUNCTION_FRAME)],
+        labels: vec![Label::Original(FUNCTION_FRAME)],
+        next_mark: 0,
         out: Vec::new(),
         slots: HashMap::new(),
-        result_temps: HashMap::new(),
         extra_locals: Vec::new(),
-        slot_heights: HashMap::new(),
-        first_extra: original_locals,
+        first_extra: local_types.len() as u32,
         call_sites: Vec::new(),
         additions,
         new_types,
         describe: describe(),
     };
-    // Fixed temporaries first: they are never saved.
-    let pos = rewriter.new_local(ValType::I32);
-    let rewind_index = rewriter.new_local(ValType::I32);
-    let call_index = rewriter.new_local(ValType::I32);
     let ctx = Temporaries {
-        pos,
-        rewind_index,
-        call_index,
+        pos: rewriter.new_local(ValType::I32),
+        rewind_index: rewriter.new_local(ValType::I32),
     };
+    debug_assert_eq!(ctx.pos, rewriter.pos_local());
     let results = signature.results().to_vec();
     let body_type = rewriter.new_types.block_type(&results);
 
-    // The body, inside `$unwind` and the function's own label.
-    rewriter.out.push(Instruction::Block(BlockType::Result(
-        wasm_encoder::ValType::I32,
-    )));
     rewriter.out.push(Instruction::Block(body_type));
-    let end = rewriter.region(0, &ctx)?;
+    let (end, _) = rewriter.region(0, &ctx, Vec::new())?;
     rewriter.load_region_results(0, &results);
     rewriter.validate(end)?;
     rewriter.out.push(Instruction::End);
-    rewriter.out.push(Instruction::Return);
-    rewriter.out.push(Instruction::End);
 
-    let layout = rewriter.frame_layout(&local_types);
     let mut function = Function::new(compress_locals(
         local_types[signature.params().len()..]
             .iter()
             .chain(&rewriter.extra_locals)
             .copied(),
     ));
-    let index_in_frame = index;
-    emit_rewind_prologue(&mut function, &layout, index_in_frame, &ctx, additions);
-    for instruction in &rewriter.out {
+    let prologue = rewind_prologue(index, signature.params(), &ctx, additions);
+    for instruction in prologue.iter().chain(&rewriter.out) {
         function.instruction(instruction);
     }
-    emit_unwind_epilogue(
-        &mut function,
-        &layout,
-        index_in_frame,
-        &ctx,
-        additions,
-        &results,
-    );
     function.instruction(&Instruction::End);
     Ok(Rewritten {
         body: function,
-        layout,
+        layout: FrameLayout {
+            call_sites: rewriter.call_sites,
+        },
     })
-}
-
-/// Locals the prologue and epilogue use; they are not part of the frame.
-struct Temporaries {
-    pos: u32,
-    rewind_index: u32,
-    call_index: u32,
 }
 
 /// Finds suspending calls and the constructs that contain them.
@@ -312,21 +327,55 @@ fn byte_size(ty: ValType) -> u32 {
     }
 }
 
+/// A suspendable item of a region, as the region's dispatch sees it.
+#[derive(Clone, Copy)]
+struct Item {
+    /// The label of the block around the code before the item.
+    entry: u32,
+    /// For a call, the label of the block that skips its landing on the
+    /// normal path.
+    landing: Option<u32>,
+}
+
+impl Item {
+    /// The label a dispatch branches to for this item: the call's landing,
+    /// or the construct's entry.
+    fn target(&self) -> u32 {
+        self.landing.unwrap_or(self.entry)
+    }
+}
+
+/// Where a dispatch was emitted, to fill in once its items have their
+/// call indices.
+struct Dispatch {
+    /// Index in `out` of the `i32.const` holding the first call index.
+    first_const: usize,
+    /// Index in `out` of the `br_table`.
+    table: usize,
+    /// The branch depth, from the dispatch, of each target, in program order.
+    depths: Vec<u32>,
+    /// The call indices each target holds, as far as known.
+    ranges: Vec<Range<usize>>,
+}
+
 struct Rewriter<'m, 'a> {
     module: &'m Module<'a>,
+    function_index: u32,
     ops: &'m [(Operator<'a>, usize)],
     roles: &'m [Role],
+    /// The original locals live after each suspending call, by operator index.
+    live: HashMap<usize, Vec<u32>>,
+    /// Types of the original parameters and locals.
+    local_types: &'m [ValType],
     validator: FuncValidator<ValidatorResources>,
     /// Types of the original operand stack, bottom first.
     types: Vec<ValType>,
     labels: Vec<Label>,
+    next_mark: u32,
     out: Vec<Instruction<'a>>,
     slots: HashMap<(u32, ValType), u32>,
-    result_temps: HashMap<(u32, ValType), u32>,
     /// Types of the locals added after the original ones.
     extra_locals: Vec<ValType>,
-    /// The operand-stack height each slot local stands for.
-    slot_heights: HashMap<u32, u32>,
     first_extra: u32,
     call_sites: Vec<CallSite>,
     additions: &'m Additions,
@@ -353,17 +402,7 @@ impl<'a> Rewriter<'_, 'a> {
         }
         let local = self.new_local(ty);
         self.slots.insert((height, ty), local);
-        self.slot_heights.insert(local, height);
         Ok(local)
-    }
-
-    fn result_temp(&mut self, position: u32, ty: ValType) -> u32 {
-        if let Some(&local) = self.result_temps.get(&(position, ty)) {
-            return local;
-        }
-        let local = self.new_local(ty);
-        self.result_temps.insert((position, ty), local);
-        local
     }
 
     /// Pushes the results of the region just emitted, at heights `base..`,
@@ -373,12 +412,10 @@ impl<'a> Rewriter<'_, 'a> {
             self.load_slots(base, types);
             return;
         }
-        // The region ends in a branch, and a result is a reference, which
-        // has no slot. Rewinding can still fall through here, the branch
-        // being skipped, and then carries the saved slots on unchanged; a
-        // reference result would have made the construct's store refuse, so
-        // only a function's own results or a `then` arm's (dropped while
-        // rewinding) get here. A null type-checks in their place.
+        // The region ends in a branch, so nothing reaches this point at run
+        // time (a dispatch only targets items that were emitted). The code
+        // must still validate, and a reference result has no slot: a null
+        // type-checks in its place.
         for (k, &ty) in types.iter().enumerate() {
             if is_storable(ty) {
                 self.load_slots(base + k as u32, &[ty]);
@@ -442,22 +479,185 @@ impl<'a> Rewriter<'_, 'a> {
             .is_some_and(|frame| frame.unreachable)
     }
 
-    /// Emits the items of a suspendable frame from operator `i` up to the
-    /// frame's `else` or `end`, whose index it returns (not consumed).
-    fn region(&mut self, mut i: usize, ctx: &Temporaries) -> Result<usize> {
+    /// Opens an empty block the rewrite will branch to; returns its mark.
+    fn open_marked_block(&mut self) -> u32 {
+        let mark = self.next_mark;
+        self.next_mark += 1;
+        self.out.push(Instruction::Block(BlockType::Empty));
+        self.labels.push(Label::Marked(mark));
+        mark
+    }
+
+    fn close_block(&mut self) {
+        self.out.push(Instruction::End);
+        self.labels.pop();
+    }
+
+    /// Emits the items of a suspendable frame from operator `start` up to
+    /// the frame's `else` or `end`, whose index it returns (not consumed).
+    ///
+    /// `inherited` are the targets of enclosing regions that deferred their
+    /// dispatch to this one; when there are any, the dispatch is returned
+    /// (its table not yet filled) for them to add their call indices.
+    fn region(
+        &mut self,
+        start: usize,
+        ctx: &Temporaries,
+        inherited: Vec<u32>,
+    ) -> Result<(usize, Option<Dispatch>)> {
+        let items = self.open_items(start);
+        // A region that starts right away with a block or loop needs no
+        // dispatch of its own: the first item's dispatch, inside it, can
+        // branch out to this region's later items too. Chains of nested
+        // blocks (a `switch`) then pay one check, not one per level.
+        let defer = self.roles[start] == Role::SuspendableStart
+            && matches!(
+                self.ops[start].0,
+                Operator::Block { .. } | Operator::Loop { .. }
+            );
+        let outer_targets = |items: &[Item]| -> Vec<u32> {
+            let mut targets: Vec<u32> = items.iter().skip(1).map(Item::target).collect();
+            targets.extend(&inherited);
+            targets
+        };
+        let mut dispatch = if defer {
+            None
+        } else {
+            let mut targets: Vec<u32> = items.iter().map(Item::target).collect();
+            targets.extend(&inherited);
+            Some(self.dispatch(&targets, ctx))
+        };
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        let mut i = start;
         loop {
             if matches!(self.ops[i].0, Operator::End | Operator::Else) {
-                return Ok(i);
+                break;
             }
             i = match self.roles[i] {
-                Role::SuspendingCall => self.suspending_call(i, ctx)?,
-                Role::SuspendableStart => self.suspendable_construct(i, ctx)?,
                 Role::Plain => self.segment(i)?,
+                role => {
+                    let item = items[ranges.len()];
+                    let first = self.call_sites.len();
+                    let next = if role == Role::SuspendingCall {
+                        self.close_landing(item, i)?
+                    } else {
+                        self.close_block();
+                        let pass_down = if i == start && defer {
+                            outer_targets(&items)
+                        } else {
+                            Vec::new()
+                        };
+                        let (next, inner) = self.suspendable_construct(i, ctx, pass_down)?;
+                        if inner.is_some() {
+                            dispatch = inner;
+                        }
+                        next
+                    };
+                    ranges.push(first..self.call_sites.len());
+                    next
+                }
             };
             if self.frame_is_unreachable() {
                 i = self.skip_dead_code(i)?;
             }
         }
+        // Items in unreachable code were skipped: close their blocks.
+        for item in &items[ranges.len()..] {
+            if item.landing.is_some() {
+                self.close_block();
+            }
+            self.close_block();
+        }
+        let Some(mut dispatch) = dispatch else {
+            // Deferred, and the first item, the only one with calls,
+            // filled its own dispatch (or was unreachable).
+            return Ok((i, None));
+        };
+        // A deferred dispatch already holds the first item's calls.
+        dispatch
+            .ranges
+            .extend(ranges.iter().skip(usize::from(defer)).cloned());
+        if inherited.is_empty() {
+            self.fill_dispatch(dispatch);
+            Ok((i, None))
+        } else {
+            Ok((i, Some(dispatch)))
+        }
+    }
+
+    /// Opens the entry (and, for calls, landing) blocks of the region's
+    /// items, the first item innermost.
+    fn open_items(&mut self, start: usize) -> Vec<Item> {
+        let mut kinds = Vec::new();
+        let mut depth = 0usize;
+        for (role, (op, _)) in self.roles[start..].iter().zip(&self.ops[start..]) {
+            if depth == 0 {
+                if matches!(op, Operator::End | Operator::Else) {
+                    break;
+                }
+                if *role != Role::Plain {
+                    kinds.push(*role == Role::SuspendingCall);
+                }
+            }
+            match op {
+                Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => depth += 1,
+                Operator::End => depth -= 1,
+                _ => {}
+            }
+        }
+        let mut items: Vec<Item> = kinds
+            .iter()
+            .rev()
+            .map(|&is_call| Item {
+                entry: self.open_marked_block(),
+                landing: is_call.then(|| self.open_marked_block()),
+            })
+            .collect();
+        items.reverse();
+        items
+    }
+
+    /// Emits a region's dispatch: while rewinding, branch to the item that
+    /// holds the call being resumed. Its table is filled in by
+    /// [`Self::fill_dispatch`] once the items have their call indices.
+    fn dispatch(&mut self, targets: &[u32], ctx: &Temporaries) -> Dispatch {
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.state_global),
+            Instruction::I32Const(STATE_REWINDING),
+            Instruction::I32Eq,
+            Instruction::If(BlockType::Empty),
+        ]);
+        self.labels.push(Label::Added);
+        let depths = targets
+            .iter()
+            .map(|&target| self.depth_of(Label::Marked(target)))
+            .collect();
+        self.out.push(Instruction::LocalGet(ctx.rewind_index));
+        let first_const = self.out.len();
+        self.out
+            .extend([Instruction::I32Const(0), Instruction::I32Sub]);
+        let table = self.out.len();
+        self.out.push(Instruction::Unreachable);
+        self.close_block();
+        Dispatch {
+            first_const,
+            table,
+            depths,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Fills in a dispatch's table: call index `k` goes to the item whose
+    /// range holds it.
+    fn fill_dispatch(&mut self, dispatch: Dispatch) {
+        let first = dispatch.ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let mut targets = Vec::new();
+        for (range, &depth) in dispatch.ranges.iter().zip(&dispatch.depths) {
+            targets.extend(std::iter::repeat_n(depth, range.len()));
+        }
+        let default = dispatch.depths.last().copied().unwrap_or(0);
+        self.out[dispatch.first_const] = Instruction::I32Const(first as i32);
+        self.out[dispatch.table] = Instruction::BrTable(targets.into(), default);
     }
 
     /// Validates, without emitting, the unreachable rest of a frame.
@@ -475,8 +675,9 @@ impl<'a> Rewriter<'_, 'a> {
         }
     }
 
-    /// Emits a maximal run of plain operators starting at `i`, guarded so
-    /// that it is skipped while rewinding; returns the index after it.
+    /// Emits a maximal run of plain operators starting at `i`, taking the
+    /// values it consumes from slots and leaving what it produces in slots;
+    /// returns the index after it.
     fn segment(&mut self, mut i: usize) -> Result<usize> {
         let types_in = self.types.clone();
         let height_in = self.height();
@@ -484,7 +685,6 @@ impl<'a> Rewriter<'_, 'a> {
         let mut depth = 0usize;
         let mut body = Vec::new();
         let mut ends_in_branch = false;
-        self.labels.push(Label::Added);
         loop {
             let op = &self.ops[i].0;
             if depth == 0
@@ -515,95 +715,145 @@ impl<'a> Rewriter<'_, 'a> {
                 break;
             }
         }
-        self.labels.pop();
-
-        // `if (state == normal)`: segments are skipped while rewinding.
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Eqz,
-            Instruction::If(BlockType::Empty),
-        ]);
         self.load_slots(lowest, &types_in[lowest as usize..]);
         self.out.extend(body);
         if !ends_in_branch {
             let types_out = self.types[lowest as usize..].to_vec();
             self.store_slots(lowest, &types_out)?;
         }
-        self.out.push(Instruction::End);
         Ok(i)
     }
 
-    /// Emits the suspending call at `i`; returns the index after it.
-    fn suspending_call(&mut self, i: usize, ctx: &Temporaries) -> Result<usize> {
+    /// What a frame saved at the call at `i` holds: the original locals
+    /// live after the call, then every operand slot up to and including
+    /// the call's arguments (needed to make the call again on rewind).
+    fn saved_values(&mut self, i: usize) -> Result<(Vec<SavedLocal>, u32)> {
+        let mut saved = Vec::new();
+        let mut offset = 0;
+        let live = self.live.get(&i).cloned().unwrap_or_default();
+        for local in live {
+            let ty = self.local_types[local as usize];
+            if !is_storable(ty) {
+                bail!(
+                    "{} needs local {local} of type {ty} after a suspending call, which cannot be saved in a snapshot",
+                    self.describe
+                );
+            }
+            saved.push(SavedLocal {
+                index: local,
+                ty,
+                offset,
+                origin: LocalOrigin::Local(local),
+            });
+            offset += byte_size(ty);
+        }
+        for height in 0..self.height() {
+            let ty = self.types[height as usize];
+            let local = self.slot(height, ty)?;
+            saved.push(SavedLocal {
+                index: local,
+                ty,
+                offset,
+                origin: LocalOrigin::Operand(height),
+            });
+            offset += byte_size(ty);
+        }
+        Ok((saved, offset))
+    }
+
+    /// Ends the segment before the call item at `i` (jumping over the
+    /// landing), emits the landing that pops and restores the call's frame,
+    /// and then the call; returns the index after it.
+    fn close_landing(&mut self, item: Item, i: usize) -> Result<usize> {
+        let (saved, size) = self.saved_values(i)?;
+        self.out
+            .push(Instruction::Br(self.depth_of(Label::Marked(item.entry))));
+        self.close_block();
+        let memory = self.additions.stack_memory;
+        self.out.extend([
+            Instruction::I32Const(size as i32),
+            Instruction::Call(self.additions.pop_frame),
+            Instruction::LocalSet(self.pos_local()),
+        ]);
+        for value in &saved {
+            self.out.extend([
+                Instruction::LocalGet(self.pos_local()),
+                load_instruction(value.ty, stack_memarg(memory, value.offset)),
+                Instruction::LocalSet(value.index),
+            ]);
+        }
+        self.close_block();
+        self.suspending_call(i, saved, size)
+    }
+
+    /// The `pos` temporary: the first local the rewrite adds.
+    fn pos_local(&self) -> u32 {
+        self.first_extra
+    }
+
+    /// Emits the suspending call at `i` and its unwind path, which saves
+    /// `saved` (`size` bytes); returns the index after it.
+    fn suspending_call(&mut self, i: usize, saved: Vec<SavedLocal>, size: u32) -> Result<usize> {
         let (pops, _) = self.ops[i]
             .0
             .operator_arity(&self.validator)
             .context("a call's arity is known")?;
         let call_index = self.call_sites.len() as u32;
+        let base = self.height() - pops;
+        let params = self.types[base as usize..].to_vec();
+        self.load_slots(base, &params);
+        let call = self.translate(i)?;
+        self.out.push(call);
+        self.validate(i)?;
+        let results = self.types[base as usize..].to_vec();
+
+        // Unwinding: the call's results (still on the stack, below) are
+        // dummies and the argument slots are intact; save, then return.
+        let memory = self.additions.stack_memory;
+        let pos = self.pos_local();
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.state_global),
+            Instruction::I32Const(STATE_UNWINDING),
+            Instruction::I32Eq,
+            Instruction::If(BlockType::Empty),
+            Instruction::I32Const(size as i32),
+            Instruction::I32Const(self.function_index as i32),
+            Instruction::I32Const(call_index as i32),
+            Instruction::Call(self.additions.push_frame),
+            Instruction::LocalSet(pos),
+        ]);
+        for value in &saved {
+            self.out.extend([
+                Instruction::LocalGet(pos),
+                Instruction::LocalGet(value.index),
+                store_instruction(value.ty, stack_memarg(memory, value.offset)),
+            ]);
+        }
+        let function_results = self.module.func_type(self.function_index).results();
+        self.out.extend(function_results.iter().map(|&ty| zero(ty)));
+        self.out.extend([Instruction::Return, Instruction::End]);
+        self.store_slots(base, &results)?;
+
         self.call_sites.push(CallSite {
             code_offset: self.ops[i].1,
             callee: match self.ops[i].0 {
                 Operator::Call { function_index } => Some(function_index),
                 _ => None,
             },
+            size,
+            saved,
         });
-        let base = self.height() - pops;
-        let params = self.types[base as usize..].to_vec();
-
-        // Run the call normally, or while rewinding when it is the one the
-        // frame was suspended in.
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Eqz,
-            Instruction::LocalGet(ctx.rewind_index),
-            Instruction::I32Const(call_index as i32),
-            Instruction::I32Eq,
-            Instruction::I32Or,
-            Instruction::If(BlockType::Empty),
-        ]);
-        self.labels.push(Label::Added);
-        self.load_slots(base, &params);
-        let call = self.translate(i)?;
-        self.out.push(call);
-        self.validate(i)?;
-        let results = self.types[base as usize..].to_vec();
-        // Results go to temporaries first: on an unwind they are dummies,
-        // and the argument slots they would overwrite must be saved intact
-        // so the call can be made again on rewind.
-        let temps: Vec<u32> = results
-            .iter()
-            .enumerate()
-            .map(|(k, &ty)| self.result_temp(k as u32, ty))
-            .collect();
-        for &temp in temps.iter().rev() {
-            self.out.push(Instruction::LocalSet(temp));
-        }
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Const(STATE_UNWINDING),
-            Instruction::I32Eq,
-            Instruction::If(BlockType::Empty),
-        ]);
-        self.labels.push(Label::Added);
-        let unwind_depth = self.depth_of(Label::Unwind);
-        self.out.extend([
-            Instruction::I32Const(call_index as i32),
-            Instruction::Br(unwind_depth),
-            Instruction::End,
-        ]);
-        self.labels.pop();
-        for &temp in &temps {
-            self.out.push(Instruction::LocalGet(temp));
-        }
-        self.store_slots(base, &results)?;
-        self.out.push(Instruction::End);
-        self.labels.pop();
         Ok(i + 1)
     }
 
     /// Emits a `block`, `loop` or `if` that contains a suspending call;
     /// returns the index after its `end`.
-    fn suspendable_construct(&mut self, i: usize, ctx: &Temporaries) -> Result<usize> {
+    fn suspendable_construct(
+        &mut self,
+        i: usize,
+        ctx: &Temporaries,
+        inherited: Vec<u32>,
+    ) -> Result<(usize, Option<Dispatch>)> {
         let (op, _) = &self.ops[i];
         let block_type = match op {
             Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
@@ -627,21 +877,22 @@ impl<'a> Rewriter<'_, 'a> {
         // Entry and every branch back to a loop bring the parameters on the
         // real stack: keep them in their slots.
         self.store_slots(base, &params)?;
-        let end = if is_if {
-            self.if_arms(i, base, height - 1, &results, ctx)?
+        let (end, dispatch) = if is_if {
+            (self.if_arms(i, base, height - 1, &results, ctx)?, None)
         } else {
-            self.region(i + 1, ctx)?
+            self.region(i + 1, ctx, inherited)?
         };
         self.load_region_results(base, &results);
         self.out.push(Instruction::End);
         self.labels.pop();
         self.validate(end)?;
         self.store_slots(base, &results)?;
-        Ok(end + 1)
+        Ok((end + 1, dispatch))
     }
 
     /// Emits the arms of a suspendable `if` inside its outer block; returns
-    /// the index of its `end`.
+    /// the index of its `end`. While rewinding, the condition is whether
+    /// the call being resumed is in the `then` arm.
     fn if_arms(
         &mut self,
         i: usize,
@@ -653,30 +904,34 @@ impl<'a> Rewriter<'_, 'a> {
         let condition = self.slot(condition_height, ValType::I32)?;
         self.out.push(Instruction::Block(BlockType::Empty));
         self.labels.push(Label::Added);
+        // select(in_then_range, condition, rewinding)
+        self.out.push(Instruction::LocalGet(ctx.rewind_index));
+        let first_const = self.out.len();
         self.out.extend([
+            Instruction::I32Const(0),
+            Instruction::I32Sub,
+            Instruction::I32Const(0),
+            Instruction::I32LtU,
             Instruction::LocalGet(condition),
             Instruction::GlobalGet(self.additions.state_global),
             Instruction::I32Const(STATE_REWINDING),
             Instruction::I32Eq,
-            Instruction::I32Or,
+            Instruction::Select,
             Instruction::I32Eqz,
             Instruction::BrIf(0),
         ]);
-        let stop = self.region(i + 1, ctx)?;
+        let first = self.call_sites.len();
+        let (stop, _) = self.region(i + 1, ctx, Vec::new())?;
+        let count = self.call_sites.len() - first;
+        self.out[first_const] = Instruction::I32Const(first as i32);
+        self.out[first_const + 2] = Instruction::I32Const(count as i32);
         self.load_region_results(base, results);
-        // Still rewinding: the suspended call is in the else arm.
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Eqz,
-            Instruction::BrIf(1),
-        ]);
         self.out
-            .extend(std::iter::repeat_n(Instruction::Drop, results.len()));
-        self.out.push(Instruction::End);
-        self.labels.pop();
+            .push(Instruction::Br(self.depth_of(Label::Original(i))));
+        self.close_block();
         if matches!(self.ops[stop].0, Operator::Else) {
             self.validate(stop)?;
-            self.region(stop + 1, ctx)
+            Ok(self.region(stop + 1, ctx, Vec::new())?.0)
         } else {
             Ok(stop)
         }
@@ -736,35 +991,6 @@ impl<'a> Rewriter<'_, 'a> {
         let position = self.labels.iter().rev().position(|l| *l == wanted);
         position.expect("label is open") as u32
     }
-
-    /// Every original local, then every slot, packed after the header.
-    fn frame_layout(&self, local_types: &[ValType]) -> FrameLayout {
-        let mut offset = FRAME_HEADER_SIZE;
-        let mut locals = Vec::new();
-        let mut add = |index: u32, ty: ValType, origin: LocalOrigin| {
-            locals.push(SavedLocal {
-                index,
-                ty,
-                offset,
-                origin,
-            });
-            offset += byte_size(ty);
-        };
-        for (index, &ty) in local_types.iter().enumerate() {
-            add(index as u32, ty, LocalOrigin::Local(index as u32));
-        }
-        let mut slot_locals: Vec<u32> = self.slot_heights.keys().copied().collect();
-        slot_locals.sort_unstable();
-        for local in slot_locals {
-            let ty = self.extra_locals[(local - self.first_extra) as usize];
-            add(local, ty, LocalOrigin::Operand(self.slot_heights[&local]));
-        }
-        FrameLayout {
-            size: offset,
-            locals,
-            call_sites: self.call_sites.clone(),
-        }
-    }
 }
 
 /// Groups consecutive locals of the same type, as the code section wants.
@@ -810,31 +1036,30 @@ fn store_instruction<'a>(ty: ValType, memarg: MemArg) -> Instruction<'a> {
     }
 }
 
-/// While rewinding: pop this function's frame and restore its locals.
-fn emit_rewind_prologue(
-    function: &mut Function,
-    layout: &FrameLayout,
+/// While rewinding: check that the frame on top of the stack is this
+/// function's, read the call index it was suspended at, and clear the
+/// parameters. Nothing else is restored here: each call's landing restores
+/// what that call saved. Clearing the parameters makes every value on the
+/// way to a landing a constant, so none of them stays alive for nothing.
+fn rewind_prologue<'a>(
     function_index: u32,
+    params: &[ValType],
     ctx: &Temporaries,
     additions: &Additions,
-) {
+) -> Vec<Instruction<'a>> {
     let memory = additions.stack_memory;
-    let data = additions.data_global;
     let mut code = vec![
         Instruction::GlobalGet(additions.state_global),
         Instruction::I32Const(STATE_REWINDING),
         Instruction::I32Eq,
         Instruction::If(BlockType::Empty),
-        Instruction::GlobalGet(data),
-        Instruction::GlobalGet(data),
+        Instruction::GlobalGet(additions.data_global),
         Instruction::I32Load(stack_memarg(memory, 0)),
-        Instruction::I32Const(layout.size as i32),
+        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
         Instruction::I32Sub,
         Instruction::LocalTee(ctx.pos),
-        Instruction::I32Store(stack_memarg(memory, 0)),
         // A frame of another function means the stack and the code do not
         // belong together: stop rather than run on garbage.
-        Instruction::LocalGet(ctx.pos),
         Instruction::I32Load(stack_memarg(memory, 0)),
         Instruction::I32Const(function_index as i32),
         Instruction::I32Ne,
@@ -845,76 +1070,13 @@ fn emit_rewind_prologue(
         Instruction::I32Load(stack_memarg(memory, 4)),
         Instruction::LocalSet(ctx.rewind_index),
     ];
-    for local in &layout.locals {
-        code.extend([
-            Instruction::LocalGet(ctx.pos),
-            load_instruction(local.ty, stack_memarg(memory, local.offset)),
-            Instruction::LocalSet(local.index),
-        ]);
+    for (index, &ty) in params.iter().enumerate() {
+        if is_storable(ty) {
+            code.extend([zero(ty), Instruction::LocalSet(index as u32)]);
+        }
     }
     code.push(Instruction::End);
-    for instruction in &code {
-        function.instruction(instruction);
-    }
-}
-
-/// Reached by `br $unwind` with the call index: push this function's frame
-/// and return dummy results.
-fn emit_unwind_epilogue(
-    function: &mut Function,
-    layout: &FrameLayout,
-    function_index: u32,
-    ctx: &Temporaries,
-    additions: &Additions,
-    results: &[ValType],
-) {
-    let memory = additions.stack_memory;
-    let data = additions.data_global;
-    let mut code = vec![
-        Instruction::LocalSet(ctx.call_index),
-        Instruction::GlobalGet(data),
-        Instruction::I32Load(stack_memarg(memory, 0)),
-        Instruction::LocalSet(ctx.pos),
-        // Grow the stack memory when the frame does not fit below `end`.
-        Instruction::LocalGet(ctx.pos),
-        Instruction::I32Const(layout.size as i32),
-        Instruction::I32Add,
-        Instruction::GlobalGet(data),
-        Instruction::I32Load(stack_memarg(memory, 4)),
-        Instruction::I32GtU,
-        Instruction::If(BlockType::Empty),
-        Instruction::LocalGet(ctx.pos),
-        Instruction::I32Const(layout.size as i32),
-        Instruction::I32Add,
-        Instruction::Call(additions.grow_function),
-        Instruction::End,
-        Instruction::LocalGet(ctx.pos),
-        Instruction::I32Const(function_index as i32),
-        Instruction::I32Store(stack_memarg(memory, 0)),
-        Instruction::LocalGet(ctx.pos),
-        Instruction::LocalGet(ctx.call_index),
-        Instruction::I32Store(stack_memarg(memory, 4)),
-    ];
-    for local in &layout.locals {
-        code.extend([
-            Instruction::LocalGet(ctx.pos),
-            Instruction::LocalGet(local.index),
-            store_instruction(local.ty, stack_memarg(memory, local.offset)),
-        ]);
-    }
-    code.extend([
-        Instruction::GlobalGet(data),
-        Instruction::LocalGet(ctx.pos),
-        Instruction::I32Const(layout.size as i32),
-        Instruction::I32Add,
-        Instruction::I32Store(stack_memarg(memory, 0)),
-    ]);
-    for &ty in results {
-        code.push(zero(ty));
-    }
-    for instruction in &code {
-        function.instruction(instruction);
-    }
+    code
 }
 
 /// The zero (or null) value of a type, returned by an unwinding function.
