@@ -9,5 +9,6 @@ mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod real_programs;
 mod smith;
 mod store;
