@@ -21,7 +21,7 @@ use wasm_encoder::{
 use wasmparser::{Parser, Payload};
 
 use super::analyse::Module;
-use super::rewrite::{Additions, NewTypes, rewrite};
+use super::rewrite::{Additions, FrameHelper, FrameHelpers, NewTypes, frame_helper_body, rewrite};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -71,6 +71,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
     let first_new_type = module.types.len() as u32;
     let runtime_types = RuntimeTypes(std::array::from_fn(|k| first_new_type + k as u32));
     let mut new_types = NewTypes::new(first_new_type + RUNTIME_TYPES.len() as u32);
+    let mut helpers = FrameHelpers::new(function_count + RUNTIME_FUNCTIONS.len() as u32);
 
     let mut metadata = Metadata {
         memory_count: module.memories.len() as u32,
@@ -87,7 +88,15 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
     for (body, func) in bodies {
         let index = func.index;
         if module.can_suspend[index as usize] {
-            let rewritten = rewrite(&module, index, &body, func, &additions, &mut new_types)?;
+            let rewritten = rewrite(
+                &module,
+                index,
+                &body,
+                func,
+                &additions,
+                &mut new_types,
+                &mut helpers,
+            )?;
             code.function(&rewritten.body);
             metadata.frames.insert(index, rewritten.layout);
         } else {
@@ -97,11 +106,14 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
     for function in runtime_function_bodies(&additions) {
         code.function(&function);
     }
+    for helper in &helpers.helpers {
+        code.function(&frame_helper_body(helper, additions.stack_memory));
+    }
 
     let push = |output: &mut wasm_encoder::Module, id: u8, data: Option<&[u8]>| -> Result<()> {
         match id {
             1 => output.section(&types_section(data, runtime_types, &new_types)?),
-            3 => output.section(&functions_section(data, runtime_types)?),
+            3 => output.section(&functions_section(data, runtime_types, &helpers.helpers)?),
             5 => output.section(&memories_section(data)?),
             6 => output.section(&globals_section(data)?),
             7 => output.section(&reserved_exports(data, &module, Some(&additions))?),
@@ -244,7 +256,11 @@ const RUNTIME_TYPES: [(&[ValType], &[ValType]); 5] = [
 #[derive(Clone, Copy)]
 struct RuntimeTypes([u32; 5]);
 
-fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result<FunctionSection> {
+fn functions_section(
+    data: Option<&[u8]>,
+    runtime_types: RuntimeTypes,
+    helpers: &[FrameHelper],
+) -> Result<FunctionSection> {
     let mut section = FunctionSection::new();
     if let Some(data) = data {
         let existing = reader(data, wasmparser::FunctionSectionReader::new)?;
@@ -265,6 +281,9 @@ fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result
     ];
     for ty in types {
         section.function(ty);
+    }
+    for helper in helpers {
+        section.function(helper.type_index);
     }
     Ok(section)
 }
