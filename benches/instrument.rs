@@ -14,6 +14,10 @@
 //!
 //! - `original`: the module as clang made it;
 //! - `wasnap`: `wasnap::instrument::instrument` of it;
+//! - `wasnap-only`: the same with [`Options::only_functions`] naming the
+//!   functions that are on the stack when the guest suspends (what a user
+//!   who knows the program can declare, as with Binaryen's
+//!   `asyncify-onlylist`); only for guests that have such a list;
 //! - `asyncify`: `wasm-opt --asyncify -O` of it;
 //! - `wasm-opt-O`: `wasm-opt -O` of it, to tell Binaryen's optimiser apart
 //!   from Asyncify's cost.
@@ -30,6 +34,32 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasnap::instrument::{Options, instrument};
 
 const GUESTS: &[&str] = &["compute", "sqlite"];
+
+/// For each guest, the functions that can be on its stack when it suspends:
+/// SQLite's progress handler is called from the virtual machine's loop,
+/// which `sqlite3_step` runs for a query or `sqlite3_exec` for a statement.
+fn only_functions(guest: &str) -> Option<Options> {
+    let names: &[&str] = match guest {
+        "sqlite" => &[
+            "_start*",
+            "__original_main",
+            "main",
+            "exec",
+            "query",
+            "checkpoint",
+            "sqlite3_exec",
+            "sqlite3_step",
+            "sqlite3Step",
+            "sqlite3VdbeExec",
+        ],
+        _ => return None,
+    };
+    Some(
+        names
+            .iter()
+            .fold(Options::default(), |o, n| o.only_functions(*n)),
+    )
+}
 
 fn guest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-guests")
@@ -88,12 +118,18 @@ fn instrumentation(c: &mut Criterion) {
         let read = |suffix: &str| std::fs::read(dir.join(format!("{guest}{suffix}.wasm"))).unwrap();
         let original = read("");
         let instrumented = instrument(&original, &options).unwrap().wasm;
-        let variants = [
+        let mut variants = vec![
             ("original", original.clone()),
             ("wasnap", instrumented),
             ("asyncify", read(".asyncify")),
             ("wasm-opt-O", read(".opt")),
         ];
+        if let Some(only) = only_functions(guest) {
+            variants.insert(
+                2,
+                ("wasnap-only", instrument(&original, &only).unwrap().wasm),
+            );
+        }
 
         eprintln!("{guest}: module and code-section sizes in bytes");
         for (name, wasm) in &variants {

@@ -20,6 +20,11 @@ pub struct Instrument {
     /// (`wasnap.yield` and `wasnap.switch` always suspend).
     #[arg(long = "suspend", value_name = "PATTERN")]
     suspend: Vec<String>,
+    /// Only functions named like this (`*` wildcards; repeatable) may be on
+    /// the stack when the module suspends, like Binaryen's
+    /// `asyncify-onlylist`; a suspension through any other function traps.
+    #[arg(long = "only", value_name = "PATTERN")]
+    only: Vec<String>,
 }
 
 impl Instrument {
@@ -29,6 +34,7 @@ impl Instrument {
             .suspend
             .into_iter()
             .fold(Options::default(), Options::suspending);
+        let options = self.only.into_iter().fold(options, Options::only_functions);
         let output =
             instrument(&wasm, &options).with_context(|| format!("{}", self.module.display()))?;
         std::fs::write(&self.output, &output.wasm)

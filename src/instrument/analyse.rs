@@ -42,6 +42,10 @@ pub(crate) struct Module<'a> {
     pub can_suspend: Vec<bool>,
     /// Whether an indirect call of a given signature can suspend.
     pub suspending_signatures: HashSet<FuncType>,
+    /// With [`Options::only_functions`]: what could suspend had the list
+    /// not narrowed it. Functions it marks but `can_suspend` does not get a
+    /// check after each call it says can suspend.
+    pub unnarrowed: Option<(Vec<bool>, HashSet<FuncType>)>,
     /// The shadow-stack pointer global, if one is known.
     pub stack_pointer_global: Option<u32>,
     /// Function names from the name section.
@@ -100,6 +104,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
         bodies: Vec::new(),
         can_suspend: Vec::new(),
         suspending_signatures: HashSet::new(),
+        unnarrowed: None,
         stack_pointer_global: None,
         function_names: BTreeMap::new(),
         export_names: HashSet::new(),
@@ -226,9 +231,18 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
         .iter()
         .map(|(m, n)| options.is_suspending(m, n))
         .collect();
-    let (can_suspend, signatures) = graph.propagate(&module, &suspending_imports);
-    module.can_suspend = can_suspend;
-    module.suspending_signatures = signatures;
+    let (can_suspend, signatures) = graph.propagate(&module, &suspending_imports, |_| true);
+    let narrowed = graph.propagate(&module, &suspending_imports, |f| {
+        options.may_suspend_in(module.function_names.get(&f).map(String::as_str))
+    });
+    if narrowed.0 != can_suspend {
+        module.can_suspend = narrowed.0;
+        module.suspending_signatures = narrowed.1;
+        module.unnarrowed = Some((can_suspend, signatures));
+    } else {
+        module.can_suspend = can_suspend;
+        module.suspending_signatures = signatures;
+    }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
     Ok(module)
@@ -369,11 +383,14 @@ impl CallGraph {
     }
 
     /// Marks every function that can reach a suspending import, and every
-    /// signature through which an indirect call can.
+    /// signature through which an indirect call can. Defined functions
+    /// `allowed` refuses are never marked, and nothing propagates through
+    /// them.
     fn propagate(
         &self,
         module: &Module,
         suspending_imports: &[bool],
+        allowed: impl Fn(u32) -> bool,
     ) -> (Vec<bool>, HashSet<FuncType>) {
         let mut can_suspend = vec![false; module.func_types.len()];
         let mut signatures: HashSet<FuncType> = HashSet::new();
@@ -393,7 +410,7 @@ impl CallGraph {
             }
         }
         let mark = |f: u32, work: &mut Vec<u32>, can_suspend: &mut Vec<bool>| {
-            if !can_suspend[f as usize] {
+            if !can_suspend[f as usize] && allowed(f) {
                 can_suspend[f as usize] = true;
                 work.push(f);
             }

@@ -21,7 +21,9 @@ use wasm_encoder::{
 use wasmparser::{Parser, Payload};
 
 use super::analyse::Module;
-use super::rewrite::{Additions, FrameHelper, FrameHelpers, NewTypes, frame_helper_body, rewrite};
+use super::rewrite::{
+    Additions, FrameHelper, FrameHelpers, NewTypes, frame_helper_body, guard_calls, rewrite,
+};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -99,6 +101,10 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
             )?;
             code.function(&rewritten.body);
             metadata.frames.insert(index, rewritten.layout);
+        } else if let Some((could_suspend, _)) = &module.unnarrowed
+            && could_suspend[index as usize]
+        {
+            code.function(&guard_calls(&module, &body, &additions)?);
         } else {
             code.raw(&wasm[body.range()]);
         }

@@ -75,13 +75,16 @@ pub const STATE_REWINDING: i32 = 2;
 #[derive(Clone, Debug)]
 pub struct Options {
     suspending_imports: Vec<String>,
+    suspending_functions: Vec<String>,
 }
 
 impl Default for Options {
-    /// The guest ABI's suspending imports: `wasnap.yield` and `wasnap.switch`.
+    /// The guest ABI's suspending imports: `wasnap.yield` and `wasnap.switch`;
+    /// any function that can reach one of them may suspend.
     fn default() -> Self {
         Options {
             suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
+            suspending_functions: Vec::new(),
         }
     }
 }
@@ -97,6 +100,35 @@ impl Options {
     /// The patterns of suspending imports, `module.name` with `*` wildcards.
     pub fn suspending_imports(&self) -> &[String] {
         &self.suspending_imports
+    }
+
+    /// Declares that only functions named like `pattern` (`*` wildcards,
+    /// names from the name section; call it once per pattern) can be on
+    /// the stack when the module suspends, as Binaryen's
+    /// `asyncify-onlylist` does.
+    ///
+    /// An indirect call is assumed to reach every function of its
+    /// signature that can suspend, so in a program that calls through
+    /// function pointers everywhere (an allocator, a plug-in table) nearly
+    /// every function would otherwise be instrumented. The others are left
+    /// as they were, except for a check after each call that could
+    /// suspend: if a suspension does come through one of them, the module
+    /// traps and the engine says so, instead of resuming into a frame that
+    /// was never saved.
+    pub fn only_functions(mut self, pattern: impl Into<String>) -> Self {
+        self.suspending_functions.push(pattern.into());
+        self
+    }
+
+    /// Whether a function with this name may be on the stack when the
+    /// module suspends: always, unless [`Self::only_functions`] narrowed it.
+    pub fn may_suspend_in(&self, name: Option<&str>) -> bool {
+        self.suspending_functions.is_empty()
+            || name.is_some_and(|name| {
+                self.suspending_functions
+                    .iter()
+                    .any(|pattern| wildcard_match(pattern, name))
+            })
     }
 
     /// Whether the import `module.name` is suspending under these options.

@@ -349,6 +349,56 @@ pub(crate) fn rewrite(
     })
 }
 
+/// Copies the body of a function that [`super::Options::only_functions`]
+/// keeps from suspending although it could, adding after each call that
+/// could suspend a check that traps if the call did start an unwind: the
+/// function's frame would not be saved, so resuming would be wrong.
+///
+/// ```wat
+/// call_indirect (type $t)        call_indirect (type $t)
+///                                (if (global.get $state) (then unreachable))
+/// ```
+pub(crate) fn guard_calls(
+    module: &Module,
+    body: &FunctionBody<'_>,
+    additions: &Additions,
+) -> Result<Function> {
+    let (can_suspend, signatures) = module
+        .unnarrowed
+        .as_ref()
+        .expect("only narrowed modules have guarded functions");
+    let mut locals = Vec::new();
+    for local in body.get_locals_reader()? {
+        let (count, ty) = local?;
+        locals.push((count, RoundtripReencoder.val_type(ty)?));
+    }
+    let mut function = Function::new(locals);
+    let mut reader = body.get_operators_reader()?;
+    while !reader.eof() {
+        let op = reader.read()?;
+        let could_suspend = match op {
+            Operator::Call { function_index } => can_suspend[function_index as usize],
+            Operator::CallIndirect { type_index, .. } | Operator::CallRef { type_index } => module
+                .types[type_index as usize]
+                .as_ref()
+                .is_some_and(|ty| signatures.contains(ty)),
+            _ => false,
+        };
+        function.instruction(&RoundtripReencoder.instruction(op)?);
+        if could_suspend {
+            for instruction in [
+                Instruction::GlobalGet(additions.state_global),
+                Instruction::If(BlockType::Empty),
+                Instruction::Unreachable,
+                Instruction::End,
+            ] {
+                function.instruction(&instruction);
+            }
+        }
+    }
+    Ok(function)
+}
+
 /// Finds suspending calls and the constructs that contain them.
 fn classify(module: &Module, ops: &[(Operator, usize)]) -> Result<Vec<Role>> {
     let mut roles = vec![Role::Plain; ops.len()];

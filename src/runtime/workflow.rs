@@ -273,6 +273,17 @@ impl Workflow {
                         None => bail!("the workflow was interrupted"),
                     }
                 }
+                // A trap while unwinding is the check after a call in a
+                // function the instrumentation options kept from suspending.
+                None if self.handles().unwinder.state(&mut self.store).ok()
+                    == Some(STATE_UNWINDING) =>
+                {
+                    let function = innermost_function(&error);
+                    Err(anyhow::Error::from(error).context(format!(
+                        "the workflow suspended inside {function}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}"
+                    )))
+                }
+
                 None => Err(anyhow::Error::from(error)
                     .context(format!("the workflow trapped in coroutine {id}"))),
             },
@@ -402,4 +413,19 @@ enum Exit {
     Returned,
     /// WASI `proc_exit` with this status.
     Status(i32),
+}
+
+/// The name (or index) of the innermost Wasm function in a trap's
+/// backtrace, for error messages.
+fn innermost_function(error: &wasmtime::Error) -> String {
+    let frame = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|backtrace| backtrace.frames().first());
+    match frame {
+        Some(frame) => match frame.func_name() {
+            Some(name) => format!("function {} ({name})", frame.func_index()),
+            None => format!("function {}", frame.func_index()),
+        },
+        None => "a function".to_string(),
+    }
 }

@@ -120,3 +120,36 @@ fn modules_that_cannot_run_are_refused_when_loaded() {
     let error = message(engine.load(&unknown_import));
     assert!(error.contains("elsewhere"), "{error}");
 }
+
+#[test]
+fn a_suspension_through_a_function_left_uninstrumented_is_a_clear_error() {
+    // `$relay` calls the suspending callback, but the options say only
+    // `run` and `on_*` can be on the stack at a suspension.
+    let wasm = wat::parse_str(
+        r#"(module
+             (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+             (type $callback (func (param i32) (result i32)))
+             (memory (export "memory") 1)
+             (table 1 funcref)
+             (elem (i32.const 0) $on_progress)
+             (func $on_progress (type $callback)
+               (call $yield (local.get 0) (i32.const 0)))
+             (func $relay (param i32) (result i32)
+               (call_indirect (type $callback) (local.get 0) (i32.const 0)))
+             (func $run (export "run") (drop (call $relay (i32.const 0)))))"#,
+    )
+    .unwrap();
+    let options = wasnap::instrument::Options::default()
+        .only_functions("run")
+        .only_functions("on_*");
+    let engine = Engine::with_options(options).unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let error = message(workflow.run());
+    assert!(
+        error.contains(
+            "suspended inside function 2 (relay), which its instrumentation options say never suspends"
+        ),
+        "{error}"
+    );
+}

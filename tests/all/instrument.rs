@@ -23,6 +23,33 @@ fn fixture(name: &str) -> Vec<u128> {
 }
 
 #[test]
+fn only_listed_functions_are_instrumented() {
+    let path = format!(
+        "{}/tests/fixtures/only_functions.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let wasm = wat::parse_file(&path).unwrap();
+    let instrumented_names = |options: &Options| -> Vec<String> {
+        let metadata = instrument(&wasm, options).unwrap().metadata;
+        let names = metadata
+            .frames
+            .keys()
+            .map(|f| metadata.function_names[f].clone());
+        names.collect()
+    };
+    assert_eq!(
+        instrumented_names(&options()),
+        ["on_progress", "size_of", "run"]
+    );
+    let narrowed = options().only_functions("run").only_functions("on_*");
+    assert_eq!(instrumented_names(&narrowed), ["on_progress", "run"]);
+
+    let report = differential(&wasm, &narrowed).unwrap().unwrap();
+    assert_eq!(report.suspensions, 1);
+    assert_eq!(report.suspended.outcomes, [Ok(vec![60])]);
+}
+
+#[test]
 fn values_below_nested_blocks_survive() {
     assert_eq!(fixture("nested_blocks"), [1126]);
 }

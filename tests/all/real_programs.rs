@@ -14,6 +14,7 @@
 
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasnap::instrument::Options;
 use wasnap::runtime::Captured;
 use wasnap::snapshot::file;
 use wasnap::{Config, Engine, Output, Step};
@@ -60,6 +61,31 @@ fn plain_run(wasm: &[u8]) -> Vec<u8> {
 
 #[test]
 fn sqlite_suspended_at_every_progress_call_prints_what_a_plain_run_prints() {
+    sqlite_suspends_everywhere(Engine::new().unwrap());
+}
+
+/// The same, with the instrumentation narrowed to the functions that are on
+/// the stack when SQLite's progress handler runs: the rest of SQLite is left
+/// as it was, and a suspension must still resume exactly.
+#[test]
+fn sqlite_instrumented_only_on_its_suspension_path_prints_the_same() {
+    let path = [
+        "_start*",
+        "__original_main",
+        "exec",
+        "query",
+        "checkpoint",
+        "sqlite3_exec",
+        "sqlite3_step",
+        "sqlite3VdbeExec",
+    ];
+    let options = path
+        .into_iter()
+        .fold(Options::default(), Options::only_functions);
+    sqlite_suspends_everywhere(Engine::with_options(options).unwrap());
+}
+
+fn sqlite_suspends_everywhere(engine: Engine) {
     let wasm = bench_guest("sqlite");
     let expected = plain_run(&wasm);
     assert!(
@@ -68,7 +94,6 @@ fn sqlite_suspended_at_every_progress_call_prints_what_a_plain_run_prints() {
         String::from_utf8_lossy(&expected)
     );
 
-    let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
     let captured = Captured::default();
     let config = || Config::default().stdout(Output::Capture(captured.clone()));

@@ -167,8 +167,8 @@ pub enum Verdict {
 /// Why the instrumenter may refuse a wasm-smith module: values that cannot
 /// be written to the stack memory. Any other refusal is a bug.
 fn acceptable_refusal(message: &str) -> Option<&'static str> {
-    if message.contains("has a local of type") && message.contains("cannot be saved") {
-        Some("reference-typed local in a suspending function")
+    if message.contains("after a suspending call") && message.contains("cannot be saved") {
+        Some("reference-typed local live across a suspension")
     } else if message.contains("on the operand stack across a suspending call")
         && message.contains("cannot be saved")
     {
