@@ -1,6 +1,7 @@
-//! Instrumentation: how long it takes, how much code it adds, and what it
-//! costs at run time when no suspension is taken, next to the original
-//! module and to Binaryen's `wasm-opt --asyncify -O` on the same inputs.
+//! Instrumentation: how long it takes, how much code it adds, how long
+//! wasmtime takes to compile the result, and what it costs at run time
+//! when no suspension is taken, next to the original module and to
+//! Binaryen's `wasm-opt --asyncify -O` on the same inputs.
 //!
 //! The guests are C programs built by `scripts/build-bench-guests` into
 //! `target/bench-guests/` (a compute kernel that calls `wasnap.yield` from
@@ -144,6 +145,16 @@ fn instrumentation(c: &mut Criterion) {
         group.bench_function("wasnap", |b| {
             b.iter(|| black_box(instrument(&original, &options).unwrap()))
         });
+        group.finish();
+
+        // Compiling each variant with wasmtime: what loading costs once
+        // the module is instrumented.
+        let mut group = c.benchmark_group(format!("instrument_compile/{guest}"));
+        for (name, wasm) in &variants {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| black_box(Module::new(&engine, wasm).unwrap()))
+            });
+        }
         group.finish();
 
         let compiled: Vec<(&str, Module)> = variants
