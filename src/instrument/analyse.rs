@@ -2,20 +2,28 @@
 //! and find every function that can reach a suspending import.
 //!
 //! A function can suspend when it calls a suspending import, calls a
-//! function that can suspend, or makes an indirect call (`call_indirect`,
-//! `call_ref`) whose signature matches a function that can suspend and that
-//! the program can take a reference to (it sits in an element segment, is
-//! named by `ref.func`, or is exported). This is narrower than treating
-//! every indirect call as suspending, and still sound: a function nobody can
-//! reference cannot be called indirectly.
+//! function that can suspend, or makes an indirect call that can reach a
+//! function that can suspend, of the same signature:
+//!
+//! - a `call_indirect` on table T reaches the functions that T's active
+//!   element segments place in it, or, when T is *open* (imported,
+//!   exported, or written at run time by `table.set`, `table.grow`,
+//!   `table.fill`, `table.copy` or `table.init`), any function the program
+//!   can take a reference to (in an element segment, named by `ref.func`,
+//!   or exported);
+//! - a `call_ref` reaches any function the program can take a reference to.
+//!
+//! This is narrower than treating every indirect call as suspending, and
+//! still sound: a function nobody can reference cannot be called
+//! indirectly, and a closed table holds only what its segments put there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result, anyhow, bail};
 use wasmparser::{
-    ElementItems, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType, KnownCustom,
-    MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload, Validator,
-    ValidatorResources, WasmFeatures,
+    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType,
+    KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload,
+    Validator, ValidatorResources, WasmFeatures,
 };
 
 use super::Options;
@@ -40,12 +48,13 @@ pub(crate) struct Module<'a> {
     pub bodies: Vec<(FunctionBody<'a>, FuncToValidate<ValidatorResources>)>,
     /// Whether each function (imports first) can suspend.
     pub can_suspend: Vec<bool>,
-    /// Whether an indirect call of a given signature can suspend.
-    pub suspending_signatures: HashSet<FuncType>,
+    /// The indirect calls that can suspend: by signature, and by table
+    /// (`None` for `call_ref`).
+    pub suspending_targets: HashSet<IndirectTarget>,
     /// With [`Options::only_functions`]: what could suspend had the list
     /// not narrowed it. Functions it marks but `can_suspend` does not get a
     /// check after each call it says can suspend.
-    pub unnarrowed: Option<(Vec<bool>, HashSet<FuncType>)>,
+    pub unnarrowed: Option<(Vec<bool>, HashSet<IndirectTarget>)>,
     /// The shadow-stack pointer global, if one is known.
     pub stack_pointer_global: Option<u32>,
     /// Function names from the name section.
@@ -72,14 +81,26 @@ impl Module<'_> {
         }
     }
 
-    /// Whether a `call_indirect` or `call_ref` with signature `type_index`
-    /// can reach a suspending function.
-    pub fn indirect_can_suspend(&self, type_index: u32) -> bool {
-        match &self.types[type_index as usize] {
-            Some(ty) => self.suspending_signatures.contains(ty),
-            None => false,
-        }
+    /// Whether a `call_indirect` on `table` (`None`: a `call_ref`) with
+    /// signature `type_index` can reach a suspending function.
+    pub fn indirect_can_suspend(&self, type_index: u32, table: Option<u32>) -> bool {
+        self.indirect_target(type_index, table)
+            .is_some_and(|target| self.suspending_targets.contains(&target))
     }
+
+    /// The key of an indirect call in `suspending_targets`.
+    pub fn indirect_target(&self, type_index: u32, table: Option<u32>) -> Option<IndirectTarget> {
+        let signature = self.types[type_index as usize].clone()?;
+        Some(IndirectTarget { signature, table })
+    }
+}
+
+/// What an indirect call can reach: functions of one signature, in one
+/// table (`None`: any function a reference can be taken to, for `call_ref`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct IndirectTarget {
+    pub signature: FuncType,
+    pub table: Option<u32>,
 }
 
 /// The features wasnap accepts in its input: what compilers emit today.
@@ -103,7 +124,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
         tables: Vec::new(),
         bodies: Vec::new(),
         can_suspend: Vec::new(),
-        suspending_signatures: HashSet::new(),
+        suspending_targets: HashSet::new(),
         unnarrowed: None,
         stack_pointer_global: None,
         function_names: BTreeMap::new(),
@@ -140,7 +161,10 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
                             module.imported_globals += 1;
                         }
                         TypeRef::Memory(ty) => module.memories.push(ty),
-                        TypeRef::Table(ty) => module.tables.push(ty),
+                        TypeRef::Table(ty) => {
+                            graph.open_tables.insert(module.tables.len() as u32);
+                            module.tables.push(ty);
+                        }
                         TypeRef::Tag(_) => bail!(refusal("exception handling", "an imported tag")),
                         _ => bail!(
                             "unsupported import kind for {}.{}",
@@ -185,6 +209,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
                         ExternalKind::Func => {
                             graph.referenceable.insert(export.index);
                         }
+                        ExternalKind::Table => {
+                            graph.open_tables.insert(export.index);
+                        }
                         // AssemblyScript names its shadow stack by export.
                         ExternalKind::Global if export.name == "__stack_pointer" => {
                             global_names.insert(export.index, export.name.to_string());
@@ -195,7 +222,12 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
             }
             Payload::ElementSection(reader) => {
                 for element in reader {
-                    graph.add_element_items(element?.items)?;
+                    let element = element?;
+                    let table = match element.kind {
+                        ElementKind::Active { table_index, .. } => Some(table_index.unwrap_or(0)),
+                        _ => None,
+                    };
+                    graph.add_element_items(table, element.items)?;
                 }
             }
             Payload::CodeSectionEntry(body) => {
@@ -231,17 +263,17 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
         .iter()
         .map(|(m, n)| options.is_suspending(m, n))
         .collect();
-    let (can_suspend, signatures) = graph.propagate(&module, &suspending_imports, |_| true);
+    let (can_suspend, targets) = graph.propagate(&module, &suspending_imports, |_| true);
     let narrowed = graph.propagate(&module, &suspending_imports, |f| {
         options.may_suspend_in(module.function_names.get(&f).map(String::as_str))
     });
     if narrowed.0 != can_suspend {
         module.can_suspend = narrowed.0;
-        module.suspending_signatures = narrowed.1;
-        module.unnarrowed = Some((can_suspend, signatures));
+        module.suspending_targets = narrowed.1;
+        module.unnarrowed = Some((can_suspend, targets));
     } else {
         module.can_suspend = can_suspend;
-        module.suspending_signatures = signatures;
+        module.suspending_targets = targets;
     }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
@@ -315,10 +347,16 @@ fn find_stack_pointer(module: &Module, global_names: &HashMap<u32, String>) -> O
 struct CallGraph {
     /// For each callee, the functions that call it directly.
     callers: HashMap<u32, Vec<u32>>,
-    /// For each signature (type index), the functions that call it indirectly.
-    indirect_callers: HashMap<u32, Vec<u32>>,
+    /// For each signature (type index) and table (`None` for `call_ref`),
+    /// the functions that call through it indirectly.
+    indirect_callers: HashMap<u32, HashMap<Option<u32>, Vec<u32>>>,
     /// Functions whose reference the program can take.
     referenceable: HashSet<u32>,
+    /// The functions each table's active element segments place in it.
+    table_members: HashMap<u32, HashSet<u32>>,
+    /// Tables that can hold any referenceable function: imported,
+    /// exported or written at run time.
+    open_tables: HashSet<u32>,
     /// The first function using a feature that cannot be snapshotted.
     unsupported: Vec<(u32, &'static str)>,
     /// Whether any function writes a table.
@@ -326,22 +364,32 @@ struct CallGraph {
 }
 
 impl CallGraph {
-    fn add_element_items(&mut self, items: ElementItems<'_>) -> Result<()> {
+    /// Records the functions of an element segment, placed in `table` when
+    /// the segment is active.
+    fn add_element_items(&mut self, table: Option<u32>, items: ElementItems<'_>) -> Result<()> {
+        let mut functions = Vec::new();
         match items {
-            ElementItems::Functions(functions) => {
-                for function in functions {
-                    self.referenceable.insert(function?);
+            ElementItems::Functions(reader) => {
+                for function in reader {
+                    functions.push(function?);
                 }
             }
             ElementItems::Expressions(_, expressions) => {
                 for expression in expressions {
                     for op in expression?.get_operators_reader() {
                         if let Operator::RefFunc { function_index } = op? {
-                            self.referenceable.insert(function_index);
+                            functions.push(function_index);
                         }
                     }
                 }
             }
+        }
+        self.referenceable.extend(&functions);
+        if let Some(table) = table {
+            self.table_members
+                .entry(table)
+                .or_default()
+                .extend(functions);
         }
         Ok(())
     }
@@ -355,22 +403,30 @@ impl CallGraph {
                     .entry(function_index)
                     .or_default()
                     .push(function),
-                Operator::CallIndirect { type_index, .. }
-                | Operator::ReturnCallIndirect { type_index, .. }
-                | Operator::CallRef { type_index }
-                | Operator::ReturnCallRef { type_index } => self
-                    .indirect_callers
-                    .entry(type_index)
-                    .or_default()
-                    .push(function),
+                Operator::CallIndirect {
+                    type_index,
+                    table_index,
+                }
+                | Operator::ReturnCallIndirect {
+                    type_index,
+                    table_index,
+                } => self.add_indirect_caller(function, type_index, Some(table_index)),
+                Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index } => {
+                    self.add_indirect_caller(function, type_index, None)
+                }
                 Operator::RefFunc { function_index } => {
                     self.referenceable.insert(function_index);
                 }
-                Operator::TableSet { .. }
-                | Operator::TableGrow { .. }
-                | Operator::TableFill { .. }
-                | Operator::TableCopy { .. }
-                | Operator::TableInit { .. } => self.writes_tables = true,
+                Operator::TableSet { table }
+                | Operator::TableGrow { table }
+                | Operator::TableFill { table }
+                | Operator::TableInit { table, .. }
+                | Operator::TableCopy {
+                    dst_table: table, ..
+                } => {
+                    self.writes_tables = true;
+                    self.open_tables.insert(table);
+                }
                 _ => {}
             }
             if self.unsupported.is_empty()
@@ -382,8 +438,29 @@ impl CallGraph {
         Ok(())
     }
 
+    fn add_indirect_caller(&mut self, caller: u32, type_index: u32, table: Option<u32>) {
+        let by_table = self.indirect_callers.entry(type_index).or_default();
+        by_table.entry(table).or_default().push(caller);
+    }
+
+    /// Whether an indirect call on `table` (`None`: `call_ref`) can reach
+    /// `function`, signatures aside.
+    fn reaches(&self, table: Option<u32>, function: u32) -> bool {
+        let referenceable = self.referenceable.contains(&function);
+        match table {
+            None => referenceable,
+            Some(table) => {
+                (referenceable && self.open_tables.contains(&table))
+                    || self
+                        .table_members
+                        .get(&table)
+                        .is_some_and(|members| members.contains(&function))
+            }
+        }
+    }
+
     /// Marks every function that can reach a suspending import, and every
-    /// signature through which an indirect call can. Defined functions
+    /// indirect-call target (signature and table) through which a call can. Defined functions
     /// `allowed` refuses are never marked, and nothing propagates through
     /// them.
     fn propagate(
@@ -391,9 +468,9 @@ impl CallGraph {
         module: &Module,
         suspending_imports: &[bool],
         allowed: impl Fn(u32) -> bool,
-    ) -> (Vec<bool>, HashSet<FuncType>) {
+    ) -> (Vec<bool>, HashSet<IndirectTarget>) {
         let mut can_suspend = vec![false; module.func_types.len()];
-        let mut signatures: HashSet<FuncType> = HashSet::new();
+        let mut targets: HashSet<IndirectTarget> = HashSet::new();
         let mut work: Vec<u32> = Vec::new();
         for (index, &suspends) in suspending_imports.iter().enumerate() {
             if suspends {
@@ -423,16 +500,29 @@ impl CallGraph {
                 continue;
             }
             let signature = module.func_type(callee);
-            if !signatures.insert(signature.clone()) {
-                continue;
-            }
             for type_index in &types_by_signature[signature] {
-                for &caller in self.indirect_callers.get(type_index).into_iter().flatten() {
-                    mark(caller, &mut work, &mut can_suspend);
+                let Some(by_table) = self.indirect_callers.get(type_index) else {
+                    continue;
+                };
+                for (&table, callers) in by_table {
+                    if !self.reaches(table, callee) {
+                        continue;
+                    }
+                    // Each target's callers need marking once.
+                    let target = IndirectTarget {
+                        signature: signature.clone(),
+                        table,
+                    };
+                    if !targets.insert(target) {
+                        continue;
+                    }
+                    for &caller in callers {
+                        mark(caller, &mut work, &mut can_suspend);
+                    }
                 }
             }
         }
-        (can_suspend, signatures)
+        (can_suspend, targets)
     }
 }
 

@@ -366,10 +366,15 @@ pub(crate) fn guard_calls(
     body: &FunctionBody<'_>,
     additions: &Additions,
 ) -> Result<Function> {
-    let (can_suspend, signatures) = module
+    let (can_suspend, targets) = module
         .unnarrowed
         .as_ref()
         .expect("only narrowed modules have guarded functions");
+    let indirect = |type_index: u32, table: Option<u32>| {
+        module
+            .indirect_target(type_index, table)
+            .is_some_and(|target| targets.contains(&target))
+    };
     let mut locals = Vec::new();
     for local in body.get_locals_reader()? {
         let (count, ty) = local?;
@@ -381,10 +386,11 @@ pub(crate) fn guard_calls(
         let op = reader.read()?;
         let could_suspend = match op {
             Operator::Call { function_index } => can_suspend[function_index as usize],
-            Operator::CallIndirect { type_index, .. } | Operator::CallRef { type_index } => module
-                .types[type_index as usize]
-                .as_ref()
-                .is_some_and(|ty| signatures.contains(ty)),
+            Operator::CallIndirect {
+                type_index,
+                table_index,
+            } => indirect(type_index, Some(table_index)),
+            Operator::CallRef { type_index } => indirect(type_index, None),
             _ => false,
         };
         function.instruction(&RoundtripReencoder.instruction(op)?);
@@ -409,17 +415,29 @@ fn classify(module: &Module, ops: &[(Operator, usize)]) -> Result<Vec<Role>> {
     for (i, (op, _)) in ops.iter().enumerate() {
         let suspends = match *op {
             Operator::Call { function_index } => module.can_suspend[function_index as usize],
-            Operator::CallIndirect { type_index, .. } => module.indirect_can_suspend(type_index),
+            Operator::CallIndirect {
+                type_index,
+                table_index,
+            } => module.indirect_can_suspend(type_index, Some(table_index)),
             Operator::ReturnCall { function_index } => {
                 if module.can_suspend[function_index as usize] {
                     bail!("a tail call (return_call) can suspend, which wasnap cannot instrument")
                 }
                 false
             }
-            Operator::ReturnCallIndirect { type_index, .. }
-            | Operator::CallRef { type_index }
-            | Operator::ReturnCallRef { type_index } => {
-                if module.indirect_can_suspend(type_index) {
+            Operator::ReturnCallIndirect {
+                type_index,
+                table_index,
+            } => {
+                if module.indirect_can_suspend(type_index, Some(table_index)) {
+                    bail!(
+                        "a tail call (return_call_indirect) can suspend, which wasnap cannot instrument"
+                    )
+                }
+                false
+            }
+            Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index } => {
+                if module.indirect_can_suspend(type_index, None) {
                     bail!("a call_ref or tail call can suspend, which wasnap cannot instrument")
                 }
                 false

@@ -113,6 +113,23 @@ fn functions_that_cannot_suspend_are_left_alone() {
 }
 
 #[test]
+fn indirect_calls_are_narrowed_per_table() {
+    let path = format!(
+        "{}/tests/fixtures/two_tables.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let wasm = wat::parse_file(&path).unwrap();
+    let metadata = instrument(&wasm, &options()).unwrap().metadata;
+    let instrumented: Vec<&str> = metadata
+        .frames
+        .keys()
+        .map(|f| metadata.function_names[f].as_str())
+        .collect();
+    assert_eq!(instrumented, ["wait", "notify", "open", "run"]);
+    assert_eq!(fixture("two_tables"), [53]);
+}
+
+#[test]
 fn output_is_deterministic() {
     let wasm = wat::parse_file(format!(
         "{}/tests/fixtures/branches.wat",
