@@ -3,10 +3,13 @@
 //! when no suspension is taken, next to the original module and to
 //! Binaryen's `wasm-opt --asyncify -O` on the same inputs.
 //!
-//! The guests are C programs built by `scripts/build-bench-guests` into
-//! `target/bench-guests/` (a compute kernel that calls `wasnap.yield` from
-//! its hot loop, and SQLite running an analytics job whose progress handler
-//! calls it). Without them this bench says so and measures nothing.
+//! The guests are built by `scripts/build-bench-guests` into
+//! `target/bench-guests/`: a compute kernel that calls `wasnap.yield` from
+//! its hot loop, in C (`compute`) and in Rust (`rust-compute`); SQLite
+//! running an analytics job whose progress handler calls it (`sqlite`);
+//! and a Rust workflow parsing JSON records with serde_json and matching
+//! them with regex (`json`). Without them this bench says so and measures
+//! nothing.
 //!
 //! Every variant runs in plain wasmtime, on the same engine, with a host
 //! whose `wasnap.yield` returns 0 at once: nothing ever unwinds, so the run
@@ -34,7 +37,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasnap::instrument::{Options, instrument};
 
-const GUESTS: &[&str] = &["compute", "sqlite"];
+const GUESTS: &[&str] = &["compute", "sqlite", "rust-compute", "json"];
 
 /// For each guest, the functions that can be on its stack when it suspends:
 /// SQLite's progress handler is called from the virtual machine's loop,

@@ -9,7 +9,7 @@
 //! program prints must equal a plain run of the original module in
 //! wasmtime, where `wasnap.yield` returns at once.
 //!
-//! The module comes from `scripts/build-bench-guests --no-binaryen` (run
+//! The module comes from `scripts/build-bench-guests --tests` (run
 //! by `.ci/run`); a missing module fails the test with that hint.
 
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -29,7 +29,7 @@ fn bench_guest(name: &str) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|_| {
-        panic!("{path} is missing: build it with scripts/build-bench-guests --no-binaryen")
+        panic!("{path} is missing: build it with scripts/build-bench-guests --tests")
     })
 }
 
