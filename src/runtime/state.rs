@@ -1,6 +1,8 @@
 //! Copying an instance's memories, globals and tables to and from the
 //! engine-neutral snapshot form.
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result, bail};
 use wasmtime::{Instance, Memory, Store, V128, Val};
 
@@ -14,25 +16,74 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
         .expect("the instrumenter exports every memory")
 }
 
-/// Every memory as its size and non-zero pages.
+/// The pages of a workflow's memories as of its last capture or restore,
+/// by memory and page index (`None`: all zeros then).
+///
+/// How a capture finds the pages that changed: it compares each page with
+/// the one kept here, and shares the kept copy when they are equal. A
+/// comparison reads the page once and stops at its first difference; it
+/// is several times faster than hashing the page, and, unlike the
+/// kernel's soft-dirty bits (cleared for a whole process at a time, and
+/// absent from many kernels) or write-protecting the memory (a fault per
+/// first write, in signal handlers that wasmtime owns), it needs nothing
+/// from the platform. The copies cost no memory of their own: they are the
+/// pages of the last snapshot, which the caller or the store holds anyway.
+#[derive(Default)]
+pub(crate) struct PageHistory {
+    memories: Vec<Vec<Option<Arc<[u8]>>>>,
+}
+
+impl PageHistory {
+    /// The history of a workflow whose memories were just made equal to
+    /// `images`.
+    pub(crate) fn of(images: &[MemoryImage]) -> PageHistory {
+        let memories = images
+            .iter()
+            .map(|image| {
+                let mut pages = vec![None; image.page_count as usize];
+                for page in &image.pages {
+                    pages[page.index as usize] = Some(Arc::clone(&page.data));
+                }
+                pages
+            })
+            .collect();
+        PageHistory { memories }
+    }
+}
+
+/// Every memory as its size and non-zero pages. Pages equal to those of
+/// `history` are shared with it rather than copied; `history` becomes this
+/// capture.
 pub(crate) fn capture_memories(
     store: &mut Store<HostState>,
     instance: &Instance,
     metadata: &Metadata,
+    history: &mut PageHistory,
 ) -> Vec<MemoryImage> {
+    history
+        .memories
+        .resize_with(metadata.memory_count as usize, Vec::new);
     (0..metadata.memory_count)
         .map(|index| {
             let memory = memory(store, instance, index);
             let data = memory.data(&*store);
-            let pages = data
-                .chunks_exact(PAGE_SIZE)
-                .enumerate()
-                .filter(|(_, page)| !is_zero(page))
-                .map(|(index, page)| Page {
-                    index: index as u32,
-                    data: page.to_vec(),
-                })
-                .collect();
+            let kept = &mut history.memories[index as usize];
+            kept.resize(data.len() / PAGE_SIZE, None);
+            let mut pages = Vec::new();
+            for ((page_index, page), kept) in data.chunks_exact(PAGE_SIZE).enumerate().zip(kept) {
+                let data = match kept {
+                    Some(old) if **old == *page => Arc::clone(old),
+                    _ if is_zero(page) => {
+                        *kept = None;
+                        continue;
+                    }
+                    _ => Arc::clone(kept.insert(Arc::from(page))),
+                };
+                pages.push(Page {
+                    index: page_index as u32,
+                    data,
+                });
+            }
             MemoryImage {
                 page_count: (data.len() / PAGE_SIZE) as u64,
                 pages,

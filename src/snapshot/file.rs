@@ -425,7 +425,7 @@ fn read_memory(r: &mut Reader) -> Result<MemoryImage> {
     let pages = (0..r.count(4 + PAGE_SIZE)?)
         .map(|_| {
             let index = r.u32()?;
-            let data = r.raw(PAGE_SIZE)?.to_vec();
+            let data = r.raw(PAGE_SIZE)?.into();
             Ok(Page { index, data })
         })
         .collect::<Result<_>>()?;
@@ -484,11 +484,11 @@ pub(crate) mod tests {
                     pages: vec![
                         Page {
                             index: 0,
-                            data: page,
+                            data: page.into(),
                         },
                         Page {
                             index: 16,
-                            data: other.clone(),
+                            data: other.clone().into(),
                         },
                     ],
                 },
@@ -496,7 +496,7 @@ pub(crate) mod tests {
                     page_count: 1,
                     pages: vec![Page {
                         index: 0,
-                        data: other,
+                        data: other.into(),
                     }],
                 },
             ],
@@ -636,7 +636,8 @@ pub(crate) mod tests {
         s.memories[1].page_count = 0;
         assert!(encode(&s, None).is_err());
         let mut s = sample();
-        s.memories[0].pages[0].data.pop();
+        let short = &s.memories[0].pages[0].data[..PAGE_SIZE - 1];
+        s.memories[0].pages[0].data = short.into();
         assert!(encode(&s, None).is_err());
     }
 

@@ -12,7 +12,8 @@
 //! 64 KiB page fills exactly; SHA-256 is several times slower, and fast
 //! non-cryptographic hashes give no guarantee against collisions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, params};
@@ -33,22 +34,35 @@ pub(super) struct HashedPage<'a> {
     pub hash: [u8; 32],
 }
 
-/// How many pages a [`PageCache`] keeps (64 MiB): beyond that, memory spent
-/// on copies would outweigh the hashing it saves.
+/// A page's place: (memory index, page index).
+type PageKey = (u32, u32);
+
+/// How many pages a [`PageCache`] keeps (64 MiB): it shares them with the
+/// snapshots it saw, but keeps them alive after those are gone.
 const CACHE_PAGES: usize = 1024;
 
-/// The names of the pages last committed through one store handle, with
-/// their contents, by (memory, page index), for one instance at a time.
+/// The names of the pages last committed or loaded through one store
+/// handle, with their contents, by (memory, page index), for one instance
+/// at a time; and which names are known to be stored.
 ///
-/// From one suspension to the next a workflow usually changes few pages.
-/// Comparing a page with its previous contents runs at memory speed, several
-/// times faster than hashing it, so only pages that changed are hashed. A
-/// name is a pure function of the contents, so the cache can never be
-/// wrong, only miss (after a branch, or a commit that was rolled back).
+/// From one suspension to the next a workflow usually changes few pages,
+/// and the snapshots of one workflow share the pages that did not change
+/// (see [`Page::data`]). A page that is the very one cached is named
+/// without reading it; one with equal contents after a comparison, which
+/// runs at memory speed, several times faster than hashing. Only pages that
+/// changed are hashed. A name is a pure function of the contents, so the
+/// cache can never be wrong, only miss (after a branch, or a commit that
+/// was rolled back).
 #[derive(Default)]
 pub(super) struct PageCache {
     instance: Option<InstanceId>,
-    entries: HashMap<(u32, u32), ([u8; 32], Vec<u8>)>,
+    entries: HashMap<PageKey, ([u8; 32], Arc<[u8]>)>,
+    /// The version of `instance` last committed or loaded, and the names
+    /// of its pages. Those pages are in the database for as long as that
+    /// version is: a commit whose parent is this version (checked inside
+    /// its transaction) need not look them up.
+    pub(super) version: Option<u32>,
+    pub(super) stored: HashSet<[u8; 32]>,
 }
 
 impl PageCache {
@@ -59,7 +73,7 @@ impl PageCache {
         let room = self.entries.len() < CACHE_PAGES;
         let cached = self.entries.get_mut(&key);
         if let Some((hash, data)) = &cached
-            && *data == page.data
+            && (Arc::ptr_eq(data, &page.data) || *data == page.data)
         {
             return Some(*hash);
         }
@@ -68,16 +82,42 @@ impl PageCache {
         }
         let hash = *blake3::hash(&page.data).as_bytes();
         match cached {
-            Some(entry) => {
-                entry.0 = hash;
-                entry.1.copy_from_slice(&page.data);
-            }
+            Some(entry) => *entry = (hash, Arc::clone(&page.data)),
             None if room => {
-                self.entries.insert(key, (hash, page.data.clone()));
+                self.entries.insert(key, (hash, Arc::clone(&page.data)));
             }
             None => {}
         }
         Some(hash)
+    }
+
+    /// Starts over when the pages to name belong to another instance.
+    fn switch_to(&mut self, instance: InstanceId) {
+        if self.instance != Some(instance) {
+            self.entries.clear();
+            self.version = None;
+            self.stored.clear();
+            self.instance = Some(instance);
+        }
+    }
+
+    /// Records that `version` of `instance`, holding `pages`, has just been
+    /// committed or read in a transaction.
+    pub(super) fn settle(&mut self, instance: InstanceId, version: u32, pages: &[HashedPage]) {
+        self.switch_to(instance);
+        self.version = Some(version);
+        self.stored = pages.iter().map(|p| p.hash).collect();
+        for p in pages {
+            let key = (p.memory, p.page.index);
+            if self.entries.len() < CACHE_PAGES || self.entries.contains_key(&key) {
+                self.entries.insert(key, (p.hash, Arc::clone(&p.page.data)));
+            }
+        }
+    }
+
+    /// The names known to be stored when a commit's parent is `parent`.
+    pub(super) fn stored_under(&self, parent: Option<u32>) -> Option<&HashSet<[u8; 32]>> {
+        (parent.is_some() && parent == self.version).then_some(&self.stored)
     }
 }
 
@@ -87,10 +127,7 @@ pub(super) fn hash_pages<'a>(
     instance: InstanceId,
     cache: &mut PageCache,
 ) -> Vec<HashedPage<'a>> {
-    if cache.instance != Some(instance) {
-        cache.entries.clear();
-        cache.instance = Some(instance);
-    }
+    cache.switch_to(instance);
     let mut named = Vec::new();
     for (m, memory) in memories.iter().zip(0u32..) {
         for page in &m.pages {
@@ -103,17 +140,19 @@ pub(super) fn hash_pages<'a>(
 }
 
 /// Stores the pages not stored yet and returns the bytes this added. A
-/// page already stored is neither compressed nor written again.
+/// page already stored is neither compressed nor written again; those
+/// named in `known` are known to be stored and not even looked up.
 pub(super) fn store_missing(
     conn: &Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
     pages: &[HashedPage],
+    known: Option<&HashSet<[u8; 32]>>,
 ) -> Result<u64> {
     let mut exists = conn.prepare_cached("SELECT 1 FROM pages WHERE hash = ?1")?;
     let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
     let mut added = 0;
     for p in pages {
-        if exists.exists([&p.hash])? {
+        if known.is_some_and(|k| k.contains(&p.hash)) || exists.exists([&p.hash])? {
             continue;
         }
         let data = compressor
@@ -137,8 +176,13 @@ pub(super) fn reference(conn: &Connection, version: i64, pages: &[HashedPage]) -
 }
 
 /// Fills `memories` (sizes known, no pages yet) with the pages of version
-/// row `version`, checking each page against its name.
-pub(super) fn load(conn: &Connection, version: i64, memories: &mut [MemoryImage]) -> Result<()> {
+/// row `version`, checking each page against its name. Returns the names,
+/// memory by memory and page by page.
+pub(super) fn load(
+    conn: &Connection,
+    version: i64,
+    memories: &mut [MemoryImage],
+) -> Result<Vec<[u8; 32]>> {
     let mut query = conn.prepare_cached(
         "SELECT vp.memory, vp.page_index, vp.hash, p.data
          FROM version_pages vp LEFT JOIN pages p ON p.hash = vp.hash
@@ -147,6 +191,7 @@ pub(super) fn load(conn: &Connection, version: i64, memories: &mut [MemoryImage]
     let mut rows = query.query([version])?;
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+    let mut names = Vec::new();
     while let Some(row) = rows.next()? {
         let memory: u32 = row.get(0)?;
         let index: u32 = row.get(1)?;
@@ -160,19 +205,24 @@ pub(super) fn load(conn: &Connection, version: i64, memories: &mut [MemoryImage]
             bail!("a page refers to memory {memory}, which the snapshot does not have");
         };
         image.pages.push(Page { index, data });
+        names.push(hash);
     }
-    Ok(())
+    Ok(names)
 }
 
+/// Decompresses a stored page straight into the buffer it will be shared
+/// from, and checks it against its name.
 fn unpack(
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     stored: &[u8],
     hash: &[u8; 32],
-) -> Result<Vec<u8>> {
-    let data = decompressor
-        .decompress(stored, PAGE_SIZE)
+) -> Result<Arc<[u8]>> {
+    let mut data: Arc<[u8]> = Arc::from(&ZERO_PAGE[..]);
+    let buffer = Arc::get_mut(&mut data).expect("a new Arc is not shared");
+    let len = decompressor
+        .decompress_to_buffer(stored, buffer)
         .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
-    if data.len() != PAGE_SIZE || blake3::hash(&data).as_bytes() != hash {
+    if len != PAGE_SIZE || blake3::hash(&data).as_bytes() != hash {
         bail!("its contents do not match its hash");
     }
     Ok(data)
@@ -192,17 +242,20 @@ mod tests {
                 pages: vec![
                     Page {
                         index: 0,
-                        data: vec![0; PAGE_SIZE],
+                        data: vec![0; PAGE_SIZE].into(),
                     },
                     Page {
                         index: 1,
-                        data: a.clone(),
+                        data: a.clone().into(),
                     },
                 ],
             },
             MemoryImage {
                 page_count: 1,
-                pages: vec![Page { index: 0, data: a }],
+                pages: vec![Page {
+                    index: 0,
+                    data: a.into(),
+                }],
             },
         ];
         let mut cache = PageCache::default();
@@ -219,13 +272,13 @@ mod tests {
             page_count: 1,
             pages: vec![Page {
                 index: 0,
-                data: vec![1; PAGE_SIZE],
+                data: vec![1; PAGE_SIZE].into(),
             }],
         }];
         let mut cache = PageCache::default();
         let first = hash_pages(&memories, 1, &mut cache)[0].hash;
         assert_eq!(hash_pages(&memories, 1, &mut cache)[0].hash, first);
-        memories[0].pages[0].data[7] = 2;
+        Arc::make_mut(&mut memories[0].pages[0].data)[7] = 2;
         let changed = hash_pages(&memories, 1, &mut cache)[0].hash;
         assert_eq!(
             changed,
@@ -243,7 +296,7 @@ mod tests {
         let packed = zstd::bulk::compress(&page, 1).unwrap();
         let mut d = zstd::bulk::Decompressor::new().unwrap();
         let hash = *blake3::hash(&page).as_bytes();
-        assert_eq!(unpack(&mut d, &packed, &hash).unwrap(), page);
+        assert_eq!(*unpack(&mut d, &packed, &hash).unwrap(), *page);
         assert!(unpack(&mut d, &packed, &[0; 32]).is_err());
         assert!(unpack(&mut d, &packed[..packed.len() - 1], &hash).is_err());
     }

@@ -51,7 +51,10 @@ fn step(n: u32) -> Snapshot {
                 data[8..12].copy_from_slice(&n.to_le_bytes());
                 data[PAGE_SIZE - 4..].copy_from_slice(&n.to_le_bytes());
             }
-            Page { index, data }
+            Page {
+                index,
+                data: data.into(),
+            }
         })
         .collect();
     Snapshot {
@@ -220,13 +223,96 @@ fn a_version_costs_what_changed() {
     );
 }
 
+/// A workflow that writes page `step % 4` of its four pages before each
+/// yield.
+const STAMPING: &str = r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory 4)
+  (func (export "run")
+    (local $step i32)
+    (loop $steps
+      (i32.store (i32.mul (i32.rem_u (local.get $step) (i32.const 4)) (i32.const 65536))
+                 (i32.add (local.get $step) (i32.const 1)))
+      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (local.set $step (i32.add (local.get $step) (i32.const 1)))
+      (br $steps))))
+"#;
+
+/// Successive snapshots share the pages that did not change, a restored
+/// workflow shares them with the version it was loaded from, and the store
+/// names shared pages without hashing them: whatever it skips, what it
+/// stores and loads back is exact.
+#[test]
+fn unchanged_pages_are_shared_and_versions_exact() {
+    use std::sync::Arc;
+    use wasnap::{Config, Engine, Step};
+
+    let wasm = wat::parse_str(STAMPING).unwrap();
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(&wasm).unwrap();
+    let id = store.create_instance(&hash, &["wf".into()]).unwrap();
+    let lease = store.lease(id).unwrap();
+
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut snapshots = Vec::new();
+    let mut head = None;
+    for _ in 0..3 {
+        assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        let s = workflow.snapshot().unwrap();
+        head = Some(
+            store
+                .commit_version(&lease, head, &Outcome::Suspended(&s), b"")
+                .unwrap(),
+        );
+        snapshots.push(s);
+    }
+    // Step 3 wrote page 2 only: pages 0 and 1 are the very ones of step 2.
+    let (before, after) = (&snapshots[1].memories[0], &snapshots[2].memories[0]);
+    assert_eq!(after.pages.len(), 3);
+    assert!(Arc::ptr_eq(&before.pages[0].data, &after.pages[0].data));
+    assert!(Arc::ptr_eq(&before.pages[1].data, &after.pages[1].data));
+
+    // Restore the head from the store and step on: the pages it did not
+    // write are shared with the loaded version.
+    let loaded = store.load_version(id, 3).unwrap();
+    assert_eq!(loaded, snapshots[2]);
+    let mut workflow = engine.restore(&module, &loaded).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let s = workflow.snapshot().unwrap();
+    assert_eq!(s.memories[0].pages.len(), 4);
+    for (old, new) in loaded.memories[0].pages.iter().zip(&s.memories[0].pages) {
+        assert!(Arc::ptr_eq(&old.data, &new.data));
+    }
+    let v4 = store
+        .commit_version(&lease, Some(3), &Outcome::Suspended(&s), b"")
+        .unwrap();
+    // A branch from version 1 starts from pages the cache did not name last.
+    let old = store.load_version(id, 1).unwrap();
+    let mut branch = engine.restore(&module, &old).unwrap();
+    assert_eq!(branch.run().unwrap(), Step::Yielded(Vec::new()));
+    let b = branch.snapshot().unwrap();
+    let v5 = store
+        .commit_version(&lease, Some(1), &Outcome::Suspended(&b), b"")
+        .unwrap();
+    drop(lease);
+    // Read back by another handle, with nothing cached.
+    let other = Store::open(&path).unwrap();
+    assert_eq!(other.load_version(id, v4).unwrap(), s);
+    assert_eq!(other.load_version(id, v5).unwrap(), b);
+    assert_eq!(b.memories[0].pages.len(), 2);
+}
+
 #[test]
 fn zero_pages_are_not_stored() {
     let (_dir, store, id) = store_with_instance();
     let mut s = step(1);
     s.memories[0].pages.push(Page {
         index: PAGES,
-        data: vec![0; PAGE_SIZE],
+        data: vec![0; PAGE_SIZE].into(),
     });
     let lease = store.lease(id).unwrap();
     store
