@@ -28,9 +28,17 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
 /// first write, in signal handlers that wasmtime owns), it needs nothing
 /// from the platform. The copies cost no memory of their own: they are the
 /// pages of the last snapshot, which the caller or the store holds anyway.
+///
+/// A page that was all zeros then is read again only if the kernel has
+/// mapped it since (see [`touched_pages`]): a sparse memory costs what its
+/// guest touched, not its size.
 #[derive(Default)]
 pub(crate) struct PageHistory {
     memories: Vec<Vec<Option<Arc<[u8]>>>>,
+    /// Whether `memories` describes every page (after a capture or a
+    /// restore), so that a page it has as zeros and nobody touched since is
+    /// still zeros.
+    complete: bool,
 }
 
 impl PageHistory {
@@ -47,8 +55,51 @@ impl PageHistory {
                 pages
             })
             .collect();
-        PageHistory { memories }
+        PageHistory {
+            memories,
+            complete: true,
+        }
     }
+}
+
+/// For each 64 KiB page of `memory`, whether the kernel has mapped any of
+/// its 4 KiB pages (or swapped one out), from `/proc/self/pagemap`; `None`
+/// where that cannot be known.
+///
+/// Linear memory is anonymous memory, or, for the pages of the module's
+/// data segments, a private copy-on-write mapping of them; a page of either
+/// that was never mapped holds what it held when the mapping was made. So a
+/// page that was all zeros at the last capture or restore, or that the
+/// memory grew by, and that is not mapped now, is still all zeros: it need
+/// not be read (reading it would map it). Only on x86-64, whose kernel
+/// pages are always 4 KiB.
+fn touched_pages(memory: &[u8]) -> Option<Vec<bool>> {
+    use std::os::unix::fs::FileExt as _;
+    const KERNEL_PAGE: usize = 4096;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64"))
+        || memory.is_empty()
+        || !(memory.as_ptr() as usize).is_multiple_of(KERNEL_PAGE)
+    {
+        return None;
+    }
+    let pagemap = std::fs::File::open("/proc/self/pagemap").ok()?;
+    let mut entries = vec![0u8; memory.len() / KERNEL_PAGE * 8];
+    let offset = (memory.as_ptr() as usize / KERNEL_PAGE * 8) as u64;
+    pagemap.read_exact_at(&mut entries, offset).ok()?;
+    let per_page = PAGE_SIZE / KERNEL_PAGE * 8;
+    Some(
+        entries
+            .chunks_exact(per_page)
+            .map(|page| {
+                page.chunks_exact(8).any(|entry| {
+                    let entry = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
+                    entry & (PRESENT | SWAPPED) != 0
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Every memory as its size and non-zero pages. Pages equal to those of
@@ -63,16 +114,25 @@ pub(crate) fn capture_memories(
     history
         .memories
         .resize_with(metadata.memory_count as usize, Vec::new);
-    (0..metadata.memory_count)
+    let memories = (0..metadata.memory_count)
         .map(|index| {
             let memory = memory(store, instance, index);
             let data = memory.data(&*store);
+            // Pages beyond the module's minimum size were added by growing
+            // the memory: they start as zeros, so they need no history.
+            let grown_from = memory.ty(&*store).minimum() as usize;
+            let complete = history.complete;
+            let touched = touched_pages(data);
+            let untouched = |page: usize| {
+                (complete || page >= grown_from) && touched.as_ref().is_some_and(|t| !t[page])
+            };
             let kept = &mut history.memories[index as usize];
             kept.resize(data.len() / PAGE_SIZE, None);
             let mut pages = Vec::new();
             for ((page_index, page), kept) in data.chunks_exact(PAGE_SIZE).enumerate().zip(kept) {
                 let data = match kept {
                     Some(old) if **old == *page => Arc::clone(old),
+                    None if untouched(page_index) => continue,
                     _ if is_zero(page) => {
                         *kept = None;
                         continue;
@@ -89,7 +149,9 @@ pub(crate) fn capture_memories(
                 pages,
             }
         })
-        .collect()
+        .collect();
+    history.complete = true;
+    memories
 }
 
 /// Whether a page is all zeros, a machine word at a time.
