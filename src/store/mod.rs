@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 pub use lease::Lease;
@@ -525,6 +526,13 @@ fn configure(conn: &Connection) -> Result<()> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // The last connection to close would otherwise copy the WAL into the
+    // database, sync both and delete the WAL, and the next process would
+    // create it again: most of the time of a short command such as
+    // `wasnap resume`. The WAL is as durable as the database file (it is
+    // what a commit writes), and SQLite still checkpoints it every 1,000
+    // pages, so leaving it in place loses nothing.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(())
 }
 
