@@ -26,8 +26,9 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
 /// kernel's soft-dirty bits (cleared for a whole process at a time, and
 /// absent from many kernels) or write-protecting the memory (a fault per
 /// first write, in signal handlers that wasmtime owns), it needs nothing
-/// from the platform. The copies cost no memory of their own: they are the
-/// pages of the last snapshot, which the caller or the store holds anyway.
+/// from the platform. The kept copies are the very buffers of the last
+/// snapshot, not copies of it: what a workflow pays is holding one copy of
+/// its non-zero pages besides its memory, for as long as it lives.
 ///
 /// A page that was all zeros then is read again only if the kernel has
 /// mapped it since (see [`touched_pages`]): a sparse memory costs what its

@@ -306,6 +306,49 @@ fn unchanged_pages_are_shared_and_versions_exact() {
     assert_eq!(b.memories[0].pages.len(), 2);
 }
 
+/// A capture finds exactly the non-zero pages, whether they were written
+/// before the first capture (in pages the memory grew by), after a
+/// restore, or zeroed again.
+#[test]
+fn captures_find_every_written_page() {
+    use wasnap::{Config, Engine, Step};
+
+    // Grows from 1 to 6 pages; step 1 writes pages 2 and 5, step 2 zeroes
+    // page 2 and writes page 4.
+    let wasm = wat::parse_str(
+        r#"
+        (module
+          (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+          (memory 1)
+          (func (export "run")
+            (drop (memory.grow (i32.const 5)))
+            (i32.store (i32.const 131072) (i32.const 7))
+            (i32.store (i32.const 393212) (i32.const 9))
+            (drop (call $yield (i32.const 0) (i32.const 0)))
+            (i32.store (i32.const 131072) (i32.const 0))
+            (i32.store (i32.const 262144) (i32.const 8))
+            (drop (call $yield (i32.const 0) (i32.const 0)))))
+    "#,
+    )
+    .unwrap();
+    let indices =
+        |s: &Snapshot| -> Vec<u32> { s.memories[0].pages.iter().map(|p| p.index).collect() };
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let first = workflow.snapshot().unwrap();
+    assert_eq!(indices(&first), [2, 5]);
+    let mut restored = engine.restore(&module, &first).unwrap();
+    assert_eq!(indices(&restored.snapshot().unwrap()), [2, 5]);
+    assert_eq!(restored.run().unwrap(), Step::Yielded(Vec::new()));
+    let second = restored.snapshot().unwrap();
+    assert_eq!(indices(&second), [4, 5]);
+    assert_eq!(&second.memories[0].pages[0].data[..4], &8u32.to_le_bytes());
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    assert_eq!(workflow.snapshot().unwrap().memories, second.memories);
+}
+
 #[test]
 fn zero_pages_are_not_stored() {
     let (_dir, store, id) = store_with_instance();
