@@ -407,7 +407,7 @@ impl Store {
             let tx = s
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let unused = "FROM pages WHERE hash NOT IN (SELECT hash FROM version_pages)";
+            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
                 [],

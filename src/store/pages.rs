@@ -2,7 +2,8 @@
 //!
 //! Each non-zero 64 KiB page is named by its BLAKE3 hash, stored once
 //! zstd-compressed in `pages`, and referenced by every version that holds
-//! it through `version_pages`. All-zero pages are not stored at all: a
+//! it through `version_pages`, by the page's row id (8 bytes at most where
+//! the hash takes 32: a version lists every page it holds). All-zero pages are not stored at all: a
 //! memory's size and its list of references say where they are.
 //!
 //! Why BLAKE3: the name of a page must be collision-resistant (two pages
@@ -12,11 +13,11 @@
 //! 64 KiB page fills exactly; SHA-256 is several times slower, and fast
 //! non-cryptographic hashes give no guarantee against collisions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::InstanceId;
 use crate::snapshot::{MemoryImage, PAGE_SIZE, Page};
@@ -58,11 +59,11 @@ pub(super) struct PageCache {
     instance: Option<InstanceId>,
     entries: HashMap<PageKey, ([u8; 32], Arc<[u8]>)>,
     /// The version of `instance` last committed or loaded, and the names
-    /// of its pages. Those pages are in the database for as long as that
-    /// version is: a commit whose parent is this version (checked inside
-    /// its transaction) need not look them up.
-    pub(super) version: Option<u32>,
-    pub(super) stored: HashSet<[u8; 32]>,
+    /// and row ids of its pages. Those pages are in the database for as
+    /// long as that version is: a commit whose parent is this version
+    /// (checked inside its transaction) need not look them up.
+    version: Option<u32>,
+    stored: HashMap<[u8; 32], i64>,
 }
 
 impl PageCache {
@@ -101,12 +102,22 @@ impl PageCache {
         }
     }
 
-    /// Records that `version` of `instance`, holding `pages`, has just been
-    /// committed or read in a transaction.
-    pub(super) fn settle(&mut self, instance: InstanceId, version: u32, pages: &[HashedPage]) {
+    /// Records that `version` of `instance`, holding `pages` stored under
+    /// row ids `ids`, has just been committed or read in a transaction.
+    pub(super) fn settle(
+        &mut self,
+        instance: InstanceId,
+        version: u32,
+        pages: &[HashedPage],
+        ids: &[i64],
+    ) {
         self.switch_to(instance);
         self.version = Some(version);
-        self.stored = pages.iter().map(|p| p.hash).collect();
+        self.stored = pages
+            .iter()
+            .map(|p| p.hash)
+            .zip(ids.iter().copied())
+            .collect();
         for p in pages {
             let key = (p.memory, p.page.index);
             if self.entries.len() < CACHE_PAGES || self.entries.contains_key(&key) {
@@ -115,8 +126,9 @@ impl PageCache {
         }
     }
 
-    /// The names known to be stored when a commit's parent is `parent`.
-    pub(super) fn stored_under(&self, parent: Option<u32>) -> Option<&HashSet<[u8; 32]>> {
+    /// The pages known to be stored, by name, when a commit's parent is
+    /// `parent`.
+    pub(super) fn stored_under(&self, parent: Option<u32>) -> Option<&HashMap<[u8; 32], i64>> {
         (parent.is_some() && parent == self.version).then_some(&self.stored)
     }
 }
@@ -139,64 +151,81 @@ pub(super) fn hash_pages<'a>(
     named
 }
 
-/// Stores the pages not stored yet and returns the bytes this added. A
-/// page already stored is neither compressed nor written again; those
-/// named in `known` are known to be stored and not even looked up.
+/// Stores the pages not stored yet; returns the row id of every page and
+/// the bytes this added. A page already stored is neither compressed nor
+/// written again; those in `known` are not even looked up.
 pub(super) fn store_missing(
     conn: &Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
     pages: &[HashedPage],
-    known: Option<&HashSet<[u8; 32]>>,
-) -> Result<u64> {
-    let mut exists = conn.prepare_cached("SELECT 1 FROM pages WHERE hash = ?1")?;
+    known: Option<&HashMap<[u8; 32], i64>>,
+) -> Result<(Vec<i64>, u64)> {
+    let mut find = conn.prepare_cached("SELECT id FROM pages WHERE hash = ?1")?;
     let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
+    let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        if known.is_some_and(|k| k.contains(&p.hash)) || exists.exists([&p.hash])? {
-            continue;
-        }
-        let data = compressor
-            .compress(&p.page.data)
-            .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
-        insert.execute(params![p.hash, data])?;
-        added += data.len() as u64;
+        let found = match known.and_then(|k| k.get(&p.hash)) {
+            Some(&id) => Some(id),
+            None => find.query_row([&p.hash], |r| r.get(0)).optional()?,
+        };
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let data = compressor
+                    .compress(&p.page.data)
+                    .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+                insert.execute(params![p.hash, data])?;
+                added += data.len() as u64;
+                conn.last_insert_rowid()
+            }
+        };
+        ids.push(id);
     }
-    Ok(added)
+    Ok((ids, added))
 }
 
-/// Records that version row `version` holds `pages`.
-pub(super) fn reference(conn: &Connection, version: i64, pages: &[HashedPage]) -> Result<()> {
+/// Records that version row `version` holds `pages`, stored under `ids`.
+pub(super) fn reference(
+    conn: &Connection,
+    version: i64,
+    pages: &[HashedPage],
+    ids: &[i64],
+) -> Result<()> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO version_pages (version, memory, page_index, hash) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO version_pages (version, memory, page_index, page) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for p in pages {
-        insert.execute(params![version, p.memory, p.page.index, p.hash])?;
+    for (p, id) in pages.iter().zip(ids) {
+        insert.execute(params![version, p.memory, p.page.index, id])?;
     }
     Ok(())
 }
 
 /// Fills `memories` (sizes known, no pages yet) with the pages of version
-/// row `version`, checking each page against its name. Returns the names,
-/// memory by memory and page by page.
+/// row `version`, checking each page against its name. Returns the names
+/// and row ids, memory by memory and page by page.
 pub(super) fn load(
     conn: &Connection,
     version: i64,
     memories: &mut [MemoryImage],
-) -> Result<Vec<[u8; 32]>> {
+) -> Result<(Vec<[u8; 32]>, Vec<i64>)> {
     let mut query = conn.prepare_cached(
-        "SELECT vp.memory, vp.page_index, vp.hash, p.data
-         FROM version_pages vp LEFT JOIN pages p ON p.hash = vp.hash
+        "SELECT vp.memory, vp.page_index, vp.page, p.hash, p.data
+         FROM version_pages vp LEFT JOIN pages p ON p.id = vp.page
          WHERE vp.version = ?1 ORDER BY vp.memory, vp.page_index",
     )?;
     let mut rows = query.query([version])?;
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
-    let mut names = Vec::new();
+    let (mut names, mut ids) = (Vec::new(), Vec::new());
     while let Some(row) = rows.next()? {
         let memory: u32 = row.get(0)?;
         let index: u32 = row.get(1)?;
-        let hash: [u8; 32] = row.get(2)?;
-        let Some(stored) = row.get_ref(3)?.as_blob_or_null()? else {
+        let id: i64 = row.get(2)?;
+        let (Some(hash), Some(stored)) = (
+            row.get::<_, Option<[u8; 32]>>(3)?,
+            row.get_ref(4)?.as_blob_or_null()?,
+        ) else {
             bail!("page {index} of memory {memory} is missing");
         };
         let data = unpack(&mut decompressor, stored, &hash)
@@ -206,8 +235,9 @@ pub(super) fn load(
         };
         image.pages.push(Page { index, data });
         names.push(hash);
+        ids.push(id);
     }
-    Ok(names)
+    Ok((names, ids))
 }
 
 /// Decompresses a stored page straight into the buffer it will be shared

@@ -570,6 +570,51 @@ fn schema_is_versioned() {
     }
 }
 
+/// A database of schema version 1 (versions referred to pages by hash) is
+/// upgraded when opened, and loads the same versions.
+#[test]
+fn a_version_1_database_is_upgraded() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    commit_chain(&store, id, 1..=3);
+    let stats = store.stats().unwrap();
+    drop(store);
+    // Back to the layout of version 1.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE pages_v1 (
+             hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+             data BLOB NOT NULL);
+         INSERT INTO pages_v1 SELECT hash, data FROM pages;
+         CREATE TABLE version_pages_v1 (
+             version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+             memory     INTEGER NOT NULL,
+             page_index INTEGER NOT NULL,
+             hash       BLOB NOT NULL,
+             PRIMARY KEY (version, memory, page_index)) WITHOUT ROWID;
+         INSERT INTO version_pages_v1
+             SELECT vp.version, vp.memory, vp.page_index, p.hash
+             FROM version_pages vp JOIN pages p ON p.id = vp.page;
+         DROP TABLE version_pages;
+         DROP TABLE pages;
+         ALTER TABLE pages_v1 RENAME TO pages;
+         ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    for n in 1..=3 {
+        assert_eq!(store.load_version(id, n).unwrap(), step(n));
+    }
+    assert_eq!(store.stats().unwrap(), stats);
+    assert_eq!(store.gc().unwrap(), GcReport::default());
+    commit_chain(&store, id, 4..=5);
+    assert_eq!(store.load_version(id, 5).unwrap(), step(5));
+}
+
 #[test]
 fn a_file_that_is_not_sqlite_is_named() {
     let (_dir, path) = temp_db();
