@@ -529,9 +529,11 @@ fn configure(conn: &Connection) -> Result<()> {
     // The last connection to close would otherwise copy the WAL into the
     // database, sync both and delete the WAL, and the next process would
     // create it again: most of the time of a short command such as
-    // `wasnap resume`. The WAL is as durable as the database file (it is
-    // what a commit writes), and SQLite still checkpoints it every 1,000
-    // pages, so leaving it in place loses nothing.
+    // `wasnap resume`. A committed version is in the WAL either way, which
+    // is what `Durability::Process` promises; the sync at close made the
+    // versions of a process that exited survive power loss too, which is
+    // `Durability::Power`'s promise, kept at every commit. SQLite still
+    // checkpoints (and syncs) the WAL every 1,000 pages.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(())
 }

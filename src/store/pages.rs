@@ -3,8 +3,9 @@
 //! Each non-zero 64 KiB page is named by its BLAKE3 hash, stored once
 //! zstd-compressed in `pages`, and referenced by every version that holds
 //! it through `version_pages`, by the page's row id (8 bytes at most where
-//! the hash takes 32: a version lists every page it holds). All-zero pages are not stored at all: a
-//! memory's size and its list of references say where they are.
+//! the hash takes 32: a version lists every page it holds). All-zero pages
+//! are not stored at all: a memory's size and its list of references say
+//! where they are.
 //!
 //! Why BLAKE3: the name of a page must be collision-resistant (two pages
 //! with one name would silently corrupt a restore), and hashing is on the
