@@ -120,6 +120,22 @@ impl std::fmt::Display for NotCorruption {
 impl std::error::Error for NotCorruption {}
 
 fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
+    // A file that is one frame declaring its size, as `encode` writes it,
+    // is decompressed in one call into a buffer of that size: the streaming
+    // decoder grows its output by doubling and copies it at each step. The
+    // declared size is believed only up to a bound on what these bytes can
+    // expand to (a corrupt header must not reserve gigabytes); beyond it,
+    // or when the one-shot call fails, the streaming path decides and
+    // reports. Either path checks the frame's checksum.
+    let one_frame = zstd::zstd_safe::find_frame_compressed_size(bytes) == Ok(bytes.len());
+    if one_frame
+        && let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(bytes)
+        && size <= (bytes.len() as u64).saturating_mul(1024) + (64 << 20)
+        && let Ok(raw) = zstd::bulk::decompress(bytes, size as usize)
+        && raw.len() as u64 == size
+    {
+        return Ok(raw);
+    }
     let mut raw = Vec::new();
     let mut decoder = zstd::stream::read::Decoder::new(bytes)
         .context("snapshot file cannot be read: zstd cannot start")?;
