@@ -41,6 +41,9 @@ pub struct Workflow {
     instance: Instance,
     finished: bool,
     time_limit: Option<std::time::Duration>,
+    /// The pages of the last snapshot (or of the restored one), so that the
+    /// next snapshot copies only the pages that changed since.
+    pages: state::PageHistory,
 }
 
 impl Workflow {
@@ -85,6 +88,7 @@ impl Workflow {
             Workflow::instantiate(module, &config, host.args.clone(), host.env.clone())?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         state::restore_memories(store, instance, &snapshot.memories)?;
+        workflow.pages = state::PageHistory::of(&snapshot.memories);
         state::restore_globals(store, instance, &snapshot.globals)?;
         let data = store.data_mut();
         data.coroutines = snapshot.coroutines.clone();
@@ -174,6 +178,7 @@ impl Workflow {
             instance,
             finished: false,
             time_limit: config.time_limit,
+            pages: state::PageHistory::default(),
         })
     }
 
@@ -383,7 +388,8 @@ impl Workflow {
             bail!("the workflow has finished; there is nothing to snapshot");
         }
         let metadata = self.module.metadata().clone();
-        let memories = state::capture_memories(&mut self.store, &self.instance, &metadata);
+        let memories =
+            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages);
         let globals = state::capture_globals(&mut self.store, &self.instance, &metadata)?;
         let tables = state::capture_tables(&metadata)?;
         let host = self.store.data();

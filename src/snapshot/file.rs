@@ -120,6 +120,22 @@ impl std::fmt::Display for NotCorruption {
 impl std::error::Error for NotCorruption {}
 
 fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
+    // A file that is one frame declaring its size, as `encode` writes it,
+    // is decompressed in one call into a buffer of that size: the streaming
+    // decoder grows its output by doubling and copies it at each step. The
+    // declared size is believed only up to a bound on what these bytes can
+    // expand to (a corrupt header must not reserve gigabytes); beyond it,
+    // or when the one-shot call fails, the streaming path decides and
+    // reports. Either path checks the frame's checksum.
+    let one_frame = zstd::zstd_safe::find_frame_compressed_size(bytes) == Ok(bytes.len());
+    if one_frame
+        && let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(bytes)
+        && size <= (bytes.len() as u64).saturating_mul(1024) + (64 << 20)
+        && let Ok(raw) = zstd::bulk::decompress(bytes, size as usize)
+        && raw.len() as u64 == size
+    {
+        return Ok(raw);
+    }
     let mut raw = Vec::new();
     let mut decoder = zstd::stream::read::Decoder::new(bytes)
         .context("snapshot file cannot be read: zstd cannot start")?;
@@ -425,7 +441,7 @@ fn read_memory(r: &mut Reader) -> Result<MemoryImage> {
     let pages = (0..r.count(4 + PAGE_SIZE)?)
         .map(|_| {
             let index = r.u32()?;
-            let data = r.raw(PAGE_SIZE)?.to_vec();
+            let data = r.raw(PAGE_SIZE)?.into();
             Ok(Page { index, data })
         })
         .collect::<Result<_>>()?;
@@ -484,11 +500,11 @@ pub(crate) mod tests {
                     pages: vec![
                         Page {
                             index: 0,
-                            data: page,
+                            data: page.into(),
                         },
                         Page {
                             index: 16,
-                            data: other.clone(),
+                            data: other.clone().into(),
                         },
                     ],
                 },
@@ -496,7 +512,7 @@ pub(crate) mod tests {
                     page_count: 1,
                     pages: vec![Page {
                         index: 0,
-                        data: other,
+                        data: other.into(),
                     }],
                 },
             ],
@@ -636,7 +652,8 @@ pub(crate) mod tests {
         s.memories[1].page_count = 0;
         assert!(encode(&s, None).is_err());
         let mut s = sample();
-        s.memories[0].pages[0].data.pop();
+        let short = &s.memories[0].pages[0].data[..PAGE_SIZE - 1];
+        s.memories[0].pages[0].data = short.into();
         assert!(encode(&s, None).is_err());
     }
 

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 pub use lease::Lease;
@@ -406,7 +407,7 @@ impl Store {
             let tx = s
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let unused = "FROM pages WHERE hash NOT IN (SELECT hash FROM version_pages)";
+            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
                 [],
@@ -525,6 +526,15 @@ fn configure(conn: &Connection) -> Result<()> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // The last connection to close would otherwise copy the WAL into the
+    // database, sync both and delete the WAL, and the next process would
+    // create it again: most of the time of a short command such as
+    // `wasnap resume`. A committed version is in the WAL either way, which
+    // is what `Durability::Process` promises; the sync at close made the
+    // versions of a process that exited survive power loss too, which is
+    // `Durability::Power`'s promise, kept at every commit. SQLite still
+    // checkpoints (and syncs) the WAL every 1,000 pages.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(())
 }
 

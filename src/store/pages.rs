@@ -2,8 +2,10 @@
 //!
 //! Each non-zero 64 KiB page is named by its BLAKE3 hash, stored once
 //! zstd-compressed in `pages`, and referenced by every version that holds
-//! it through `version_pages`. All-zero pages are not stored at all: a
-//! memory's size and its list of references say where they are.
+//! it through `version_pages`, by the page's row id (8 bytes at most where
+//! the hash takes 32: a version lists every page it holds). All-zero pages
+//! are not stored at all: a memory's size and its list of references say
+//! where they are.
 //!
 //! Why BLAKE3: the name of a page must be collision-resistant (two pages
 //! with one name would silently corrupt a restore), and hashing is on the
@@ -13,9 +15,10 @@
 //! non-cryptographic hashes give no guarantee against collisions.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::InstanceId;
 use crate::snapshot::{MemoryImage, PAGE_SIZE, Page};
@@ -33,22 +36,35 @@ pub(super) struct HashedPage<'a> {
     pub hash: [u8; 32],
 }
 
-/// How many pages a [`PageCache`] keeps (64 MiB): beyond that, memory spent
-/// on copies would outweigh the hashing it saves.
+/// A page's place: (memory index, page index).
+type PageKey = (u32, u32);
+
+/// How many pages a [`PageCache`] keeps (64 MiB): it shares them with the
+/// snapshots it saw, but keeps them alive after those are gone.
 const CACHE_PAGES: usize = 1024;
 
-/// The names of the pages last committed through one store handle, with
-/// their contents, by (memory, page index), for one instance at a time.
+/// The names of the pages last committed or loaded through one store
+/// handle, with their contents, by (memory, page index), for one instance
+/// at a time; and which names are known to be stored.
 ///
-/// From one suspension to the next a workflow usually changes few pages.
-/// Comparing a page with its previous contents runs at memory speed, several
-/// times faster than hashing it, so only pages that changed are hashed. A
-/// name is a pure function of the contents, so the cache can never be
-/// wrong, only miss (after a branch, or a commit that was rolled back).
+/// From one suspension to the next a workflow usually changes few pages,
+/// and the snapshots of one workflow share the pages that did not change
+/// (see [`Page::data`]). A page that is the very one cached is named
+/// without reading it; one with equal contents after a comparison, which
+/// runs at memory speed, several times faster than hashing. Only pages that
+/// changed are hashed. A name is a pure function of the contents, so the
+/// cache can never be wrong, only miss (after a branch, or a commit that
+/// was rolled back).
 #[derive(Default)]
 pub(super) struct PageCache {
     instance: Option<InstanceId>,
-    entries: HashMap<(u32, u32), ([u8; 32], Vec<u8>)>,
+    entries: HashMap<PageKey, ([u8; 32], Arc<[u8]>)>,
+    /// The version of `instance` last committed or loaded, and the names
+    /// and row ids of its pages. Those pages are in the database for as
+    /// long as that version is: a commit whose parent is this version
+    /// (checked inside its transaction) need not look them up.
+    version: Option<u32>,
+    stored: HashMap<[u8; 32], i64>,
 }
 
 impl PageCache {
@@ -59,7 +75,7 @@ impl PageCache {
         let room = self.entries.len() < CACHE_PAGES;
         let cached = self.entries.get_mut(&key);
         if let Some((hash, data)) = &cached
-            && *data == page.data
+            && (Arc::ptr_eq(data, &page.data) || *data == page.data)
         {
             return Some(*hash);
         }
@@ -68,16 +84,53 @@ impl PageCache {
         }
         let hash = *blake3::hash(&page.data).as_bytes();
         match cached {
-            Some(entry) => {
-                entry.0 = hash;
-                entry.1.copy_from_slice(&page.data);
-            }
+            Some(entry) => *entry = (hash, Arc::clone(&page.data)),
             None if room => {
-                self.entries.insert(key, (hash, page.data.clone()));
+                self.entries.insert(key, (hash, Arc::clone(&page.data)));
             }
             None => {}
         }
         Some(hash)
+    }
+
+    /// Starts over when the pages to name belong to another instance.
+    fn switch_to(&mut self, instance: InstanceId) {
+        if self.instance != Some(instance) {
+            self.entries.clear();
+            self.version = None;
+            self.stored.clear();
+            self.instance = Some(instance);
+        }
+    }
+
+    /// Records that `version` of `instance`, holding `pages` stored under
+    /// row ids `ids`, has just been committed or read in a transaction.
+    pub(super) fn settle(
+        &mut self,
+        instance: InstanceId,
+        version: u32,
+        pages: &[HashedPage],
+        ids: &[i64],
+    ) {
+        self.switch_to(instance);
+        self.version = Some(version);
+        self.stored = pages
+            .iter()
+            .map(|p| p.hash)
+            .zip(ids.iter().copied())
+            .collect();
+        for p in pages {
+            let key = (p.memory, p.page.index);
+            if self.entries.len() < CACHE_PAGES || self.entries.contains_key(&key) {
+                self.entries.insert(key, (p.hash, Arc::clone(&p.page.data)));
+            }
+        }
+    }
+
+    /// The pages known to be stored, by name, when a commit's parent is
+    /// `parent`.
+    pub(super) fn stored_under(&self, parent: Option<u32>) -> Option<&HashMap<[u8; 32], i64>> {
+        (parent.is_some() && parent == self.version).then_some(&self.stored)
     }
 }
 
@@ -87,10 +140,7 @@ pub(super) fn hash_pages<'a>(
     instance: InstanceId,
     cache: &mut PageCache,
 ) -> Vec<HashedPage<'a>> {
-    if cache.instance != Some(instance) {
-        cache.entries.clear();
-        cache.instance = Some(instance);
-    }
+    cache.switch_to(instance);
     let mut named = Vec::new();
     for (m, memory) in memories.iter().zip(0u32..) {
         for page in &m.pages {
@@ -102,56 +152,81 @@ pub(super) fn hash_pages<'a>(
     named
 }
 
-/// Stores the pages not stored yet and returns the bytes this added. A
-/// page already stored is neither compressed nor written again.
+/// Stores the pages not stored yet; returns the row id of every page and
+/// the bytes this added. A page already stored is neither compressed nor
+/// written again; those in `known` are not even looked up.
 pub(super) fn store_missing(
     conn: &Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
     pages: &[HashedPage],
-) -> Result<u64> {
-    let mut exists = conn.prepare_cached("SELECT 1 FROM pages WHERE hash = ?1")?;
+    known: Option<&HashMap<[u8; 32], i64>>,
+) -> Result<(Vec<i64>, u64)> {
+    let mut find = conn.prepare_cached("SELECT id FROM pages WHERE hash = ?1")?;
     let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
+    let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        if exists.exists([&p.hash])? {
-            continue;
-        }
-        let data = compressor
-            .compress(&p.page.data)
-            .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
-        insert.execute(params![p.hash, data])?;
-        added += data.len() as u64;
+        let found = match known.and_then(|k| k.get(&p.hash)) {
+            Some(&id) => Some(id),
+            None => find.query_row([&p.hash], |r| r.get(0)).optional()?,
+        };
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let data = compressor
+                    .compress(&p.page.data)
+                    .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+                insert.execute(params![p.hash, data])?;
+                added += data.len() as u64;
+                conn.last_insert_rowid()
+            }
+        };
+        ids.push(id);
     }
-    Ok(added)
+    Ok((ids, added))
 }
 
-/// Records that version row `version` holds `pages`.
-pub(super) fn reference(conn: &Connection, version: i64, pages: &[HashedPage]) -> Result<()> {
+/// Records that version row `version` holds `pages`, stored under `ids`.
+pub(super) fn reference(
+    conn: &Connection,
+    version: i64,
+    pages: &[HashedPage],
+    ids: &[i64],
+) -> Result<()> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO version_pages (version, memory, page_index, hash) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO version_pages (version, memory, page_index, page) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for p in pages {
-        insert.execute(params![version, p.memory, p.page.index, p.hash])?;
+    for (p, id) in pages.iter().zip(ids) {
+        insert.execute(params![version, p.memory, p.page.index, id])?;
     }
     Ok(())
 }
 
 /// Fills `memories` (sizes known, no pages yet) with the pages of version
-/// row `version`, checking each page against its name.
-pub(super) fn load(conn: &Connection, version: i64, memories: &mut [MemoryImage]) -> Result<()> {
+/// row `version`, checking each page against its name. Returns the names
+/// and row ids, memory by memory and page by page.
+pub(super) fn load(
+    conn: &Connection,
+    version: i64,
+    memories: &mut [MemoryImage],
+) -> Result<(Vec<[u8; 32]>, Vec<i64>)> {
     let mut query = conn.prepare_cached(
-        "SELECT vp.memory, vp.page_index, vp.hash, p.data
-         FROM version_pages vp LEFT JOIN pages p ON p.hash = vp.hash
+        "SELECT vp.memory, vp.page_index, vp.page, p.hash, p.data
+         FROM version_pages vp LEFT JOIN pages p ON p.id = vp.page
          WHERE vp.version = ?1 ORDER BY vp.memory, vp.page_index",
     )?;
     let mut rows = query.query([version])?;
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+    let (mut names, mut ids) = (Vec::new(), Vec::new());
     while let Some(row) = rows.next()? {
         let memory: u32 = row.get(0)?;
         let index: u32 = row.get(1)?;
-        let hash: [u8; 32] = row.get(2)?;
-        let Some(stored) = row.get_ref(3)?.as_blob_or_null()? else {
+        let id: i64 = row.get(2)?;
+        let (Some(hash), Some(stored)) = (
+            row.get::<_, Option<[u8; 32]>>(3)?,
+            row.get_ref(4)?.as_blob_or_null()?,
+        ) else {
             bail!("page {index} of memory {memory} is missing");
         };
         let data = unpack(&mut decompressor, stored, &hash)
@@ -160,19 +235,25 @@ pub(super) fn load(conn: &Connection, version: i64, memories: &mut [MemoryImage]
             bail!("a page refers to memory {memory}, which the snapshot does not have");
         };
         image.pages.push(Page { index, data });
+        names.push(hash);
+        ids.push(id);
     }
-    Ok(())
+    Ok((names, ids))
 }
 
+/// Decompresses a stored page straight into the buffer it will be shared
+/// from, and checks it against its name.
 fn unpack(
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     stored: &[u8],
     hash: &[u8; 32],
-) -> Result<Vec<u8>> {
-    let data = decompressor
-        .decompress(stored, PAGE_SIZE)
+) -> Result<Arc<[u8]>> {
+    let mut data: Arc<[u8]> = Arc::from(&ZERO_PAGE[..]);
+    let buffer = Arc::get_mut(&mut data).expect("a new Arc is not shared");
+    let len = decompressor
+        .decompress_to_buffer(stored, buffer)
         .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
-    if data.len() != PAGE_SIZE || blake3::hash(&data).as_bytes() != hash {
+    if len != PAGE_SIZE || blake3::hash(&data).as_bytes() != hash {
         bail!("its contents do not match its hash");
     }
     Ok(data)
@@ -192,17 +273,20 @@ mod tests {
                 pages: vec![
                     Page {
                         index: 0,
-                        data: vec![0; PAGE_SIZE],
+                        data: vec![0; PAGE_SIZE].into(),
                     },
                     Page {
                         index: 1,
-                        data: a.clone(),
+                        data: a.clone().into(),
                     },
                 ],
             },
             MemoryImage {
                 page_count: 1,
-                pages: vec![Page { index: 0, data: a }],
+                pages: vec![Page {
+                    index: 0,
+                    data: a.into(),
+                }],
             },
         ];
         let mut cache = PageCache::default();
@@ -219,13 +303,13 @@ mod tests {
             page_count: 1,
             pages: vec![Page {
                 index: 0,
-                data: vec![1; PAGE_SIZE],
+                data: vec![1; PAGE_SIZE].into(),
             }],
         }];
         let mut cache = PageCache::default();
         let first = hash_pages(&memories, 1, &mut cache)[0].hash;
         assert_eq!(hash_pages(&memories, 1, &mut cache)[0].hash, first);
-        memories[0].pages[0].data[7] = 2;
+        Arc::make_mut(&mut memories[0].pages[0].data)[7] = 2;
         let changed = hash_pages(&memories, 1, &mut cache)[0].hash;
         assert_eq!(
             changed,
@@ -243,7 +327,7 @@ mod tests {
         let packed = zstd::bulk::compress(&page, 1).unwrap();
         let mut d = zstd::bulk::Decompressor::new().unwrap();
         let hash = *blake3::hash(&page).as_bytes();
-        assert_eq!(unpack(&mut d, &packed, &hash).unwrap(), page);
+        assert_eq!(*unpack(&mut d, &packed, &hash).unwrap(), *page);
         assert!(unpack(&mut d, &packed, &[0; 32]).is_err());
         assert!(unpack(&mut d, &packed[..packed.len() - 1], &hash).is_err());
     }

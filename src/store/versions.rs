@@ -176,17 +176,19 @@ impl Store {
                 check_module(&tx, instance, s)?;
             }
             check_parent(&tx, instance, parent)?;
-            let page_bytes = pages::store_missing(&tx, compressor, &hashed)?;
+            let known = page_cache.stored_under(parent);
+            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
             hook("pages");
             let number = next_number(&tx, instance)?;
             let stored = page_bytes + row.own_bytes(reply);
             let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
-            pages::reference(&tx, id, &hashed)?;
+            pages::reference(&tx, id, &hashed, &page_ids)?;
             hook("version");
             tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
                 .execute(params![instance, number, row.kind.as_str()])?;
             hook("before-commit");
             tx.commit()?;
+            page_cache.settle(instance, number, &hashed, &page_ids);
             Ok(number)
         })
     }
@@ -208,10 +210,19 @@ impl Store {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
-            pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
+            // A commit resumed from this version will find most of these
+            // pages unchanged, shared with the restored workflow.
+            let loaded: Vec<_> = (0u32..)
+                .zip(&snapshot.memories)
+                .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
+                .zip(names)
+                .map(|((memory, page), hash)| pages::HashedPage { memory, page, hash })
+                .collect();
+            s.page_cache.settle(instance, version, &loaded, &ids);
             Ok(snapshot)
         })
     }

@@ -51,7 +51,10 @@ fn step(n: u32) -> Snapshot {
                 data[8..12].copy_from_slice(&n.to_le_bytes());
                 data[PAGE_SIZE - 4..].copy_from_slice(&n.to_le_bytes());
             }
-            Page { index, data }
+            Page {
+                index,
+                data: data.into(),
+            }
         })
         .collect();
     Snapshot {
@@ -220,13 +223,139 @@ fn a_version_costs_what_changed() {
     );
 }
 
+/// A workflow that writes page `step % 4` of its four pages before each
+/// yield.
+const STAMPING: &str = r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory 4)
+  (func (export "run")
+    (local $step i32)
+    (loop $steps
+      (i32.store (i32.mul (i32.rem_u (local.get $step) (i32.const 4)) (i32.const 65536))
+                 (i32.add (local.get $step) (i32.const 1)))
+      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (local.set $step (i32.add (local.get $step) (i32.const 1)))
+      (br $steps))))
+"#;
+
+/// Successive snapshots share the pages that did not change, a restored
+/// workflow shares them with the version it was loaded from, and the store
+/// names shared pages without hashing them: whatever it skips, what it
+/// stores and loads back is exact.
+#[test]
+fn unchanged_pages_are_shared_and_versions_exact() {
+    use std::sync::Arc;
+    use wasnap::{Config, Engine, Step};
+
+    let wasm = wat::parse_str(STAMPING).unwrap();
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(&wasm).unwrap();
+    let id = store.create_instance(&hash, &["wf".into()]).unwrap();
+    let lease = store.lease(id).unwrap();
+
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut snapshots = Vec::new();
+    let mut head = None;
+    for _ in 0..3 {
+        assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        let s = workflow.snapshot().unwrap();
+        head = Some(
+            store
+                .commit_version(&lease, head, &Outcome::Suspended(&s), b"")
+                .unwrap(),
+        );
+        snapshots.push(s);
+    }
+    // Step 3 wrote page 2 only: pages 0 and 1 are the very ones of step 2.
+    let (before, after) = (&snapshots[1].memories[0], &snapshots[2].memories[0]);
+    assert_eq!(after.pages.len(), 3);
+    assert!(Arc::ptr_eq(&before.pages[0].data, &after.pages[0].data));
+    assert!(Arc::ptr_eq(&before.pages[1].data, &after.pages[1].data));
+
+    // Restore the head from the store and step on: the pages it did not
+    // write are shared with the loaded version.
+    let loaded = store.load_version(id, 3).unwrap();
+    assert_eq!(loaded, snapshots[2]);
+    let mut workflow = engine.restore(&module, &loaded).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let s = workflow.snapshot().unwrap();
+    assert_eq!(s.memories[0].pages.len(), 4);
+    for (old, new) in loaded.memories[0].pages.iter().zip(&s.memories[0].pages) {
+        assert!(Arc::ptr_eq(&old.data, &new.data));
+    }
+    let v4 = store
+        .commit_version(&lease, Some(3), &Outcome::Suspended(&s), b"")
+        .unwrap();
+    // A branch from version 1 starts from pages the cache did not name last.
+    let old = store.load_version(id, 1).unwrap();
+    let mut branch = engine.restore(&module, &old).unwrap();
+    assert_eq!(branch.run().unwrap(), Step::Yielded(Vec::new()));
+    let b = branch.snapshot().unwrap();
+    let v5 = store
+        .commit_version(&lease, Some(1), &Outcome::Suspended(&b), b"")
+        .unwrap();
+    drop(lease);
+    // Read back by another handle, with nothing cached.
+    let other = Store::open(&path).unwrap();
+    assert_eq!(other.load_version(id, v4).unwrap(), s);
+    assert_eq!(other.load_version(id, v5).unwrap(), b);
+    assert_eq!(b.memories[0].pages.len(), 2);
+}
+
+/// A capture finds exactly the non-zero pages, whether they were written
+/// before the first capture (in pages the memory grew by), after a
+/// restore, or zeroed again.
+#[test]
+fn captures_find_every_written_page() {
+    use wasnap::{Config, Engine, Step};
+
+    // Grows from 1 to 6 pages; step 1 writes pages 2 and 5, step 2 zeroes
+    // page 2 and writes page 4.
+    let wasm = wat::parse_str(
+        r#"
+        (module
+          (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+          (memory 1)
+          (func (export "run")
+            (drop (memory.grow (i32.const 5)))
+            (i32.store (i32.const 131072) (i32.const 7))
+            (i32.store (i32.const 393212) (i32.const 9))
+            (drop (call $yield (i32.const 0) (i32.const 0)))
+            (i32.store (i32.const 131072) (i32.const 0))
+            (i32.store (i32.const 262144) (i32.const 8))
+            (drop (call $yield (i32.const 0) (i32.const 0)))))
+    "#,
+    )
+    .unwrap();
+    let indices =
+        |s: &Snapshot| -> Vec<u32> { s.memories[0].pages.iter().map(|p| p.index).collect() };
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let first = workflow.snapshot().unwrap();
+    assert_eq!(indices(&first), [2, 5]);
+    let mut restored = engine.restore(&module, &first).unwrap();
+    assert_eq!(indices(&restored.snapshot().unwrap()), [2, 5]);
+    assert_eq!(restored.run().unwrap(), Step::Yielded(Vec::new()));
+    let second = restored.snapshot().unwrap();
+    assert_eq!(indices(&second), [4, 5]);
+    assert_eq!(&second.memories[0].pages[0].data[..4], &8u32.to_le_bytes());
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    assert_eq!(workflow.snapshot().unwrap().memories, second.memories);
+}
+
 #[test]
 fn zero_pages_are_not_stored() {
     let (_dir, store, id) = store_with_instance();
     let mut s = step(1);
     s.memories[0].pages.push(Page {
         index: PAGES,
-        data: vec![0; PAGE_SIZE],
+        data: vec![0; PAGE_SIZE].into(),
     });
     let lease = store.lease(id).unwrap();
     store
@@ -439,6 +568,51 @@ fn schema_is_versioned() {
             )
         );
     }
+}
+
+/// A database of schema version 1 (versions referred to pages by hash) is
+/// upgraded when opened, and loads the same versions.
+#[test]
+fn a_version_1_database_is_upgraded() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    commit_chain(&store, id, 1..=3);
+    let stats = store.stats().unwrap();
+    drop(store);
+    // Back to the layout of version 1.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE pages_v1 (
+             hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+             data BLOB NOT NULL);
+         INSERT INTO pages_v1 SELECT hash, data FROM pages;
+         CREATE TABLE version_pages_v1 (
+             version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+             memory     INTEGER NOT NULL,
+             page_index INTEGER NOT NULL,
+             hash       BLOB NOT NULL,
+             PRIMARY KEY (version, memory, page_index)) WITHOUT ROWID;
+         INSERT INTO version_pages_v1
+             SELECT vp.version, vp.memory, vp.page_index, p.hash
+             FROM version_pages vp JOIN pages p ON p.id = vp.page;
+         DROP TABLE version_pages;
+         DROP TABLE pages;
+         ALTER TABLE pages_v1 RENAME TO pages;
+         ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    for n in 1..=3 {
+        assert_eq!(store.load_version(id, n).unwrap(), step(n));
+    }
+    assert_eq!(store.stats().unwrap(), stats);
+    assert_eq!(store.gc().unwrap(), GcReport::default());
+    commit_chain(&store, id, 4..=5);
+    assert_eq!(store.load_version(id, 5).unwrap(), step(5));
 }
 
 #[test]
