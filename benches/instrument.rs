@@ -28,7 +28,7 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasmtime::{Engine, Linker, Module, Store};
@@ -181,7 +181,56 @@ fn instrumentation(c: &mut Criterion) {
             });
         }
         group.finish();
+        paired_runs(guest, &engine, &linker, &compiled);
     }
+}
+
+/// Rounds of paired runs: in each round every variant runs once, in turn,
+/// and its time is divided by the original's from the same round. On a
+/// shared machine whose speed drifts by more than the effect measured, the
+/// median of these per-round ratios is steadier than a ratio of medians
+/// taken minutes apart. Written to `target/bench-instrument/paired.tsv`
+/// (guest, variant, median ratio, rounds) for `scripts/bench-ratios`.
+fn paired_runs(
+    guest: &str,
+    engine: &Engine,
+    linker: &Linker<WasiP1Ctx>,
+    compiled: &[(&str, Module)],
+) {
+    let rounds: usize = std::env::var("WASNAP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); compiled.len()];
+    for _ in 0..rounds {
+        let times: Vec<f64> = compiled
+            .iter()
+            .map(|(_, module)| {
+                let start = Instant::now();
+                black_box(run(engine, linker, module));
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        for (k, time) in times.iter().enumerate() {
+            ratios[k].push(time / times[0]);
+        }
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-instrument");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("paired.tsv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.starts_with(&format!("{guest}\t")))
+        .map(str::to_string)
+        .collect();
+    for ((name, _), mut samples) in compiled.iter().zip(ratios) {
+        samples.sort_by(f64::total_cmp);
+        let median = samples[samples.len() / 2];
+        eprintln!("{guest}: {name} / original, median of {rounds} paired rounds: {median:.3}x");
+        lines.push(format!("{guest}\t{name}\t{median:.4}\t{rounds}"));
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 }
 
 fn config() -> Criterion {

@@ -51,10 +51,10 @@ pub(crate) struct Module<'a> {
     /// The indirect calls that can suspend: by signature, and by table
     /// (`None` for `call_ref`).
     pub suspending_targets: HashSet<IndirectTarget>,
-    /// With [`Options::only_functions`]: what could suspend had the list
-    /// not narrowed it. Functions it marks but `can_suspend` does not get a
-    /// check after each call it says can suspend.
-    pub unnarrowed: Option<(Vec<bool>, HashSet<IndirectTarget>)>,
+    /// With [`Options::only_functions`]: which functions could suspend had
+    /// the list not narrowed it. Those it marks but `can_suspend` does not
+    /// are left out, with a check after their calls that can suspend.
+    pub unnarrowed: Option<Vec<bool>>,
     /// The shadow-stack pointer global, if one is known.
     pub stack_pointer_global: Option<u32>,
     /// Function names from the name section.
@@ -270,7 +270,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
     if narrowed.0 != can_suspend {
         module.can_suspend = narrowed.0;
         module.suspending_targets = narrowed.1;
-        module.unnarrowed = Some((can_suspend, targets));
+        module.unnarrowed = Some(can_suspend);
     } else {
         module.can_suspend = can_suspend;
         module.suspending_targets = targets;

@@ -101,7 +101,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
             )?;
             code.function(&rewritten.body);
             metadata.frames.insert(index, rewritten.layout);
-        } else if let Some((could_suspend, _)) = &module.unnarrowed
+        } else if let Some(could_suspend) = &module.unnarrowed
             && could_suspend[index as usize]
         {
             code.function(&guard_calls(&module, &body, &additions)?);

@@ -353,9 +353,14 @@ pub(crate) fn rewrite(
 }
 
 /// Copies the body of a function that [`super::Options::only_functions`]
-/// keeps from suspending although it could, adding after each call that
-/// could suspend a check that traps if the call did start an unwind: the
-/// function's frame would not be saved, so resuming would be wrong.
+/// keeps from suspending although it could, adding a check that traps if a
+/// call did start an unwind: the function's frame would not be saved, so
+/// resuming would be wrong.
+///
+/// Only calls that can reach a suspending import or an instrumented
+/// function get the check. A suspension that comes back through a call to
+/// another function left out has already trapped in that function, the
+/// innermost left-out frame being the first to see it.
 ///
 /// ```wat
 /// call_indirect (type $t)        call_indirect (type $t)
@@ -366,14 +371,8 @@ pub(crate) fn guard_calls(
     body: &FunctionBody<'_>,
     additions: &Additions,
 ) -> Result<Function> {
-    let (can_suspend, targets) = module
-        .unnarrowed
-        .as_ref()
-        .expect("only narrowed modules have guarded functions");
     let indirect = |type_index: u32, table: Option<u32>| {
-        module
-            .indirect_target(type_index, table)
-            .is_some_and(|target| targets.contains(&target))
+        module.indirect_can_suspend(type_index, table)
     };
     let mut locals = Vec::new();
     for local in body.get_locals_reader()? {
@@ -385,7 +384,7 @@ pub(crate) fn guard_calls(
     while !reader.eof() {
         let op = reader.read()?;
         let could_suspend = match op {
-            Operator::Call { function_index } => can_suspend[function_index as usize],
+            Operator::Call { function_index } => module.can_suspend[function_index as usize],
             Operator::CallIndirect {
                 type_index,
                 table_index,
