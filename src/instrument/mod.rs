@@ -72,7 +72,7 @@ pub const STATE_UNWINDING: i32 = 1;
 pub const STATE_REWINDING: i32 = 2;
 
 /// What the instrumenter treats as suspending.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Options {
     suspending_imports: Vec<String>,
     suspending_functions: Vec<String>,

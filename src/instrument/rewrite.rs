@@ -371,9 +371,8 @@ pub(crate) fn guard_calls(
     body: &FunctionBody<'_>,
     additions: &Additions,
 ) -> Result<Function> {
-    let indirect = |type_index: u32, table: Option<u32>| {
-        module.indirect_can_suspend(type_index, table)
-    };
+    let indirect =
+        |type_index: u32, table: Option<u32>| module.indirect_can_suspend(type_index, table);
     let mut locals = Vec::new();
     for local in body.get_locals_reader()? {
         let (count, ty) = local?;

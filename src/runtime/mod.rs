@@ -10,6 +10,7 @@
 //! ```
 
 mod abi;
+mod artifact;
 mod host;
 mod state;
 mod unwinder;
@@ -80,10 +81,12 @@ impl Module {
         &self.inner.metadata
     }
 
-    /// The compiled artifact, for a cache that outlives this process; give
-    /// it back to [`Engine::load_with_artifact`] to skip compilation.
+    /// The compiled artifact (with the instrumentation metadata), for a
+    /// cache that outlives this process; give it back to
+    /// [`Engine::load_with_artifact`] to skip instrumentation and
+    /// compilation.
     pub fn serialize(&self) -> Result<Vec<u8>> {
-        Ok(self.inner.compiled.serialize()?)
+        artifact::encode(&self.inner.metadata, &self.inner.compiled.serialize()?)
     }
 
     /// The export the workflow starts at: `_start` or `run`.
@@ -226,14 +229,18 @@ impl Engine {
         })
     }
 
-    /// Identifies the compiler settings: a compiled artifact is only valid
-    /// for an engine with the same fingerprint.
+    /// Identifies the compiler and instrumenter settings: a compiled
+    /// artifact is only valid for an engine with the same fingerprint. The
+    /// instrumenter's version and options are part of it, because they
+    /// decide the code that was compiled.
     pub fn fingerprint(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.inner
             .wasmtime
             .precompile_compatibility_hash()
             .hash(&mut hasher);
+        instrument::INSTRUMENTER_VERSION.hash(&mut hasher);
+        self.inner.options.hash(&mut hasher);
         format!("wasmtime-48-{:016x}", hasher.finish())
     }
 
@@ -244,18 +251,28 @@ impl Engine {
 
     /// Like [`Engine::load`], but takes a compiled artifact made earlier by
     /// [`Module::serialize`] with an engine of the same fingerprint, which
-    /// skips compilation. An artifact that does not fit is ignored.
+    /// skips instrumentation and compilation. An artifact that does not fit
+    /// is ignored.
     pub fn load_with_artifact(&self, wasm: &[u8], artifact: Option<&[u8]>) -> Result<Module> {
         let hash = module_hash(wasm);
         if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
             return Ok(module.clone());
         }
-        let instrumented = instrument::instrument(wasm, &self.inner.options)?;
-        let compiled = match artifact.and_then(|bytes| self.deserialize(bytes)) {
-            Some(compiled) => compiled,
-            None => wasmtime::Module::new(&self.inner.wasmtime, &instrumented.wasm)
-                .map_err(anyhow::Error::from)
-                .context("compiling the instrumented module")?,
+        let cached = artifact
+            .and_then(artifact::decode)
+            .and_then(|(metadata, code)| {
+                let compiled = self.deserialize(code)?;
+                Some((metadata, compiled))
+            });
+        let (metadata, compiled) = match cached {
+            Some(cached) => cached,
+            None => {
+                let instrumented = instrument::instrument(wasm, &self.inner.options)?;
+                let compiled = wasmtime::Module::new(&self.inner.wasmtime, &instrumented.wasm)
+                    .map_err(anyhow::Error::from)
+                    .context("compiling the instrumented module")?;
+                (instrumented.metadata, compiled)
+            }
         };
         let entry = ["_start", "run"]
             .into_iter()
@@ -270,7 +287,7 @@ impl Engine {
         let module = Module {
             inner: Arc::new(ModuleInner {
                 hash,
-                metadata: instrumented.metadata,
+                metadata,
                 compiled,
                 instance_pre,
                 entry,

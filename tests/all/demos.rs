@@ -128,3 +128,33 @@ fn snapshot_of_a_restored_workflow_is_identical() {
         .unwrap();
     assert_eq!(restored.snapshot().unwrap(), first);
 }
+
+#[test]
+fn a_cached_artifact_loads_without_instrumenting_and_runs_the_same() {
+    let wasm = guest("approval");
+    let engine = Engine::new().unwrap();
+    let artifact = engine.load(&wasm).unwrap().serialize().unwrap();
+
+    // A new engine (a new process, in the command line) given the artifact.
+    let engine = Engine::new().unwrap();
+    let module = engine.load_with_artifact(&wasm, Some(&artifact)).unwrap();
+    let fresh = Engine::new().unwrap().load(&wasm).unwrap();
+    assert_eq!(
+        format!("{:?}", module.metadata()),
+        format!("{:?}", fresh.metadata())
+    );
+    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), yielded("do something"));
+
+    // An artifact made with other instrumentation options is another
+    // engine's: the fingerprints differ, so the store never offers it.
+    let narrowed = wasnap::instrument::Options::default().only_functions("run");
+    let other = Engine::with_options(narrowed).unwrap();
+    assert_ne!(other.fingerprint(), engine.fingerprint());
+    // And garbage in place of an artifact is ignored, not trusted.
+    let module = Engine::new()
+        .unwrap()
+        .load_with_artifact(&wasm, Some(b"not an artifact"))
+        .unwrap();
+    assert!(!module.metadata().frames.is_empty());
+}
