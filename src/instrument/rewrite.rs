@@ -256,7 +256,9 @@ enum Role {
     SuspendableStart,
 }
 
-/// Locals of the rewritten code that are never saved.
+/// Locals of the rewritten code that are never saved: the first two it
+/// adds after the original ones.
+#[derive(Clone, Copy)]
 struct Temporaries {
     /// The address of the frame being pushed or popped.
     pos: u32,
@@ -311,24 +313,23 @@ pub(crate) fn rewrite(
         next_mark: 0,
         out: Vec::new(),
         slots: HashMap::new(),
-        extra_locals: Vec::new(),
+        extra_locals: vec![ValType::I32, ValType::I32],
         first_extra: local_types.len() as u32,
+        temps: Temporaries {
+            pos: local_types.len() as u32,
+            rewind_index: local_types.len() as u32 + 1,
+        },
         call_sites: Vec::new(),
         additions,
         new_types,
         helpers,
         describe: describe(),
     };
-    let ctx = Temporaries {
-        pos: rewriter.new_local(ValType::I32),
-        rewind_index: rewriter.new_local(ValType::I32),
-    };
-    debug_assert_eq!(ctx.pos, rewriter.pos_local());
     let results = signature.results().to_vec();
     let body_type = rewriter.new_types.block_type(&results);
 
     rewriter.out.push(Instruction::Block(body_type));
-    let (end, _) = rewriter.region(0, &ctx, Vec::new())?;
+    let (end, _) = rewriter.region(0, Vec::new())?;
     rewriter.load_region_results(0, &results);
     rewriter.validate(end)?;
     rewriter.out.push(Instruction::End);
@@ -339,7 +340,7 @@ pub(crate) fn rewrite(
             .chain(&rewriter.extra_locals)
             .copied(),
     ));
-    let prologue = rewind_prologue(index, signature.params(), &ctx, additions);
+    let prologue = rewind_prologue(index, signature.params(), rewriter.temps, additions);
     for instruction in prologue.iter().chain(&rewriter.out) {
         function.instruction(instruction);
     }
@@ -371,8 +372,6 @@ pub(crate) fn guard_calls(
     body: &FunctionBody<'_>,
     additions: &Additions,
 ) -> Result<Function> {
-    let indirect =
-        |type_index: u32, table: Option<u32>| module.indirect_can_suspend(type_index, table);
     let mut locals = Vec::new();
     for local in body.get_locals_reader()? {
         let (count, ty) = local?;
@@ -387,8 +386,8 @@ pub(crate) fn guard_calls(
             Operator::CallIndirect {
                 type_index,
                 table_index,
-            } => indirect(type_index, Some(table_index)),
-            Operator::CallRef { type_index } => indirect(type_index, None),
+            } => module.indirect_can_suspend(type_index, Some(table_index)),
+            Operator::CallRef { type_index } => module.indirect_can_suspend(type_index, None),
             _ => false,
         };
         function.instruction(&RoundtripReencoder.instruction(op)?);
@@ -544,6 +543,7 @@ struct Rewriter<'m, 'a> {
     /// Types of the locals added after the original ones.
     extra_locals: Vec<ValType>,
     first_extra: u32,
+    temps: Temporaries,
     call_sites: Vec<CallSite>,
     additions: &'m Additions,
     new_types: &'m mut NewTypes,
@@ -667,12 +667,7 @@ impl<'a> Rewriter<'_, 'a> {
     /// `inherited` are the targets of enclosing regions that deferred their
     /// dispatch to this one; when there are any, the dispatch is returned
     /// (its table not yet filled) for them to add their call indices.
-    fn region(
-        &mut self,
-        start: usize,
-        ctx: &Temporaries,
-        inherited: Vec<u32>,
-    ) -> Result<(usize, Option<Dispatch>)> {
+    fn region(&mut self, start: usize, inherited: Vec<u32>) -> Result<(usize, Option<Dispatch>)> {
         let items = self.open_items(start);
         // A region that starts right away with a block or loop needs no
         // dispatch of its own: the first item's dispatch, inside it, can
@@ -693,7 +688,7 @@ impl<'a> Rewriter<'_, 'a> {
         } else {
             let mut targets: Vec<u32> = items.iter().map(Item::target).collect();
             targets.extend(&inherited);
-            Some(self.dispatch(&targets, ctx))
+            Some(self.dispatch(&targets))
         };
         let mut ranges: Vec<Range<usize>> = Vec::new();
         let mut i = start;
@@ -715,7 +710,7 @@ impl<'a> Rewriter<'_, 'a> {
                         } else {
                             Vec::new()
                         };
-                        let (next, inner) = self.suspendable_construct(i, ctx, pass_down)?;
+                        let (next, inner) = self.suspendable_construct(i, pass_down)?;
                         if inner.is_some() {
                             dispatch = inner;
                         }
@@ -788,7 +783,7 @@ impl<'a> Rewriter<'_, 'a> {
     /// Emits a region's dispatch: while rewinding, branch to the item that
     /// holds the call being resumed. Its table is filled in by
     /// [`Self::fill_dispatch`] once the items have their call indices.
-    fn dispatch(&mut self, targets: &[u32], ctx: &Temporaries) -> Dispatch {
+    fn dispatch(&mut self, targets: &[u32]) -> Dispatch {
         self.out.extend([
             Instruction::GlobalGet(self.additions.state_global),
             Instruction::I32Const(STATE_REWINDING),
@@ -800,7 +795,8 @@ impl<'a> Rewriter<'_, 'a> {
             .iter()
             .map(|&target| self.depth_of(Label::Marked(target)))
             .collect();
-        self.out.push(Instruction::LocalGet(ctx.rewind_index));
+        self.out
+            .push(Instruction::LocalGet(self.temps.rewind_index));
         let first_const = self.out.len();
         self.out
             .extend([Instruction::I32Const(0), Instruction::I32Sub]);
@@ -938,7 +934,7 @@ impl<'a> Rewriter<'_, 'a> {
     /// Saves (`store`) or restores the values of a frame at `pos`, one
     /// frame-helper call per run of same-typed values.
     fn move_frame_values(&mut self, saved: &[SavedLocal], store: bool) {
-        let pos = self.pos_local();
+        let pos = self.temps.pos;
         for group in saved
             .chunk_by(|a, b| a.ty == b.ty)
             .flat_map(|run| run.chunks(MAX_HELPER_VALUES))
@@ -976,16 +972,11 @@ impl<'a> Rewriter<'_, 'a> {
         self.out.extend([
             Instruction::I32Const(size as i32),
             Instruction::Call(self.additions.pop_frame),
-            Instruction::LocalSet(self.pos_local()),
+            Instruction::LocalSet(self.temps.pos),
         ]);
         self.move_frame_values(&saved, false);
         self.close_block();
         self.suspending_call(i, saved, size)
-    }
-
-    /// The `pos` temporary: the first local the rewrite adds.
-    fn pos_local(&self) -> u32 {
-        self.first_extra
     }
 
     /// Emits the suspending call at `i` and its unwind path, which saves
@@ -1006,7 +997,7 @@ impl<'a> Rewriter<'_, 'a> {
 
         // Unwinding: the call's results (still on the stack, below) are
         // dummies and the argument slots are intact; save, then return.
-        let pos = self.pos_local();
+        let pos = self.temps.pos;
         self.out.extend([
             Instruction::GlobalGet(self.additions.state_global),
             Instruction::I32Const(STATE_UNWINDING),
@@ -1041,7 +1032,6 @@ impl<'a> Rewriter<'_, 'a> {
     fn suspendable_construct(
         &mut self,
         i: usize,
-        ctx: &Temporaries,
         inherited: Vec<u32>,
     ) -> Result<(usize, Option<Dispatch>)> {
         let (op, _) = &self.ops[i];
@@ -1068,9 +1058,9 @@ impl<'a> Rewriter<'_, 'a> {
         // real stack: keep them in their slots.
         self.store_slots(base, &params)?;
         let (end, dispatch) = if is_if {
-            (self.if_arms(i, base, height - 1, &results, ctx)?, None)
+            (self.if_arms(i, base, height - 1, &results)?, None)
         } else {
-            self.region(i + 1, ctx, inherited)?
+            self.region(i + 1, inherited)?
         };
         self.load_region_results(base, &results);
         self.out.push(Instruction::End);
@@ -1089,13 +1079,13 @@ impl<'a> Rewriter<'_, 'a> {
         base: u32,
         condition_height: u32,
         results: &[ValType],
-        ctx: &Temporaries,
     ) -> Result<usize> {
         let condition = self.slot(condition_height, ValType::I32)?;
         self.out.push(Instruction::Block(BlockType::Empty));
         self.labels.push(Label::Added);
         // select(in_then_range, condition, rewinding)
-        self.out.push(Instruction::LocalGet(ctx.rewind_index));
+        self.out
+            .push(Instruction::LocalGet(self.temps.rewind_index));
         let first_const = self.out.len();
         self.out.extend([
             Instruction::I32Const(0),
@@ -1111,7 +1101,7 @@ impl<'a> Rewriter<'_, 'a> {
             Instruction::BrIf(0),
         ]);
         let first = self.call_sites.len();
-        let (stop, _) = self.region(i + 1, ctx, Vec::new())?;
+        let (stop, _) = self.region(i + 1, Vec::new())?;
         let count = self.call_sites.len() - first;
         self.out[first_const] = Instruction::I32Const(first as i32);
         self.out[first_const + 2] = Instruction::I32Const(count as i32);
@@ -1121,7 +1111,7 @@ impl<'a> Rewriter<'_, 'a> {
         self.close_block();
         if matches!(self.ops[stop].0, Operator::Else) {
             self.validate(stop)?;
-            Ok(self.region(stop + 1, ctx, Vec::new())?.0)
+            Ok(self.region(stop + 1, Vec::new())?.0)
         } else {
             Ok(stop)
         }
@@ -1234,7 +1224,7 @@ fn store_instruction<'a>(ty: ValType, memarg: MemArg) -> Instruction<'a> {
 fn rewind_prologue<'a>(
     function_index: u32,
     params: &[ValType],
-    ctx: &Temporaries,
+    ctx: Temporaries,
     additions: &Additions,
 ) -> Vec<Instruction<'a>> {
     let memory = additions.stack_memory;
