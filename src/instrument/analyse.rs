@@ -264,16 +264,16 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a
         .map(|(m, n)| options.is_suspending(m, n))
         .collect();
     let (can_suspend, targets) = graph.propagate(&module, &suspending_imports, |_| true);
-    let narrowed = graph.propagate(&module, &suspending_imports, |f| {
-        options.may_suspend_in(module.function_names.get(&f).map(String::as_str))
-    });
-    if narrowed.0 != can_suspend {
-        module.can_suspend = narrowed.0;
-        module.suspending_targets = narrowed.1;
-        module.unnarrowed = Some(can_suspend);
-    } else {
-        module.can_suspend = can_suspend;
-        module.suspending_targets = targets;
+    module.can_suspend = can_suspend;
+    module.suspending_targets = targets;
+    if options.narrows() {
+        let (narrowed, targets) = graph.propagate(&module, &suspending_imports, |f| {
+            options.may_suspend_in(module.function_names.get(&f).map(String::as_str))
+        });
+        if narrowed != module.can_suspend {
+            module.unnarrowed = Some(std::mem::replace(&mut module.can_suspend, narrowed));
+            module.suspending_targets = targets;
+        }
     }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;

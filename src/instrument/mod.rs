@@ -120,6 +120,11 @@ impl Options {
         self
     }
 
+    /// Whether [`Self::only_functions`] narrowed which functions may suspend.
+    pub(crate) fn narrows(&self) -> bool {
+        !self.suspending_functions.is_empty()
+    }
+
     /// Whether a function with this name may be on the stack when the
     /// module suspends: always, unless [`Self::only_functions`] narrowed it.
     pub fn may_suspend_in(&self, name: Option<&str>) -> bool {
