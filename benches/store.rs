@@ -230,11 +230,17 @@ fn label(mib: u32, changed: u32) -> String {
     format!("{mib}MiB-{changed}pages")
 }
 
-fn steps() -> u32 {
-    std::env::var("WASNAP_BENCH_STEPS")
+/// A count from the environment variable `name`, else `default`.
+fn env_count(name: &str, default: u32) -> u32 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100)
+        .unwrap_or(default)
+}
+
+/// How many steps the growth run takes (`WASNAP_BENCH_STEPS`, default 100).
+fn steps() -> u32 {
+    env_count("WASNAP_BENCH_STEPS", 100)
 }
 
 fn incremental_versions(c: &mut Criterion) {
@@ -343,10 +349,7 @@ fn empty_snapshot() -> Snapshot {
 /// How many other instances the crowded throughput case stores
 /// (`WASNAP_BENCH_INSTANCES`, default 10,000).
 fn instances() -> u32 {
-    std::env::var("WASNAP_BENCH_INSTANCES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000)
+    env_count("WASNAP_BENCH_INSTANCES", 10_000)
 }
 
 fn suspension_throughput(c: &mut Criterion) {
