@@ -111,8 +111,8 @@ impl Options {
     /// signature that can suspend, so in a program that calls through
     /// function pointers everywhere (an allocator, a plug-in table) nearly
     /// every function would otherwise be instrumented. The others are left
-    /// as they were, except for a check after each call that could
-    /// suspend: if a suspension does come through one of them, the module
+    /// as they were, except for a check after each call that can reach a
+    /// suspending import or an instrumented function: if a suspension does come through one of them, the module
     /// traps and the engine says so, instead of resuming into a frame that
     /// was never saved.
     pub fn only_functions(mut self, pattern: impl Into<String>) -> Self {
