@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasnap::snapshot::{PAGE_SIZE, file};
-use wasnap::{Config, Engine, Module, Snapshot, Step, Workflow};
+use wasnap::{Engine, Module, Settings, Snapshot, Step, Workflow};
 
 /// (MiB, percent of pages written) measured by default.
 const REDUCED: &[(u32, u32)] = &[
@@ -114,7 +114,7 @@ struct Suspended {
 fn suspended(mib: u32, percent: u32) -> Suspended {
     let engine = Engine::new().unwrap();
     let module = engine.load(&guest(mib, percent)).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
     let snapshot = workflow.snapshot().unwrap();
     let pages = &snapshot.memories[0].pages;
@@ -195,7 +195,7 @@ fn snapshot_and_restore(c: &mut Criterion) {
             })
         });
         group.bench_function(id("reference"), |b| {
-            b.iter(|| black_box(s.engine.start(&s.module, Config::default()).unwrap()))
+            b.iter(|| black_box(s.engine.start(&s.module, Settings::default()).unwrap()))
         });
         group.bench_function(id("decode"), |b| {
             b.iter(|| black_box(file::decode(&bytes).unwrap()))

@@ -3,7 +3,7 @@
 //!
 //! - `version` (incremental versions): a workflow whose memory is all
 //!   written changes a few pages per step; one step is `Workflow::run` to
-//!   the next yield + `Workflow::snapshot` + `Store::commit_version`. The
+//!   the next yield + `Workflow::snapshot` + `Database::commit_version`. The
 //!   reference is zstd level 1 of the bytes of the pages that changed (the
 //!   least any store of changed pages must do). 16 MiB and 64 MiB memories
 //!   change the same 3 pages (1% of 16 MiB) per step, so that the time per
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasnap::snapshot::{PAGE_SIZE, Page};
-use wasnap::store::{Durability, Lease, Outcome, Store};
-use wasnap::{Config, Engine, Snapshot, Step, Workflow};
+use wasnap::store::{Database, Durability, Lease, Outcome};
+use wasnap::{Engine, Settings, Snapshot, Step, Workflow};
 
 /// A guest that grows its memory to `mib` MiB and writes every page with a
 /// half-compressible pattern, then, before each yield, rewrites `changed`
@@ -94,7 +94,7 @@ fn guest(mib: u32, changed: u32) -> Vec<u8> {
 struct Stepping {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    store: Store,
+    store: Database,
     lease: Lease,
     workflow: Workflow,
     /// The version the next step resumes from.
@@ -120,13 +120,13 @@ impl Stepping {
     ) -> Stepping {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wasnap.db");
-        let store = Store::open(&path).unwrap();
+        let store = Database::open(&path).unwrap();
         store.set_durability(durability).unwrap();
         let wasm = guest(mib, changed);
         let module = engine.load(&wasm).unwrap();
         let hash = store.put_module(&wasm).unwrap();
         let args = vec!["bench".to_string()];
-        let mut workflow = engine.start(&module, Config::default()).unwrap();
+        let mut workflow = engine.start(&module, Settings::default()).unwrap();
         assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
         let first = workflow.snapshot().unwrap();
         if others > 0 {
@@ -334,7 +334,7 @@ fn empty_snapshot() -> Snapshot {
         globals: Vec::new(),
         tables: Vec::new(),
         coroutines: Vec::new(),
-        host: wasnap::snapshot::HostState {
+        host: wasnap::snapshot::HostSide {
             current: 0,
             next_coroutine_id: 0,
             suspended_in: String::new(),

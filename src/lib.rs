@@ -7,7 +7,7 @@
 //! process, where the workflow continues exactly where it stopped.
 //!
 //! ```
-//! use wasnap::{Config, Engine, Step, snapshot::file};
+//! use wasnap::{Settings, Engine, Step, snapshot::file};
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! // A workflow that asks a question and reports the answer's length.
@@ -23,7 +23,7 @@
 //!
 //! let engine = Engine::new()?;
 //! let module = engine.load(&wasm)?;              // instrument + compile, cached
-//! let mut workflow = engine.start(&module, Config::default())?;
+//! let mut workflow = engine.start(&module, Settings::default())?;
 //! assert_eq!(workflow.run()?, Step::Yielded(b"ready?".to_vec()));
 //!
 //! // Suspended: its whole state as bytes, restorable any time, anywhere.
@@ -46,5 +46,5 @@ pub mod runtime;
 pub mod snapshot;
 pub mod store;
 
-pub use runtime::{Config, Engine, Module, Output, Step, Workflow};
+pub use runtime::{Engine, Module, Output, Settings, Step, Workflow};
 pub use snapshot::Snapshot;

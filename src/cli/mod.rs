@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::store::{InstanceId, Store};
+use crate::store::{Database, InstanceId};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
@@ -130,7 +130,7 @@ impl std::str::FromStr for Target {
 
 impl Target {
     /// The version named, or the instance's head.
-    fn version_in(&self, store: &Store) -> Result<u32> {
+    fn version_in(&self, store: &Database) -> Result<u32> {
         if let Some(version) = self.version {
             return Ok(version);
         }
@@ -141,14 +141,14 @@ impl Target {
 }
 
 /// Opens an existing database for reading.
-fn open_existing(db: &std::path::Path) -> Result<Store> {
+fn open_existing(db: &std::path::Path) -> Result<Database> {
     if !db.exists() {
         bail!(
             "no database at {} (run a workflow first, or pass --db)",
             db.display()
         );
     }
-    Store::open(db)
+    Database::open(db)
 }
 
 /// Reads a module file: binary Wasm, or WAT text for a `.wat` file.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::session::Session;
-use crate::runtime::{Config, module_hash};
+use crate::runtime::{Settings, module_hash};
 use crate::snapshot::file;
 use crate::store::Outcome;
 
@@ -44,7 +44,7 @@ impl Restore {
         let module = session.engine.load(&wasm)?;
         let mut workflow = session
             .engine
-            .restore_with(&module, &snapshot, Config::default())?;
+            .restore_with(&module, &snapshot, Settings::default())?;
         let hash = session.store.put_module(&wasm)?;
         let instance = session.store.create_instance(&hash, &snapshot.host.args)?;
         let lease = session.store.lease(instance)?;

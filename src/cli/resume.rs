@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Target;
 use super::session::Session;
-use crate::runtime::Config;
+use crate::runtime::Settings;
 use crate::store::VersionKind;
 
 /// Continue an instance from its head, or from an older version (a branch).
@@ -47,7 +47,7 @@ impl Resume {
         let module = session.module(&snapshot.module_hash)?;
         let mut workflow = session
             .engine
-            .restore_with(&module, &snapshot, Config::default())?;
+            .restore_with(&module, &snapshot, Settings::default())?;
         workflow.send(&reply);
         session.drive(&lease, &mut workflow, Some(version), &reply)
     }

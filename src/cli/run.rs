@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::session::Session;
-use crate::runtime::Config;
+use crate::runtime::Settings;
 
 /// Start a new instance of a module and run it to its first yield or end.
 #[derive(Args, Debug)]
@@ -45,7 +45,7 @@ impl Run {
         let lease = session.store.lease(instance)?;
         let mut workflow = session
             .engine
-            .start(&module, Config::default().args(args))?;
+            .start(&module, Settings::default().args(args))?;
         session.drive(&lease, &mut workflow, None, &[])
     }
 }

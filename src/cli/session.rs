@@ -9,11 +9,11 @@ use anyhow::Result;
 
 use crate::runtime::{Engine, Module, Step, Workflow};
 use crate::snapshot::ModuleHash;
-use crate::store::{Lease, Outcome, Store};
+use crate::store::{Database, Lease, Outcome};
 
 /// An open database and an engine.
 pub(super) struct Session {
-    pub store: Store,
+    pub store: Database,
     pub engine: Engine,
 }
 
@@ -21,7 +21,7 @@ impl Session {
     /// Opens (or creates) the database.
     pub fn open(db: &Path) -> Result<Session> {
         Ok(Session {
-            store: Store::open(db)?,
+            store: Database::open(db)?,
             engine: Engine::new()?,
         })
     }

@@ -29,7 +29,7 @@ use wasmparser::{
 use super::Options;
 
 /// Everything the later phases need to know about the input module.
-pub(crate) struct Module<'a> {
+pub(crate) struct Analysis<'a> {
     /// Function types by type index (`None` for a non-function type).
     pub types: Vec<Option<FuncType>>,
     /// Type index of every function, imports first.
@@ -65,7 +65,7 @@ pub(crate) struct Module<'a> {
     pub writes_tables: bool,
 }
 
-impl Module<'_> {
+impl Analysis<'_> {
     /// The signature of function `index`.
     pub fn func_type(&self, index: u32) -> &FuncType {
         self.types[self.func_types[index as usize] as usize]
@@ -111,10 +111,10 @@ fn validation_features() -> WasmFeatures {
 }
 
 /// Reads, validates and analyses `wasm`.
-pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Module<'a>> {
+pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<'a>> {
     refuse_components(wasm)?;
     let mut validator = Validator::new_with_features(validation_features());
-    let mut module = Module {
+    let mut module = Analysis {
         types: Vec::new(),
         func_types: Vec::new(),
         imported_funcs: 0,
@@ -331,7 +331,7 @@ fn read_names(
 
 /// The shadow-stack pointer: the global named `__stack_pointer`, else, by
 /// the LLVM convention, global 0 when it is a defined mutable `i32`.
-fn find_stack_pointer(module: &Module, global_names: &HashMap<u32, String>) -> Option<u32> {
+fn find_stack_pointer(module: &Analysis, global_names: &HashMap<u32, String>) -> Option<u32> {
     if let Some((&index, _)) = global_names.iter().find(|(_, n)| *n == "__stack_pointer") {
         return Some(index);
     }
@@ -465,7 +465,7 @@ impl CallGraph {
     /// them.
     fn propagate(
         &self,
-        module: &Module,
+        module: &Analysis,
         suspending_imports: &[bool],
         allowed: impl Fn(u32) -> bool,
     ) -> (Vec<bool>, HashSet<IndirectTarget>) {

@@ -20,7 +20,7 @@ use wasm_encoder::{
 };
 use wasmparser::{Parser, Payload};
 
-use super::analyse::Module;
+use super::analyse::Analysis;
 use super::rewrite::{
     Additions, FrameHelper, FrameHelpers, NewTypes, frame_helper_body, guard_calls, rewrite,
 };
@@ -49,7 +49,7 @@ const RUNTIME_FUNCTIONS: [&str; 8] = [
 ];
 
 /// Builds the instrumented module from the input bytes and their analysis.
-pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> {
+pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented> {
     if let Some(name) = module
         .export_names
         .iter()
@@ -156,7 +156,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Module<'_>) -> Result<Instrumented> 
 
 /// A module `wasm-opt --asyncify` already instrumented is used as it is:
 /// it only gains the exports of its memories, globals and tables.
-fn expose(wasm: &[u8], module: &Module) -> Result<Instrumented> {
+fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
     let mut output = wasm_encoder::Module::new();
     for (id, range) in sections(wasm)? {
         let data = &wasm[range];
@@ -330,7 +330,7 @@ fn globals_section(data: Option<&[u8]>) -> Result<GlobalSection> {
 /// runtime's, then every memory, global and table under its reserved name.
 fn reserved_exports(
     data: Option<&[u8]>,
-    module: &Module,
+    module: &Analysis,
     additions: Option<&Additions>,
 ) -> Result<ExportSection> {
     let mut section = ExportSection::new();

@@ -82,7 +82,7 @@ use wasmparser::{
     FuncToValidate, FuncValidator, FunctionBody, Operator, ValType, ValidatorResources,
 };
 
-use super::analyse::Module;
+use super::analyse::Analysis;
 use super::liveness::live_after;
 use super::{
     CallSite, FRAME_HEADER_SIZE, FrameLayout, LocalOrigin, STATE_REWINDING, STATE_UNWINDING,
@@ -268,7 +268,7 @@ struct Temporaries {
 
 /// Rewrites function `index`; see the module documentation.
 pub(crate) fn rewrite(
-    module: &Module,
+    module: &Analysis,
     index: u32,
     body: &FunctionBody<'_>,
     func: FuncToValidate<ValidatorResources>,
@@ -368,7 +368,7 @@ pub(crate) fn rewrite(
 ///                                (if (global.get $state) (then unreachable))
 /// ```
 pub(crate) fn guard_calls(
-    module: &Module,
+    module: &Analysis,
     body: &FunctionBody<'_>,
     additions: &Additions,
 ) -> Result<Function> {
@@ -406,7 +406,7 @@ pub(crate) fn guard_calls(
 }
 
 /// Finds suspending calls and the constructs that contain them.
-fn classify(module: &Module, ops: &[(Operator, usize)]) -> Result<Vec<Role>> {
+fn classify(module: &Analysis, ops: &[(Operator, usize)]) -> Result<Vec<Role>> {
     let mut roles = vec![Role::Plain; ops.len()];
     let mut open: Vec<usize> = Vec::new();
     for (i, (op, _)) in ops.iter().enumerate() {
@@ -525,7 +525,7 @@ struct Dispatch {
 }
 
 struct Rewriter<'m, 'a> {
-    module: &'m Module<'a>,
+    module: &'m Analysis<'a>,
     function_index: u32,
     ops: &'m [(Operator<'a>, usize)],
     roles: &'m [Role],

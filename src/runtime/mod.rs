@@ -129,7 +129,7 @@ impl Captured {
 
 /// How a workflow is started or restored.
 #[derive(Clone, Debug, Default)]
-pub struct Config {
+pub struct Settings {
     args: Vec<String>,
     env: Vec<(String, String)>,
     stdout: Output,
@@ -138,7 +138,7 @@ pub struct Config {
     directories: Vec<(PathBuf, String)>,
 }
 
-impl Config {
+impl Settings {
     /// WASI arguments, program name first. Ignored on restore: a snapshot
     /// keeps the arguments the workflow was started with.
     pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
@@ -335,16 +335,16 @@ impl Engine {
     }
 
     /// A new workflow instance of `module`, not yet running.
-    pub fn start(&self, module: &Module, config: Config) -> Result<Workflow> {
-        self.start_ticker_for(&config);
-        Workflow::start(module.clone(), config)
+    pub fn start(&self, module: &Module, settings: Settings) -> Result<Workflow> {
+        self.start_ticker_for(&settings);
+        Workflow::start(module.clone(), settings)
     }
 
     /// Time limits are measured in epochs: the first workflow with one
     /// starts a thread that advances the engine's epoch every
     /// [`EPOCH_TICK`] for the rest of the process.
-    fn start_ticker_for(&self, config: &Config) {
-        if config.time_limit.is_none() {
+    fn start_ticker_for(&self, settings: &Settings) {
+        if settings.time_limit.is_none() {
             return;
         }
         self.inner.ticker.call_once(|| {
@@ -362,15 +362,15 @@ impl Engine {
     /// [`Workflow::run`] from where it was suspended. Its stdout is the
     /// host's; see [`Engine::restore_with`].
     pub fn restore(&self, module: &Module, snapshot: &Snapshot) -> Result<Workflow> {
-        self.restore_with(module, snapshot, Config::default())
+        self.restore_with(module, snapshot, Settings::default())
     }
 
-    /// Like [`Engine::restore`], with the output and limits of `config`.
+    /// Like [`Engine::restore`], with the output and limits of `settings`.
     pub fn restore_with(
         &self,
         module: &Module,
         snapshot: &Snapshot,
-        config: Config,
+        settings: Settings,
     ) -> Result<Workflow> {
         if snapshot.module_hash != module.hash() {
             bail!(
@@ -386,8 +386,8 @@ impl Engine {
                 instrument::INSTRUMENTER_VERSION
             );
         }
-        self.start_ticker_for(&config);
-        Workflow::restore(module.clone(), snapshot, config)
+        self.start_ticker_for(&settings);
+        Workflow::restore(module.clone(), snapshot, settings)
     }
 }
 
@@ -395,7 +395,7 @@ impl Engine {
 ///
 /// ```
 /// use wasnap::runtime::{Decision, Val};
-/// use wasnap::{Config, Engine, Step};
+/// use wasnap::{Settings, Engine, Step};
 ///
 /// # fn main() -> anyhow::Result<()> {
 /// // `machines.wait(id)` suspends until the machine is ready; the reply is
@@ -414,7 +414,7 @@ impl Engine {
 ///       (func (export "run") (global.set 0 (call $wait (i32.const 7)))))
 /// "#)?;
 /// let module = engine.load(&wasm)?;
-/// let mut workflow = engine.start(&module, Config::default())?;
+/// let mut workflow = engine.start(&module, Settings::default())?;
 /// assert_eq!(workflow.run()?, Step::Yielded(b"waiting for 7".to_vec()));
 /// let snapshot = workflow.snapshot()?;
 /// let mut later = engine.restore(&module, &snapshot)?;

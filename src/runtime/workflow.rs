@@ -13,11 +13,11 @@ use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::abi::{Handles, HostState, Pending};
 use super::unwinder::Unwinder;
-use super::{Config, Module, Output, state};
+use super::{Module, Output, Settings, state};
 use crate::instrument::{
     self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
-use crate::snapshot::{Coroutine, CoroutineState, HostState as SnapshotHost, Snapshot};
+use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot};
 
 /// Epochs until the deadline when there is no time limit: never reached.
 const NO_DEADLINE: u64 = u64::MAX / 2;
@@ -47,14 +47,14 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    pub(super) fn start(module: Module, config: Config) -> Result<Workflow> {
-        let args = if config.args.is_empty() {
+    pub(super) fn start(module: Module, settings: Settings) -> Result<Workflow> {
+        let args = if settings.args.is_empty() {
             vec!["workflow".to_string()]
         } else {
-            config.args.clone()
+            settings.args.clone()
         };
-        let env = config.env.clone();
-        let mut workflow = Workflow::instantiate(module, &config, args, env)?;
+        let env = settings.env.clone();
+        let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
         workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
@@ -70,7 +70,11 @@ impl Workflow {
         Ok(workflow)
     }
 
-    pub(super) fn restore(module: Module, snapshot: &Snapshot, config: Config) -> Result<Workflow> {
+    pub(super) fn restore(
+        module: Module,
+        snapshot: &Snapshot,
+        settings: Settings,
+    ) -> Result<Workflow> {
         let metadata = module.metadata();
         if snapshot.memories.len() != metadata.memory_count as usize
             || snapshot.globals.len() != metadata.global_count as usize
@@ -85,7 +89,7 @@ impl Workflow {
         }
         let host = &snapshot.host;
         let mut workflow =
-            Workflow::instantiate(module, &config, host.args.clone(), host.env.clone())?;
+            Workflow::instantiate(module, &settings, host.args.clone(), host.env.clone())?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         state::restore_memories(store, instance, &snapshot.memories)?;
         workflow.pages = state::PageHistory::of(&snapshot.memories);
@@ -108,23 +112,23 @@ impl Workflow {
 
     fn instantiate(
         module: Module,
-        config: &Config,
+        settings: &Settings,
         args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> Result<Workflow> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&args).envs(&env).inherit_stderr();
-        match &config.stdout {
+        match &settings.stdout {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
-        for (host, guest) in &config.directories {
+        for (host, guest) in &settings.directories {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("granting directory {}", host.display()))?;
         }
         let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = config.memory_limit {
+        if let Some(bytes) = settings.memory_limit {
             // A clear trap rather than a failed memory.grow the guest may
             // not check.
             limits = limits.memory_size(bytes).trap_on_grow_failure(true);
@@ -177,7 +181,7 @@ impl Workflow {
             store,
             instance,
             finished: false,
-            time_limit: config.time_limit,
+            time_limit: settings.time_limit,
             pages: state::PageHistory::default(),
         })
     }
@@ -400,7 +404,7 @@ impl Workflow {
             globals,
             tables,
             coroutines: host.coroutines.clone(),
-            host: SnapshotHost {
+            host: HostSide {
                 current: host.current,
                 next_coroutine_id: host.next_coroutine_id,
                 suspended_in: host.suspended_in.clone(),

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use super::codec::{Reader, Writer};
 use super::{
-    Coroutine, CoroutineState, GlobalValue, HostState, MemoryImage, PAGE_SIZE, Page, Snapshot,
+    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
     TableImage,
 };
 
@@ -376,7 +376,7 @@ fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
     })
 }
 
-fn write_host(w: &mut Writer, h: &HostState) -> Result<()> {
+fn write_host(w: &mut Writer, h: &HostSide) -> Result<()> {
     w.u32(h.current);
     w.u32(h.next_coroutine_id);
     w.str(&h.suspended_in)?;
@@ -391,7 +391,7 @@ fn write_host(w: &mut Writer, h: &HostState) -> Result<()> {
     Ok(())
 }
 
-fn read_host(r: &mut Reader) -> Result<HostState> {
+fn read_host(r: &mut Reader) -> Result<HostSide> {
     let current = r.u32()?;
     let next_coroutine_id = r.u32()?;
     let suspended_in = r.str()?;
@@ -401,7 +401,7 @@ fn read_host(r: &mut Reader) -> Result<HostState> {
     let env = (0..r.count(8)?)
         .map(|_| Ok((r.str()?, r.str()?)))
         .collect::<Result<_>>()?;
-    Ok(HostState {
+    Ok(HostSide {
         current,
         next_coroutine_id,
         suspended_in,
@@ -550,7 +550,7 @@ pub(crate) mod tests {
                     resume_value: 5,
                 },
             ],
-            host: HostState {
+            host: HostSide {
                 current: 1,
                 next_coroutine_id: 2,
                 suspended_in: "wasnap.yield".into(),

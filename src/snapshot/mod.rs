@@ -37,7 +37,7 @@ pub struct Snapshot {
     /// Every coroutine of the workflow, the main one (id 0) first.
     pub coroutines: Vec<Coroutine>,
     /// State kept by the host side of the guest ABI.
-    pub host: HostState,
+    pub host: HostSide,
 }
 
 /// One linear memory: its size and its non-zero pages.
@@ -122,7 +122,7 @@ pub struct Coroutine {
 
 /// How the workflow is suspended, seen from the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostState {
+pub struct HostSide {
     /// The coroutine that was running when the workflow suspended.
     pub current: u32,
     /// The next coroutine id `spawn` will hand out.

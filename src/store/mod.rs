@@ -2,7 +2,7 @@
 //!
 //! Every suspension of an instance becomes a version whose parent is the
 //! version it was resumed from; each version is written in one transaction
-//! ([`Store::commit_version`]), so a crash loses no committed version and
+//! ([`Database::commit_version`]), so a crash loses no committed version and
 //! leaves no half-written one. Memory is kept as content-addressed pages
 //! (named by their BLAKE3 hash, stored once, compressed): a version costs what changed since the versions before
 //! it, not a whole memory.
@@ -50,7 +50,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wasnap database. Cheap to share between threads; each call takes the
 /// connection for its duration.
 #[derive(Clone)]
-pub struct Store {
+pub struct Database {
     shared: Arc<Mutex<Shared>>,
     path: PathBuf,
 }
@@ -58,7 +58,7 @@ pub struct Store {
 /// What the store's handles and leases share.
 struct Shared {
     conn: Connection,
-    /// Called at named points inside a commit; see [`Store::set_commit_hook`].
+    /// Called at named points inside a commit; see [`Database::set_commit_hook`].
     commit_hook: Option<fn(&str)>,
     /// Kept between commits so that its context is allocated once.
     compressor: zstd::bulk::Compressor<'static>,
@@ -155,7 +155,7 @@ pub struct Stats {
     pub page_refs: u64,
 }
 
-/// What [`Store::gc`] freed.
+/// What [`Database::gc`] freed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     /// Pages deleted.
@@ -164,19 +164,19 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
-/// What [`Store::remove_instance`] freed.
+/// What [`Database::remove_instance`] freed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoveReport {
     /// Versions deleted.
     pub versions: u64,
     /// Page references deleted; pages no other version uses are freed by
-    /// the next [`Store::gc`].
+    /// the next [`Database::gc`].
     pub page_refs: u64,
     /// Bytes of the deleted versions' own rows (state, value, reply).
     pub bytes: u64,
 }
 
-impl Store {
+impl Database {
     /// Opens (creating it if needed) the database at `path` for reading and
     /// writing, and brings its schema up to date.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

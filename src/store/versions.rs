@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{InstanceId, Lease, Shared, Store, lease, now_ms, pages};
+use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -138,7 +138,7 @@ impl<'a> Row<'a> {
     }
 }
 
-impl Store {
+impl Database {
     /// Commits the outcome of a run of the leased instance as its new head
     /// version, in one transaction, and returns its number. `parent` is the
     /// version the run was resumed from (`None` only for an instance's

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use wasnap::runtime::Captured;
 use wasnap::snapshot::file;
-use wasnap::{Config, Engine, Output, Step};
+use wasnap::{Engine, Output, Settings, Step};
 
 /// A seed demo, instrumented by Binaryen (Debian's `binaryen` package).
 fn asyncified(demo: &str) -> Vec<u8> {
@@ -40,13 +40,13 @@ fn step(wasm: &[u8], from: Option<&[u8]>, reply: &str) -> (Step, Vec<u8>, String
     let module = engine.load(wasm).unwrap();
     assert!(module.metadata().binaryen);
     let captured = Captured::default();
-    let config = Config::default().stdout(Output::Capture(captured.clone()));
+    let settings = Settings::default().stdout(Output::Capture(captured.clone()));
     let mut workflow = match from {
         Some(bytes) => {
             let (snapshot, _) = file::decode(bytes).unwrap();
-            engine.restore_with(&module, &snapshot, config).unwrap()
+            engine.restore_with(&module, &snapshot, settings).unwrap()
         }
-        None => engine.start(&module, config).unwrap(),
+        None => engine.start(&module, settings).unwrap(),
     };
     workflow.send(reply.as_bytes());
     let step = workflow.run().unwrap();

@@ -4,7 +4,7 @@
 
 use wasnap::runtime::Captured;
 use wasnap::snapshot::file;
-use wasnap::{Config, Engine, Output, Snapshot, Step};
+use wasnap::{Engine, Output, Settings, Snapshot, Step};
 
 fn guest(name: &str) -> Vec<u8> {
     let path = format!(
@@ -21,8 +21,8 @@ fn resume(wasm: &[u8], snapshot: &Bytes, reply: Option<&str>) -> (Step, Bytes, S
     let module = engine.load(wasm).unwrap();
     let snapshot = decode(snapshot);
     let captured = Captured::default();
-    let config = Config::default().stdout(Output::Capture(captured.clone()));
-    let mut workflow = engine.restore_with(&module, &snapshot, config).unwrap();
+    let settings = Settings::default().stdout(Output::Capture(captured.clone()));
+    let mut workflow = engine.restore_with(&module, &snapshot, settings).unwrap();
     if let Some(reply) = reply {
         workflow.send(reply.as_bytes());
     }
@@ -53,7 +53,7 @@ fn approval_workflow_waits_for_the_boss_across_processes() {
     let wasm = guest("approval");
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     assert_eq!(workflow.run().unwrap(), yielded("do something"));
     let v1 = encode(&workflow.snapshot().unwrap());
     drop((workflow, module, engine));
@@ -76,8 +76,8 @@ fn greenlet_demo_restores_old_versions_with_a_nested_coroutine() {
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
     let captured = Captured::default();
-    let config = Config::default().stdout(Output::Capture(captured.clone()));
-    let mut workflow = engine.start(&module, config).unwrap();
+    let settings = Settings::default().stdout(Output::Capture(captured.clone()));
+    let mut workflow = engine.start(&module, settings).unwrap();
     let mut output = String::new();
 
     assert_eq!(workflow.run().unwrap(), yielded(""));
@@ -117,14 +117,18 @@ fn snapshot_of_a_restored_workflow_is_identical() {
     let wasm = guest("greenlet");
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let config = Config::default().stdout(Output::Capture(Captured::default()));
-    let mut workflow = engine.start(&module, config).unwrap();
+    let settings = Settings::default().stdout(Output::Capture(Captured::default()));
+    let mut workflow = engine.start(&module, settings).unwrap();
     workflow.run().unwrap();
     let first = workflow.snapshot().unwrap();
-    let config = Config::default().stdout(Output::Capture(Captured::default()));
+    let settings = Settings::default().stdout(Output::Capture(Captured::default()));
     let mut restored = Engine::new()
         .unwrap()
-        .restore_with(&Engine::new().unwrap().load(&wasm).unwrap(), &first, config)
+        .restore_with(
+            &Engine::new().unwrap().load(&wasm).unwrap(),
+            &first,
+            settings,
+        )
         .unwrap();
     assert_eq!(restored.snapshot().unwrap(), first);
 }
@@ -143,7 +147,7 @@ fn a_cached_artifact_loads_without_instrumenting_and_runs_the_same() {
         format!("{:?}", module.metadata()),
         format!("{:?}", fresh.metadata())
     );
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     assert_eq!(workflow.run().unwrap(), yielded("do something"));
 
     // An artifact made with other instrumentation options is another

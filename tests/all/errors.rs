@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wasnap::{Config, Engine, Step};
+use wasnap::{Engine, Settings, Step};
 
 fn approval() -> Vec<u8> {
     wat::parse_file(format!(
@@ -37,7 +37,7 @@ fn a_snapshot_does_not_load_into_another_module() {
     let other = engine
         .load(&guest("(drop (call $yield (i32.const 0) (i32.const 0)))"))
         .unwrap();
-    let mut workflow = engine.start(&approval, Config::default()).unwrap();
+    let mut workflow = engine.start(&approval, Settings::default()).unwrap();
     workflow.run().unwrap();
     let snapshot = workflow.snapshot().unwrap();
     let error = message(engine.restore(&other, &snapshot));
@@ -51,7 +51,7 @@ fn a_snapshot_does_not_load_into_another_module() {
 fn a_snapshot_of_another_instrumenter_version_is_refused() {
     let engine = Engine::new().unwrap();
     let module = engine.load(&approval()).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     workflow.run().unwrap();
     let mut snapshot = workflow.snapshot().unwrap();
     snapshot.instrumenter_version += 1;
@@ -69,7 +69,7 @@ fn a_trap_is_an_error_and_the_saved_snapshot_still_resumes() {
     );
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     workflow.run().unwrap();
     workflow.run().unwrap();
     let saved = workflow.snapshot().unwrap();
@@ -86,8 +86,8 @@ fn a_time_limit_interrupts_a_runaway_workflow() {
     let wasm = guest("(loop $forever (br $forever))");
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let config = Config::default().time_limit(Duration::from_millis(50));
-    let mut workflow = engine.start(&module, config).unwrap();
+    let settings = Settings::default().time_limit(Duration::from_millis(50));
+    let mut workflow = engine.start(&module, settings).unwrap();
     let error = message(workflow.run());
     assert!(error.contains("time limit of 50ms"), "{error}");
 }
@@ -97,8 +97,8 @@ fn a_memory_limit_stops_growth_with_a_clear_error() {
     let wasm = guest("(drop (memory.grow (i32.const 100)))");
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let config = Config::default().memory_limit(1 << 20);
-    let mut workflow = engine.start(&module, config).unwrap();
+    let settings = Settings::default().memory_limit(1 << 20);
+    let mut workflow = engine.start(&module, settings).unwrap();
     let error = message(workflow.run());
     assert!(error.contains("memory"), "{error}");
 }
@@ -144,7 +144,7 @@ fn a_suspension_through_a_function_left_uninstrumented_is_a_clear_error() {
         .only_functions("on_*");
     let engine = Engine::with_options(options).unwrap();
     let module = engine.load(&wasm).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     let error = message(workflow.run());
     assert!(
         error.contains(

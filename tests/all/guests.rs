@@ -5,7 +5,7 @@
 //! the tests); a missing module fails the test with that hint.
 
 use wasnap::runtime::Captured;
-use wasnap::{Config, Engine, Output, Snapshot, Step};
+use wasnap::{Engine, Output, Settings, Snapshot, Step};
 
 /// Every language build directory under `guest-workflows/out`.
 pub const LANGUAGES: [&str; 9] = [
@@ -50,10 +50,10 @@ fn step(
     let engine = Engine::new().unwrap();
     let module = engine.load(wasm).unwrap();
     let captured = Captured::default();
-    let config = Config::default().stdout(Output::Capture(captured.clone()));
+    let settings = Settings::default().stdout(Output::Capture(captured.clone()));
     let mut workflow = match from {
-        Some(snapshot) => engine.restore_with(&module, snapshot, config).unwrap(),
-        None => engine.start(&module, config).unwrap(),
+        Some(snapshot) => engine.restore_with(&module, snapshot, settings).unwrap(),
+        None => engine.start(&module, settings).unwrap(),
     };
     if let Some(reply) = reply {
         workflow.send(reply.as_bytes());

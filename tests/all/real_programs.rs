@@ -17,7 +17,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasnap::instrument::Options;
 use wasnap::runtime::Captured;
 use wasnap::snapshot::file;
-use wasnap::{Config, Engine, Output, Step};
+use wasnap::{Engine, Output, Settings, Step};
 
 /// How often a suspension goes through a snapshot file into a new instance
 /// (the others resume in place, still unwinding and rewinding for real).
@@ -96,8 +96,8 @@ fn sqlite_suspends_everywhere(engine: Engine) {
 
     let module = engine.load(&wasm).unwrap();
     let captured = Captured::default();
-    let config = || Config::default().stdout(Output::Capture(captured.clone()));
-    let mut workflow = engine.start(&module, config()).unwrap();
+    let settings = || Settings::default().stdout(Output::Capture(captured.clone()));
+    let mut workflow = engine.start(&module, settings()).unwrap();
     let mut suspensions = 0;
     let status = loop {
         match workflow.run().unwrap_or_else(|e| panic!("{e:?}")) {
@@ -108,7 +108,7 @@ fn sqlite_suspends_everywhere(engine: Engine) {
             let bytes = file::encode(&workflow.snapshot().unwrap(), None).unwrap();
             drop(workflow);
             let (snapshot, _) = file::decode(&bytes).unwrap();
-            workflow = engine.restore_with(&module, &snapshot, config()).unwrap();
+            workflow = engine.restore_with(&module, &snapshot, settings()).unwrap();
         }
     };
 

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasnap::snapshot::{
-    Coroutine, CoroutineState, GlobalValue, HostState, MemoryImage, PAGE_SIZE, Page, Snapshot,
+    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
     TableImage,
 };
 use wasnap::store::{
-    Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, Store, VersionKind,
+    Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -78,7 +78,7 @@ fn step(n: u32) -> Snapshot {
             stack: n.to_le_bytes().repeat(8),
             resume_value: 0,
         }],
-        host: HostState {
+        host: HostSide {
             current: 0,
             next_coroutine_id: 1,
             suspended_in: "wasnap.yield".into(),
@@ -97,15 +97,15 @@ fn temp_db() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// A store with one instance of [`MODULE`].
-fn store_with_instance() -> (tempfile::TempDir, Store, u64) {
+fn store_with_instance() -> (tempfile::TempDir, Database, u64) {
     let (dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
     (dir, store, id)
 }
 
-fn commit_chain(store: &Store, id: u64, steps: std::ops::RangeInclusive<u32>) {
+fn commit_chain(store: &Database, id: u64, steps: std::ops::RangeInclusive<u32>) {
     let lease = store.lease(id).unwrap();
     for n in steps {
         let parent = (n > 1).then(|| n - 1);
@@ -246,18 +246,18 @@ const STAMPING: &str = r#"
 #[test]
 fn unchanged_pages_are_shared_and_versions_exact() {
     use std::sync::Arc;
-    use wasnap::{Config, Engine, Step};
+    use wasnap::{Engine, Settings, Step};
 
     let wasm = wat::parse_str(STAMPING).unwrap();
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
     let (_dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     let hash = store.put_module(&wasm).unwrap();
     let id = store.create_instance(&hash, &["wf".into()]).unwrap();
     let lease = store.lease(id).unwrap();
 
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     let mut snapshots = Vec::new();
     let mut head = None;
     for _ in 0..3 {
@@ -300,7 +300,7 @@ fn unchanged_pages_are_shared_and_versions_exact() {
         .unwrap();
     drop(lease);
     // Read back by another handle, with nothing cached.
-    let other = Store::open(&path).unwrap();
+    let other = Database::open(&path).unwrap();
     assert_eq!(other.load_version(id, v4).unwrap(), s);
     assert_eq!(other.load_version(id, v5).unwrap(), b);
     assert_eq!(b.memories[0].pages.len(), 2);
@@ -311,7 +311,7 @@ fn unchanged_pages_are_shared_and_versions_exact() {
 /// restore, or zeroed again.
 #[test]
 fn captures_find_every_written_page() {
-    use wasnap::{Config, Engine, Step};
+    use wasnap::{Engine, Settings, Step};
 
     // Grows from 1 to 6 pages; step 1 writes pages 2 and 5, step 2 zeroes
     // page 2 and writes page 4.
@@ -335,7 +335,7 @@ fn captures_find_every_written_page() {
         |s: &Snapshot| -> Vec<u32> { s.memories[0].pages.iter().map(|p| p.index).collect() };
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let mut workflow = engine.start(&module, Config::default()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
     assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
     let first = workflow.snapshot().unwrap();
     assert_eq!(indices(&first), [2, 5]);
@@ -398,7 +398,7 @@ fn gc_and_rm_report_what_they_free() {
 #[test]
 fn modules_and_compiled_artifacts() {
     let (_dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     assert_eq!(hash, *blake3::hash(MODULE).as_bytes());
     assert_eq!(store.put_module(MODULE).unwrap(), hash);
@@ -538,7 +538,7 @@ fn a_lease_of_a_dead_process_is_taken_over() {
 #[test]
 fn schema_is_versioned() {
     let (_dir, path) = temp_db();
-    drop(Store::open(&path).unwrap());
+    drop(Database::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -557,8 +557,8 @@ fn schema_is_versioned() {
         .unwrap();
     drop(conn);
     for err in [
-        Store::open(&path).map(drop).unwrap_err(),
-        Store::open_read_only(&path).map(drop).unwrap_err(),
+        Database::open(&path).map(drop).unwrap_err(),
+        Database::open_read_only(&path).map(drop).unwrap_err(),
     ] {
         assert_eq!(
             err.to_string(),
@@ -575,7 +575,7 @@ fn schema_is_versioned() {
 #[test]
 fn a_version_1_database_is_upgraded() {
     let (_dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
     commit_chain(&store, id, 1..=3);
@@ -605,7 +605,7 @@ fn a_version_1_database_is_upgraded() {
     )
     .unwrap();
     drop(conn);
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     for n in 1..=3 {
         assert_eq!(store.load_version(id, n).unwrap(), step(n));
     }
@@ -619,7 +619,7 @@ fn a_version_1_database_is_upgraded() {
 fn a_file_that_is_not_sqlite_is_named() {
     let (_dir, path) = temp_db();
     std::fs::write(&path, vec![b'x'; 8192]).unwrap();
-    let err = Store::open(&path).map(drop).unwrap_err().to_string();
+    let err = Database::open(&path).map(drop).unwrap_err().to_string();
     assert_eq!(
         err,
         format!("{} is not a wasnap database (not SQLite)", path.display())
@@ -630,11 +630,11 @@ fn a_file_that_is_not_sqlite_is_named() {
 #[test]
 fn a_read_only_database_says_so() {
     let (_dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     let id = store.create_instance(&hash, &[]).unwrap();
     commit_chain(&store, id, 1..=1);
-    let ro = Store::open_read_only(&path).unwrap();
+    let ro = Database::open_read_only(&path).unwrap();
     assert_eq!(ro.load_version(id, 1).unwrap(), step(1));
     assert_eq!(ro.instances().unwrap().len(), 1);
     let read_only = format!("database {} is read-only", path.display());
@@ -696,7 +696,7 @@ fn wait_for(child: &mut Child, prefix: &str, count: usize) -> String {
 /// head is the last one, nothing half-written is left, and the instance
 /// can go on.
 fn check_after_crash(db: &Path, at_least: u32) -> u32 {
-    let store = Store::open(db).unwrap();
+    let store = Database::open(db).unwrap();
     let versions = store.versions(1).unwrap();
     let count = versions.len() as u32;
     assert!(
@@ -747,7 +747,7 @@ fn a_process_killed_mid_commit_leaves_no_half_version() {
 #[test]
 fn of_two_processes_one_gets_the_lease() {
     let (_dir, db) = temp_db();
-    let store = Store::open(&db).unwrap();
+    let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     store.create_instance(&hash, &[]).unwrap();
     let mut children = [spawn_child(&db, "race"), spawn_child(&db, "race")];
@@ -767,7 +767,7 @@ fn of_two_processes_one_gets_the_lease() {
 #[test]
 fn a_lease_held_by_a_killed_process_is_freed() {
     let (_dir, db) = temp_db();
-    let store = Store::open(&db).unwrap();
+    let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     store.create_instance(&hash, &[]).unwrap();
     let mut child = spawn_child(&db, "hold");
@@ -808,7 +808,7 @@ fn child_process() {
     ) else {
         panic!("run only by the crash and lease tests");
     };
-    let store = Store::open(&db).unwrap();
+    let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     if store.instances().unwrap().is_empty() {
         store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
@@ -826,7 +826,7 @@ fn child_process() {
     }
 }
 
-fn hold_lease(store: &Store, commit: bool) {
+fn hold_lease(store: &Database, commit: bool) {
     match store.lease(1) {
         Ok(lease) => {
             println!("lease: taken");
@@ -841,7 +841,7 @@ fn hold_lease(store: &Store, commit: bool) {
     }
 }
 
-fn commit_forever(store: &Store) {
+fn commit_forever(store: &Database) {
     let lease = store.lease(1).unwrap();
     let mut n = store.instance(1).unwrap().head.unwrap_or(0);
     loop {
