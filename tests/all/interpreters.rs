@@ -32,10 +32,10 @@ use crate::real_programs::{
 /// JavaScript call). Measured by `deep_recursion_needs_this_much_wasm_stack`
 /// (wasmtime's default limit is 512 KiB):
 ///
-/// - Lua, 400 levels: the original needs about 215 KiB, the instrumented
-///   module about 410 KiB (1.9x); wasnap's default engine runs up to 460
+/// - Lua, 400 levels: the original needs 216 KiB, the instrumented
+///   module 412 KiB (1.9x); wasnap's default engine runs up to 460
 ///   levels, the original up to 957.
-/// - QuickJS, 300 levels: the original needs about 220 KiB; the
+/// - QuickJS, 300 levels: the original needs 220 KiB; the
 ///   instrumented module needs 827 KiB already at 1 level and about 206 KiB
 ///   more per level (the original about 0.7 KiB), so wasnap's default
 ///   engine cannot suspend inside any JavaScript function (see the ignored
@@ -231,8 +231,8 @@ fn deep_fits(
     }
 }
 
-/// Figures for the documentation, printed: for each interpreter, the
-/// deepest `deep` recursion that fits wasmtime's default 512 KiB Wasm stack
+/// Figures for the documentation, printed: for each interpreter, its size
+/// before and after instrumentation, the deepest `deep` recursion that fits wasmtime's default 512 KiB Wasm stack
 /// in the original module and under wasnap's default engine, and the Wasm
 /// stack the original and the instrumented module (run without suspending)
 /// need for a few depths. `cargo test --test all interpreters::deep_recursion_needs -- --ignored --nocapture`
@@ -255,6 +255,12 @@ fn measure_deep_recursion() {
         let instrumented = wasnap::instrument::instrument(&interpreter.wasm, &Default::default())
             .unwrap()
             .wasm;
+        println!(
+            "{name}: module size: original {} B, instrumented {} B ({:.2}x)",
+            interpreter.wasm.len(),
+            instrumented.len(),
+            instrumented.len() as f64 / interpreter.wasm.len() as f64
+        );
         let unlimited = plain_engine(Some(32 * 1024 * KIB));
         let compile = |wasm: &[u8]| {
             wasmtime::Module::new(&unlimited, wasm)
@@ -295,17 +301,36 @@ fn measure_deep_recursion() {
             "{name}: deepest `deep` within 512 KiB of Wasm stack: original {original_depth}, \
              wasnap's default engine {wasnap_depth}"
         );
-        for depth in [wasnap_depth.max(1), 100, 1000, original_depth] {
+        let tested = if name == "lua" {
+            LUA_DEPTH
+        } else {
+            QUICKJS_DEPTH
+        };
+        let mut depths = vec![
+            1,
+            100,
+            tested.parse().unwrap(),
+            wasnap_depth,
+            original_depth,
+        ];
+        depths.retain(|&depth| depth > 0);
+        depths.sort();
+        depths.dedup();
+        const LIMIT_KIB: usize = 32 * 1024;
+        for depth in depths {
+            // The smallest limit, in KiB, at which the recursion fits.
             let need = |artifact: &[u8], wasm: &[u8]| {
                 let fits = |kib: usize| deep_fits(name, artifact, wasm, depth, kib * KIB);
-                1 + largest_passing(32 * 1024, |kib| !fits(kib))
+                1 + largest_passing(LIMIT_KIB, |kib| !fits(kib))
             };
             let original = need(&original_artifact, &interpreter.wasm);
-            let instrumented = need(&instrumented_artifact, &instrumented);
+            let instrumented = match need(&instrumented_artifact, &instrumented) {
+                kib if kib > LIMIT_KIB => format!("more than {} MiB", LIMIT_KIB / 1024),
+                kib => format!("{kib} KiB ({:.1}x)", kib as f64 / original as f64),
+            };
             println!(
                 "{name} deep {depth}: Wasm stack needed: original {original} KiB, \
-                 instrumented {instrumented} KiB ({:.1}x)",
-                instrumented as f64 / original as f64
+                 instrumented {instrumented}"
             );
         }
     }
