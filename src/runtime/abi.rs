@@ -13,7 +13,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 
 use super::unwinder::Unwinder;
 use crate::instrument::STATE_REWINDING;
-use crate::snapshot::{Coroutine, CoroutineState};
+use crate::snapshot::{Coroutine, CoroutineState, Stdin};
 
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
@@ -30,6 +30,8 @@ pub(crate) struct HostState {
     pub reply: Vec<u8>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// What reads of standard input find (see `stdin.rs`).
+    pub stdin: Stdin,
 }
 
 /// Exports of the instance the host functions use.

@@ -13,6 +13,7 @@ mod abi;
 mod artifact;
 mod host;
 mod state;
+mod stdin;
 mod unwinder;
 mod workflow;
 
@@ -64,6 +65,9 @@ pub struct Module {
 
 struct ModuleInner {
     hash: ModuleHash,
+    /// Whether its reads of standard input suspend (the engine's
+    /// [`Options::suspend_on_stdin`]).
+    stdin_suspends: bool,
     metadata: Metadata,
     compiled: wasmtime::Module,
     instance_pre: InstancePre<HostState>,
@@ -196,7 +200,7 @@ impl Engine {
     /// An engine with instrumentation options, for example more suspending
     /// imports.
     pub fn with_options(options: Options) -> Result<Engine> {
-        Engine::build(options, Vec::new())
+        Engine::builder().options(options).build()
     }
 
     /// A builder for an engine with host functions of the embedder's own.
@@ -204,18 +208,29 @@ impl Engine {
         EngineBuilder {
             options: Options::default(),
             host_functions: Vec::new(),
+            max_wasm_stack: None,
         }
     }
 
-    fn build(options: Options, host_functions: Vec<HostFunction>) -> Result<Engine> {
+    fn build(
+        options: Options,
+        host_functions: Vec<HostFunction>,
+        max_wasm_stack: Option<usize>,
+    ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
+        if let Some(bytes) = max_wasm_stack {
+            config.max_wasm_stack(bytes);
+        }
         // Time limits interrupt a run at the next epoch check; the checks
         // cost a load and a compare at loop heads and function entries.
         config.epoch_interruption(true);
         let wasmtime = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
+        if options.suspends_on_stdin() {
+            stdin::add_to_linker(&mut linker)?;
+        }
         abi::add_to_linker(&mut linker)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -287,6 +302,7 @@ impl Engine {
         let module = Module {
             inner: Arc::new(ModuleInner {
                 hash,
+                stdin_suspends: self.inner.options.suspends_on_stdin(),
                 metadata,
                 compiled,
                 instance_pre,
@@ -426,9 +442,24 @@ impl Engine {
 pub struct EngineBuilder {
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: Option<usize>,
 }
 
 impl EngineBuilder {
+    /// Instrumentation options, for example more suspending imports.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The most native stack, in bytes, that a workflow's Wasm code may use
+    /// (wasmtime's `max_wasm_stack`; its default is 512 KiB). The thread
+    /// that runs the workflow must have that much stack and more.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.max_wasm_stack = Some(bytes);
+        self
+    }
+
     /// A host function for the imports matching `pattern` (`module.name`,
     /// `*` allowed) that may suspend the workflow: see [`HostCall`].
     pub fn suspending(
@@ -465,7 +496,7 @@ impl EngineBuilder {
         for function in &self.host_functions {
             host::check_pattern(&function.pattern)?;
         }
-        Engine::build(self.options, self.host_functions)
+        Engine::build(self.options, self.host_functions, self.max_wasm_stack)
     }
 }
 

@@ -12,12 +12,13 @@ use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::abi::{Handles, HostState, Pending};
+use super::stdin::Terminal;
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
     self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
-use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot};
+use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot, Stdin};
 
 /// Epochs until the deadline when there is no time limit: never reached.
 const NO_DEADLINE: u64 = u64::MAX / 2;
@@ -88,6 +89,15 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
+        match (&host.stdin, module.inner.stdin_suspends) {
+            (Stdin::Suspending { .. }, false) => bail!(
+                "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
+            ),
+            (Stdin::Empty, true) => bail!(
+                "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
+            ),
+            _ => {}
+        }
         let mut workflow =
             Workflow::instantiate(module, &settings, host.args.clone(), host.env.clone())?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
@@ -101,6 +111,7 @@ impl Workflow {
         data.suspended_in = host.suspended_in.clone();
         data.yielded = host.yielded.clone();
         data.reply = host.reply.clone();
+        data.stdin = host.stdin.clone();
         if data.coroutine(host.current).is_none() {
             bail!(
                 "the snapshot's running coroutine {} does not exist",
@@ -118,9 +129,11 @@ impl Workflow {
     ) -> Result<Workflow> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&args).envs(&env).inherit_stderr();
-        match &settings.stdout {
-            Output::Inherit => wasi.inherit_stdout(),
-            Output::Capture(captured) => wasi.stdout(captured.0.clone()),
+        match (&settings.stdout, module.inner.stdin_suspends) {
+            (Output::Inherit, false) => wasi.inherit_stdout(),
+            (Output::Capture(captured), false) => wasi.stdout(captured.0.clone()),
+            (Output::Inherit, true) => wasi.stdout(Terminal(tokio::io::stdout())),
+            (Output::Capture(captured), true) => wasi.stdout(Terminal(captured.0.clone())),
         };
         for (host, guest) in &settings.directories {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
@@ -146,6 +159,13 @@ impl Workflow {
             reply: Vec::new(),
             args,
             env,
+            stdin: if module.inner.stdin_suspends {
+                Stdin::Suspending {
+                    buffered: Vec::new(),
+                }
+            } else {
+                Stdin::Empty
+            },
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
         store.limiter(|host| &mut host.limits);
@@ -412,6 +432,7 @@ impl Workflow {
                 reply: host.reply.clone(),
                 args: host.args.clone(),
                 env: host.env.clone(),
+                stdin: host.stdin.clone(),
             },
         })
     }

@@ -29,14 +29,16 @@ use anyhow::{Context, Result, bail};
 use super::codec::{Reader, Writer};
 use super::{
     Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
-    TableImage,
+    Stdin, TableImage,
 };
 
 /// The first bytes of an uncompressed snapshot file.
 pub const MAGIC: [u8; 8] = *b"WASNAPSF";
 
 /// The version of the format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the standard input to the host state; a version 1 file
+/// reads as a workflow whose standard input is empty.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// zstd level for files: they are written once, by hand, so favour size a bit.
 const FILE_ZSTD_LEVEL: i32 = 3;
@@ -54,7 +56,7 @@ const MAX_PAGE_COUNT: u64 = 1 << 48;
 /// Encodes `snapshot`, and the original module bytes if given, as a
 /// self-contained snapshot file.
 pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
-    let raw = encode_raw(snapshot, module, true)?;
+    let raw = encode_raw(snapshot, module, true, FORMAT_VERSION)?;
     // One-shot compression of the whole buffer: zstd's streaming encoder
     // compresses a large input that was written to it in one piece against
     // an "external dictionary" of its own earlier blocks, which made it
@@ -97,7 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Snapshot, Option<Vec<u8>>)> {
 /// Encodes everything but the page contents, uncompressed: the per-version
 /// state blob of the store. Memories keep their sizes, not their pages.
 pub(crate) fn encode_state(snapshot: &Snapshot) -> Result<Vec<u8>> {
-    encode_raw(snapshot, None, false)
+    encode_raw(snapshot, None, false, FORMAT_VERSION)
 }
 
 /// Decodes a blob written by [`encode_state`]; memories come back with
@@ -145,16 +147,23 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> Result<Vec<u8>> {
+/// The uncompressed form in format `version` (older versions only for
+/// the tests that prove they are still read).
+fn encode_raw(
+    snapshot: &Snapshot,
+    module: Option<&[u8]>,
+    with_pages: bool,
+    version: u32,
+) -> Result<Vec<u8>> {
     let mut w = Writer::default();
     w.raw(&MAGIC);
-    w.u32(FORMAT_VERSION);
+    w.u32(version);
     let mut flags = if with_pages { 0 } else { FLAG_NO_PAGES };
     if module.is_some() {
         flags |= FLAG_MODULE;
     }
     w.u32(flags);
-    write_state(&mut w, snapshot)?;
+    write_state(&mut w, snapshot, version)?;
     write_memories(&mut w, &snapshot.memories, with_pages)?;
     if let Some(module) = module {
         w.bytes(module)?;
@@ -184,7 +193,7 @@ fn decode_raw(raw: &[u8], with_pages: bool) -> Result<(Snapshot, Option<Vec<u8>>
     let mut r = Reader::new(&body[MAGIC.len() + 4..]);
     let flags = r.u32()?;
     check_flags(flags, with_pages)?;
-    let mut snapshot = read_state(&mut r)?;
+    let mut snapshot = read_state(&mut r, version)?;
     snapshot.memories = read_memories(&mut r)?;
     let module = if flags & FLAG_MODULE != 0 {
         Some(r.bytes().context("the embedded module")?)
@@ -221,7 +230,7 @@ fn check_flags(flags: u32, with_pages: bool) -> Result<()> {
     Ok(())
 }
 
-fn write_state(w: &mut Writer, s: &Snapshot) -> Result<()> {
+fn write_state(w: &mut Writer, s: &Snapshot, version: u32) -> Result<()> {
     w.raw(&s.module_hash);
     w.u32(s.instrumenter_version);
     w.len(s.globals.len())?;
@@ -234,10 +243,10 @@ fn write_state(w: &mut Writer, s: &Snapshot) -> Result<()> {
     for c in &s.coroutines {
         write_coroutine(w, c)?;
     }
-    write_host(w, &s.host)
+    write_host(w, &s.host, version)
 }
 
-fn read_state(r: &mut Reader) -> Result<Snapshot> {
+fn read_state(r: &mut Reader, version: u32) -> Result<Snapshot> {
     let module_hash = r.hash()?;
     let instrumenter_version = r.u32()?;
     let globals = (0..r.count(1)?)
@@ -247,7 +256,7 @@ fn read_state(r: &mut Reader) -> Result<Snapshot> {
         .map(|i| read_table(r).with_context(|| format!("table {i}")))
         .collect::<Result<_>>()?;
     let coroutines = read_coroutines(r)?;
-    let host = read_host(r).context("host state")?;
+    let host = read_host(r, version).context("host state")?;
     Ok(Snapshot {
         module_hash,
         instrumenter_version,
@@ -376,7 +385,7 @@ fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
     })
 }
 
-fn write_host(w: &mut Writer, h: &HostSide) -> Result<()> {
+fn write_host(w: &mut Writer, h: &HostSide, version: u32) -> Result<()> {
     w.u32(h.current);
     w.u32(h.next_coroutine_id);
     w.str(&h.suspended_in)?;
@@ -388,10 +397,37 @@ fn write_host(w: &mut Writer, h: &HostSide) -> Result<()> {
         w.str(k)?;
         w.str(v)?;
     }
+    match &h.stdin {
+        Stdin::Empty if version < 2 => {}
+        Stdin::Suspending { .. } if version < 2 => {
+            bail!("format version {version} cannot hold a suspending standard input")
+        }
+        Stdin::Empty => w.u8(STDIN_EMPTY),
+        Stdin::Suspending { buffered } => {
+            w.u8(STDIN_SUSPENDING);
+            w.bytes(buffered)?;
+        }
+    }
     Ok(())
 }
 
-fn read_host(r: &mut Reader) -> Result<HostSide> {
+const STDIN_EMPTY: u8 = 0;
+const STDIN_SUSPENDING: u8 = 1;
+
+fn read_stdin(r: &mut Reader, version: u32) -> Result<Stdin> {
+    if version < 2 {
+        return Ok(Stdin::Empty);
+    }
+    Ok(match r.u8()? {
+        STDIN_EMPTY => Stdin::Empty,
+        STDIN_SUSPENDING => Stdin::Suspending {
+            buffered: r.bytes()?,
+        },
+        other => bail!("unknown standard input kind {other}"),
+    })
+}
+
+fn read_host(r: &mut Reader, version: u32) -> Result<HostSide> {
     let current = r.u32()?;
     let next_coroutine_id = r.u32()?;
     let suspended_in = r.str()?;
@@ -401,6 +437,7 @@ fn read_host(r: &mut Reader) -> Result<HostSide> {
     let env = (0..r.count(8)?)
         .map(|_| Ok((r.str()?, r.str()?)))
         .collect::<Result<_>>()?;
+    let stdin = read_stdin(r, version)?;
     Ok(HostSide {
         current,
         next_coroutine_id,
@@ -409,6 +446,7 @@ fn read_host(r: &mut Reader) -> Result<HostSide> {
         reply,
         args,
         env,
+        stdin,
     })
 }
 
@@ -558,8 +596,26 @@ pub(crate) mod tests {
                 reply: b"true".to_vec(),
                 args: vec!["wf.wasm".into(), "--fast".into()],
                 env: vec![("HOME".into(), "/root".into())],
+                stdin: Stdin::Suspending {
+                    buffered: b"rest of a line\n".to_vec(),
+                },
             },
         }
+    }
+
+    #[test]
+    fn a_version_1_file_reads_with_an_empty_standard_input() {
+        let mut s = sample();
+        s.host.stdin = Stdin::Empty;
+        let raw = encode_raw(&s, Some(b"module"), true, 1).unwrap();
+        let v1 = zstd::bulk::compress(&raw, 1).unwrap();
+        assert_eq!(decode(&v1).unwrap(), (s.clone(), Some(b"module".to_vec())));
+        // A suspending standard input did not exist then.
+        let error = encode_raw(&sample(), None, true, 1).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "format version 1 cannot hold a suspending standard input"
+        );
     }
 
     #[test]
@@ -601,7 +657,8 @@ pub(crate) mod tests {
         assert_eq!(back.memories[0].page_count, 17);
         assert!(back.memories.iter().all(|m| m.pages.is_empty()));
         assert_eq!(back.host, s.host);
-        let file_err = decode_state(&encode_raw(&s, None, true).unwrap()).unwrap_err();
+        let file_err =
+            decode_state(&encode_raw(&s, None, true, FORMAT_VERSION).unwrap()).unwrap_err();
         assert_eq!(file_err.to_string(), "this is not a stored state");
     }
 

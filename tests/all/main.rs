@@ -12,4 +12,5 @@ mod instrument;
 mod interpreters;
 mod real_programs;
 mod smith;
+mod stdin;
 mod store;
