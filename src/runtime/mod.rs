@@ -220,6 +220,9 @@ impl Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
         if let Some(bytes) = max_wasm_stack {
+            // wasmtime checks the limit against the stacks of async calls,
+            // which wasnap does not make.
+            config.async_stack_size(bytes + (1 << 20));
             config.max_wasm_stack(bytes);
         }
         // Time limits interrupt a run at the next epoch check; the checks
