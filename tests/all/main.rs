@@ -11,6 +11,7 @@ mod harness;
 mod instrument;
 mod interpreters;
 mod real_programs;
+mod runtimes;
 mod smith;
 mod stdin;
 mod store;
