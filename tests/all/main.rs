@@ -10,6 +10,7 @@ mod guests;
 mod harness;
 mod instrument;
 mod interpreters;
+mod limits;
 mod real_programs;
 mod runtimes;
 mod smith;
