@@ -1,0 +1,98 @@
+//! The `wasnap` Python module.
+//!
+//! ```python
+//! import wasnap
+//!
+//! answer = wasnap.yield_("ask boss for permission")   # "" when no reply
+//!
+//! def workflow():
+//!     yield "do something"
+//!     is_approved = yield "ask boss for permission"
+//!     ...
+//!
+//! wasnap.run(workflow())
+//! ```
+//!
+//! `yield_` (`yield` is a keyword) publishes a value, suspends the whole
+//! interpreter, and returns the reply the workflow is resumed with.
+//! `run` drives a generator as the article's host does with `next()` and
+//! `send()`: each value the generator yields is published and suspends the
+//! workflow; the reply is sent into the generator as the value of its
+//! `yield` expression.
+
+pub(crate) use wasnap::module_def;
+
+#[rustpython_vm::pymodule]
+mod wasnap {
+    use rustpython_vm::builtins::{PyBytes, PyStr};
+    use rustpython_vm::function::OptionalArg;
+    use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
+
+    /// The bytes a Python value is published as: a `str` as UTF-8, `bytes`
+    /// as they are, `None` as nothing (a bare suspension), anything else
+    /// as its `str()`.
+    fn value_bytes(value: &PyObjectRef, vm: &VirtualMachine) -> PyResult<Vec<u8>> {
+        if vm.is_none(value) {
+            return Ok(Vec::new());
+        }
+        if let Some(bytes) = value.downcast_ref::<PyBytes>() {
+            return Ok(bytes.as_bytes().to_vec());
+        }
+        if let Some(text) = value.downcast_ref::<PyStr>() {
+            return Ok(text.as_bytes().to_vec());
+        }
+        Ok(value.str(vm)?.as_bytes().to_vec())
+    }
+
+    /// yield_(value=None) -> str
+    ///
+    /// Publishes `value` as this step's value and suspends the workflow;
+    /// returns the reply it is resumed with ("" when there is none).
+    #[pyfunction]
+    fn yield_(value: OptionalArg<PyObjectRef>, vm: &VirtualMachine) -> PyResult<String> {
+        let value = match value {
+            OptionalArg::Present(value) => value_bytes(&value, vm)?,
+            OptionalArg::Missing => Vec::new(),
+        };
+        let reply = wasnap_guest::yield_bytes(&value);
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    /// What a reply is sent into a generator as: nothing is `None` (as
+    /// `next()` sends), JSON is what it says (`true` is `True`, `3` is
+    /// `3`), and any other text is that `str`.
+    fn reply_value(reply: &[u8], vm: &VirtualMachine) -> PyObjectRef {
+        if reply.is_empty() {
+            return vm.ctx.none();
+        }
+        let mut json = serde_json::Deserializer::from_slice(reply);
+        match rustpython_vm::py_serde::deserialize(vm, &mut json) {
+            Ok(value) if json.end().is_ok() => value,
+            _ => vm
+                .ctx
+                .new_str(String::from_utf8_lossy(reply).into_owned())
+                .into(),
+        }
+    }
+
+    /// run(generator) -> its return value
+    ///
+    /// Drives `generator` to its end: each value it yields is published
+    /// and suspends the workflow; the reply it is resumed with is sent
+    /// into the generator (see `reply_value`).
+    #[pyfunction]
+    fn run(generator: PyObjectRef, vm: &VirtualMachine) -> PyResult {
+        let mut reply = vm.ctx.none();
+        loop {
+            let value = match vm.call_method(&generator, "send", (reply,)) {
+                Ok(value) => value,
+                Err(error) if error.fast_isinstance(vm.ctx.exceptions.stop_iteration) => {
+                    return Ok(error.get_arg(0).unwrap_or_else(|| vm.ctx.none()));
+                }
+                Err(error) => return Err(error),
+            };
+            let answer = wasnap_guest::yield_bytes(&value_bytes(&value, vm)?);
+            reply = reply_value(&answer, vm);
+        }
+    }
+}
