@@ -26,7 +26,7 @@ pub(crate) use wasnap::module_def;
 mod wasnap {
     use rustpython_vm::builtins::{PyBytes, PyStr};
     use rustpython_vm::function::OptionalArg;
-    use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
+    use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
 
     /// The bytes a Python value is published as: a `str` as UTF-8, `bytes`
     /// as they are, `None` as nothing (a bare suspension), anything else
