@@ -11,6 +11,7 @@ mod instrument;
 mod json;
 mod log;
 mod ls;
+mod migrate;
 mod restore;
 mod resume;
 mod rm;
@@ -24,14 +25,15 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use wasnap::store::{Database, InstanceId};
+use wasnap::store::{Database, InstanceId, Location};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
 #[derive(Parser, Debug)]
 #[command(name = "wasnap", version, about, long_about = None)]
 pub struct Cli {
-    /// The SQLite database holding modules, instances and versions.
+    /// The database holding modules, instances and versions: a SQLite
+    /// file, or a PostgreSQL URL (postgres://USER@HOST/DB).
     #[arg(long, global = true, env = "WASNAP_DB", default_value = "wasnap.db")]
     db: PathBuf,
     #[command(subcommand)]
@@ -50,6 +52,7 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Migrate(migrate::Migrate),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -81,6 +84,7 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Migrate(c) => c.execute(),
         }
     }
 }
@@ -125,13 +129,22 @@ impl Target {
 
 /// Opens an existing database for reading.
 fn open_existing(db: &std::path::Path) -> Result<Database> {
-    if !db.exists() {
+    let location = Location::of_path(db);
+    if let Location::Sqlite(path) = &location {
+        require_file(path)?;
+    }
+    Database::open_at(location)
+}
+
+/// Fails unless a SQLite database exists at `path`.
+fn require_file(path: &std::path::Path) -> Result<()> {
+    if !path.exists() {
         bail!(
             "no database at {} (run a workflow first, or pass --db)",
-            db.display()
+            path.display()
         );
     }
-    Database::open(db)
+    Ok(())
 }
 
 /// Reads a module file: binary Wasm, or WAT text for a `.wat` file.

@@ -120,8 +120,8 @@ impl Executor {
         Executor { engine, database }
     }
 
-    /// Opens (or creates) the SQLite database at `path`, with a default
-    /// engine.
+    /// Opens (or creates) the database at `path`, a SQLite file or a
+    /// PostgreSQL URL (see [`Database::open`]), with a default engine.
     pub fn open(path: impl AsRef<Path>) -> Result<Executor> {
         Ok(Executor::new(Engine::new()?, Database::open(path)?))
     }

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::InstanceId;
+use super::sql::{Connection, Dialect, Param, params};
 use crate::snapshot::{MemoryImage, PAGE_SIZE, Page};
 
 /// zstd level for pages: they are compressed on the path of a suspension,
@@ -152,33 +152,106 @@ pub(super) fn hash_pages<'a>(
     named
 }
 
+/// How many rows one statement looks up or inserts: a round trip to
+/// PostgreSQL per batch rather than per page.
+const BATCH: usize = 128;
+
+/// Keeps `gc` from deleting pages while a commit refers to them: a commit
+/// may find a page stored, then refer to it. SQLite's write transactions
+/// exclude each other already; on PostgreSQL, commits share an advisory
+/// lock that `gc` takes alone ([`exclude_commits`]).
+pub(super) fn exclude_gc(conn: &mut dyn Connection) -> Result<()> {
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute("SELECT pg_advisory_xact_lock_shared(?1)", params![GC_LOCK])?;
+    }
+    Ok(())
+}
+
+/// What `gc` takes before it deletes pages; see [`exclude_gc`].
+pub(super) fn exclude_commits(conn: &mut dyn Connection) -> Result<()> {
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute("SELECT pg_advisory_xact_lock(?1)", params![GC_LOCK])?;
+    }
+    Ok(())
+}
+
+/// The advisory lock between commits and `gc` ("wasnap" and 2).
+const GC_LOCK: i64 = 0x7761_736e_6170_0002;
+
+/// `(?1, ?2), (?3, ?4), ...`: `rows` rows of `columns` placeholders.
+fn placeholder_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("?{}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The row ids of those of `names` that are stored.
+fn find(conn: &mut dyn Connection, names: &[[u8; 32]]) -> Result<HashMap<[u8; 32], i64>> {
+    let mut found = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(BATCH) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT hash, id FROM pages WHERE hash IN ({})",
+            list.join(", ")
+        );
+        let params: Vec<Param> = chunk.iter().map(Param::from).collect();
+        for mut row in conn.query(&sql, &params)? {
+            found.insert(row.get(0)?, row.get(1)?);
+        }
+    }
+    Ok(found)
+}
+
 /// Stores the pages not stored yet; returns the row id of every page and
 /// the bytes this added. A page already stored is neither compressed nor
 /// written again; those in `known` are not even looked up.
+///
+/// Another writer may store the same page at the same time (PostgreSQL):
+/// the insert then does nothing, and the page is looked up again.
 pub(super) fn store_missing(
-    conn: &Connection,
+    conn: &mut dyn Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
     pages: &[HashedPage],
     known: Option<&HashMap<[u8; 32], i64>>,
 ) -> Result<(Vec<i64>, u64)> {
-    let mut find = conn.prepare_cached("SELECT id FROM pages WHERE hash = ?1")?;
-    let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
+    let unknown: Vec<[u8; 32]> = pages
+        .iter()
+        .map(|p| p.hash)
+        .filter(|h| !known.is_some_and(|k| k.contains_key(h)))
+        .collect();
+    let mut stored = find(conn, &unknown)?;
     let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        let found = match known.and_then(|k| k.get(&p.hash)) {
-            Some(&id) => Some(id),
-            None => find.query_row([&p.hash], |r| r.get(0)).optional()?,
-        };
-        let id = match found {
-            Some(id) => id,
+        let id = match known.and_then(|k| k.get(&p.hash)).or(stored.get(&p.hash)) {
+            Some(&id) => id,
             None => {
                 let data = compressor
                     .compress(&p.page.data)
                     .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
-                insert.execute(params![p.hash, data])?;
-                added += data.len() as u64;
-                conn.last_insert_rowid()
+                let inserted = conn.query_opt(
+                    "INSERT INTO pages (hash, data) VALUES (?1, ?2)
+                     ON CONFLICT (hash) DO NOTHING RETURNING id",
+                    params![&p.hash, &data],
+                )?;
+                let id = match inserted {
+                    Some(mut row) => {
+                        added += data.len() as u64;
+                        row.get(0)?
+                    }
+                    None => conn.query_value(
+                        "SELECT id FROM pages WHERE hash = ?1",
+                        params![&p.hash],
+                    )?,
+                };
+                stored.insert(p.hash, id);
+                id
             }
         };
         ids.push(id);
@@ -188,16 +261,29 @@ pub(super) fn store_missing(
 
 /// Records that version row `version` holds `pages`, stored under `ids`.
 pub(super) fn reference(
-    conn: &Connection,
+    conn: &mut dyn Connection,
     version: i64,
     pages: &[HashedPage],
     ids: &[i64],
 ) -> Result<()> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO version_pages (version, memory, page_index, page) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for (p, id) in pages.iter().zip(ids) {
-        insert.execute(params![version, p.memory, p.page.index, id])?;
+    let rows: Vec<(&HashedPage, &i64)> = pages.iter().zip(ids).collect();
+    for chunk in rows.chunks(BATCH) {
+        let sql = format!(
+            "INSERT INTO version_pages (version, memory, page_index, page) VALUES {}",
+            placeholder_rows(chunk.len(), 4)
+        );
+        let params: Vec<Param> = chunk
+            .iter()
+            .flat_map(|(p, id)| {
+                [
+                    Param::from(version),
+                    Param::from(p.memory),
+                    Param::from(p.page.index),
+                    Param::from(**id),
+                ]
+            })
+            .collect();
+        conn.execute(&sql, &params)?;
     }
     Ok(())
 }
@@ -206,30 +292,30 @@ pub(super) fn reference(
 /// row `version`, checking each page against its name. Returns the names
 /// and row ids, memory by memory and page by page.
 pub(super) fn load(
-    conn: &Connection,
+    conn: &mut dyn Connection,
     version: i64,
     memories: &mut [MemoryImage],
 ) -> Result<(Vec<[u8; 32]>, Vec<i64>)> {
-    let mut query = conn.prepare_cached(
+    let rows = conn.query(
         "SELECT vp.memory, vp.page_index, vp.page, p.hash, p.data
          FROM version_pages vp LEFT JOIN pages p ON p.id = vp.page
          WHERE vp.version = ?1 ORDER BY vp.memory, vp.page_index",
+        params![version],
     )?;
-    let mut rows = query.query([version])?;
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
     let (mut names, mut ids) = (Vec::new(), Vec::new());
-    while let Some(row) = rows.next()? {
+    for mut row in rows {
         let memory: u32 = row.get(0)?;
         let index: u32 = row.get(1)?;
         let id: i64 = row.get(2)?;
         let (Some(hash), Some(stored)) = (
-            row.get::<_, Option<[u8; 32]>>(3)?,
-            row.get_ref(4)?.as_blob_or_null()?,
+            row.get::<Option<[u8; 32]>>(3)?,
+            row.get::<Option<Vec<u8>>>(4)?,
         ) else {
             bail!("page {index} of memory {memory} is missing");
         };
-        let data = unpack(&mut decompressor, stored, &hash)
+        let data = unpack(&mut decompressor, &stored, &hash)
             .with_context(|| format!("page {index} of memory {memory}"))?;
         let Some(image) = memories.get_mut(memory as usize) else {
             bail!("a page refers to memory {memory}, which the snapshot does not have");
@@ -319,6 +405,11 @@ mod tests {
         // Another instance starts from an empty cache.
         assert_eq!(hash_pages(&memories, 2, &mut cache)[0].hash, changed);
         assert_eq!(cache.instance, Some(2));
+    }
+
+    #[test]
+    fn placeholders_are_numbered_row_by_row() {
+        assert_eq!(placeholder_rows(2, 3), "(?1, ?2, ?3), (?4, ?5, ?6)");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! listing an instance's tree.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::sql::{Begin, Connection, Row as SqlRow, params};
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
@@ -85,7 +85,7 @@ pub struct VersionInfo {
 }
 
 /// The columns of a version row that [`Outcome`] determines.
-struct Row<'a> {
+pub(super) struct Row<'a> {
     kind: VersionKind,
     value: &'a [u8],
     state: Option<Vec<u8>>,
@@ -95,7 +95,7 @@ struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
-    fn of(outcome: &Outcome<'a>) -> Result<Self> {
+    pub(super) fn of(outcome: &Outcome<'a>) -> Result<Self> {
         Ok(match *outcome {
             Outcome::Suspended(s) => Self {
                 kind: VersionKind::Suspended,
@@ -157,6 +157,7 @@ impl Database {
                 commit_hook,
                 compressor,
                 page_cache,
+                ..
             } = shared;
             let hashed = match outcome {
                 Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
@@ -168,27 +169,23 @@ impl Database {
                     h(stage)
                 }
             };
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut tx = conn.transaction(Begin::Write)?;
             hook("begin");
-            lease::check_held(&tx, lease)?;
-            let instance = lease.instance;
-            if let Outcome::Suspended(s) = outcome {
-                check_module(&tx, instance, s)?;
-            }
-            check_parent(&tx, instance, parent)?;
+            lease::check_held(&mut *tx, lease)?;
+            pages::exclude_gc(&mut *tx)?;
+            let new = NewVersion {
+                instance: lease.instance,
+                parent,
+                outcome,
+                row: &row,
+                reply,
+                stamp: None,
+            };
             let known = page_cache.stored_under(parent);
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
-            hook("pages");
-            let number = next_number(&tx, instance)?;
-            let stored = page_bytes + row.own_bytes(reply);
-            let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
-            pages::reference(&tx, id, &hashed, &page_ids)?;
-            hook("version");
-            tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
-                .execute(params![instance, number, row.kind.as_str()])?;
+            let (number, page_ids) = write(&mut *tx, compressor, &hashed, known, &new, &hook)?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(instance, number, &hashed, &page_ids);
+            page_cache.settle(lease.instance, number, &hashed, &page_ids);
             Ok(number)
         })
     }
@@ -198,8 +195,8 @@ impl Database {
         self.with(|s| {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
-            let tx = s.conn.transaction()?;
-            let (id, kind, state) = find_version(&tx, instance, version)?;
+            let mut tx = s.conn.transaction(Begin::Read)?;
+            let (id, kind, state) = find_version(&mut *tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -210,7 +207,9 @@ impl Database {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
-            let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            let (names, ids) =
+                pages::load(&mut *tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            tx.commit()?;
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
@@ -230,17 +229,11 @@ impl Database {
     /// One version of an instance.
     pub fn version(&self, instance: InstanceId, version: u32) -> Result<VersionInfo> {
         self.with(|s| {
-            let info = s
-                .conn
-                .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 AND number = ?2"
-                ))?
-                .query_row(params![instance, version], read_info)
-                .optional()?;
-            match info {
-                Some(info) => info,
+            let sql = format!("{VERSION_QUERY} WHERE instance = ?1 AND number = ?2");
+            match s.conn.query_opt(&sql, params![instance, version])? {
+                Some(row) => read_info(row),
                 None => {
-                    require_instance(&s.conn, instance)?;
+                    require_instance(&mut *s.conn, instance)?;
                     bail!("version {version} of instance {instance} not found")
                 }
             }
@@ -251,16 +244,81 @@ impl Database {
     /// their children), to draw its tree.
     pub fn versions(&self, instance: InstanceId) -> Result<Vec<VersionInfo>> {
         self.with(|s| {
-            require_instance(&s.conn, instance)?;
+            require_instance(&mut *s.conn, instance)?;
+            let sql = format!("{VERSION_QUERY} WHERE instance = ?1 ORDER BY number");
             s.conn
-                .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 ORDER BY number"
-                ))?
-                .query_map([instance], read_info)?
-                .map(|r| r.map_err(anyhow::Error::from).and_then(|info| info))
+                .query(&sql, params![instance])?
+                .into_iter()
+                .map(read_info)
                 .collect()
         })
     }
+}
+
+/// A version about to be written.
+pub(super) struct NewVersion<'a> {
+    pub instance: InstanceId,
+    pub parent: Option<u32>,
+    pub outcome: &'a Outcome<'a>,
+    pub row: &'a Row<'a>,
+    pub reply: &'a [u8],
+    /// What the version recorded in the database it is copied from; `None`
+    /// for a new version.
+    pub stamp: Option<&'a VersionInfo>,
+}
+
+/// Writes a version, its pages and the instance's new head, inside the
+/// caller's transaction; returns its number and its pages' row ids.
+pub(super) fn write(
+    tx: &mut dyn Connection,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    hashed: &[pages::HashedPage],
+    known: Option<&std::collections::HashMap<[u8; 32], i64>>,
+    new: &NewVersion,
+    hook: &dyn Fn(&str),
+) -> Result<(u32, Vec<i64>)> {
+    let instance = new.instance;
+    if let Outcome::Suspended(s) = new.outcome {
+        check_module(tx, instance, s)?;
+    }
+    check_parent(tx, instance, new.parent)?;
+    let (page_ids, page_bytes) = pages::store_missing(tx, compressor, hashed, known)?;
+    hook("pages");
+    let number = next_number(tx, instance)?;
+    let (created, stored) = match new.stamp {
+        Some(info) if info.number != number => bail!(
+            "version {} of instance {instance} would be version {number} here",
+            info.number
+        ),
+        Some(info) => (info.created_ms, info.stored_bytes),
+        None => (now_ms(), page_bytes + new.row.own_bytes(new.reply)),
+    };
+    let id = tx.query_value::<i64>(
+        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
+                               memory_bytes, stored_bytes, state, exit_status, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+        params![
+            instance,
+            number,
+            new.parent,
+            new.row.kind.as_str(),
+            new.row.value,
+            new.reply,
+            created,
+            new.row.memory_bytes,
+            stored,
+            new.row.state.as_ref(),
+            new.row.exit_status,
+            new.row.message,
+        ],
+    )?;
+    pages::reference(tx, id, hashed, &page_ids)?;
+    hook("version");
+    tx.execute(
+        "UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1",
+        params![instance, number, new.row.kind.as_str()],
+    )?;
+    Ok((number, page_ids))
 }
 
 const VERSION_QUERY: &str = "
@@ -268,12 +326,11 @@ const VERSION_QUERY: &str = "
            exit_status, message
     FROM versions";
 
-fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
-    let kind: String = r.get(2)?;
-    let info = VersionInfo {
+fn read_info(mut r: SqlRow) -> Result<VersionInfo> {
+    Ok(VersionInfo {
         number: r.get(0)?,
         parent: r.get(1)?,
-        kind: VersionKind::Suspended,
+        kind: VersionKind::parse(&r.get::<String>(2)?)?,
         value: r.get(3)?,
         reply: r.get(4)?,
         created_ms: r.get(5)?,
@@ -281,15 +338,11 @@ fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
         stored_bytes: r.get(7)?,
         exit_status: r.get(8)?,
         message: r.get(9)?,
-    };
-    Ok(VersionKind::parse(&kind).map(|kind| VersionInfo { kind, ..info }))
+    })
 }
 
-fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
-    let found = conn
-        .prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?
-        .exists([instance])?;
-    if !found {
+fn require_instance(conn: &mut dyn Connection, instance: InstanceId) -> Result<()> {
+    if !conn.exists("SELECT 1 FROM instances WHERE id = ?1", params![instance])? {
         bail!("instance {instance} not found");
     }
     Ok(())
@@ -297,18 +350,16 @@ fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
 
 /// The row id, kind and state blob of a version.
 fn find_version(
-    conn: &Connection,
+    conn: &mut dyn Connection,
     instance: InstanceId,
     version: u32,
 ) -> Result<(i64, VersionKind, Option<Vec<u8>>)> {
-    let row: Option<(i64, String, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2")?
-        .query_row(params![instance, version], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+    let row = conn.query_opt(
+        "SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2",
+        params![instance, version],
+    )?;
     match row {
-        Some((id, kind, state)) => Ok((id, VersionKind::parse(&kind)?, state)),
+        Some(mut r) => Ok((r.get(0)?, VersionKind::parse(&r.get::<String>(1)?)?, r.get(2)?)),
         None => {
             require_instance(conn, instance)?;
             bail!("version {version} of instance {instance} not found")
@@ -317,10 +368,11 @@ fn find_version(
 }
 
 /// A snapshot must come from the module its instance runs.
-fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
-    let module: [u8; 32] = conn
-        .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
-        .query_row([instance], |r| r.get(0))?;
+fn check_module(conn: &mut dyn Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
+    let module: [u8; 32] = conn.query_value(
+        "SELECT module_hash FROM instances WHERE id = ?1",
+        params![instance],
+    )?;
     if module != s.module_hash {
         bail!(
             "the snapshot is of module {}, but instance {instance} runs module {}",
@@ -333,7 +385,11 @@ fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result
 
 /// A run resumes a suspension of the same instance; only the first run of
 /// an instance has no parent.
-fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) -> Result<()> {
+fn check_parent(
+    conn: &mut dyn Connection,
+    instance: InstanceId,
+    parent: Option<u32>,
+) -> Result<()> {
     match parent {
         Some(p) => {
             let (_, kind, _) = find_version(conn, instance, p)?;
@@ -345,9 +401,10 @@ fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) ->
             }
         }
         None => {
-            let has_versions = conn
-                .prepare_cached("SELECT 1 FROM versions WHERE instance = ?1")?
-                .exists([instance])?;
+            let has_versions = conn.exists(
+                "SELECT 1 FROM versions WHERE instance = ?1 LIMIT 1",
+                params![instance],
+            )?;
             if has_versions {
                 bail!("instance {instance} has versions already: a new one needs a parent");
             }
@@ -356,43 +413,13 @@ fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) ->
     Ok(())
 }
 
-fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
-    let last: Option<u32> = conn
-        .prepare_cached("SELECT max(number) FROM versions WHERE instance = ?1")?
-        .query_row([instance], |r| r.get(0))?;
+fn next_number(conn: &mut dyn Connection, instance: InstanceId) -> Result<u32> {
+    let last: Option<u32> = conn.query_value(
+        "SELECT max(number) FROM versions WHERE instance = ?1",
+        params![instance],
+    )?;
     match last.unwrap_or(0).checked_add(1) {
         Some(n) => Ok(n),
         None => bail!("instance {instance} has run out of version numbers"),
     }
-}
-
-fn insert_version(
-    conn: &Connection,
-    instance: InstanceId,
-    number: u32,
-    parent: Option<u32>,
-    row: &Row,
-    reply: &[u8],
-    stored_bytes: u64,
-) -> Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        instance,
-        number,
-        parent,
-        row.kind.as_str(),
-        row.value,
-        reply,
-        now_ms(),
-        row.memory_bytes,
-        stored_bytes,
-        row.state,
-        row.exit_status,
-        row.message,
-    ])?;
-    Ok(conn.last_insert_rowid())
 }

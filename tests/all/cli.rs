@@ -1,10 +1,12 @@
-//! The command line, as real processes: the seed demos with every step a
-//! new process, branching, snapshot files across databases, and bad input
-//! that must change nothing.
+//! The command line, as real processes, on SQLite and on PostgreSQL: the
+//! seed demos with every step a new process, branching, snapshot files
+//! across databases, moving a store from one backend to the other, and bad
+//! input that must change nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::backends::{Backend, TestDb, on_both_backends};
 use crate::guests::{LANGUAGES, built};
 
 pub(crate) fn wasnap(db: &Path, args: &[&str]) -> Output {
@@ -50,35 +52,38 @@ pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
-#[test]
-fn approval_demo_every_step_a_new_process() {
-    let (_dir, db) = scratch();
-    assert_eq!(ok(&db, &["run", &guest("approval")]), "do something\n");
-    assert_eq!(ok(&db, &["resume", "1"]), "ask boss for permission\n");
+on_both_backends! {
+fn approval_demo_every_step_a_new_process(backend: Backend) {
+    let test_db = TestDb::new(backend);
+    let db = test_db.location();
+    assert_eq!(ok(db, &["run", &guest("approval")]), "do something\n");
+    assert_eq!(ok(db, &["resume", "1"]), "ask boss for permission\n");
     assert_eq!(
-        ok(&db, &["resume", "1", "--send", "true"]),
+        ok(db, &["resume", "1", "--send", "true"]),
         "do another after approved\n"
     );
-    assert_eq!(ok(&db, &["resume", "1"]), "");
-    let error = fails(&db, &["resume", "1"]);
+    assert_eq!(ok(db, &["resume", "1"]), "");
+    let error = fails(db, &["resume", "1"]);
     assert!(error.contains("finished"), "{error}");
     // The same saved moment, another answer.
     assert_eq!(
-        ok(&db, &["resume", "1@2", "--send", "false"]),
+        ok(db, &["resume", "1@2", "--send", "false"]),
         "do another after rejected\n"
     );
-    let log = ok(&db, &["log", "1"]);
+    let log = ok(db, &["log", "1"]);
     assert!(log.contains("v5"), "{log}");
-    let ls = ok(&db, &["ls", "--json"]);
+    let ls = ok(db, &["ls", "--json"]);
     assert!(ls.contains(r#""instance":1"#), "{ls}");
 }
+}
 
-#[test]
-fn greenlet_demo_with_snapshot_files_and_branches() {
-    let (dir, db) = scratch();
-    assert_eq!(ok(&db, &["run", &guest("greenlet")]), "enter g\n");
-    let v1 = dir.path().join("v1.wsnap");
-    ok(&db, &["snapshot", "1@1", "-o", v1.to_str().unwrap()]);
+on_both_backends! {
+fn greenlet_demo_with_snapshot_files_and_branches(backend: Backend) {
+    let test_db = TestDb::new(backend);
+    let (dir, db) = (test_db.dir(), test_db.location());
+    assert_eq!(ok(db, &["run", &guest("greenlet")]), "enter g\n");
+    let v1 = dir.join("v1.wsnap");
+    ok(db, &["snapshot", "1@1", "-o", v1.to_str().unwrap()]);
     let decompressed = zstd::decode_all(&std::fs::read(&v1).unwrap()[..]).unwrap();
     assert!(
         decompressed
@@ -86,32 +91,35 @@ fn greenlet_demo_with_snapshot_files_and_branches() {
             .any(|w| w == b"special-g-stack"),
         "g's stack is in version 1"
     );
-    assert_eq!(ok(&db, &["resume", "1@1"]), "a\nleave g\n");
-    assert_eq!(ok(&db, &["resume", "1"]), "b\n");
-    assert_eq!(ok(&db, &["resume", "1@1"]), "a\nleave g\n");
-    assert_eq!(ok(&db, &["resume", "1@3"]), "c\n");
-    let log = ok(&db, &["log", "1", "--json"]);
+    assert_eq!(ok(db, &["resume", "1@1"]), "a\nleave g\n");
+    assert_eq!(ok(db, &["resume", "1"]), "b\n");
+    assert_eq!(ok(db, &["resume", "1@1"]), "a\nleave g\n");
+    assert_eq!(ok(db, &["resume", "1@3"]), "c\n");
+    let log = ok(db, &["log", "1", "--json"]);
     assert!(log.contains(r#""version":4,"parent":1"#), "{log}");
 
     // The snapshot file is self-contained: a second, empty database.
-    let other = dir.path().join("other.db");
+    let other = TestDb::new(backend);
     assert_eq!(
-        ok(&other, &["restore", v1.to_str().unwrap()]),
+        ok(other.location(), &["restore", v1.to_str().unwrap()]),
         "a\nleave g\n"
     );
-    assert_eq!(ok(&other, &["resume", "1"]), "b\n");
+    assert_eq!(ok(other.location(), &["resume", "1"]), "b\n");
+}
 }
 
-#[test]
-fn inspect_shows_every_coroutine_stack() {
-    let (_dir, db) = scratch();
-    ok(&db, &["run", &guest("greenlet")]);
-    let report = ok(&db, &["inspect", "1"]);
+on_both_backends! {
+fn inspect_shows_every_coroutine_stack(backend: Backend) {
+    let test_db = TestDb::new(backend);
+    let db = test_db.location();
+    ok(db, &["run", &guest("greenlet")]);
+    let report = ok(db, &["inspect", "1"]);
     assert!(report.contains("main"), "{report}");
     assert!(report.contains("coroutine 1"), "{report}");
     assert!(report.contains("#0 run"), "{report}");
     assert!(report.contains("#0 g"), "{report}");
     assert!(report.contains("memory 0"), "{report}");
+}
 }
 
 /// What the database holds, as the listings show it: instances, and
@@ -132,47 +140,49 @@ fn content(db: &Path) -> String {
     all
 }
 
-#[test]
-fn bad_input_gets_one_line_and_changes_nothing() {
-    let (dir, db) = scratch();
-    ok(&db, &["run", &guest("approval")]);
-    let before = content(&db);
+on_both_backends! {
+fn bad_input_gets_one_line_and_changes_nothing(backend: Backend) {
+    let test_db = TestDb::new(backend);
+    let (dir, db) = (test_db.dir(), test_db.location());
+    ok(db, &["run", &guest("approval")]);
+    let before = content(db);
 
-    let not_wasm = dir.path().join("not.wasm");
+    let not_wasm = dir.join("not.wasm");
     std::fs::write(&not_wasm, b"hello").unwrap();
-    let error = fails(&db, &["run", not_wasm.to_str().unwrap()]);
+    let error = fails(db, &["run", not_wasm.to_str().unwrap()]);
     assert!(error.contains("not a WebAssembly module"), "{error}");
 
-    let threads = dir.path().join("threads.wat");
+    let threads = dir.join("threads.wat");
     std::fs::write(
         &threads,
         "(module (memory 1 1 shared) (func (export \"run\")))",
     )
     .unwrap();
-    let error = fails(&db, &["run", threads.to_str().unwrap()]);
+    let error = fails(db, &["run", threads.to_str().unwrap()]);
     assert!(error.contains("threads"), "{error}");
 
-    let error = fails(&db, &["resume", "7"]);
+    let error = fails(db, &["resume", "7"]);
     assert!(error.contains("instance 7"), "{error}");
-    let error = fails(&db, &["resume", "1@9"]);
+    let error = fails(db, &["resume", "1@9"]);
     assert!(error.contains("version 9"), "{error}");
 
-    let corrupt = dir.path().join("corrupt.wsnap");
-    ok(&db, &["snapshot", "1", "-o", corrupt.to_str().unwrap()]);
+    let corrupt = dir.join("corrupt.wsnap");
+    ok(db, &["snapshot", "1", "-o", corrupt.to_str().unwrap()]);
     let mut bytes = std::fs::read(&corrupt).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&corrupt, &bytes).unwrap();
-    fails(&db, &["restore", corrupt.to_str().unwrap()]);
+    fails(db, &["restore", corrupt.to_str().unwrap()]);
     std::fs::write(&corrupt, &bytes[..middle]).unwrap();
-    fails(&db, &["restore", corrupt.to_str().unwrap()]);
+    fails(db, &["restore", corrupt.to_str().unwrap()]);
 
     assert_eq!(
-        content(&db),
+        content(db),
         before,
         "a failed command changed the database"
     );
-    assert_eq!(ok(&db, &["resume", "1"]), "ask boss for permission\n");
+    assert_eq!(ok(db, &["resume", "1"]), "ask boss for permission\n");
+}
 }
 
 #[test]
@@ -222,16 +232,17 @@ fn instrument_writes_a_module_with_the_asyncify_abi() {
     assert!(!db.exists(), "instrument does not touch the database");
 }
 
-#[test]
-fn seed_demos_in_every_language_one_process_per_step() {
+on_both_backends! {
+fn seed_demos_in_every_language_one_process_per_step(backend: Backend) {
     for language in LANGUAGES {
-        let (dir, db) = scratch();
+        let test_db = TestDb::new(backend);
+        let (dir, db) = (test_db.dir(), test_db.location());
         let approval = built(language, "approval");
-        let mut out = ok(&db, &["run", &approval]);
-        out += &ok(&db, &["resume", "1"]);
-        out += &ok(&db, &["resume", "1", "--send", "true"]);
-        out += &ok(&db, &["resume", "1"]);
-        out += &ok(&db, &["resume", "1@2", "--send", "false"]);
+        let mut out = ok(db, &["run", &approval]);
+        out += &ok(db, &["resume", "1"]);
+        out += &ok(db, &["resume", "1", "--send", "true"]);
+        out += &ok(db, &["resume", "1"]);
+        out += &ok(db, &["resume", "1@2", "--send", "false"]);
         assert_eq!(
             out,
             "do something\nask boss for permission\ndo another after approved\ndo another after rejected\n",
@@ -239,32 +250,33 @@ fn seed_demos_in_every_language_one_process_per_step() {
         );
 
         let greenlet = built(language, "greenlet");
-        let mut out = ok(&db, &["run", &greenlet]);
-        let v1 = dir.path().join("v1.wsnap");
-        ok(&db, &["snapshot", "2@1", "-o", v1.to_str().unwrap()]);
+        let mut out = ok(db, &["run", &greenlet]);
+        let v1 = dir.join("v1.wsnap");
+        ok(db, &["snapshot", "2@1", "-o", v1.to_str().unwrap()]);
         let raw = zstd::decode_all(&std::fs::read(&v1).unwrap()[..]).unwrap();
         let pickled = raw.windows(15).any(|w| w == b"special-g-stack");
         out += &format!(
             "is greenlet g also pickled? {}\n",
             if pickled { "True" } else { "False" }
         );
-        out += &ok(&db, &["resume", "2@1"]);
-        out += &ok(&db, &["resume", "2"]);
-        out += &ok(&db, &["resume", "2@1"]);
-        out += &ok(&db, &["resume", "2@3"]);
+        out += &ok(db, &["resume", "2@1"]);
+        out += &ok(db, &["resume", "2"]);
+        out += &ok(db, &["resume", "2@1"]);
+        out += &ok(db, &["resume", "2@3"]);
         assert_eq!(
             out, "enter g\nis greenlet g also pickled? True\na\nleave g\nb\na\nleave g\nc\n",
             "{language}"
         );
     }
 }
+}
 
+on_both_backends! {
 /// A snapshot file written by an earlier build of wasnap (module included)
 /// must still restore: the format and the instrumenter's frames are stable
 /// across rebuilds. `WASNAP_BLESS=1` writes the file anew, which is only
 /// right when the format or the instrumenter version changed on purpose.
-#[test]
-fn a_snapshot_from_an_earlier_build_still_restores() {
+fn a_snapshot_from_an_earlier_build_still_restores(backend: Backend) {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/approval-v2.wsnap");
     if std::env::var_os("WASNAP_BLESS").is_some() {
         let (_dir, db) = scratch();
@@ -272,16 +284,78 @@ fn a_snapshot_from_an_earlier_build_still_restores() {
         ok(&db, &["resume", "1"]);
         ok(&db, &["snapshot", "1@2", "-o", golden.to_str().unwrap()]);
     }
-    let (_dir, db) = scratch();
+    let test_db = TestDb::new(backend);
+    let db = test_db.location();
     assert_eq!(
         ok(
-            &db,
+            db,
             &["restore", golden.to_str().unwrap(), "--send", "true"]
         ),
         "do another after approved\n"
     );
     assert_eq!(
-        ok(&db, &["resume", "1@1", "--send", "false"]),
+        ok(db, &["resume", "1@1", "--send", "false"]),
         "do another after rejected\n"
     );
+}
+}
+
+/// `wasnap migrate` moves a SQLite store to PostgreSQL: afterwards every
+/// suspended version of every instance resumes there exactly as it does
+/// in the SQLite file, and new instances take new ids.
+#[test]
+fn migrate_moves_a_store_to_postgres() {
+    let sqlite = TestDb::new(Backend::Sqlite);
+    let from = sqlite.location();
+    ok(from, &["run", &guest("approval")]);
+    ok(from, &["resume", "1"]);
+    ok(from, &["resume", "1", "--send", "true"]);
+    ok(from, &["resume", "1@2", "--send", "false"]);
+    ok(from, &["run", &guest("greenlet")]);
+    ok(from, &["resume", "2@1"]);
+    ok(from, &["resume", "2@1"]);
+    let postgres = TestDb::new(Backend::Postgres);
+    let to = postgres.location();
+    let from_arg = format!("sqlite:{}", from.display());
+    let output = wasnap(
+        Path::new("unused.db"),
+        &["migrate", "--from", &from_arg, "--to", to.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("copied 2 instances (7 versions)"), "{said}");
+    assert_eq!(content(to), content(from));
+    for (instance, versions) in [(1, 4), (2, 3)] {
+        for version in 1..=versions {
+            let target = format!("{instance}@{version}");
+            let source_log = ok(from, &["log", &instance.to_string(), "--json"]);
+            if !source_log.contains(&format!(r#""version":{version},"#)) {
+                continue;
+            }
+            let here = wasnap(from, &["resume", &target, "--send", "true"]);
+            let there = wasnap(to, &["resume", &target, "--send", "true"]);
+            assert_eq!(
+                (here.status.success(), &here.stdout),
+                (there.status.success(), &there.stdout),
+                "resuming {target}"
+            );
+        }
+    }
+    let new = ok(to, &["run", &guest("approval")]);
+    assert_eq!(new, "do something\n");
+    assert!(ok(to, &["ls"]).contains("\n       3  "), "{}", ok(to, &["ls"]));
+}
+
+/// A PostgreSQL server that cannot be reached is named in one line.
+#[test]
+fn an_unreachable_postgres_is_named() {
+    let error = fails(
+        Path::new("postgres://wasnap:secret@127.0.0.1:1/wasnap"),
+        &["ls"],
+    );
+    assert!(
+        error.contains("cannot reach database postgres://wasnap@127.0.0.1:1/wasnap"),
+        "{error}"
+    );
+    assert!(!error.contains("secret"), "{error}");
 }

@@ -1,6 +1,7 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
 mod asyncified;
+mod backends;
 mod binaryen;
 mod cli;
 mod demos;

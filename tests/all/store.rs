@@ -1,4 +1,5 @@
-//! The SQLite store: versions, dedup, leases, crashes, errors.
+//! The store, on SQLite and on PostgreSQL: versions, dedup, leases,
+//! crashes, errors, and copies between the two.
 //!
 //! Crash and lease tests run this test binary again as a child process (the
 //! ignored test `child_process`, driven by environment variables) and kill
@@ -9,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
+use crate::backends::{Backend, TestDb, on_both_backends};
 use wasnap::Policy;
 use wasnap::snapshot::{
     Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
     TableImage,
 };
 use wasnap::store::{
-    Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, VersionKind,
+    Database, Durability, GcReport, InstanceState, Lease, Outcome, SCHEMA_VERSION, VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -98,9 +101,9 @@ fn temp_db() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// A store with one instance of [`MODULE`].
-fn store_with_instance() -> (tempfile::TempDir, Database, u64) {
-    let (dir, path) = temp_db();
-    let store = Database::open(&path).unwrap();
+fn store_with_instance(backend: Backend) -> (TestDb, Database, u64) {
+    let dir = TestDb::new(backend);
+    let store = Database::open(dir.location()).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     let id = store
         .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
@@ -109,19 +112,22 @@ fn store_with_instance() -> (tempfile::TempDir, Database, u64) {
 }
 
 fn commit_chain(store: &Database, id: u64, steps: std::ops::RangeInclusive<u32>) {
-    let lease = store.lease(id).unwrap();
+    commit_chain_with(store, &store.lease(id).unwrap(), steps);
+}
+
+fn commit_chain_with(store: &Database, lease: &Lease, steps: std::ops::RangeInclusive<u32>) {
     for n in steps {
         let parent = (n > 1).then(|| n - 1);
         let v = store
-            .commit_version(&lease, parent, &Outcome::Suspended(&step(n)), b"go")
+            .commit_version(lease, parent, &Outcome::Suspended(&step(n)), b"go")
             .unwrap();
         assert_eq!(v, n);
     }
 }
 
-#[test]
-fn versions_round_trip_and_branch() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn versions_round_trip_and_branch(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     commit_chain(&store, id, 1..=3);
     let lease = store.lease(id).unwrap();
     // Resuming version 1 again starts a branch.
@@ -156,10 +162,11 @@ fn versions_round_trip_and_branch() {
     drop(lease);
     assert_eq!(store.instance(id).unwrap().leased_by, None);
 }
+}
 
-#[test]
-fn ends_are_versions_without_snapshots() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn ends_are_versions_without_snapshots(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     commit_chain(&store, id, 1..=1);
     let lease = store.lease(id).unwrap();
     let finished = Outcome::Finished {
@@ -201,12 +208,13 @@ fn ends_are_versions_without_snapshots() {
         "version 2 of instance 1 is the end of a run (finished); it cannot be resumed"
     );
 }
+}
 
+on_both_backends! {
 /// 100 versions that each change one page cost about 100 pages, not 100
 /// memories.
-#[test]
-fn a_version_costs_what_changed() {
-    let (_dir, store, id) = store_with_instance();
+fn a_version_costs_what_changed(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     commit_chain(&store, id, 1..=100);
     let stats = store.stats().unwrap();
     // Step 1 stores 16 pages; step 2 restores page 1 to its base form (a
@@ -225,6 +233,7 @@ fn a_version_costs_what_changed() {
         u64::from(PAGES + 4) * PAGE_SIZE as u64
     );
 }
+}
 
 /// A workflow that writes page `step % 4` of its four pages before each
 /// yield.
@@ -242,20 +251,21 @@ const STAMPING: &str = r#"
       (br $steps))))
 "#;
 
+on_both_backends! {
 /// Successive snapshots share the pages that did not change, a restored
 /// workflow shares them with the version it was loaded from, and the store
 /// names shared pages without hashing them: whatever it skips, what it
 /// stores and loads back is exact.
-#[test]
-fn unchanged_pages_are_shared_and_versions_exact() {
+fn unchanged_pages_are_shared_and_versions_exact(backend: Backend) {
     use std::sync::Arc;
     use wasnap::{Engine, Settings, Step};
 
     let wasm = wat::parse_str(STAMPING).unwrap();
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();
-    let (_dir, path) = temp_db();
-    let store = Database::open(&path).unwrap();
+    let db = TestDb::new(backend);
+    let path = db.location();
+    let store = Database::open(path).unwrap();
     let hash = store.put_module(&wasm).unwrap();
     let id = store
         .create_instance(&hash, &["wf".into()], &Policy::default())
@@ -305,10 +315,11 @@ fn unchanged_pages_are_shared_and_versions_exact() {
         .unwrap();
     drop(lease);
     // Read back by another handle, with nothing cached.
-    let other = Database::open(&path).unwrap();
+    let other = Database::open(path).unwrap();
     assert_eq!(other.load_version(id, v4).unwrap(), s);
     assert_eq!(other.load_version(id, v5).unwrap(), b);
     assert_eq!(b.memories[0].pages.len(), 2);
+}
 }
 
 /// A capture finds exactly the non-zero pages, whether they were written
@@ -354,9 +365,9 @@ fn captures_find_every_written_page() {
     assert_eq!(workflow.snapshot().unwrap().memories, second.memories);
 }
 
-#[test]
-fn zero_pages_are_not_stored() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn zero_pages_are_not_stored(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     let mut s = step(1);
     s.memories[0].pages.push(Page {
         index: PAGES,
@@ -369,10 +380,11 @@ fn zero_pages_are_not_stored() {
     assert_eq!(store.stats().unwrap().page_refs, u64::from(PAGES));
     assert_eq!(store.load_version(id, 1).unwrap(), step(1));
 }
+}
 
-#[test]
-fn gc_and_rm_report_what_they_free() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn gc_and_rm_report_what_they_free(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     commit_chain(&store, id, 1..=10);
     let hash = store.put_module(MODULE).unwrap();
     let other = store
@@ -406,6 +418,7 @@ fn gc_and_rm_report_what_they_free() {
         3
     );
 }
+}
 
 #[test]
 fn modules_and_compiled_artifacts() {
@@ -438,42 +451,31 @@ fn modules_and_compiled_artifacts() {
     );
 }
 
-/// Everything the database holds, as text, to compare before and after.
+/// The tables whose contents say everything the database holds.
+const TABLES: &[&str] = &[
+    "modules",
+    "compiled",
+    "instances",
+    "versions",
+    "pages",
+    "version_pages",
+];
+
+/// Everything a SQLite database holds, as text, to compare before and
+/// after.
 fn dump(path: &Path) -> String {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut out = String::new();
-    for table in [
-        "modules",
-        "compiled",
-        "instances",
-        "versions",
-        "pages",
-        "version_pages",
-    ] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
-            .unwrap();
-        let columns = stmt.column_count();
-        let mut rows = stmt.query([]).unwrap();
-        while let Some(row) = rows.next().unwrap() {
-            let values: Vec<String> = (0..columns)
-                .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
-                .collect();
-            out.push_str(&format!("{table}: {}\n", values.join(", ")));
-        }
-    }
-    out
+    TestDb::sqlite_dump(path, TABLES)
 }
 
-#[test]
-fn failed_calls_change_nothing() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn failed_calls_change_nothing(backend: Backend) {
+    let (db, store, id) = store_with_instance(backend);
     commit_chain(&store, id, 1..=2);
     let lease = store.lease(id).unwrap();
-    let before = dump(store.path());
+    let before = db.dump(TABLES);
     let expect = |result: anyhow::Result<()>, message: &str| {
         assert_eq!(result.unwrap_err().to_string(), message);
-        assert_eq!(dump(store.path()), before, "after: {message}");
+        assert_eq!(db.dump(TABLES), before, "after: {message}");
     };
     let s = step(3);
     let suspended = Outcome::Suspended(&s);
@@ -519,24 +521,22 @@ fn failed_calls_change_nothing() {
         .commit_version(&lease, Some(2), &Outcome::Suspended(&bad), b"")
         .map(drop);
     assert!(err.unwrap_err().to_string().contains("out of order"));
-    assert_eq!(dump(store.path()), before);
+    assert_eq!(db.dump(TABLES), before);
     // A lease that another holder has taken over is no good for commits.
-    rusqlite::Connection::open(store.path())
-        .unwrap()
-        .execute("UPDATE instances SET lease_token = lease_token + 1", [])
-        .unwrap();
-    let before = dump(store.path());
+    db.execute("UPDATE instances SET lease_token = lease_token + 1");
+    let before = db.dump(TABLES);
     let err = store.commit_version(&lease, Some(2), &suspended, b"");
     assert_eq!(
         err.unwrap_err().to_string(),
         "the lease on instance 1 has been lost"
     );
-    assert_eq!(dump(store.path()), before);
+    assert_eq!(db.dump(TABLES), before);
+}
 }
 
 #[test]
-fn a_lease_of_a_dead_process_is_taken_over() {
-    let (_dir, store, id) = store_with_instance();
+fn a_lease_of_a_dead_process_is_taken_over_on_sqlite() {
+    let (_dir, store, id) = store_with_instance(Backend::Sqlite);
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     // A pid that cannot exist, and a live pid whose start time differs (a
     // reused pid): neither holds the lease.
@@ -549,6 +549,45 @@ fn a_lease_of_a_dead_process_is_taken_over() {
         assert_eq!(store.instance(id).unwrap().leased_by, None);
         store.lease(id).unwrap().release().unwrap();
     }
+}
+
+/// On PostgreSQL a lease names no process that can be checked: it is held
+/// until it expires, and renewed while its holder lives.
+#[test]
+fn an_expired_lease_is_taken_over_on_postgres() {
+    let (db, store, id) = store_with_instance(Backend::Postgres);
+    let take = |expires: &str| {
+        db.execute(&format!(
+            "UPDATE instances SET lease_pid = 1, lease_owner = 'elsewhere', lease_token = 5,
+                                  lease_expires = {expires} WHERE id = {id}"
+        ))
+    };
+    take("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT) + 60000");
+    assert_eq!(store.instance(id).unwrap().leased_by, Some(1));
+    assert_eq!(
+        store.lease(id).unwrap_err().to_string(),
+        "instance 1 is busy"
+    );
+    take("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT) - 1");
+    assert_eq!(store.instance(id).unwrap().leased_by, None);
+    store.lease(id).unwrap().release().unwrap();
+
+    // A live holder renews its lease, however short, for as long as it
+    // holds it; another holder cannot take it meanwhile.
+    store.set_lease_ttl(Duration::from_secs(1));
+    let lease = store.lease(id).unwrap();
+    let other = Database::open(db.location()).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            other.lease(id).unwrap_err().to_string(),
+            "instance 1 is busy"
+        );
+    }
+    assert!(!lease.is_lost());
+    commit_chain_with(&store, &lease, 1..=1);
+    drop(lease);
+    other.lease(id).unwrap();
 }
 
 #[test]
@@ -586,6 +625,28 @@ fn schema_is_versioned() {
     }
 }
 
+#[test]
+fn schema_is_versioned_on_postgres() {
+    let db = TestDb::new(Backend::Postgres);
+    drop(Database::open(db.location()).unwrap());
+    let before = db.dump(&["wasnap_schema"]);
+    assert_eq!(before, format!("wasnap_schema: Some(\"{SCHEMA_VERSION}\")\n"));
+    // Opening it again migrates nothing.
+    drop(Database::open(db.location()).unwrap());
+    assert_eq!(db.dump(&["wasnap_schema"]), before);
+    db.execute(&format!(
+        "UPDATE wasnap_schema SET version = {}",
+        SCHEMA_VERSION + 1
+    ));
+    assert_eq!(
+        Database::open(db.location()).map(drop).unwrap_err().to_string(),
+        format!(
+            "database schema version {} is newer than this wasnap supports ({SCHEMA_VERSION})",
+            SCHEMA_VERSION + 1
+        )
+    );
+}
+
 /// A database of schema version 1 (versions referred to pages by hash,
 /// instances had no policy) is upgraded when opened, and loads the same
 /// versions.
@@ -621,6 +682,7 @@ fn a_version_1_database_is_upgraded() {
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
          ALTER TABLE instances DROP COLUMN policy;
+         ALTER TABLE instances DROP COLUMN lease_expires;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -667,12 +729,117 @@ fn a_read_only_database_says_so() {
     assert_eq!(dump(&path), before);
 }
 
-#[test]
-fn durability_can_be_raised() {
-    let (_dir, store, id) = store_with_instance();
+on_both_backends! {
+fn durability_can_be_raised(backend: Backend) {
+    let (_dir, store, id) = store_with_instance(backend);
     store.set_durability(Durability::Power).unwrap();
     commit_chain(&store, id, 1..=2);
     assert_eq!(store.load_version(id, 2).unwrap(), step(2));
+}
+}
+
+// ---------------------------------------------------------------------
+// Copies between databases.
+
+/// An instance as listed, without who holds its lease.
+fn listed(store: &Database) -> Vec<wasnap::store::InstanceInfo> {
+    let mut list = store.instances().unwrap();
+    for info in &mut list {
+        info.leased_by = None;
+    }
+    list
+}
+
+/// Everything about every instance that a copy must keep: the listing,
+/// every version's row, and every suspension's snapshot.
+fn everything(store: &Database) -> String {
+    let mut out = format!("{:?}\n", listed(store));
+    for info in store.instances().unwrap() {
+        for v in store.versions(info.id).unwrap() {
+            out += &format!("{v:?}\n");
+            if v.kind == VersionKind::Suspended {
+                out += &format!("{:?}\n", store.load_version(info.id, v.number).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A SQLite store copied to PostgreSQL and back: every instance, its
+/// arguments and policy, every version of its tree (branches, ends,
+/// failures) with its number, times and snapshot, and ids that go on
+/// where they left off.
+#[test]
+fn a_store_is_copied_to_postgres_and_back_whole() {
+    let sqlite = TestDb::new(Backend::Sqlite);
+    let source = Database::open(sqlite.location()).unwrap();
+    let hash = source.put_module(MODULE).unwrap();
+    let policy = Policy {
+        time_limit: Some(Duration::from_secs(3)),
+        env: vec![("MODE".into(), "copy".into())],
+        ..Policy::default()
+    };
+    let first = source
+        .create_instance(&hash, &["wf.wasm".into(), "-v".into()], &policy)
+        .unwrap();
+    commit_chain(&source, first, 1..=4);
+    {
+        let lease = source.lease(first).unwrap();
+        let branch = Outcome::Suspended(&step(9));
+        assert_eq!(source.commit_version(&lease, Some(2), &branch, b"other").unwrap(), 5);
+        let done = Outcome::Finished { exit_status: Some(3), result: b"all done" };
+        assert_eq!(source.commit_version(&lease, Some(5), &done, b"fin").unwrap(), 6);
+        let failed = Outcome::Failed { message: "wasm trap: unreachable" };
+        assert_eq!(source.commit_version(&lease, Some(4), &failed, b"x").unwrap(), 7);
+    }
+    let removed = source.create_instance(&hash, &[], &Policy::default()).unwrap();
+    source.remove_instance(removed).unwrap();
+    let empty = source.create_instance(&hash, &[], &Policy::default()).unwrap();
+    let third = source.create_instance(&hash, &["third".into()], &Policy::default()).unwrap();
+    commit_chain(&source, third, 1..=2);
+    assert_eq!((first, empty, third), (1, 3, 4));
+
+    let postgres = TestDb::new(Backend::Postgres);
+    let target = Database::open(postgres.location()).unwrap();
+    let report = target.copy_from(&source).unwrap();
+    assert_eq!((report.instances, report.versions, report.present), (3, 9, 0));
+    assert_eq!(everything(&target), everything(&source));
+    // Pages are stored once in the target too.
+    assert_eq!(target.stats().unwrap(), source.stats().unwrap());
+
+    // Again: nothing to do.
+    let again = target.copy_from(&source).unwrap();
+    assert_eq!((again.instances, again.present), (0, 3));
+    assert_eq!(everything(&target), everything(&source));
+
+    // New instances take ids after the copied ones; copied ones go on.
+    assert_eq!(target.create_instance(&hash, &[], &Policy::default()).unwrap(), 5);
+    commit_chain_with(&target, &target.lease(third).unwrap(), 3..=3);
+    assert_eq!(target.load_version(third, 3).unwrap(), step(3));
+
+    // And back, into a new SQLite file.
+    let back = TestDb::new(Backend::Sqlite);
+    let returned = Database::open(back.location()).unwrap();
+    returned.copy_from(&target).unwrap();
+    assert_eq!(everything(&returned), everything(&target));
+}
+
+/// An instance whose id the target holds already for another instance
+/// is an error naming it, and the target is left as it was.
+#[test]
+fn a_copy_onto_another_instance_changes_nothing() {
+    let (_a, source, id) = store_with_instance(Backend::Sqlite);
+    commit_chain(&source, id, 1..=2);
+    let (db, target, _) = store_with_instance(Backend::Postgres);
+    let before = db.dump(TABLES);
+    let err = target.copy_from(&source).unwrap_err().to_string();
+    assert!(err.starts_with("instance 1 exists in postgres://"), "{err}");
+    assert!(err.ends_with("already, and differs from the one in ".to_string() + &source.location().to_string()), "{err}");
+    assert_eq!(db.dump(TABLES), before);
+    assert_eq!(
+        source.copy_from(&source).unwrap_err().to_string(),
+        format!("cannot copy database {} into itself", source.location())
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -714,11 +881,30 @@ fn wait_for(child: &mut Child, prefix: &str, count: usize) -> String {
     panic!("the child ended before saying {prefix:?} {count} times");
 }
 
+/// How long the leases of child processes last on PostgreSQL: what the
+/// tests wait after killing one.
+const CHILD_LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// The lease on `id`, once whoever held it is gone: at once on SQLite (the
+/// holder's process is checked), once its lease expired on PostgreSQL.
+fn lease_when_free(store: &Database, id: u64) -> Lease {
+    let deadline = Instant::now() + CHILD_LEASE_TTL * 20;
+    loop {
+        match store.lease(id) {
+            Ok(lease) => return lease,
+            Err(e) if Instant::now() < deadline && e.to_string().ends_with("is busy") => {
+                std::thread::sleep(CHILD_LEASE_TTL / 5)
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// Every version in the database loads and equals what was committed, the
 /// head is the last one, nothing half-written is left, and the instance
 /// can go on.
-fn check_after_crash(db: &Path, at_least: u32) -> u32 {
-    let store = Database::open(db).unwrap();
+fn check_after_crash(db: &TestDb, at_least: u32) -> u32 {
+    let store = Database::open(db.location()).unwrap();
     let versions = store.versions(1).unwrap();
     let count = versions.len() as u32;
     assert!(
@@ -731,21 +917,24 @@ fn check_after_crash(db: &Path, at_least: u32) -> u32 {
     }
     assert_eq!(store.instance(1).unwrap().head, Some(count));
     assert_eq!(store.gc().unwrap(), GcReport::default(), "orphan pages");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    commit_chain(&store, 1, count + 1..=count + 1);
+    if db.backend() == Backend::Sqlite {
+        let conn = rusqlite::Connection::open(db.location()).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    let lease = lease_when_free(&store, 1);
+    commit_chain_with(&store, &lease, count + 1..=count + 1);
     count
 }
 
-#[test]
-fn a_killed_process_loses_no_committed_version() {
-    let (_dir, db) = temp_db();
+on_both_backends! {
+fn a_killed_process_loses_no_committed_version(backend: Backend) {
+    let db = TestDb::new(backend);
     // Kill the loop at several points; each run continues the last.
     for kill_after in [1, 7, 20] {
-        let mut child = spawn_child(&db, "commit-loop");
+        let mut child = spawn_child(db.location(), "commit-loop");
         let line = wait_for(&mut child, "committed", kill_after);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -753,28 +942,33 @@ fn a_killed_process_loses_no_committed_version() {
         check_after_crash(&db, committed);
     }
 }
+}
 
-#[test]
-fn a_process_killed_mid_commit_leaves_no_half_version() {
+on_both_backends! {
+fn a_process_killed_mid_commit_leaves_no_half_version(backend: Backend) {
     for stage in ["begin", "pages", "version", "before-commit"] {
-        let (_dir, db) = temp_db();
-        let mut child = spawn_child(&db, &format!("kill-at:{stage}:5"));
+        let db = TestDb::new(backend);
+        let mut child = spawn_child(db.location(), &format!("kill-at:{stage}:5"));
         let status = child.wait().unwrap();
         assert!(!status.success(), "the child was to be killed at {stage}");
         // The fifth commit never happened; the first four are whole.
         assert_eq!(check_after_crash(&db, 4), 4, "killed at {stage}");
     }
 }
+}
 
-#[test]
-fn of_two_processes_one_gets_the_lease() {
-    let (_dir, db) = temp_db();
-    let store = Database::open(&db).unwrap();
+on_both_backends! {
+fn of_two_processes_one_gets_the_lease(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = Database::open(db.location()).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     store
         .create_instance(&hash, &[], &Policy::default())
         .unwrap();
-    let mut children = [spawn_child(&db, "race"), spawn_child(&db, "race")];
+    let mut children = [
+        spawn_child(db.location(), "race"),
+        spawn_child(db.location(), "race"),
+    ];
     let lines: Vec<String> = children
         .iter_mut()
         .map(|c| wait_for(c, "lease:", 1))
@@ -787,24 +981,38 @@ fn of_two_processes_one_gets_the_lease() {
     assert_eq!(lines, ["lease: instance 1 is busy", "lease: taken"]);
     assert!(store.versions(1).unwrap().len() == 1);
 }
+}
 
-#[test]
-fn a_lease_held_by_a_killed_process_is_freed() {
-    let (_dir, db) = temp_db();
-    let store = Database::open(&db).unwrap();
+on_both_backends! {
+fn a_lease_held_by_a_killed_process_is_freed(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = Database::open(db.location()).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     store
         .create_instance(&hash, &[], &Policy::default())
         .unwrap();
-    let mut child = spawn_child(&db, "hold");
+    let mut child = spawn_child(db.location(), "hold");
     wait_for(&mut child, "lease:", 1);
+    assert_eq!(
+        store.lease(1).unwrap_err().to_string(),
+        "instance 1 is busy"
+    );
+    // Held longer than its lease lasts: the child renews it.
+    std::thread::sleep(CHILD_LEASE_TTL * 2);
     assert_eq!(
         store.lease(1).unwrap_err().to_string(),
         "instance 1 is busy"
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    store.lease(1).unwrap();
+    let killed = Instant::now();
+    lease_when_free(&store, 1);
+    if backend == Backend::Postgres {
+        // Not before the lease expired (it was renewed a third of the way
+        // in, at the latest).
+        assert!(killed.elapsed() >= CHILD_LEASE_TTL / 2, "{:?}", killed.elapsed());
+    }
+}
 }
 
 static KILL_STAGE: OnceLock<(String, u32)> = OnceLock::new();
@@ -835,6 +1043,7 @@ fn child_process() {
         panic!("run only by the crash and lease tests");
     };
     let store = Database::open(&db).unwrap();
+    store.set_lease_ttl(CHILD_LEASE_TTL);
     let hash = store.put_module(MODULE).unwrap();
     if store.instances().unwrap().is_empty() {
         store
