@@ -209,6 +209,20 @@ impl Executor {
         options: &RunOptions,
     ) -> Result<Report> {
         let lease = self.database.lease(instance)?;
+        self.resume_leased(&lease, version, reply, options)
+    }
+
+    /// Resumes the instance `lease` is on, as [`Executor::resume`] does,
+    /// under that lease: how a worker that took an instance with
+    /// [`Database::lease_any`] runs it.
+    pub fn resume_leased(
+        &self,
+        lease: &Lease,
+        version: Option<u32>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Report> {
+        let instance = lease.instance();
         let info = self.database.instance(instance)?;
         let version = match version {
             Some(version) => version,
@@ -230,7 +244,7 @@ impl Executor {
             .policy(info.policy.overridden_by(&options.policy));
         let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
         workflow.send(reply);
-        self.run_and_commit(&lease, &mut workflow, Some(version), reply)
+        self.run_and_commit(lease, &mut workflow, Some(version), reply)
     }
 
     /// Loads a snapshot file (one written with its module) as a new

@@ -35,7 +35,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::sql::{Begin, Connection, Dialect, params};
-use super::{Database, InstanceId, Shared, lock};
+use super::{Database, InstanceId, InstanceState, Shared, lock};
 
 /// How long a lease on PostgreSQL lasts unless renewed.
 pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -174,6 +174,59 @@ pub(super) fn acquire(db: &Database, instance: InstanceId) -> Result<Lease> {
         Ok(ttl)
     })?;
     Ok(new_lease(db, instance, token, ttl))
+}
+
+/// How many leased candidates [`acquire_any`] looks at on SQLite, where
+/// whether their holders live is checked outside SQL.
+const LEASED_CANDIDATES: i64 = 64;
+
+/// Takes the lease on an instance in `state` that no one holds, the one
+/// with the lowest id; `None` when there is none.
+///
+/// On PostgreSQL, workers that look at the same time skip the rows the
+/// others have locked (`FOR UPDATE SKIP LOCKED`), so each takes a
+/// different instance without waiting. On SQLite the write transaction
+/// excludes the others; instances whose leases are recorded come after
+/// the free ones, and of those the first whose holder died is taken.
+pub(super) fn acquire_any(db: &Database, state: InstanceState) -> Result<Option<Lease>> {
+    let token = random_token();
+    let taken = db.with(|s| {
+        let ttl = s.lease_ttl;
+        let dialect = s.conn.dialect();
+        let now = dialect.now_ms();
+        let sql = match dialect {
+            Dialect::Postgres => format!(
+                "SELECT id, lease_pid, lease_owner, lease_expires, {now} FROM instances
+                 WHERE state = ?1 AND (lease_token IS NULL OR lease_expires <= {now})
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT id, lease_pid, lease_owner, lease_expires, {now} FROM instances
+                 WHERE state = ?1
+                 ORDER BY lease_token IS NOT NULL, id LIMIT {LEASED_CANDIDATES}"
+            ),
+        };
+        let mut tx = s.conn.transaction(Begin::Write)?;
+        let mut free = None;
+        for mut row in tx.query(&sql, params![state.as_str()])? {
+            let holder = Holder {
+                pid: row.get(1)?,
+                owner: row.get(2)?,
+                expires: row.get(3)?,
+            };
+            if holder.live_pid(row.get(4)?).is_none() {
+                free = Some(row.get::<InstanceId>(0)?);
+                break;
+            }
+        }
+        let Some(instance) = free else {
+            return Ok(None);
+        };
+        take(&mut *tx, dialect, instance, token, ttl)?;
+        tx.commit()?;
+        Ok(Some((instance, ttl)))
+    })?;
+    Ok(taken.map(|(instance, ttl)| new_lease(db, instance, token, ttl)))
 }
 
 /// Records the lease `token` on `instance` (whose row the transaction has

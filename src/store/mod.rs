@@ -452,6 +452,16 @@ impl Database {
         lease::acquire(self, instance)
     }
 
+    /// Takes the lease on an instance in `state` that no one holds, the
+    /// one with the lowest id; `None` when every such instance is held (or
+    /// there is none). This is how workers sharing a database share out
+    /// instances to run: on PostgreSQL, workers asking at the same time
+    /// skip each other's locked rows and get different instances without
+    /// waiting for each other.
+    pub fn lease_any(&self, state: InstanceState) -> Result<Option<Lease>> {
+        lease::acquire_any(self, state)
+    }
+
     /// How long a lease on PostgreSQL lasts unless its holder renews it
     /// (which it does while it lives, every third of that): how long a
     /// worker that died holds on to its instances. 30 s by default.

@@ -1,27 +1,18 @@
 //! Both backends for the tests: a fresh database of either kind per test,
-//! and the throwaway PostgreSQL server they share.
-//!
-//! The server is started once per test run, on first use, from Debian's
-//! PostgreSQL 15 binaries (`/usr/lib/postgresql/15/bin`, or the directory
-//! in `WASNAP_TEST_PG_BIN`): `initdb` into a temporary directory and
-//! `postgres` listening only on a Unix socket there. PostgreSQL refuses to
-//! run as root, so under root both run as `nobody`. A small shell
-//! supervisor holds the server; its standard input is a pipe from the test
-//! process, and when that closes (the tests ended, however they ended) it
-//! stops the server and deletes the directory. Each test gets a database
-//! of its own, dropped when the test ends.
+//! and the throwaway PostgreSQL server they share (see
+//! `tests/support/postgres.rs`), started once per test run, on first use.
+//! Each test gets a database of its own, dropped when the test ends.
 //!
 //! `WASNAP_TEST_PG_URL` names a server to use instead (a URL whose
 //! database may create others, e.g. `postgres://me@/postgres?host=/tmp`).
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+
+#[path = "../support/postgres.rs"]
+pub mod postgres_server;
+
+use postgres_server::{Listen, Server, with_database};
 
 /// Which backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,191 +161,14 @@ impl Drop for TestDb {
     }
 }
 
-/// The PostgreSQL server of this test run.
-pub struct Server {
-    /// The URL of its administrative database, with `{db}` for a name.
-    url: String,
-    /// Held open for as long as the tests run: its closing stops the
-    /// server (see the module's documentation).
-    _supervisor: Option<Mutex<Child>>,
-    next: AtomicU32,
-}
-
-/// The server, started on first use.
+/// The PostgreSQL server of this test run, started on first use (or the
+/// one `WASNAP_TEST_PG_URL` names).
 pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| match std::env::var("WASNAP_TEST_PG_URL") {
-        Ok(url) => Server {
-            url: with_database(&url, "{db}"),
-            _supervisor: None,
-            next: AtomicU32::new(0),
-        },
-        Err(_) => start(),
+        Ok(url) => Server::at(&url),
+        Err(_) => Server::start(Listen::Socket),
     })
-}
-
-impl Server {
-    /// The URL of database `name`.
-    pub fn url(&self, name: &str) -> String {
-        self.url.replace("{db}", name)
-    }
-
-    /// A new empty database: its name and URL.
-    pub fn create_database(&self) -> (String, String) {
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            self.next.fetch_add(1, Ordering::SeqCst)
-        );
-        self.admin()
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let url = self.url(&name);
-        (name, url)
-    }
-
-    pub fn drop_database(&self, name: &str) {
-        let _ = self
-            .admin()
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-    }
-
-    fn admin(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap()
-    }
-}
-
-/// `url` with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (rest, String::new()),
-    };
-    let authority = before_query.split('/').next().unwrap();
-    format!("{scheme}://{authority}/{name}{query}")
-}
-
-/// The directory of PostgreSQL's server binaries.
-fn binaries() -> PathBuf {
-    let dir = std::env::var_os("WASNAP_TEST_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    assert!(
-        dir.join("postgres").exists(),
-        "no PostgreSQL server in {} (install postgresql-15, or set WASNAP_TEST_PG_BIN)",
-        dir.display()
-    );
-    dir
-}
-
-/// `nobody`'s ids when running as root: PostgreSQL will not run as root.
-fn unprivileged() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { geteuid() } == 0;
-    root.then_some((65534, 65534))
-}
-
-unsafe extern "C" {
-    fn geteuid() -> u32;
-}
-
-fn as_server_user(command: &mut Command) -> &mut Command {
-    if let Some((uid, gid)) = unprivileged() {
-        command.uid(uid).gid(gid).groups(&[]);
-    }
-    command
-}
-
-/// Starts the server: `initdb`, then `postgres` under a supervisor, and
-/// waits until it takes connections.
-fn start() -> Server {
-    let started = Instant::now();
-    let bin = binaries();
-    let dir = PathBuf::from(format!(
-        "/tmp/wasnap-pg-{}-{}",
-        std::process::id(),
-        started.elapsed().subsec_nanos()
-    ));
-    std::fs::create_dir(&dir).unwrap();
-    if let Some((uid, gid)) = unprivileged() {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-    }
-    let data = dir.join("data");
-    let initdb = as_server_user(Command::new(bin.join("initdb")).args([
-        "--auth=trust",
-        "--username=wasnap",
-        "--encoding=UTF8",
-        "--no-sync",
-        "--no-instructions",
-    ]))
-    .arg("-D")
-    .arg(&data)
-    .current_dir(&dir)
-    .stdout(Stdio::null())
-    .output()
-    .unwrap();
-    assert!(
-        initdb.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&initdb.stderr)
-    );
-    // The server as a child of a shell that stops it, and removes its
-    // files, when its standard input closes. Tests kill workers, never the
-    // server, so the server need not sync its files to disk.
-    let script = r#"
-        "$1/postgres" -D "$2/data" -k "$2" -c listen_addresses= -c fsync=off \
-            -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB \
-            >"$2/server.log" 2>&1 &
-        server=$!
-        echo started
-        cat >/dev/null
-        kill -INT "$server"
-        wait "$server"
-        rm -rf "$2"
-    "#;
-    let mut supervisor = as_server_user(
-        Command::new("sh")
-            .args(["-c", script, "supervisor"])
-            .arg(&bin)
-            .arg(&dir)
-            .current_dir(&dir),
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(supervisor.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = format!("postgres://wasnap@/{{db}}?host={}", dir.display());
-    let server = Server {
-        url,
-        _supervisor: Some(Mutex::new(supervisor)),
-        next: AtomicU32::new(0),
-    };
-    // Ready when it takes a connection.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match postgres::Client::connect(&server.url("postgres"), postgres::NoTls) {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                panic!("PostgreSQL did not start: {e}\n{log}");
-            }
-        }
-    }
-    eprintln!(
-        "PostgreSQL 15 started in {:.1} s in {}",
-        started.elapsed().as_secs_f64(),
-        dir.display()
-    );
-    server
 }
 
 #[test]

@@ -15,3 +15,4 @@ mod limits;
 mod real_programs;
 mod smith;
 mod store;
+mod workers;

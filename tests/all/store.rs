@@ -738,6 +738,56 @@ fn durability_can_be_raised(backend: Backend) {
 }
 }
 
+/// How many versions each process of the test below commits.
+const CHAIN: u32 = 24;
+
+/// Several processes commit versions of their own instances at the same
+/// time, storing the same pages (the steps of every instance are alike)
+/// while `gc` runs again and again: on PostgreSQL nothing serialises these
+/// commits but row locks, unique keys and the lock between commits and
+/// `gc`. Every version is whole afterwards, and every page stored once.
+#[test]
+fn concurrent_commits_and_gc_on_postgres() {
+    let db = TestDb::new(Backend::Postgres);
+    let store = Database::open(db.location()).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let ids: Vec<u64> = (0..4)
+        .map(|_| {
+            store
+                .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+                .unwrap()
+        })
+        .collect();
+    let mut children: Vec<Child> = ids
+        .iter()
+        .map(|id| spawn_child(db.location(), &format!("chain:{id}")))
+        .collect();
+    let mut collected = 0;
+    let done = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            for child in &mut children {
+                wait_for(child, "chain:", 1);
+                assert!(child.wait().unwrap().success());
+            }
+        });
+        while !waiting.is_finished() {
+            collected += store.gc().unwrap().pages;
+        }
+        waiting.join()
+    });
+    done.unwrap();
+    // Nothing was left for `gc`: every page stored was referred to.
+    assert_eq!(collected, 0);
+    for &id in &ids {
+        for n in 1..=CHAIN {
+            assert_eq!(store.load_version(id, n).unwrap(), step(n));
+        }
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.versions, 4 * u64::from(CHAIN));
+    assert_eq!(stats.pages, u64::from(PAGES + CHAIN));
+}
+
 // ---------------------------------------------------------------------
 // Copies between databases.
 
@@ -1056,6 +1106,11 @@ fn child_process() {
             .set((stage.to_string(), nth.parse().unwrap()))
             .unwrap();
         store.set_commit_hook(Some(kill_hook));
+    }
+    if let Some(instance) = mode.strip_prefix("chain:") {
+        commit_chain(&store, instance.parse().unwrap(), 1..=CHAIN);
+        println!("chain: done");
+        return;
     }
     match mode.as_str() {
         "race" | "hold" => hold_lease(&store, mode == "race"),
