@@ -17,6 +17,9 @@
 //! own (the worker's reply is the instance id, which the workflow writes
 //! into the page), so every commit stores new pages.
 
+// Each includer uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -232,7 +235,10 @@ pub fn drive(
 /// The steps a worker reported; kills it after `kill_after` of them.
 fn read_worker(mut child: Child, kill_after: Option<usize>) -> Result<Vec<(u64, u64)>> {
     let started = Instant::now();
-    let stdout = child.stdout.take().context("a worker's stdout is not piped")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("a worker's stdout is not piped")?;
     let mut steps = Vec::new();
     let mut done = false;
     for line in BufReader::new(stdout).lines() {

@@ -39,7 +39,10 @@ fn main() -> Result<()> {
     let workers: Vec<usize> = value(&args, "--workers")
         .unwrap_or_else(|| "1,2,4".into())
         .split(',')
-        .map(|w| w.parse().context("--workers takes numbers separated by commas"))
+        .map(|w| {
+            w.parse()
+                .context("--workers takes numbers separated by commas")
+        })
         .collect::<Result<_>>()?;
     let server = match value(&args, "--db") {
         Some(url) => Server::at(&url),
@@ -56,7 +59,9 @@ fn main() -> Result<()> {
     println!("|---|---:|---:|---:|---:|");
     let dir = tempfile::tempdir()?;
     let sqlite = dir.path().join("load.db");
-    let sqlite = sqlite.to_str().context("a temporary path that is not UTF-8")?;
+    let sqlite = sqlite
+        .to_str()
+        .context("a temporary path that is not UTF-8")?;
     let measure = round(sqlite, &load, 1)?;
     print_row("SQLite", &measure);
     for &n in &workers {

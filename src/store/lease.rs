@@ -109,7 +109,12 @@ struct Renewer {
 }
 
 impl Renewer {
-    fn start(shared: &Arc<Mutex<Shared>>, instance: InstanceId, token: i64, ttl: Duration) -> Renewer {
+    fn start(
+        shared: &Arc<Mutex<Shared>>,
+        instance: InstanceId,
+        token: i64,
+        ttl: Duration,
+    ) -> Renewer {
         let (stop, stopped) = mpsc::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));
         let thread = {

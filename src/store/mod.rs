@@ -262,12 +262,12 @@ impl Database {
     pub fn open_at(location: Location) -> Result<Self> {
         let name = location.name();
         let mut conn: Box<dyn Connection> = match &location {
-            Location::Sqlite(path) => Box::new(
-                sqlite::Sqlite::open(path, true).map_err(|e| sqlite::explain(&name, e))?,
-            ),
-            Location::Postgres(url) => Box::new(
-                postgres::Postgres::connect(url).map_err(|e| postgres::explain(&name, e))?,
-            ),
+            Location::Sqlite(path) => {
+                Box::new(sqlite::Sqlite::open(path, true).map_err(|e| sqlite::explain(&name, e))?)
+            }
+            Location::Postgres(url) => {
+                Box::new(postgres::Postgres::connect(url).map_err(|e| postgres::explain(&name, e))?)
+            }
         };
         let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
         schema::check_not_newer(found)?;
@@ -280,7 +280,9 @@ impl Database {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let location = Location::of_path(path.as_ref());
         let Location::Sqlite(path) = &location else {
-            bail!("a PostgreSQL database is opened read-only by connecting as a user that may only read");
+            bail!(
+                "a PostgreSQL database is opened read-only by connecting as a user that may only read"
+            );
         };
         let name = location.name();
         let mut conn: Box<dyn Connection> =

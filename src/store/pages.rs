@@ -245,10 +245,9 @@ pub(super) fn store_missing(
                         added += data.len() as u64;
                         row.get(0)?
                     }
-                    None => conn.query_value(
-                        "SELECT id FROM pages WHERE hash = ?1",
-                        params![&p.hash],
-                    )?,
+                    None => {
+                        conn.query_value("SELECT id FROM pages WHERE hash = ?1", params![&p.hash])?
+                    }
                 };
                 stored.insert(p.hash, id);
                 id

@@ -84,7 +84,10 @@ fn typed<'a>(param: &Param<'a>, ty: &Type) -> Result<Box<dyn ToSql + Sync + 'a>>
     })
 }
 
-fn bind<'a>(statement: &Statement, params: &[Param<'a>]) -> Result<Vec<Box<dyn ToSql + Sync + 'a>>> {
+fn bind<'a>(
+    statement: &Statement,
+    params: &[Param<'a>],
+) -> Result<Vec<Box<dyn ToSql + Sync + 'a>>> {
     let types = statement.params();
     if types.len() != params.len() {
         bail!(
@@ -103,17 +106,23 @@ fn read(row: &postgres::Row) -> Result<Row> {
         let value = if *ty == Type::INT8 {
             row.try_get::<_, Option<i64>>(i)?.map(Value::Int)
         } else if *ty == Type::INT4 {
-            row.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into()))
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::INT2 {
-            row.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into()))
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::BOOL {
-            row.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into()))
+            row.try_get::<_, Option<bool>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::BYTEA {
             row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Bytes)
         } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
             row.try_get::<_, Option<String>>(i)?.map(Value::Text)
         } else {
-            bail!("column {} has type {ty}, which the store does not read", column.name());
+            bail!(
+                "column {} has type {ty}, which the store does not read",
+                column.name()
+            );
         };
         values.push(value.unwrap_or(Value::Null));
     }
@@ -136,7 +145,11 @@ impl Connection for Postgres {
         let statement = self.prepare(sql)?;
         let bound = bind(&statement, params)?;
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| &**b as _).collect();
-        self.client.query(&statement, &refs)?.iter().map(read).collect()
+        self.client
+            .query(&statement, &refs)?
+            .iter()
+            .map(read)
+            .collect()
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {

@@ -298,7 +298,13 @@ pub(super) fn migrate(conn: &mut dyn Connection) -> Result<()> {
         }
         let (sql, next) = match (dialect, &MIGRATIONS[current as usize]) {
             (Dialect::Sqlite, m) => (m.sqlite, current + 1),
-            (Dialect::Postgres, Migration { postgres: Some(sql), .. }) => (*sql, current + 1),
+            (
+                Dialect::Postgres,
+                Migration {
+                    postgres: Some(sql),
+                    ..
+                },
+            ) => (*sql, current + 1),
             (Dialect::Postgres, _) if current == 0 => {
                 (POSTGRES_BASELINE, POSTGRES_BASELINE_VERSION)
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use rusqlite::config::DbConfig;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{ErrorCode, OpenFlags};
 
 use super::sql::{Begin, Connection, Dialect, Param, Row, Value};
@@ -70,13 +70,13 @@ impl Sqlite {
     }
 }
 
-fn bind(p: &Param) -> ValueRef<'_> {
-    match *p {
+fn bind<'a>(p: &Param<'a>) -> ToSqlOutput<'a> {
+    ToSqlOutput::Borrowed(match *p {
         Param::Null => ValueRef::Null,
         Param::Int(v) => ValueRef::Integer(v),
         Param::Bytes(v) => ValueRef::Blob(v),
         Param::Text(v) => ValueRef::Text(v.as_bytes()),
-    }
+    })
 }
 
 fn read(r: &rusqlite::Row, columns: usize) -> rusqlite::Result<Row> {
@@ -101,14 +101,14 @@ impl Connection for Sqlite {
 
     fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let bound: Vec<ValueRef> = params.iter().map(bind).collect();
+        let bound: Vec<ToSqlOutput> = params.iter().map(bind).collect();
         Ok(stmt.execute(rusqlite::params_from_iter(bound))? as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let columns = stmt.column_count();
-        let bound: Vec<ValueRef> = params.iter().map(bind).collect();
+        let bound: Vec<ToSqlOutput> = params.iter().map(bind).collect();
         let rows = stmt
             .query_map(rusqlite::params_from_iter(bound), |r| read(r, columns))?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -359,7 +359,11 @@ fn find_version(
         params![instance, version],
     )?;
     match row {
-        Some(mut r) => Ok((r.get(0)?, VersionKind::parse(&r.get::<String>(1)?)?, r.get(2)?)),
+        Some(mut r) => Ok((
+            r.get(0)?,
+            VersionKind::parse(&r.get::<String>(1)?)?,
+            r.get(2)?,
+        )),
         None => {
             require_instance(conn, instance)?;
             bail!("version {version} of instance {instance} not found")

@@ -101,7 +101,7 @@ impl TestDb {
                 let mut out = String::new();
                 let mut client = self.client();
                 for table in tables {
-                    let sql = format!("SELECT * FROM {table} ORDER BY 1, 2");
+                    let sql = format!("SELECT * FROM {table} t ORDER BY t");
                     for message in client.simple_query(&sql).unwrap() {
                         if let postgres::SimpleQueryMessage::Row(row) = message {
                             let values: Vec<String> = (0..row.len())

@@ -300,11 +300,46 @@ fn a_snapshot_from_an_earlier_build_still_restores(backend: Backend) {
 }
 }
 
-/// `wasnap migrate` moves a SQLite store to PostgreSQL: afterwards every
-/// suspended version of every instance resumes there exactly as it does
-/// in the SQLite file, and new instances take new ids.
+/// Runs `wasnap migrate --from FROM --to TO`; returns what it said.
+fn migrate(from: &str, to: &str) -> String {
+    let output = wasnap(
+        Path::new("unused.db"),
+        &["migrate", "--from", from, "--to", to],
+    );
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{said}");
+    said
+}
+
+/// Every suspended version of every instance resumes in `to` exactly as it
+/// does in `from` (each resume is a branch, so this changes neither
+/// version tree's existing versions).
+fn every_version_resumes_alike(from: &Path, to: &Path) {
+    for line in ok(from, &["ls", "--json"]).lines() {
+        let id = line.split(r#""instance":"#).nth(1).unwrap();
+        let id = id.split(',').next().unwrap();
+        let log = ok(from, &["log", id, "--json"]);
+        for entry in log.lines().filter(|l| l.contains(r#""kind":"suspended""#)) {
+            let version = entry.split(r#""version":"#).nth(1).unwrap();
+            let version = version.split(',').next().unwrap();
+            let target = format!("{id}@{version}");
+            let here = wasnap(from, &["resume", &target, "--send", "true"]);
+            let there = wasnap(to, &["resume", &target, "--send", "true"]);
+            assert_eq!(
+                (here.status.success(), &here.stdout),
+                (there.status.success(), &there.stdout),
+                "resuming {target}"
+            );
+        }
+    }
+}
+
+/// `wasnap migrate` moves a SQLite store to PostgreSQL and back: each time
+/// the target lists the same instances and version trees, every suspended
+/// version resumes there exactly as it does in the source, and new
+/// instances take new ids.
 #[test]
-fn migrate_moves_a_store_to_postgres() {
+fn migrate_moves_a_store_to_postgres_and_back() {
     let sqlite = TestDb::new(Backend::Sqlite);
     let from = sqlite.location();
     ok(from, &["run", &guest("approval")]);
@@ -316,34 +351,32 @@ fn migrate_moves_a_store_to_postgres() {
     ok(from, &["resume", "2@1"]);
     let postgres = TestDb::new(Backend::Postgres);
     let to = postgres.location();
-    let from_arg = format!("sqlite:{}", from.display());
-    let output = wasnap(
-        Path::new("unused.db"),
-        &["migrate", "--from", &from_arg, "--to", to.to_str().unwrap()],
-    );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let said = String::from_utf8_lossy(&output.stderr);
+    let said = migrate(&format!("sqlite:{}", from.display()), to.to_str().unwrap());
     assert!(said.contains("copied 2 instances (7 versions)"), "{said}");
     assert_eq!(content(to), content(from));
-    for (instance, versions) in [(1, 4), (2, 3)] {
-        for version in 1..=versions {
-            let target = format!("{instance}@{version}");
-            let source_log = ok(from, &["log", &instance.to_string(), "--json"]);
-            if !source_log.contains(&format!(r#""version":{version},"#)) {
-                continue;
-            }
-            let here = wasnap(from, &["resume", &target, "--send", "true"]);
-            let there = wasnap(to, &["resume", &target, "--send", "true"]);
-            assert_eq!(
-                (here.status.success(), &here.stdout),
-                (there.status.success(), &there.stdout),
-                "resuming {target}"
-            );
-        }
-    }
+    // Run again: nothing more is copied.
+    let said = migrate(&format!("sqlite:{}", from.display()), to.to_str().unwrap());
+    assert!(
+        said.contains("copied 0 instances (0 versions); 2 were there already"),
+        "{said}"
+    );
+    let before = content(to);
+    every_version_resumes_alike(from, to);
     let new = ok(to, &["run", &guest("approval")]);
     assert_eq!(new, "do something\n");
-    assert!(ok(to, &["ls"]).contains("\n       3  "), "{}", ok(to, &["ls"]));
+    assert!(
+        ok(to, &["ls"]).contains("\n       3  "),
+        "{}",
+        ok(to, &["ls"])
+    );
+    assert_ne!(content(to), before);
+
+    // And back, into a new SQLite file, with what was done on PostgreSQL.
+    let back = sqlite.dir().join("back.db");
+    let said = migrate(to.to_str().unwrap(), &format!("sqlite:{}", back.display()));
+    assert!(said.contains("copied 3 instances"), "{said}");
+    assert_eq!(content(&back), content(to));
+    every_version_resumes_alike(to, &back);
 }
 
 /// A PostgreSQL server that cannot be reached is named in one line.

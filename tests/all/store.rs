@@ -630,7 +630,10 @@ fn schema_is_versioned_on_postgres() {
     let db = TestDb::new(Backend::Postgres);
     drop(Database::open(db.location()).unwrap());
     let before = db.dump(&["wasnap_schema"]);
-    assert_eq!(before, format!("wasnap_schema: Some(\"{SCHEMA_VERSION}\")\n"));
+    assert_eq!(
+        before,
+        format!("wasnap_schema: Some(\"{SCHEMA_VERSION}\")\n")
+    );
     // Opening it again migrates nothing.
     drop(Database::open(db.location()).unwrap());
     assert_eq!(db.dump(&["wasnap_schema"]), before);
@@ -639,7 +642,10 @@ fn schema_is_versioned_on_postgres() {
         SCHEMA_VERSION + 1
     ));
     assert_eq!(
-        Database::open(db.location()).map(drop).unwrap_err().to_string(),
+        Database::open(db.location())
+            .map(drop)
+            .unwrap_err()
+            .to_string(),
         format!(
             "database schema version {} is newer than this wasnap supports ({SCHEMA_VERSION})",
             SCHEMA_VERSION + 1
@@ -836,23 +842,52 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
     {
         let lease = source.lease(first).unwrap();
         let branch = Outcome::Suspended(&step(9));
-        assert_eq!(source.commit_version(&lease, Some(2), &branch, b"other").unwrap(), 5);
-        let done = Outcome::Finished { exit_status: Some(3), result: b"all done" };
-        assert_eq!(source.commit_version(&lease, Some(5), &done, b"fin").unwrap(), 6);
-        let failed = Outcome::Failed { message: "wasm trap: unreachable" };
-        assert_eq!(source.commit_version(&lease, Some(4), &failed, b"x").unwrap(), 7);
+        assert_eq!(
+            source
+                .commit_version(&lease, Some(2), &branch, b"other")
+                .unwrap(),
+            5
+        );
+        let done = Outcome::Finished {
+            exit_status: Some(3),
+            result: b"all done",
+        };
+        assert_eq!(
+            source
+                .commit_version(&lease, Some(5), &done, b"fin")
+                .unwrap(),
+            6
+        );
+        let failed = Outcome::Failed {
+            message: "wasm trap: unreachable",
+        };
+        assert_eq!(
+            source
+                .commit_version(&lease, Some(4), &failed, b"x")
+                .unwrap(),
+            7
+        );
     }
-    let removed = source.create_instance(&hash, &[], &Policy::default()).unwrap();
+    let removed = source
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     source.remove_instance(removed).unwrap();
-    let empty = source.create_instance(&hash, &[], &Policy::default()).unwrap();
-    let third = source.create_instance(&hash, &["third".into()], &Policy::default()).unwrap();
+    let empty = source
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
+    let third = source
+        .create_instance(&hash, &["third".into()], &Policy::default())
+        .unwrap();
     commit_chain(&source, third, 1..=2);
     assert_eq!((first, empty, third), (1, 3, 4));
 
     let postgres = TestDb::new(Backend::Postgres);
     let target = Database::open(postgres.location()).unwrap();
     let report = target.copy_from(&source).unwrap();
-    assert_eq!((report.instances, report.versions, report.present), (3, 9, 0));
+    assert_eq!(
+        (report.instances, report.versions, report.present),
+        (3, 9, 0)
+    );
     assert_eq!(everything(&target), everything(&source));
     // Pages are stored once in the target too.
     assert_eq!(target.stats().unwrap(), source.stats().unwrap());
@@ -863,7 +898,12 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
     assert_eq!(everything(&target), everything(&source));
 
     // New instances take ids after the copied ones; copied ones go on.
-    assert_eq!(target.create_instance(&hash, &[], &Policy::default()).unwrap(), 5);
+    assert_eq!(
+        target
+            .create_instance(&hash, &[], &Policy::default())
+            .unwrap(),
+        5
+    );
     commit_chain_with(&target, &target.lease(third).unwrap(), 3..=3);
     assert_eq!(target.load_version(third, 3).unwrap(), step(3));
 
@@ -884,7 +924,8 @@ fn a_copy_onto_another_instance_changes_nothing() {
     let before = db.dump(TABLES);
     let err = target.copy_from(&source).unwrap_err().to_string();
     assert!(err.starts_with("instance 1 exists in postgres://"), "{err}");
-    assert!(err.ends_with("already, and differs from the one in ".to_string() + &source.location().to_string()), "{err}");
+    let tail = format!("already, and differs from the one in {}", source.location());
+    assert!(err.ends_with(&tail), "{err}");
     assert_eq!(db.dump(TABLES), before);
     assert_eq!(
         source.copy_from(&source).unwrap_err().to_string(),

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 #[path = "../../benches/workers/load.rs"]
 mod load;
 
-use crate::backends::{Backend, TestDb, on_both_backends};
+use crate::backends::{TestDb, on_both_backends};
 use load::Load;
 
 const LOAD: Load = Load {

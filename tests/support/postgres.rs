@@ -136,7 +136,9 @@ impl Server {
         loop {
             match postgres::Client::connect(&server.url("postgres"), postgres::NoTls) {
                 Ok(_) => break,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => {
                     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                     panic!("PostgreSQL did not start: {e}\n{log}");
@@ -229,7 +231,7 @@ unsafe extern "C" {
 
 fn as_server_user(command: &mut Command) -> &mut Command {
     if let Some((uid, gid)) = unprivileged() {
-        command.uid(uid).gid(gid).groups(&[]);
+        command.uid(uid).gid(gid);
     }
     command
 }
