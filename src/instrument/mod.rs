@@ -205,6 +205,17 @@ pub struct Metadata {
     pub frames: BTreeMap<u32, FrameLayout>,
     /// Function names from the name section, by function index.
     pub function_names: BTreeMap<u32, String>,
+    /// `module.name` of each imported function, by function index (imports
+    /// come first in the function index space): what a call site's
+    /// [`CallSite::callee`] below this count calls.
+    pub imported_functions: Vec<String>,
+    /// The exported functions' indices, by export name.
+    pub exported_functions: BTreeMap<String, u32>,
+    /// The function in each slot of table 0 that the module's active
+    /// element segments fill at instantiation, by slot; `None` when that
+    /// cannot be known without instantiating (a segment's offset is not a
+    /// constant). Other slots are null.
+    pub table0_functions: Option<BTreeMap<u32, u32>>,
 }
 
 /// How one instrumented function saves its frames.
