@@ -255,6 +255,9 @@ pub struct CallSite {
     pub code_offset: usize,
     /// The function called, for a direct call.
     pub callee: Option<u32>,
+    /// The table called through, for a `call_indirect`; the element index
+    /// it calls is then the saved operand at the greatest height.
+    pub table: Option<u32>,
     /// Size in bytes of the saved values, header excluded.
     pub size: u32,
     /// The saved values, in the order and at the offsets they are stored:

@@ -74,6 +74,7 @@ fn write_metadata(w: &mut Writer, m: &Metadata) -> Result<()> {
         for site in &layout.call_sites {
             w.u64(site.code_offset as u64);
             write_option(w, site.callee);
+            write_option(w, site.table);
             w.u32(site.size);
             w.len(site.saved.len())?;
             for value in &site.saved {
@@ -132,9 +133,10 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
     for _ in 0..r.count(8)? {
         let function = r.u32()?;
         let mut call_sites = Vec::new();
-        for _ in 0..r.count(17)? {
+        for _ in 0..r.count(18)? {
             let code_offset = r.u64()? as usize;
             let callee = read_option(r)?;
+            let table = read_option(r)?;
             let size = r.u32()?;
             let mut saved = Vec::new();
             for _ in 0..r.count(14)? {
@@ -156,6 +158,7 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
             call_sites.push(CallSite {
                 code_offset,
                 callee,
+                table,
                 size,
                 saved,
             });
