@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use wasmparser::ValType;
 
 use super::Target;
-use crate::instrument::{CallSite, FRAME_HEADER_SIZE, LocalOrigin, Metadata, Options, instrument};
+use crate::instrument::{LocalOrigin, Metadata, Options, instrument};
 use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
 
 /// Show a suspended version: every coroutine's call stack with its saved
@@ -64,7 +64,10 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
         coroutine.stack_pointer,
         coroutine.stack.len()
     );
-    for (depth, frame) in frames(&coroutine.stack, metadata)?.iter().enumerate() {
+    let mut frames = metadata.saved_frames(&coroutine.stack)?;
+    // Innermost first, as a backtrace reads.
+    frames.reverse();
+    for (depth, frame) in frames.iter().enumerate() {
         let function = metadata
             .function_names
             .get(&frame.function)
@@ -92,50 +95,6 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
         }
     }
     Ok(())
-}
-
-/// One saved frame on an unwound stack.
-struct Frame<'a> {
-    function: u32,
-    site: &'a CallSite,
-    bytes: &'a [u8],
-}
-
-/// The frames of an unwound stack, innermost first. Each frame's header is
-/// at its end, so the stack is read from the top down.
-fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>> {
-    let mut frames = Vec::new();
-    let mut end = stack.len();
-    while end > 0 {
-        let header = FRAME_HEADER_SIZE as usize;
-        let Some(header_start) = end.checked_sub(header) else {
-            bail!("the unwound stack is truncated: {end} bytes left, less than a frame header");
-        };
-        let word = |at: usize| u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
-        let function = word(header_start);
-        let call_index = word(header_start + 4);
-        let Some(layout) = metadata.frames.get(&function) else {
-            bail!(
-                "the unwound stack names function {function}, which the module does not instrument"
-            );
-        };
-        let Some(site) = layout.call_sites.get(call_index as usize) else {
-            bail!(
-                "the unwound stack names call {call_index} of function {function}, which has no such call"
-            );
-        };
-        let Some(start) = header_start.checked_sub(site.size as usize) else {
-            bail!("the unwound stack is truncated in a frame of function {function}");
-        };
-        frames.push(Frame {
-            function,
-            site,
-            bytes: &stack[start..header_start],
-        });
-        end = start;
-    }
-    frames.reverse();
-    Ok(frames)
 }
 
 fn render(ty: ValType, bytes: &[u8]) -> String {

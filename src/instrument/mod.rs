@@ -35,6 +35,7 @@
 
 mod analyse;
 mod emit;
+mod frames;
 mod liveness;
 mod rewrite;
 
@@ -42,6 +43,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use wasmparser::ValType;
+
+pub use frames::SavedFrame;
 
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.

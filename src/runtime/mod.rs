@@ -14,6 +14,7 @@ mod artifact;
 mod host;
 mod state;
 mod unwinder;
+mod validate;
 mod workflow;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use wasmtime::{InstancePre, Linker};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::instrument::{self, Metadata, Options};
-use crate::snapshot::{ModuleHash, Snapshot};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
 pub use host::{Decision, Handler, HostCall};
 pub use wasmtime::Val;
@@ -92,6 +93,14 @@ impl Module {
     /// The export the workflow starts at: `_start` or `run`.
     pub fn entry(&self) -> &str {
         &self.inner.entry
+    }
+
+    /// Checks that `snapshot` is a state this module can be restored to:
+    /// the checks every restore makes before anything runs (see
+    /// [`Engine::restore_with`]), for a caller that wants to know before
+    /// it stores a snapshot.
+    pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        validate::check(snapshot, self)
     }
 }
 
@@ -366,24 +375,28 @@ impl Engine {
     }
 
     /// Like [`Engine::restore`], with the output and limits of `settings`.
+    ///
+    /// Nothing of the snapshot runs before it has been checked against the
+    /// module ([`Module::check_snapshot`]): a snapshot that is not a state
+    /// the module could have suspended in (an edited file, say, sealed
+    /// again with a fresh checksum) is refused with an error that names
+    /// what is wrong. So is one whose memories are larger than the memory
+    /// limit of `settings`.
     pub fn restore_with(
         &self,
         module: &Module,
         snapshot: &Snapshot,
         settings: Settings,
     ) -> Result<Workflow> {
-        if snapshot.module_hash != module.hash() {
+        validate::check(snapshot, module)?;
+        if let Some(limit) = settings.memory_limit
+            && let Some((index, memory)) = (0..)
+                .zip(&snapshot.memories)
+                .find(|(_, m)| m.page_count.saturating_mul(PAGE_SIZE as u64) > limit as u64)
+        {
             bail!(
-                "the snapshot belongs to module {}, not to module {}",
-                short_hash(&snapshot.module_hash),
-                short_hash(&module.hash())
-            );
-        }
-        if snapshot.instrumenter_version != instrument::INSTRUMENTER_VERSION {
-            bail!(
-                "the snapshot was made by instrumenter version {}, this wasnap has version {}",
-                snapshot.instrumenter_version,
-                instrument::INSTRUMENTER_VERSION
+                "memory {index} of the snapshot holds {} bytes, more than the memory limit of {limit} bytes",
+                memory.page_count * PAGE_SIZE as u64
             );
         }
         self.start_ticker_for(&settings);

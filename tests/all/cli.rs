@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use crate::guests::{LANGUAGES, built};
 
-fn wasnap(db: &Path, args: &[&str]) -> Output {
+pub fn wasnap(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wasnap"))
         .arg("--db")
         .arg(db)
@@ -17,7 +17,7 @@ fn wasnap(db: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn ok(db: &Path, args: &[&str]) -> String {
+pub fn ok(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(
         output.status.success(),
@@ -28,7 +28,7 @@ fn ok(db: &Path, args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its one-line error.
-fn fails(db: &Path, args: &[&str]) -> String {
+pub fn fails(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(!output.status.success(), "wasnap {args:?} succeeded");
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -37,14 +37,14 @@ fn fails(db: &Path, args: &[&str]) -> String {
     errors[0].to_string()
 }
 
-fn guest(name: &str) -> String {
+pub fn guest(name: &str) -> String {
     format!(
         "{}/guest-workflows/wat/{name}.wat",
         env!("CARGO_MANIFEST_DIR")
     )
 }
 
-fn scratch() -> (tempfile::TempDir, PathBuf) {
+pub fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wasnap.db");
     (dir, db)
@@ -117,7 +117,7 @@ fn inspect_shows_every_coroutine_stack() {
 /// What the database holds, as the listings show it: instances, and
 /// every version of each (a write changes SQLite's file header even when
 /// it changes no content, so bytes are not compared).
-fn content(db: &Path) -> String {
+pub fn content(db: &Path) -> String {
     let mut all = ok(db, &["ls", "--json"]);
     for line in all.clone().lines() {
         let id = line

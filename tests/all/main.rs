@@ -5,6 +5,8 @@ mod binaryen;
 mod cli;
 mod demos;
 mod errors;
+mod forged;
+mod forgery;
 mod fuzz;
 mod guests;
 mod harness;
