@@ -21,12 +21,23 @@ pub struct Run {
 impl Run {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let wasm = super::read_module(&self.module)?;
-        // Instrument and compile before anything is stored, so a module
-        // that cannot run leaves the database as it was.
+        let program = self
+            .module
+            .file_name()
+            .map_or("workflow".into(), |n| n.to_string_lossy().into_owned());
+        let mut args = vec![program];
+        args.extend(self.args);
+        // Instrument, compile and instantiate (which runs the module's
+        // start function) before anything is stored, so a module that
+        // cannot run leaves the database as it was.
         let session = Session::open(db)?;
         let module = session
             .engine
             .load(&wasm)
+            .with_context(|| format!("{}", self.module.display()))?;
+        let mut workflow = session
+            .engine
+            .start(&module, Settings::default().args(args.clone()))
             .with_context(|| format!("{}", self.module.display()))?;
         let hash = session.store.put_module(&wasm)?;
         let fingerprint = session.engine.fingerprint();
@@ -35,17 +46,8 @@ impl Run {
                 .store
                 .put_compiled(&hash, &fingerprint, &module.serialize()?)?;
         }
-        let program = self
-            .module
-            .file_name()
-            .map_or("workflow".into(), |n| n.to_string_lossy().into_owned());
-        let mut args = vec![program];
-        args.extend(self.args);
         let instance = session.store.create_instance(&hash, &args)?;
         let lease = session.store.lease(instance)?;
-        let mut workflow = session
-            .engine
-            .start(&module, Settings::default().args(args))?;
         session.drive(&lease, &mut workflow, None, &[])
     }
 }

@@ -18,7 +18,7 @@ use crate::snapshot::{Coroutine, CoroutineState};
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
     pub wasi: WasiP1Ctx,
-    pub limits: wasmtime::StoreLimits,
+    pub memory_limit: MemoryLimit,
     pub handles: Option<Handles>,
     pub coroutines: Vec<Coroutine>,
     pub current: u32,
@@ -32,6 +32,51 @@ pub(crate) struct HostState {
     pub env: Vec<(String, String)>,
     /// Set to unwind again as soon as a rewind reaches its call.
     pub suspend_again: bool,
+}
+
+/// Stops a memory from growing past a number of bytes, with an error that
+/// names the limit (rather than a failed `memory.grow` the guest may not
+/// check).
+pub(crate) struct MemoryLimit(pub Option<usize>);
+
+/// The error a run ends with when one of its limits stopped it: the time
+/// limit or the memory limit of its [`super::Settings`], or the call
+/// stack's depth. The workflow cannot go on, and the snapshot it was
+/// restored from, or any taken before, is as good as it was.
+#[derive(Debug)]
+pub struct LimitReached(pub(crate) String);
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitReached {}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        match self.0 {
+            Some(limit) if desired > limit => Err(wasmtime::Error::new(LimitReached(format!(
+                "the workflow ran past its memory limit of {limit} bytes (a memory of {current} bytes was to grow to {desired})"
+            )))),
+            _ => Ok(true),
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Exports of the instance the host functions use.

@@ -30,6 +30,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
+pub use abi::LimitReached;
 pub use host::{Decision, Handler, HostCall};
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::abi::{Handles, HostState, Pending};
+use super::abi::{Handles, HostState, LimitReached, MemoryLimit, Pending};
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
@@ -127,15 +127,9 @@ impl Workflow {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("granting directory {}", host.display()))?;
         }
-        let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.memory_limit {
-            // A clear trap rather than a failed memory.grow the guest may
-            // not check.
-            limits = limits.memory_size(bytes).trap_on_grow_failure(true);
-        }
         let host = HostState {
             wasi: wasi.build_p1(),
-            limits: limits.build(),
+            memory_limit: MemoryLimit(settings.memory_limit),
             handles: None,
             coroutines: Vec::new(),
             current: 0,
@@ -149,7 +143,7 @@ impl Workflow {
             suspend_again: false,
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
-        store.limiter(|host| &mut host.limits);
+        store.limiter(|host| &mut host.memory_limit);
         // A new store's epoch deadline is "now": the module's start
         // function, if any, runs under the time limit too (it may loop);
         // `run` sets the deadline again for each run.
@@ -302,9 +296,24 @@ impl Workflow {
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(Exit::Status(exit.0)),
                 None if is_interrupt(&error) => match self.time_limit {
-                    Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
+                    Some(limit) => Err(LimitReached(format!(
+                        "the workflow ran past its time limit of {limit:?}"
+                    ))
+                    .into()),
                     None => bail!("the workflow was interrupted"),
                 },
+                None if error.is::<LimitReached>() => Err(anyhow::Error::new(
+                    error.downcast::<LimitReached>().expect("checked"),
+                )),
+                None if error.downcast_ref::<wasmtime::Trap>()
+                    == Some(&wasmtime::Trap::StackOverflow) =>
+                {
+                    Err(LimitReached(format!(
+                        "the workflow overflowed its call stack in {} (coroutine {id})",
+                        innermost_function(&error)
+                    ))
+                    .into())
+                }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending.
                 None if self.handles().unwinder.state(&mut self.store).ok()
