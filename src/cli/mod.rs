@@ -67,16 +67,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line. A trap's Wasm backtrace (many
+/// lines, the frames of the guest) is left out: the trap's cause follows
+/// it in the chain.
 fn one_line(error: &anyhow::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace";
     let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
+    for cause in error.chain() {
         let text = cause.to_string();
         let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
+        if first.starts_with(BACKTRACE) || (!line.is_empty() && line.contains(first)) {
+            continue;
+        }
+        if !line.is_empty() {
             line += ": ";
         }
         line += first;

@@ -295,7 +295,7 @@ impl Database {
     /// under the engine `fingerprint`, replacing any earlier one.
     pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
         self.with(|s| {
-            let tx = s.conn.transaction()?;
+            let tx = writing(&mut s.conn)?;
             require_module(&tx, hash)?;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
@@ -314,7 +314,7 @@ impl Database {
         let mut w = Writer::default();
         w.strings(args)?;
         self.with(|s| {
-            let tx = s.conn.transaction()?;
+            let tx = writing(&mut s.conn)?;
             require_module(&tx, module_hash)?;
             tx.prepare_cached(
                 "INSERT INTO instances (module_hash, state, created, args)
@@ -368,9 +368,7 @@ impl Database {
     /// busy" while a live process holds its lease.
     pub fn remove_instance(&self, id: InstanceId) -> Result<RemoveReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             lease::check_free(&tx, id)?;
             let report = tx.query_row(
                 "SELECT count(*),
@@ -404,9 +402,7 @@ impl Database {
     /// file system.
     pub fn gc(&self) -> Result<GcReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
@@ -502,6 +498,19 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
     })
 }
 
+/// A transaction that writes: it takes the write lock when it begins
+/// (`BEGIN IMMEDIATE`), waiting for another writer up to the busy timeout.
+///
+/// A deferred transaction takes the lock only at its first write, and in
+/// WAL mode one that has read first cannot wait for it: if another
+/// process committed since its read began, SQLite fails it at once with
+/// `SQLITE_BUSY` (its snapshot is stale), busy timeout or not. Every
+/// transaction of the store that writes starts here; those that only read
+/// stay deferred, and never block a writer.
+pub(crate) fn writing(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
 fn require_module(conn: &Connection, hash: &ModuleHash) -> Result<()> {
     let found = conn
         .prepare_cached("SELECT 1 FROM modules WHERE hash = ?1")?
@@ -551,13 +560,37 @@ fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
         }
         Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
         Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
+        Some(ErrorCode::DatabaseBusy) => busy(path, &e),
+        Some(ErrorCode::DatabaseLocked) => {
+            anyhow::anyhow!("database {p} is locked by another connection of this process: {e}")
         }
         Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
         Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
         Some(_) => anyhow::anyhow!("database {p}: {e}"),
         None => e,
+    }
+}
+
+/// What `SQLITE_BUSY` meant, by its extended code. Every write begins as a
+/// writer and waits [`BUSY_TIMEOUT`] for the lock, so a plain one means
+/// another process held the lock all that time.
+fn busy(path: &Path, e: &anyhow::Error) -> anyhow::Error {
+    let extended = match e.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(failure, _)) => failure.extended_code,
+        _ => rusqlite::ffi::SQLITE_BUSY,
+    };
+    let p = path.display();
+    match extended {
+        rusqlite::ffi::SQLITE_BUSY_RECOVERY => {
+            anyhow::anyhow!("database {p} is being recovered by another process; try again")
+        }
+        rusqlite::ffi::SQLITE_BUSY_SNAPSHOT => anyhow::anyhow!(
+            "database {p} changed under a transaction that read it before writing: {e}"
+        ),
+        _ => anyhow::anyhow!(
+            "database {p} stayed locked by another process for {} s",
+            BUSY_TIMEOUT.as_secs()
+        ),
     }
 }
 

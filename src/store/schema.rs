@@ -6,7 +6,7 @@
 //! upgrade leaves the database at the version before it.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 /// The schema version this build writes, and the newest it can open.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -135,7 +135,7 @@ pub fn check_not_newer(found: u32) -> Result<()> {
 /// transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(conn)?;
         // Read again under the write lock: another process may have
         // migrated since we looked.
         let current = version(&tx)?;

@@ -2,7 +2,7 @@
 //! listing an instance's tree.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
@@ -168,7 +168,7 @@ impl Database {
                     h(stage)
                 }
             };
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = super::writing(conn)?;
             hook("begin");
             lease::check_held(&tx, lease)?;
             let instance = lease.instance;

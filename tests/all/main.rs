@@ -12,5 +12,7 @@ mod guests;
 mod harness;
 mod instrument;
 mod real_programs;
+mod runaway;
 mod smith;
 mod store;
+mod writers;
