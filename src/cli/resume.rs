@@ -11,9 +11,16 @@ use crate::runtime::Settings;
 use crate::store::VersionKind;
 
 /// Continue an instance from its head, or from an older version (a branch).
+///
+/// `INSTANCE` resumes whatever version is the head when this command takes
+/// the instance's lease: if another process resumed it in the meantime,
+/// that is the newer head, and the reply answers its question. To answer
+/// one particular question, name its version: `INSTANCE@VERSION` always
+/// resumes exactly that version (a branch when it already has children).
 #[derive(Args, Debug)]
 pub struct Resume {
-    /// `INSTANCE` (its head version) or `INSTANCE@VERSION`.
+    /// `INSTANCE` (its head when the lease is taken) or `INSTANCE@VERSION`
+    /// (exactly that version).
     target: Target,
     /// The reply the pending yield returns.
     #[arg(long, conflicts_with = "send_file")]
@@ -35,6 +42,7 @@ impl Resume {
         let session = Session::open_existing(db)?;
         let instance = self.target.instance;
         let lease = session.store.lease(instance)?;
+        // Read under the lease: no other process can move the head now.
         let version = self.target.version_in(&session.store)?;
         let info = session.store.version(instance, version)?;
         if info.kind != VersionKind::Suspended {
