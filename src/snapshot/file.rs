@@ -114,14 +114,16 @@ pub fn decode_limited(bytes: &[u8], max_uncompressed: u64) -> Result<(Snapshot, 
     Ok((snapshot, module))
 }
 
-/// Encodes everything but the page contents, uncompressed: the per-version
-/// state blob of the store. Memories keep their sizes, not their pages.
+/// Encodes everything but the page contents and the yielded value,
+/// uncompressed: the per-version state blob of the store, which keeps
+/// pages and the value apart. Memories keep their sizes, not their pages.
 pub(crate) fn encode_state(snapshot: &Snapshot) -> Result<Vec<u8>> {
     encode_raw(snapshot, None, false)
 }
 
 /// Decodes a blob written by [`encode_state`]; memories come back with
-/// their sizes and no pages.
+/// their sizes and no pages, and the yielded value empty (blobs written
+/// before it was left out have it).
 pub(crate) fn decode_state(bytes: &[u8]) -> Result<Snapshot> {
     Ok(decode_raw(bytes, false)?.0)
 }
@@ -234,7 +236,7 @@ fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> R
         flags |= FLAG_MODULE;
     }
     w.u32(flags);
-    write_state(&mut w, snapshot)?;
+    write_state(&mut w, snapshot, with_pages)?;
     write_memories(&mut w, &snapshot.memories, with_pages)?;
     if let Some(module) = module {
         w.bytes(module)?;
@@ -301,7 +303,9 @@ fn check_flags(flags: u32, with_pages: bool) -> Result<()> {
     Ok(())
 }
 
-fn write_state(w: &mut Writer, s: &Snapshot) -> Result<()> {
+/// The state without memories; without the yielded value unless
+/// `with_value`.
+fn write_state(w: &mut Writer, s: &Snapshot, with_value: bool) -> Result<()> {
     w.raw(&s.module_hash);
     w.u32(s.instrumenter_version);
     w.len(s.globals.len())?;
@@ -314,7 +318,7 @@ fn write_state(w: &mut Writer, s: &Snapshot) -> Result<()> {
     for c in &s.coroutines {
         write_coroutine(w, c)?;
     }
-    write_host(w, &s.host)
+    write_host(w, &s.host, with_value)
 }
 
 fn read_state(r: &mut Reader) -> Result<Snapshot> {
@@ -456,11 +460,11 @@ fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
     })
 }
 
-fn write_host(w: &mut Writer, h: &HostSide) -> Result<()> {
+fn write_host(w: &mut Writer, h: &HostSide, with_value: bool) -> Result<()> {
     w.u32(h.current);
     w.u32(h.next_coroutine_id);
     w.str(&h.suspended_in)?;
-    w.bytes(&h.yielded)?;
+    w.bytes(if with_value { &h.yielded } else { &[] })?;
     w.bytes(&h.reply)?;
     w.strings(&h.args)?;
     w.len(h.env.len())?;
@@ -682,7 +686,14 @@ pub(crate) mod tests {
         let back = decode_state(&blob).unwrap();
         assert_eq!(back.memories[0].page_count, 17);
         assert!(back.memories.iter().all(|m| m.pages.is_empty()));
-        assert_eq!(back.host, s.host);
+        assert!(back.host.yielded.is_empty());
+        assert_eq!(
+            back.host,
+            HostSide {
+                yielded: Vec::new(),
+                ..s.host.clone()
+            }
+        );
         let file_err = decode_state(&encode_raw(&s, None, true).unwrap()).unwrap_err();
         assert_eq!(file_err.to_string(), "this is not a stored state");
     }

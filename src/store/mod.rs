@@ -22,6 +22,7 @@
 mod lease;
 mod pages;
 mod schema;
+mod values;
 mod versions;
 
 use std::path::{Path, PathBuf};
@@ -130,8 +131,11 @@ pub struct InstanceInfo {
     pub state: InstanceState,
     /// Its head (latest committed) version, if any.
     pub head: Option<u32>,
-    /// The value of its head version (yielded value or result).
+    /// The value of its head version (yielded value or result); only its
+    /// start when listed with [`Database::instances_shortened`].
     pub last_value: Option<Vec<u8>>,
+    /// The whole length of that value in bytes.
+    pub last_value_len: Option<u64>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
@@ -340,8 +344,8 @@ impl Database {
         self.with(|s| {
             let row = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} WHERE i.id = ?1"))?
-                .query_row([id], read_instance_row)
+                .prepare_cached(&format!("{} WHERE i.id = ?1", instance_query(None)))?
+                .query_row([id], |r| read_instance_row(r, None))
                 .optional()?;
             match row {
                 Some(row) => finish_instance(&s.conn, row),
@@ -352,11 +356,22 @@ impl Database {
 
     /// Every instance, by id.
     pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(None)
+    }
+
+    /// Like [`Database::instances`], with each last value cut to its first
+    /// `max` bytes (64 KiB at most): a listing reads that much of each,
+    /// however large it is.
+    pub fn instances_shortened(&self, max: usize) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
             let rows = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} ORDER BY i.id"))?
-                .query_map([], read_instance_row)?
+                .prepare_cached(&format!("{} ORDER BY i.id", instance_query(limit)))?
+                .query_map([], |r| read_instance_row(r, limit))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
                 .map(|row| finish_instance(&s.conn, row))
@@ -452,11 +467,18 @@ impl Database {
     }
 }
 
-const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value
-    FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
+/// The instances and the values of their heads (only their start, with a
+/// limit).
+fn instance_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args,
+                v.id, {}, length(v.value), v.value_zstd
+         FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
+        values::column("v.value", limit)
+    )
+}
 
-/// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
+/// The columns of [`instance_query`], before the parts that can fail.
 type InstanceRow = (
     InstanceId,
     ModuleHash,
@@ -464,10 +486,15 @@ type InstanceRow = (
     Option<u32>,
     u64,
     Vec<u8>,
-    Option<Vec<u8>>,
+    Option<Result<(Vec<u8>, u64)>>,
 );
 
-fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
+fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<InstanceRow> {
+    let head_row: Option<i64> = r.get(6)?;
+    let last_value = match head_row {
+        Some(_) => Some(values::read(r, 7, limit)?),
+        None => None,
+    };
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -475,12 +502,19 @@ fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
-        r.get(6)?,
+        last_value,
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
     let (id, module_hash, state, head, created_ms, args, last_value) = row;
+    let (last_value, last_value_len) = match last_value
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}"))?
+    {
+        Some((value, len)) => (Some(value), Some(len)),
+        None => (None, None),
+    };
     let mut r = Reader::new(&args);
     let args = r
         .strings()
@@ -492,6 +526,7 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         state: InstanceState::parse(&state)?,
         head,
         last_value,
+        last_value_len,
         created_ms,
         args,
         leased_by: lease::holder(conn, id)?,

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The first schema.
 ///
@@ -113,6 +113,15 @@ DROP TABLE version_pages;
 DROP TABLE pages;
 ALTER TABLE pages_v2 RENAME TO pages;
 ALTER TABLE version_pages_v2 RENAME TO version_pages;
+";
+
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V3: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

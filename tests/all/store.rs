@@ -601,6 +601,8 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         ALTER TABLE versions DROP COLUMN value_zstd;
+         ALTER TABLE versions DROP COLUMN reply_zstd;
          PRAGMA user_version = 1;",
     )
     .unwrap();
