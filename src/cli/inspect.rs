@@ -1,5 +1,6 @@
-//! `wasnap inspect INSTANCE[@VERSION]`
+//! `wasnap inspect INSTANCE[@VERSION] [--full]`
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -7,6 +8,7 @@ use clap::Args;
 use wasmparser::ValType;
 
 use super::Target;
+use super::show::shown;
 use crate::instrument::{LocalOrigin, Metadata, Options, instrument};
 use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
 
@@ -16,6 +18,9 @@ use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
 pub struct Inspect {
     /// `INSTANCE` (its head version) or `INSTANCE@VERSION`.
     target: Target,
+    /// Show the yielded value whole (otherwise its first 64 bytes).
+    #[arg(long)]
+    full: bool,
 }
 
 impl Inspect {
@@ -27,22 +32,33 @@ impl Inspect {
         let wasm = store.module(&snapshot.module_hash)?;
         let metadata = instrument(&wasm, &Options::default())?.metadata;
         let host = &snapshot.host;
-        println!(
-            "instance {instance} version {version}: suspended in {} with value {:?}",
+        let value = shown(&host.yielded, host.yielded.len() as u64, self.full);
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "instance {instance} version {version}: suspended in {} with value {}",
             host.suspended_in,
-            String::from_utf8_lossy(&host.yielded)
-        );
+            value.quoted()
+        )?;
         for coroutine in &snapshot.coroutines {
-            print_coroutine(coroutine, host.current, &metadata)?;
+            print_coroutine(&mut out, coroutine, host.current, &metadata)?;
         }
-        print_memory(&snapshot);
+        print_memory(&mut out, &snapshot)?;
         let compressed = file::encode(&snapshot, None)?.len();
-        println!("snapshot: {compressed} bytes compressed (module not included)");
+        writeln!(
+            out,
+            "snapshot: {compressed} bytes compressed (module not included)"
+        )?;
         Ok(())
     }
 }
 
-fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> Result<()> {
+fn print_coroutine(
+    out: &mut impl Write,
+    coroutine: &Coroutine,
+    current: u32,
+    metadata: &Metadata,
+) -> Result<()> {
     let state = match coroutine.state {
         CoroutineState::Fresh => "not started",
         CoroutineState::Suspended => "suspended",
@@ -58,12 +74,13 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
     } else {
         format!("coroutine {}", coroutine.id)
     };
-    println!(
+    writeln!(
+        out,
         "{name} (parent {}, {state}{running}, stack pointer {:#x}, {} stack bytes)",
         coroutine.parent,
         coroutine.stack_pointer,
         coroutine.stack.len()
-    );
+    )?;
     let mut frames = metadata.saved_frames(&coroutine.stack)?;
     // Innermost first, as a backtrace reads.
     frames.reverse();
@@ -73,10 +90,11 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
             .get(&frame.function)
             .cloned()
             .unwrap_or_else(|| format!("function {}", frame.function));
-        println!(
+        writeln!(
+            out,
             "  #{depth} {function} at code offset {:#x}",
             frame.site.code_offset
-        );
+        )?;
         let values: Vec<String> = frame
             .site
             .saved
@@ -91,7 +109,7 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
             })
             .collect();
         if !values.is_empty() {
-            println!("       {}", values.join(" "));
+            writeln!(out, "       {}", values.join(" "))?;
         }
     }
     Ok(())
@@ -113,15 +131,17 @@ fn render(ty: ValType, bytes: &[u8]) -> String {
     }
 }
 
-fn print_memory(snapshot: &Snapshot) {
+fn print_memory(out: &mut impl Write, snapshot: &Snapshot) -> Result<()> {
     for (index, memory) in snapshot.memories.iter().enumerate() {
         let total = memory.page_count * PAGE_SIZE as u64;
-        println!(
+        writeln!(
+            out,
             "memory {index}: {} of {} pages in use ({} of {} bytes are on non-zero pages)",
             memory.pages.len(),
             memory.page_count,
             memory.pages.len() * PAGE_SIZE,
             total
-        );
+        )?;
     }
+    Ok(())
 }

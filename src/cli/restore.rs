@@ -52,7 +52,7 @@ impl Restore {
             session
                 .store
                 .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
-        eprintln!(
+        note!(
             "wasnap: restored {} as instance {instance} version {first}",
             self.file.display()
         );

@@ -68,7 +68,7 @@ impl Session {
                     reply,
                 )?;
                 print_value(&value)?;
-                eprintln!("wasnap: instance {instance} suspended at version {version}");
+                note!("wasnap: instance {instance} suspended at version {version}");
             }
             Ok(Step::Finished(status)) => {
                 let outcome = Outcome::Finished {
@@ -82,14 +82,14 @@ impl Session {
                     format!(" with exit status {status}")
                 };
                 std::io::stdout().flush()?;
-                eprintln!("wasnap: instance {instance} finished{status} at version {version}");
+                note!("wasnap: instance {instance} finished{status} at version {version}");
             }
             Err(error) => {
                 let message = super::one_line(&error);
                 let outcome = Outcome::Failed { message: &message };
                 let version = self.store.commit_version(lease, parent, &outcome, reply)?;
                 std::io::stdout().flush()?;
-                eprintln!("wasnap: instance {instance} failed at version {version}");
+                note!("wasnap: instance {instance} failed at version {version}");
                 return Err(error);
             }
         }
