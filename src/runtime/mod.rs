@@ -15,6 +15,7 @@ mod host;
 mod state;
 mod unwinder;
 mod validate;
+mod wasi;
 mod workflow;
 
 use std::collections::HashMap;
@@ -226,6 +227,7 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
+        wasi::add_to_linker(&mut linker)?;
         abi::add_to_linker(&mut linker)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
