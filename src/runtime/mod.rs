@@ -245,27 +245,49 @@ impl Engine {
     /// artifact is only valid for an engine with the same fingerprint. The
     /// instrumenter's version and options are part of it, because they
     /// decide the code that was compiled.
+    ///
+    /// It is a BLAKE3 hash, the same in every build and process with the
+    /// same settings (the standard library's `DefaultHasher` makes no such
+    /// promise across Rust releases). wasmtime's compatibility hash is
+    /// only available through `Hash`, whose implementations feed the bytes
+    /// of the integers and strings hashed.
     pub fn fingerprint(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = Blake3Hasher(blake3::Hasher::new());
         self.inner
             .wasmtime
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         instrument::INSTRUMENTER_VERSION.hash(&mut hasher);
         self.inner.options.hash(&mut hasher);
-        format!("wasmtime-48-{:016x}", hasher.finish())
+        let hash = hasher.0.finalize();
+        format!("wasmtime-48-{}", &hash.to_hex()[..32])
     }
 
     /// Instruments and compiles `wasm` (or returns the cached result).
     pub fn load(&self, wasm: &[u8]) -> Result<Module> {
-        self.load_with_artifact(wasm, None)
+        // SAFETY: there is no artifact.
+        unsafe { self.load_with_artifact(wasm, None) }
     }
 
     /// Like [`Engine::load`], but takes a compiled artifact made earlier by
     /// [`Module::serialize`] with an engine of the same fingerprint, which
     /// skips instrumentation and compilation. An artifact that does not fit
     /// is ignored.
-    pub fn load_with_artifact(&self, wasm: &[u8], artifact: Option<&[u8]>) -> Result<Module> {
+    ///
+    /// # Safety
+    ///
+    /// An artifact is native code, and loading one runs it as it is:
+    /// wasmtime checks that it was compiled by a compatible engine, not
+    /// what it does. `artifact` must be bytes that [`Module::serialize`]
+    /// wrote for this very module, or that are trusted as much: never
+    /// bytes from a file or database someone else may have written.
+    /// (`wasnap::store` authenticates the artifacts it hands back, see
+    /// [`crate::store::ArtifactKey`].)
+    pub unsafe fn load_with_artifact(
+        &self,
+        wasm: &[u8],
+        artifact: Option<&[u8]>,
+    ) -> Result<Module> {
         let hash = module_hash(wasm);
         if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
             return Ok(module.clone());
@@ -273,7 +295,8 @@ impl Engine {
         let cached = artifact
             .and_then(artifact::decode)
             .and_then(|(metadata, code)| {
-                let compiled = self.deserialize(code)?;
+                // SAFETY: the caller vouches for the artifact.
+                let compiled = unsafe { self.deserialize(code) }?;
                 Some((metadata, compiled))
             });
         let (metadata, compiled) = match cached {
@@ -339,10 +362,14 @@ impl Engine {
         Ok(linker)
     }
 
-    fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
-        // SAFETY: artifacts come from `Module::serialize` of an engine with
-        // the same fingerprint, kept in wasnap's own store; wasmtime checks
-        // the engine compatibility header itself and refuses a mismatch.
+    /// wasmtime's code of an artifact.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Engine::load_with_artifact`].
+    unsafe fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the
+        // engine compatibility header itself and refuses a mismatch.
         unsafe { wasmtime::Module::deserialize(&self.inner.wasmtime, artifact) }.ok()
     }
 
@@ -482,6 +509,21 @@ impl EngineBuilder {
             host::check_pattern(&function.pattern)?;
         }
         Engine::build(self.options, self.host_functions)
+    }
+}
+
+/// A `Hasher` whose output is BLAKE3's, for values only hashable through
+/// `Hash`; see [`Engine::fingerprint`].
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let hash = self.0.finalize();
+        u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
     }
 }
 

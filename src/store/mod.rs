@@ -19,6 +19,7 @@
 //! (`synchronous = FULL`) syncs the WAL at every commit for those who want
 //! versions to outlive power loss too.
 
+mod artifacts;
 mod lease;
 mod pages;
 mod schema;
@@ -33,6 +34,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use artifacts::ArtifactKey;
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
@@ -65,6 +67,8 @@ struct Shared {
     compressor: zstd::bulk::Compressor<'static>,
     /// The pages last committed, so that unchanged ones are not hashed again.
     page_cache: pages::PageCache,
+    /// The key authenticating compiled artifacts, once looked up.
+    artifact_key: Option<Option<ArtifactKey>>,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
@@ -227,6 +231,7 @@ impl Database {
             commit_hook: None,
             compressor,
             page_cache: pages::PageCache::default(),
+            artifact_key: None,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
@@ -278,36 +283,6 @@ impl Database {
                 .query_row([hash], |r| r.get(0))
                 .optional()?
                 .with_context(|| format!("module {} not found", hex(hash)))
-        })
-    }
-
-    /// The compiled artifact cached for module `hash` under the engine
-    /// `fingerprint` (which names everything that makes artifacts
-    /// incompatible: engine version, settings, instrumenter version).
-    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|s| {
-            Ok(s.conn
-                .prepare_cached(
-                    "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
-                )?
-                .query_row(params![hash, fingerprint], |r| r.get(0))
-                .optional()?)
-        })
-    }
-
-    /// Caches a compiled artifact of module `hash` (which must be stored)
-    /// under the engine `fingerprint`, replacing any earlier one.
-    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
-        self.with(|s| {
-            let tx = writing(&mut s.conn)?;
-            require_module(&tx, hash)?;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
-                 VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![hash, fingerprint, bytes])?;
-            tx.commit()?;
-            Ok(())
         })
     }
 

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The first schema.
 ///
@@ -122,6 +122,14 @@ ALTER TABLE version_pages_v2 RENAME TO version_pages;
 const V3: &str = "
 ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V4: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

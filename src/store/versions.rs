@@ -164,6 +164,7 @@ impl Database {
                 commit_hook,
                 compressor,
                 page_cache,
+                ..
             } = shared;
             let hashed = match outcome {
                 Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),

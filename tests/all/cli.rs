@@ -7,13 +7,19 @@ use std::process::{Command, Output};
 
 use crate::guests::{LANGUAGES, built};
 
+/// The wasnap binary, with the artifact key of a user of the tests (so
+/// that they never touch the real user's configuration).
+pub fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasnap"));
+    command.env(
+        "XDG_CONFIG_HOME",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/config"),
+    );
+    command
+}
+
 pub fn wasnap(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasnap"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .output()
-        .unwrap()
+    command().arg("--db").arg(db).args(args).output().unwrap()
 }
 
 /// Runs a command that must succeed; returns its stdout.

@@ -1,5 +1,6 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
+mod artifacts;
 mod asyncified;
 mod binaryen;
 mod cli;

@@ -5,9 +5,9 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::cli::{fails, ok, scratch, wasnap};
+use crate::cli::{command, fails, ok, scratch, wasnap};
 
 /// Yields a megabyte of "a", then "done".
 const BIG_VALUE: &str = r#"
@@ -35,7 +35,7 @@ fn big_value_db() -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// Reads the first 10 bytes a command prints, then closes the pipe.
 fn head_of(db: &Path, args: &[&str]) -> (Vec<u8>, std::process::Output) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasnap"))
+    let mut child = command()
         .arg("--db")
         .arg(db)
         .args(args)
@@ -139,6 +139,7 @@ fn a_database_of_schema_2_still_opens() {
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN value_zstd;
          ALTER TABLE versions DROP COLUMN reply_zstd;
+         ALTER TABLE compiled DROP COLUMN mac;
          PRAGMA user_version = 2;",
     )
     .unwrap();

@@ -13,6 +13,10 @@ fn spawn(db: &Path, script: &str) -> Child {
         .arg(script)
         .env("WASNAP", env!("CARGO_BIN_EXE_wasnap"))
         .env("WASNAP_DB", db)
+        .env(
+            "XDG_CONFIG_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/config"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
