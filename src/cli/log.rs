@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::json;
 use super::show::{PREVIEW_BYTES, shown};
-use crate::store::{InstanceId, VersionInfo, VersionKind};
+use wasnap::store::{InstanceId, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
 #[derive(Args, Debug)]

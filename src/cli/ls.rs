@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::json;
 use super::show::{PREVIEW_BYTES, shown};
-use crate::store::hex;
+use wasnap::store::hex;
 
 /// List instances: id, module, state, head version, last value.
 #[derive(Args, Debug)]

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::store::{Database, InstanceId};
+use wasnap::store::{Database, InstanceId};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            note!("wasnap: error: {}", one_line(&error));
+            note!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
@@ -86,26 +86,6 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// The error and its causes on one line. A trap's Wasm backtrace (many
-/// lines, the frames of the guest) is left out: the trap's cause follows
-/// it in the chain.
-fn one_line(error: &anyhow::Error) -> String {
-    const BACKTRACE: &str = "error while executing at wasm backtrace";
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        let first = text.lines().next().unwrap_or_default().trim();
-        if first.starts_with(BACKTRACE) || (!line.is_empty() && line.contains(first)) {
-            continue;
-        }
-        if !line.is_empty() {
-            line += ": ";
-        }
-        line += first;
-    }
-    line
 }
 
 impl Cli {

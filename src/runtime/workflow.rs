@@ -53,7 +53,7 @@ impl Workflow {
         } else {
             settings.args.clone()
         };
-        let env = settings.env.clone();
+        let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
         workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
@@ -88,8 +88,14 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
-        let mut workflow =
-            Workflow::instantiate(module, &settings, host.args.clone(), host.env.clone())?;
+        // A policy's environment replaces the recorded one; else the
+        // workflow sees what it was started with.
+        let env = if settings.policy.env.is_empty() {
+            host.env.clone()
+        } else {
+            settings.policy.env.clone()
+        };
+        let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         state::restore_memories(store, instance, &snapshot.memories)?;
         workflow.pages = state::PageHistory::of(&snapshot.memories);
@@ -122,14 +128,23 @@ impl Workflow {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
-        for (host, guest) in &settings.directories {
-            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("granting directory {}", host.display()))?;
+        for directory in &settings.policy.directories {
+            wasi.preopened_dir(
+                &directory.host,
+                &directory.guest,
+                wasmtime_wasi::FsPerms::ReadWrite,
+            )
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let host = HostState {
             wasi: wasi.build_p1(),
-            memory_limit: MemoryLimit(settings.memory_limit),
+            memory_limit: MemoryLimit(
+                settings
+                    .policy
+                    .memory_limit
+                    .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
+            ),
             handles: None,
             coroutines: Vec::new(),
             current: 0,
@@ -147,13 +162,13 @@ impl Workflow {
         // A new store's epoch deadline is "now": the module's start
         // function, if any, runs under the time limit too (it may loop);
         // `run` sets the deadline again for each run.
-        store.set_epoch_deadline(deadline_ticks(settings.time_limit));
+        store.set_epoch_deadline(deadline_ticks(settings.policy.time_limit));
         let instance = match module.inner.instance_pre.instantiate(&mut store) {
             Ok(instance) => instance,
             Err(error) if is_interrupt(&error) => {
                 bail!(
                     "the module's start function ran past the time limit of {:?}",
-                    settings.time_limit.unwrap_or_default()
+                    settings.policy.time_limit.unwrap_or_default()
                 )
             }
             Err(error) => {
@@ -183,7 +198,7 @@ impl Workflow {
             store,
             instance,
             finished: false,
-            time_limit: settings.time_limit,
+            time_limit: settings.policy.time_limit,
             pages: state::PageHistory::default(),
         })
     }

@@ -22,6 +22,7 @@
 mod artifacts;
 mod lease;
 mod pages;
+mod policy;
 mod schema;
 mod values;
 mod versions;
@@ -39,6 +40,7 @@ pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
 
+use crate::runtime::Policy;
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
@@ -144,6 +146,8 @@ pub struct InstanceInfo {
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
     pub args: Vec<String>,
+    /// The limits and grants it was started with.
+    pub policy: Policy,
     /// The pid of the live process holding its lease, if one does.
     pub leased_by: Option<u32>,
 }
@@ -287,19 +291,25 @@ impl Database {
     }
 
     /// Creates an instance of the stored module `module_hash` with its WASI
-    /// arguments (program name first). It has no version until its first
-    /// run is committed.
-    pub fn create_instance(&self, module_hash: &ModuleHash, args: &[String]) -> Result<InstanceId> {
+    /// arguments (program name first) and the policy every run of it gets.
+    /// It has no version until its first run is committed.
+    pub fn create_instance(
+        &self,
+        module_hash: &ModuleHash,
+        args: &[String],
+        policy: &Policy,
+    ) -> Result<InstanceId> {
         let mut w = Writer::default();
         w.strings(args)?;
+        let policy = policy::encode(policy)?;
         self.with(|s| {
             let tx = writing(&mut s.conn)?;
             require_module(&tx, module_hash)?;
             tx.prepare_cached(
-                "INSERT INTO instances (module_hash, state, created, args)
-                 VALUES (?1, 'created', ?2, ?3)",
+                "INSERT INTO instances (module_hash, state, created, args, policy)
+                 VALUES (?1, 'created', ?2, ?3, ?4)",
             )?
-            .execute(params![module_hash, now_ms(), w.buf])?;
+            .execute(params![module_hash, now_ms(), w.buf, policy])?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
             Ok(id as InstanceId)
@@ -446,7 +456,7 @@ impl Database {
 /// limit).
 fn instance_query(limit: Option<usize>) -> String {
     format!(
-        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args,
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
                 v.id, {}, length(v.value), v.value_zstd
          FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
         values::column("v.value", limit)
@@ -461,13 +471,14 @@ type InstanceRow = (
     Option<u32>,
     u64,
     Vec<u8>,
+    Vec<u8>,
     Option<Result<(Vec<u8>, u64)>>,
 );
 
 fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<InstanceRow> {
-    let head_row: Option<i64> = r.get(6)?;
+    let head_row: Option<i64> = r.get(7)?;
     let last_value = match head_row {
-        Some(_) => Some(values::read(r, 7, limit)?),
+        Some(_) => Some(values::read(r, 8, limit)?),
         None => None,
     };
     Ok((
@@ -477,12 +488,13 @@ fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Resul
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
         last_value,
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, last_value) = row;
+    let (id, module_hash, state, head, created_ms, args, policy, last_value) = row;
     let (last_value, last_value_len) = match last_value
         .transpose()
         .map_err(|e| anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}"))?
@@ -495,6 +507,8 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         .strings()
         .and_then(|a| r.finish().map(|()| a))
         .map_err(|e| anyhow::anyhow!("the arguments of instance {id} are corrupt: {e}"))?;
+    let policy = policy::decode(&policy)
+        .map_err(|e| anyhow::anyhow!("the policy of instance {id} is corrupt: {e}"))?;
     Ok(InstanceInfo {
         id,
         module_hash,
@@ -504,6 +518,7 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         last_value_len,
         created_ms,
         args,
+        policy,
         leased_by: lease::holder(conn, id)?,
     })
 }

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The first schema.
 ///
@@ -115,11 +115,18 @@ ALTER TABLE pages_v2 RENAME TO pages;
 ALTER TABLE version_pages_v2 RENAME TO version_pages;
 ";
 
+/// Instances keep the limits and grants they were started with (time and
+/// memory limits, granted directories, environment), applied again at every
+/// resume. Instances made before have none: an empty policy.
+const V3: &str = "
+ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
+";
+
 /// A version's value and reply may be zstd-compressed (`value_zstd`,
 /// `reply_zstd`), and its snapshot no longer repeats the yielded value
 /// (see `store::values`). The rows of earlier versions keep both as they
 /// were, uncompressed, and read as before.
-const V3: &str = "
+const V4: &str = "
 ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
 ";
@@ -127,7 +134,7 @@ ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
 /// A compiled artifact is kept with a MAC that authenticates it (see
 /// `store::artifacts`). Artifacts cached before have none and could never
 /// be used: they go.
-const V4: &str = "
+const V5: &str = "
 ALTER TABLE compiled ADD COLUMN mac BLOB;
 DELETE FROM compiled;
 ";

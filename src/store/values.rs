@@ -4,7 +4,7 @@
 //!
 //! The snapshot a version holds does not repeat the yielded value: it is
 //! the version's value, and [`super::Database::load_version`] puts it back.
-//! (Versions written before schema 3 have it in both places, uncompressed;
+//! (Versions written before schema 4 have it in both places, uncompressed;
 //! they read as before.)
 
 use std::borrow::Cow;

@@ -12,6 +12,8 @@ mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod interpreters;
+mod limits;
 mod output;
 mod real_programs;
 mod runaway;

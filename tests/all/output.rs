@@ -125,22 +125,22 @@ fn a_yielded_value_is_stored_once_and_compressed() {
     assert_eq!(snapshot.host.yielded, "a".repeat(MEGABYTE).into_bytes());
 }
 
-/// A database written before values were compressed (schema 2) opens,
+/// A database written before values were compressed (schema 3) opens,
 /// lists and resumes as before, and is upgraded.
 #[test]
-fn a_database_of_schema_2_still_opens() {
+fn a_database_of_schema_3_still_opens() {
     let (dir, db) = scratch();
     let approval = crate::cli::guest("approval");
     ok(&db, &["run", &approval]);
     ok(&db, &["resume", "1"]);
-    // Back to schema 2: no compression flags, and the yielded value in the
+    // Back to schema 3: no compression flags, and the yielded value in the
     // snapshot's state too, as that schema's versions have it.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN value_zstd;
          ALTER TABLE versions DROP COLUMN reply_zstd;
          ALTER TABLE compiled DROP COLUMN mac;
-         PRAGMA user_version = 2;",
+         PRAGMA user_version = 3;",
     )
     .unwrap();
     drop(conn);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use wasnap::runtime::LimitReached;
+use wasnap::runtime::Policy;
 use wasnap::store::{Database, InstanceState, Outcome, VersionKind};
 use wasnap::{Engine, Settings, Step};
 
@@ -39,7 +40,9 @@ fn stopped_and_recorded(reply: &str, settings: Settings, cause: &str) {
     let store = Database::open(&path).unwrap();
     let wasm = wat::parse_str(RUNAWAY).unwrap();
     let hash = store.put_module(&wasm).unwrap();
-    let instance = store.create_instance(&hash, &[]).unwrap();
+    let instance = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     let lease = store.lease(instance).unwrap();
     let engine = Engine::new().unwrap();
     let module = engine.load(&wasm).unwrap();

@@ -93,3 +93,55 @@ fn replies_to_one_version_all_land_on_that_version() {
         assert!(version.contains(r#""reply":"true""#), "{version}");
     }
 }
+
+/// The number after `"key":` in one line of `log --json` (`None` for null).
+fn number(line: &str, key: &str) -> Option<u32> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// 8 processes reply to the instance's head at once. The head form answers
+/// whatever the head is when a process takes the lease, so several may
+/// advance the instance one after another, but no question is answered
+/// twice: the new versions form one line from version 2, each the only
+/// child of the one before. The others find the instance busy, or finished.
+#[test]
+fn replies_to_the_head_answer_each_question_once() {
+    let (_dir, db) = scratch();
+    ok(&db, &["run", &guest("approval")]);
+    ok(&db, &["resume", "1"]);
+    let children: Vec<Child> = (0..8)
+        .map(|_| spawn(&db, "\"$WASNAP\" resume 1 --send true"))
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let answered = outputs.iter().filter(|o| o.status.success()).count();
+    for output in outputs.iter().filter(|o| !o.status.success()) {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("instance 1 is busy") || stderr.contains("nothing to resume"),
+            "{stderr}"
+        );
+    }
+    assert!(answered >= 1);
+    let log = ok(&db, &["log", "1", "--json"]);
+    let mut new: Vec<(u32, u32)> = log
+        .lines()
+        .map(|l| (number(l, "version").unwrap(), number(l, "parent")))
+        .filter(|(version, _)| *version > 2)
+        .map(|(version, parent)| (version, parent.unwrap()))
+        .collect();
+    new.sort();
+    assert_eq!(new.len(), answered, "{log}");
+    let mut previous = 2;
+    for (version, parent) in new {
+        assert_eq!(parent, previous, "version {version} answered again:\n{log}");
+        previous = version;
+    }
+}
