@@ -37,6 +37,7 @@
 //! versions to outlive power loss too. PostgreSQL keeps both promises
 //! with its defaults: a commit returns once the server has flushed it.
 
+mod artifacts;
 mod copy;
 mod lease;
 mod pages;
@@ -45,6 +46,7 @@ mod postgres;
 mod schema;
 mod sql;
 mod sqlite;
+mod values;
 mod versions;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +57,7 @@ use anyhow::{Context, Result, bail};
 
 use sql::{Begin, Connection, Dialect, Row, params};
 
+pub use artifacts::ArtifactKey;
 pub use copy::CopyReport;
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
@@ -134,6 +137,8 @@ struct Shared {
     compressor: zstd::bulk::Compressor<'static>,
     /// The pages last committed, so that unchanged ones are not hashed again.
     page_cache: pages::PageCache,
+    /// The key authenticating compiled artifacts, once looked up.
+    artifact_key: Option<Option<ArtifactKey>>,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
@@ -200,8 +205,11 @@ pub struct InstanceInfo {
     pub state: InstanceState,
     /// Its head (latest committed) version, if any.
     pub head: Option<u32>,
-    /// The value of its head version (yielded value or result).
+    /// The value of its head version (yielded value or result); only its
+    /// start when listed with [`Database::instances_shortened`].
     pub last_value: Option<Vec<u8>>,
+    /// The whole length of that value in bytes.
+    pub last_value_len: Option<u64>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
@@ -307,6 +315,7 @@ impl Database {
             commit_hook: None,
             compressor,
             page_cache: pages::PageCache::default(),
+            artifact_key: None,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
@@ -390,36 +399,6 @@ impl Database {
         })
     }
 
-    /// The compiled artifact cached for module `hash` under the engine
-    /// `fingerprint` (which names everything that makes artifacts
-    /// incompatible: engine version, settings, instrumenter version).
-    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|s| {
-            match s.conn.query_opt(
-                "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
-                params![hash, fingerprint],
-            )? {
-                Some(mut row) => row.get(0),
-                None => Ok(None),
-            }
-        })
-    }
-
-    /// Caches a compiled artifact of module `hash` (which must be stored)
-    /// under the engine `fingerprint`, replacing any earlier one.
-    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
-        self.with(|s| {
-            let mut tx = s.conn.transaction(Begin::Write)?;
-            require_module(&mut *tx, hash)?;
-            tx.execute(
-                "INSERT INTO compiled (module_hash, fingerprint, bytes) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (module_hash, fingerprint) DO UPDATE SET bytes = excluded.bytes",
-                params![hash, fingerprint, bytes],
-            )?;
-            tx.commit()
-        })
-    }
-
     /// Creates an instance of the stored module `module_hash` with its WASI
     /// arguments (program name first) and the policy every run of it gets.
     /// It has no version until its first run is committed.
@@ -474,9 +453,9 @@ impl Database {
     /// One instance.
     pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo> {
         self.with(|s| {
-            let sql = format!("{} WHERE i.id = ?1", instance_query(s.conn.dialect()));
+            let sql = format!("{} WHERE i.id = ?1", instance_query(s.conn.dialect(), None));
             match s.conn.query_opt(&sql, params![id])? {
-                Some(row) => read_instance(row),
+                Some(row) => read_instance(row, None),
                 None => bail!("instance {id} not found"),
             }
         })
@@ -484,12 +463,23 @@ impl Database {
 
     /// Every instance, by id.
     pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(None)
+    }
+
+    /// Like [`Database::instances`], with each last value cut to its first
+    /// `max` bytes (64 KiB at most): a listing reads that much of each,
+    /// however large it is.
+    pub fn instances_shortened(&self, max: usize) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
-            let sql = format!("{} ORDER BY i.id", instance_query(s.conn.dialect()));
+            let sql = format!("{} ORDER BY i.id", instance_query(s.conn.dialect(), limit));
             s.conn
                 .query(&sql, &[])?
                 .into_iter()
-                .map(read_instance)
+                .map(|row| read_instance(row, limit))
                 .collect()
         })
     }
@@ -582,39 +572,52 @@ impl Database {
     }
 }
 
-/// The instances with the values of their heads, and whether their leases
-/// are held (by the database's clock).
-fn instance_query(dialect: Dialect) -> String {
+/// The instances with the values of their heads (only their start, with a
+/// limit), and whether their leases are held (by the database's clock).
+fn instance_query(dialect: Dialect, limit: Option<usize>) -> String {
     format!(
-        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy,
-                i.lease_pid, i.lease_owner, i.lease_expires, {now}
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
+                i.lease_pid, i.lease_owner, i.lease_expires, {now},
+                v.id, {value}, length(v.value), v.value_zstd
          FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
-        now = dialect.now_ms()
+        now = dialect.now_ms(),
+        value = values::column("v.value", limit)
     )
 }
 
-fn read_instance(mut row: Row) -> Result<InstanceInfo> {
+fn read_instance(mut row: Row, limit: Option<usize>) -> Result<InstanceInfo> {
     let id: InstanceId = row.get(0)?;
     let args: Vec<u8> = row.get(5)?;
+    let head_row: Option<i64> = row.get(11)?;
+    let (last_value, last_value_len) = match head_row {
+        Some(_) => {
+            let (value, len) = values::read(&mut row, 12, limit).map_err(|e| {
+                anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}")
+            })?;
+            (Some(value), Some(len))
+        }
+        None => (None, None),
+    };
     let mut r = Reader::new(&args);
     let args = r
         .strings()
         .and_then(|a| r.finish().map(|()| a))
         .map_err(|e| anyhow::anyhow!("the arguments of instance {id} are corrupt: {e}"))?;
-    let policy = policy::decode(&row.get::<Vec<u8>>(7)?)
+    let policy = policy::decode(&row.get::<Vec<u8>>(6)?)
         .map_err(|e| anyhow::anyhow!("the policy of instance {id} is corrupt: {e}"))?;
     let holder = lease::Holder {
-        pid: row.get(8)?,
-        owner: row.get(9)?,
-        expires: row.get(10)?,
+        pid: row.get(7)?,
+        owner: row.get(8)?,
+        expires: row.get(9)?,
     };
-    let now: i64 = row.get(11)?;
+    let now: i64 = row.get(10)?;
     Ok(InstanceInfo {
         id,
         module_hash: row.get(1)?,
         state: InstanceState::parse(&row.get::<String>(2)?)?,
         head: row.get(3)?,
-        last_value: row.get(6)?,
+        last_value,
+        last_value_len,
         created_ms: row.get(4)?,
         args,
         policy,

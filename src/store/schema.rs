@@ -7,7 +7,7 @@
 //! upgrade leaves the database at the version before it.
 //!
 //! PostgreSQL databases begin at [`POSTGRES_BASELINE`], the schema of
-//! version 3 written whole (no PostgreSQL database is older); every
+//! version 5 written whole (no PostgreSQL database is older); every
 //! migration after it is written for both.
 
 use anyhow::{Result, bail};
@@ -40,8 +40,16 @@ const MIGRATIONS: &[Migration] = &[
         postgres: None,
     },
     Migration {
-        sqlite: V4_SQLITE,
-        postgres: Some(V4_POSTGRES),
+        sqlite: V4,
+        postgres: None,
+    },
+    Migration {
+        sqlite: V5,
+        postgres: None,
+    },
+    Migration {
+        sqlite: V6_SQLITE,
+        postgres: Some(V6_POSTGRES),
     },
 ];
 
@@ -153,25 +161,42 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V4: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V5: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
+";
+
 /// Leases may expire: a holder that cannot be seen from where the lease
 /// is checked (a worker on another machine) renews its lease while it
 /// runs, and one that stopped renewing loses it when `lease_expires` (the
 /// database's clock, in milliseconds) has passed. NULL: a lease that lasts
 /// as long as its holder's process (SQLite's).
-const V4_SQLITE: &str = "
+const V6_SQLITE: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires INTEGER;
 ";
 
-/// See [`V4_SQLITE`].
-const V4_POSTGRES: &str = "
+/// See [`V6_SQLITE`].
+const V6_POSTGRES: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires BIGINT;
 ";
 
 /// The version [`POSTGRES_BASELINE`] brings a new PostgreSQL database to.
-const POSTGRES_BASELINE_VERSION: u32 = 3;
+const POSTGRES_BASELINE_VERSION: u32 = 5;
 
-/// The schema of version 3 for PostgreSQL, whole; the notes of [`V1`]
-/// apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
+/// The schema of version 5 for PostgreSQL, whole; the notes of [`V1`],
+/// [`V4`] and [`V5`] apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
 /// strings `BYTEA`; instance ids come from an identity column that never
 /// hands out an id again, and accepts given ids (`wasnap migrate` keeps
 /// them). Pages are stored already compressed, so PostgreSQL is told not
@@ -186,6 +211,7 @@ CREATE TABLE compiled (
     module_hash BYTEA NOT NULL REFERENCES modules(hash) ON DELETE CASCADE,
     fingerprint TEXT NOT NULL,
     bytes       BYTEA NOT NULL,
+    mac         BYTEA,
     PRIMARY KEY (module_hash, fingerprint)
 );
 CREATE TABLE instances (
@@ -208,7 +234,9 @@ CREATE TABLE versions (
     parent       BIGINT,
     kind         TEXT NOT NULL CHECK (kind IN ('suspended', 'finished', 'failed')),
     value        BYTEA NOT NULL,
+    value_zstd   BIGINT NOT NULL DEFAULT 0,
     reply        BYTEA NOT NULL,
+    reply_zstd   BIGINT NOT NULL DEFAULT 0,
     created      BIGINT NOT NULL,
     memory_bytes BIGINT NOT NULL,
     stored_bytes BIGINT NOT NULL,

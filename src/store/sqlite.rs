@@ -152,12 +152,35 @@ pub(super) fn explain(p: &str, e: anyhow::Error) -> anyhow::Error {
         }
         Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
         Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
+        Some(ErrorCode::DatabaseBusy) => busy(p, &e),
+        Some(ErrorCode::DatabaseLocked) => {
+            anyhow::anyhow!("database {p} is locked by another connection of this process: {e}")
         }
         Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
         Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
         Some(_) => anyhow::anyhow!("database {p}: {e}"),
         None => e,
+    }
+}
+
+/// What `SQLITE_BUSY` meant, by its extended code. Every write begins as a
+/// writer and waits [`BUSY_TIMEOUT`] for the lock, so a plain one means
+/// another process held the lock all that time.
+fn busy(p: &str, e: &anyhow::Error) -> anyhow::Error {
+    let extended = match e.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(failure, _)) => failure.extended_code,
+        _ => rusqlite::ffi::SQLITE_BUSY,
+    };
+    match extended {
+        rusqlite::ffi::SQLITE_BUSY_RECOVERY => {
+            anyhow::anyhow!("database {p} is being recovered by another process; try again")
+        }
+        rusqlite::ffi::SQLITE_BUSY_SNAPSHOT => anyhow::anyhow!(
+            "database {p} changed under a transaction that read it before writing: {e}"
+        ),
+        _ => anyhow::anyhow!(
+            "database {p} stayed locked by another process for {} s",
+            BUSY_TIMEOUT.as_secs()
+        ),
     }
 }

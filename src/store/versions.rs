@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use super::sql::{Begin, Connection, Row as SqlRow, params};
-use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
+use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -67,10 +67,16 @@ pub struct VersionInfo {
     pub parent: Option<u32>,
     /// A suspension or an end.
     pub kind: VersionKind,
-    /// The value yielded (suspension) or the result (finished).
+    /// The value yielded (suspension) or the result (finished); only its
+    /// start when listed with [`Database::versions_shortened`].
     pub value: Vec<u8>,
-    /// The reply it was resumed from its parent with.
+    /// The whole value's length in bytes.
+    pub value_len: u64,
+    /// The reply it was resumed from its parent with; only its start when
+    /// listed with [`Database::versions_shortened`].
     pub reply: Vec<u8>,
+    /// The whole reply's length in bytes.
+    pub reply_len: u64,
     /// When it was committed, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Total size of its memories in bytes (zeros included).
@@ -131,10 +137,11 @@ impl<'a> Row<'a> {
         })
     }
 
-    fn own_bytes(&self, reply: &[u8]) -> u64 {
+    /// The bytes of its own row, with its value and reply as stored.
+    fn own_bytes(&self, value: &[u8], reply: &[u8]) -> u64 {
         let state = self.state.as_ref().map_or(0, Vec::len);
         let message = self.message.map_or(0, str::len);
-        (state + self.value.len() + reply.len() + message) as u64
+        (state + value.len() + reply.len() + message) as u64
     }
 }
 
@@ -196,7 +203,12 @@ impl Database {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let mut tx = s.conn.transaction(Begin::Read)?;
-            let (id, kind, state) = find_version(&mut *tx, instance, version)?;
+            let Found {
+                id,
+                kind,
+                state,
+                value,
+            } = find_version(&mut *tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -207,6 +219,7 @@ impl Database {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
+            snapshot.host.yielded = value.map_err(corrupt)?;
             let (names, ids) =
                 pages::load(&mut *tx, id, &mut snapshot.memories).map_err(corrupt)?;
             tx.commit()?;
@@ -229,9 +242,12 @@ impl Database {
     /// One version of an instance.
     pub fn version(&self, instance: InstanceId, version: u32) -> Result<VersionInfo> {
         self.with(|s| {
-            let sql = format!("{VERSION_QUERY} WHERE instance = ?1 AND number = ?2");
+            let sql = format!(
+                "{} WHERE instance = ?1 AND number = ?2",
+                version_query(None)
+            );
             match s.conn.query_opt(&sql, params![instance, version])? {
-                Some(row) => read_info(row),
+                Some(row) => read_info(row, None),
                 None => {
                     require_instance(&mut *s.conn, instance)?;
                     bail!("version {version} of instance {instance} not found")
@@ -243,13 +259,31 @@ impl Database {
     /// Every version of an instance, by number (parents always come before
     /// their children), to draw its tree.
     pub fn versions(&self, instance: InstanceId) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, None)
+    }
+
+    /// Like [`Database::versions`], with each value and reply cut to its
+    /// first `max` bytes (64 KiB at most): a listing reads that much of
+    /// each, however large it is.
+    pub fn versions_shortened(&self, instance: InstanceId, max: usize) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_versions(
+        &self,
+        instance: InstanceId,
+        limit: Option<usize>,
+    ) -> Result<Vec<VersionInfo>> {
         self.with(|s| {
             require_instance(&mut *s.conn, instance)?;
-            let sql = format!("{VERSION_QUERY} WHERE instance = ?1 ORDER BY number");
+            let sql = format!(
+                "{} WHERE instance = ?1 ORDER BY number",
+                version_query(limit)
+            );
             s.conn
                 .query(&sql, params![instance])?
                 .into_iter()
-                .map(read_info)
+                .map(|row| read_info(row, limit))
                 .collect()
         })
     }
@@ -285,25 +319,30 @@ pub(super) fn write(
     let (page_ids, page_bytes) = pages::store_missing(tx, compressor, hashed, known)?;
     hook("pages");
     let number = next_number(tx, instance)?;
+    let value = values::pack(compressor, new.row.value)?;
+    let reply = values::pack(compressor, new.reply)?;
     let (created, stored) = match new.stamp {
         Some(info) if info.number != number => bail!(
             "version {} of instance {instance} would be version {number} here",
             info.number
         ),
         Some(info) => (info.created_ms, info.stored_bytes),
-        None => (now_ms(), page_bytes + new.row.own_bytes(new.reply)),
+        None => (now_ms(), page_bytes + new.row.own_bytes(&value.0, &reply.0)),
     };
     let id = tx.query_value::<i64>(
-        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+        "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
+                               reply_zstd, created, memory_bytes, stored_bytes, state,
+                               exit_status, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
         params![
             instance,
             number,
             new.parent,
             new.row.kind.as_str(),
-            new.row.value,
-            new.reply,
+            &*value.0,
+            value.1,
+            &*reply.0,
+            reply.1,
             created,
             new.row.memory_bytes,
             stored,
@@ -321,23 +360,34 @@ pub(super) fn write(
     Ok((number, page_ids))
 }
 
-const VERSION_QUERY: &str = "
-    SELECT number, parent, kind, value, reply, created, memory_bytes, stored_bytes,
-           exit_status, message
-    FROM versions";
+/// The columns [`read_info`] reads; with a limit, only the start of each
+/// value and reply.
+fn version_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
+                created, memory_bytes, stored_bytes, exit_status, message
+         FROM versions",
+        values::column("value", limit),
+        values::column("reply", limit)
+    )
+}
 
-fn read_info(mut r: SqlRow) -> Result<VersionInfo> {
+fn read_info(mut r: SqlRow, limit: Option<usize>) -> Result<VersionInfo> {
+    let (value, value_len) = values::read(&mut r, 3, limit)?;
+    let (reply, reply_len) = values::read(&mut r, 6, limit)?;
     Ok(VersionInfo {
         number: r.get(0)?,
         parent: r.get(1)?,
         kind: VersionKind::parse(&r.get::<String>(2)?)?,
-        value: r.get(3)?,
-        reply: r.get(4)?,
-        created_ms: r.get(5)?,
-        memory_bytes: r.get(6)?,
-        stored_bytes: r.get(7)?,
-        exit_status: r.get(8)?,
-        message: r.get(9)?,
+        value,
+        value_len,
+        reply,
+        reply_len,
+        created_ms: r.get(9)?,
+        memory_bytes: r.get(10)?,
+        stored_bytes: r.get(11)?,
+        exit_status: r.get(12)?,
+        message: r.get(13)?,
     })
 }
 
@@ -348,22 +398,29 @@ fn require_instance(conn: &mut dyn Connection, instance: InstanceId) -> Result<(
     Ok(())
 }
 
-/// The row id, kind and state blob of a version.
-fn find_version(
-    conn: &mut dyn Connection,
-    instance: InstanceId,
-    version: u32,
-) -> Result<(i64, VersionKind, Option<Vec<u8>>)> {
+/// A version's row, as [`find_version`] reads it.
+struct Found {
+    id: i64,
+    kind: VersionKind,
+    /// The state blob of a suspension.
+    state: Option<Vec<u8>>,
+    /// Its value, or why it cannot be read.
+    value: Result<Vec<u8>>,
+}
+
+fn find_version(conn: &mut dyn Connection, instance: InstanceId, version: u32) -> Result<Found> {
     let row = conn.query_opt(
-        "SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2",
+        "SELECT id, kind, state, value, length(value), value_zstd FROM versions
+         WHERE instance = ?1 AND number = ?2",
         params![instance, version],
     )?;
     match row {
-        Some(mut r) => Ok((
-            r.get(0)?,
-            VersionKind::parse(&r.get::<String>(1)?)?,
-            r.get(2)?,
-        )),
+        Some(mut r) => Ok(Found {
+            value: values::read(&mut r, 3, None).map(|(value, _)| value),
+            id: r.get(0)?,
+            kind: VersionKind::parse(&r.get::<String>(1)?)?,
+            state: r.get(2)?,
+        }),
         None => {
             require_instance(conn, instance)?;
             bail!("version {version} of instance {instance} not found")
@@ -396,7 +453,7 @@ fn check_parent(
 ) -> Result<()> {
     match parent {
         Some(p) => {
-            let (_, kind, _) = find_version(conn, instance, p)?;
+            let kind = find_version(conn, instance, p)?.kind;
             if kind != VersionKind::Suspended {
                 bail!(
                     "version {p} of instance {instance} is the end of a run ({}); it cannot be resumed",
