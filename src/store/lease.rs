@@ -123,14 +123,11 @@ impl Renewer {
                 .name(format!("lease-{instance}"))
                 .spawn(move || {
                     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(ttl / 3) {
-                        match renew(&shared, instance, token, ttl) {
-                            Ok(false) => {
-                                lost.store(true, Ordering::SeqCst);
-                                return;
-                            }
-                            // A renewal that failed is tried again at the
-                            // next tick: the database may be back by then.
-                            Ok(true) | Err(_) => {}
+                        // A renewal that failed is tried again at the next
+                        // tick: the database may be back by then.
+                        if let Ok(false) = renew(&shared, instance, token, ttl) {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
                         }
                     }
                 })
