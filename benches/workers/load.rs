@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use wasnap::executor::{Executor, RunOptions};
-use wasnap::store::{Database, InstanceState, VersionKind};
+use wasnap::store::{Database, Durability, InstanceState, VersionKind};
 
 /// The work of one run.
 #[derive(Clone, Copy, Debug)]
@@ -85,11 +85,13 @@ pub const LEASE_TTL: Duration = Duration::from_secs(2);
 
 /// One worker: takes instances and steps them until every instance has
 /// finished. Prints a line `step START END` (microseconds since the Unix
-/// epoch) for every step it committed, then `done`.
-pub fn work(db: &str) -> Result<()> {
+/// epoch) for every step it committed, then `done`. `durability`: how far
+/// its commits survive on SQLite (PostgreSQL keeps both promises).
+pub fn work(db: &str, durability: Durability) -> Result<()> {
     let executor = Executor::open(db)?;
     let database = executor.database();
     database.set_lease_ttl(LEASE_TTL);
+    database.set_durability(durability)?;
     loop {
         let start = micros();
         let Some(lease) = database.lease_any(InstanceState::Suspended)? else {

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Without `--db` it starts a throwaway PostgreSQL 15 server listening on
-//! 127.0.0.1 only (`tests/support/postgres.rs`), stopped and deleted when
+//! 127.0.0.1 only (`tests/support/postgres.rs`), with a real server's
+//! durability (its log flushed at every commit), stopped and deleted when
 //! the command ends; each round runs on a fresh database of it (with
 //! `--db`, on fresh databases of that server, whose URL's database may
 //! create others). The command ends by itself once every round's workers
@@ -25,11 +26,16 @@ use anyhow::{Context, Result, bail};
 
 use load::{Load, Measure};
 use postgres_server::{Listen, Server};
+use wasnap::store::Durability;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(db) = value(&args, "--worker") {
-        return load::work(&db);
+        let durability = match args.iter().any(|a| a == "--power") {
+            true => Durability::Power,
+            false => Durability::Process,
+        };
+        return load::work(&db, durability);
     }
     let load = Load {
         instances: number(&args, "--instances", 200)?,
@@ -46,7 +52,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let server = match value(&args, "--db") {
         Some(url) => Server::at(&url),
-        None => Server::start(Listen::Loopback),
+        None => Server::start(Listen::Loopback, true),
     };
     println!(
         "{} instances x {} steps, {} KiB of memory each, on {} cores",
@@ -58,28 +64,37 @@ fn main() -> Result<()> {
     println!("| database | workers | steps/s | p50 step | p99 step |");
     println!("|---|---:|---:|---:|---:|");
     let dir = tempfile::tempdir()?;
-    let sqlite = dir.path().join("load.db");
-    let sqlite = sqlite
-        .to_str()
-        .context("a temporary path that is not UTF-8")?;
-    let measure = round(sqlite, &load, 1)?;
-    print_row("SQLite", &measure);
+    for (name, durability) in [
+        ("SQLite", Durability::Process),
+        ("SQLite, `Durability::Power`", Durability::Power),
+    ] {
+        let sqlite = dir.path().join(format!("load-{durability:?}.db"));
+        let sqlite = sqlite
+            .to_str()
+            .context("a temporary path that is not UTF-8")?;
+        print_row(name, &round(sqlite, &load, 1, durability)?);
+    }
     for &n in &workers {
         let (name, url) = server.create_database();
-        let measure = round(&url, &load, n);
+        let measure = round(&url, &load, n, Durability::Process);
         server.drop_database(&name);
         print_row("PostgreSQL", &measure?);
     }
     Ok(())
 }
 
-/// Prepares `db`, runs `workers` workers on it, checks it.
-fn round(db: &str, load: &Load, workers: usize) -> Result<Measure> {
+/// Prepares `db`, runs `workers` workers on it (their commits as durable
+/// as `durability` says, on SQLite), checks it.
+fn round(db: &str, load: &Load, workers: usize, durability: Durability) -> Result<Measure> {
     load::prepare(db, load)?;
     let exe = std::env::current_exe()?;
     let spawn = || -> Child {
-        Command::new(&exe)
-            .args(["--worker", db])
+        let mut command = Command::new(&exe);
+        command.args(["--worker", db]);
+        if durability == Durability::Power {
+            command.arg("--power");
+        }
+        command
             .stdout(Stdio::piped())
             .spawn()
             .expect("cannot start a worker process")

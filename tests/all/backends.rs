@@ -167,7 +167,7 @@ pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| match std::env::var("WASNAP_TEST_PG_URL") {
         Ok(url) => Server::at(&url),
-        Err(_) => Server::start(Listen::Socket),
+        Err(_) => Server::start(Listen::Socket, false),
     })
 }
 

@@ -64,5 +64,5 @@ fn a_killed_workers_instances_are_finished_by_another(backend: Backend) {
 #[ignore = "run as a worker process by the load test's smoke run"]
 fn worker() {
     let db = std::env::var("WASNAP_TEST_WORKER_DB").expect("run only by the load tests");
-    load::work(&db).unwrap();
+    load::work(&db, wasnap::store::Durability::Process).unwrap();
 }

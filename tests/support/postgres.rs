@@ -53,8 +53,10 @@ impl Server {
     }
 
     /// Starts a server: `initdb`, then `postgres` under a supervisor; waits
-    /// until it takes connections.
-    pub fn start(listen: Listen) -> Server {
+    /// until it takes connections. `sync`: whether it flushes its log to
+    /// disk at every commit, as a real server does (the tests kill workers,
+    /// never the server, so they do without).
+    pub fn start(listen: Listen, sync: bool) -> Server {
         let started = Instant::now();
         let bin = binaries();
         let dir = PathBuf::from(format!(
@@ -92,11 +94,10 @@ impl Server {
             Listen::Loopback => ("127.0.0.1".to_string(), free_port()),
         };
         // The server as a child of a shell that stops it, and removes its
-        // files, when its standard input closes. Tests and load tests kill
-        // workers, never the server, so it need not sync its files.
+        // files, when its standard input closes.
         let script = r#"
             "$1/postgres" -D "$2/data" -k "$2" -c listen_addresses="$3" -p "$4" \
-                -c fsync=off -c full_page_writes=off -c max_connections=200 \
+                -c fsync="$5" -c full_page_writes="$5" -c max_connections=200 \
                 -c shared_buffers=64MB >"$2/server.log" 2>&1 &
             server=$!
             echo started
@@ -112,6 +113,7 @@ impl Server {
                 .arg(&dir)
                 .arg(&address)
                 .arg(port.to_string())
+                .arg(if sync { "on" } else { "off" })
                 .current_dir(&dir),
         )
         .stdin(Stdio::piped())
