@@ -1,9 +1,12 @@
 //! Versions: committing one in a single transaction, loading one back, and
 //! listing an instance's tree.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::pages::{ListChange, ListShape, PageList};
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
@@ -158,8 +161,11 @@ impl Database {
                 compressor,
                 page_cache,
             } = shared;
-            let hashed = match outcome {
-                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
+            let instance = lease.instance;
+            let named = match outcome {
+                Outcome::Suspended(s) => {
+                    pages::name_pages(&s.memories, instance, parent, page_cache)?
+                }
                 _ => Vec::new(),
             };
             let hook_fn = *commit_hook;
@@ -171,35 +177,75 @@ impl Database {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             hook("begin");
             lease::check_held(&tx, lease)?;
-            let instance = lease.instance;
             if let Outcome::Suspended(s) = outcome {
                 check_module(&tx, instance, s)?;
             }
             check_parent(&tx, instance, parent)?;
-            let known = page_cache.stored_under(parent);
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
+            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &named)?;
             hook("pages");
+            let list: PageList = named
+                .iter()
+                .map(|p| p.key)
+                .zip(page_ids.iter().copied())
+                .collect();
+            let (rows, shape) = match (outcome, parent) {
+                (Outcome::Suspended(_), Some(parent)) => {
+                    let (parent_list, parent_shape) = match page_cache.list_of(instance, parent) {
+                        Some(cached) => cached,
+                        None => pages::read_list(&tx, instance, parent)?,
+                    };
+                    let diff = pages::changes(&parent_list, &list);
+                    let shape = pages::choose_shape(Some(parent_shape), list.len(), diff.len());
+                    if shape.depth > 0 {
+                        (diff, shape)
+                    } else {
+                        (full_rows(&list), shape)
+                    }
+                }
+                _ => (full_rows(&list), ListShape::default()),
+            };
             let number = next_number(&tx, instance)?;
             let stored = page_bytes + row.own_bytes(reply);
-            let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
-            pages::reference(&tx, id, &hashed, &page_ids)?;
+            let id = insert_version(&tx, instance, number, parent, &row, reply, stored, shape)?;
+            pages::write_list(&tx, id, &rows)?;
             hook("version");
             tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
                 .execute(params![instance, number, row.kind.as_str()])?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(instance, number, &hashed, &page_ids);
+            page_cache.settle(
+                instance,
+                number,
+                shape,
+                pages::identities(&named, &page_ids),
+            );
             Ok(number)
         })
     }
 
-    /// The snapshot of a suspension version.
+    /// The snapshot of a suspension version, every page read and checked
+    /// against its name.
     pub fn load_version(&self, instance: InstanceId, version: u32) -> Result<Snapshot> {
+        self.load(instance, version, false)
+    }
+
+    /// The snapshot of a suspension version of the leased instance, whose
+    /// pages are read from the database only when first used (their
+    /// contents are checked then): restoring it into a workflow that
+    /// touches ten pages of a large memory reads ten pages. The pages stay
+    /// readable while the version exists, which the lease guarantees for
+    /// as long as it is held.
+    pub fn load_version_lazily(&self, lease: &Lease, version: u32) -> Result<Snapshot> {
+        self.load(lease.instance, version, true)
+    }
+
+    fn load(&self, instance: InstanceId, version: u32, lazily: bool) -> Result<Snapshot> {
+        let path = self.path.clone();
         self.with(|s| {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let tx = s.conn.transaction()?;
-            let (id, kind, state) = find_version(&tx, instance, version)?;
+            let (_, kind, state) = find_version(&tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -210,19 +256,20 @@ impl Database {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
-            let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            let (list, shape) = pages::read_list(&tx, instance, version).map_err(corrupt)?;
+            if lazily {
+                let source = Arc::new(pages::LazyPages::new(path, instance, version, &list));
+                pages::load_lazily(&list, &source, &mut snapshot.memories).map_err(corrupt)?;
+            } else {
+                pages::load(&tx, &list, &mut snapshot.memories).map_err(corrupt)?;
+            }
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let loaded: Vec<_> = (0u32..)
-                .zip(&snapshot.memories)
-                .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
-                .zip(names)
-                .map(|((memory, page), hash)| pages::HashedPage { memory, page, hash })
-                .collect();
-            s.page_cache.settle(instance, version, &loaded, &ids);
+            let identities = pages::loaded_identities(&snapshot.memories, &list);
+            s.page_cache.settle(instance, version, shape, identities);
             Ok(snapshot)
         })
     }
@@ -366,6 +413,12 @@ fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
     }
 }
 
+/// A full page list as rows.
+fn full_rows(list: &PageList) -> Vec<ListChange> {
+    list.iter().map(|(&key, &id)| (key, Some(id))).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn insert_version(
     conn: &Connection,
     instance: InstanceId,
@@ -374,11 +427,13 @@ fn insert_version(
     row: &Row,
     reply: &[u8],
     stored_bytes: u64,
+    list: ListShape,
 ) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                               memory_bytes, stored_bytes, state, exit_status, message,
+                               list_depth, list_chain_rows)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         instance,
@@ -393,6 +448,8 @@ fn insert_version(
         row.state,
         row.exit_status,
         row.message,
+        list.depth,
+        list.chain_rows,
     ])?;
     Ok(conn.last_insert_rowid())
 }
