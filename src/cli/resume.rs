@@ -43,7 +43,9 @@ impl Resume {
                 info.kind.as_str()
             );
         }
-        let snapshot = session.store.load_version(instance, version)?;
+        // Pages are read from the database when the run first touches
+        // them: a resume costs what the run touches, not the memory's size.
+        let snapshot = session.store.load_version_lazily(&lease, version)?;
         let module = session.module(&snapshot.module_hash)?;
         let mut workflow = session
             .engine

@@ -84,6 +84,9 @@ impl Session {
                 std::io::stdout().flush()?;
                 eprintln!("wasnap: instance {instance} finished{status} at version {version}");
             }
+            // The database could not give a page of the version resumed
+            // from: the run did not fail, the database did.
+            Err(error) if error.is::<crate::runtime::UnreadablePage>() => return Err(error),
             Err(error) => {
                 let message = super::one_line(&error);
                 let outcome = Outcome::Failed { message: &message };

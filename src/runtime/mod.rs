@@ -12,7 +12,9 @@
 mod abi;
 mod artifact;
 mod host;
+mod paging;
 mod state;
+mod uffd;
 mod unwinder;
 mod workflow;
 
@@ -30,6 +32,8 @@ use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, Snapshot};
 
 pub use host::{Decision, Handler, HostCall};
+pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
+pub use state::UnreadablePage;
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
 
@@ -136,6 +140,8 @@ pub struct Settings {
     memory_limit: Option<usize>,
     time_limit: Option<Duration>,
     directories: Vec<(PathBuf, String)>,
+    change_tracking: ChangeTracking,
+    memory_restore: MemoryRestore,
 }
 
 impl Settings {
@@ -182,6 +188,21 @@ impl Settings {
     /// no filesystem access otherwise).
     pub fn directory(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
         self.directories.push((host.into(), guest.into()));
+        self
+    }
+
+    /// How the workflow's snapshots find the pages that changed (default:
+    /// the best this machine offers, see [`support`]). Asking for a way
+    /// the machine does not offer makes starting or restoring fail.
+    pub fn change_tracking(mut self, tracking: ChangeTracking) -> Self {
+        self.change_tracking = tracking;
+        self
+    }
+
+    /// How a restored workflow's memory is filled (default: lazily for
+    /// large memories where the machine allows it). Ignored by a start.
+    pub fn memory_restore(mut self, restore: MemoryRestore) -> Self {
+        self.memory_restore = restore;
         self
     }
 }

@@ -9,6 +9,7 @@ mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod paging;
 mod real_programs;
 mod smith;
 mod store;
