@@ -52,6 +52,12 @@ use wasnap::{Engine, Settings, Snapshot, Step, Workflow};
 /// other byte masked to zero: zstd compresses it to a bit over half, like
 /// typical heap data.
 fn guest(mib: u32, changed: u32) -> Vec<u8> {
+    stepping_guest(mib, &format!("(i32.const {changed})"))
+}
+
+/// The guest of [`guest`], rewriting as many pages per step as the WAT
+/// expression `per_step` says (`$reply` holds the length of the reply).
+fn stepping_guest(mib: u32, per_step: &str) -> Vec<u8> {
     let pages = mib * 16;
     let wat = format!(
         r#"
@@ -74,7 +80,7 @@ fn guest(mib: u32, changed: u32) -> Vec<u8> {
           (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
           (local.get $end)))))
   (func (export "run")
-    (local $i i32) (local $step i64) (local $next i32)
+    (local $i i32) (local $step i64) (local $next i32) (local $reply i32)
     (drop (memory.grow (i32.const {grow})))
     (block $done
       (loop $pages
@@ -83,12 +89,12 @@ fn guest(mib: u32, changed: u32) -> Vec<u8> {
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $pages)))
     (loop $steps
-      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (local.set $reply (call $yield (i32.const 0) (i32.const 0)))
       (local.set $step (i64.add (local.get $step) (i64.const 1)))
       (local.set $i (i32.const 0))
       (block $done
         (loop $changes
-          (br_if $done (i32.ge_u (local.get $i) (i32.const {changed})))
+          (br_if $done (i32.ge_u (local.get $i) {per_step}))
           (call $fill (local.get $next) (i64.mul (local.get $step) (i64.const 0x10001)))
           (local.set $next (i32.rem_u (i32.add (local.get $next) (i32.const 1)) (i32.const {pages})))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -440,11 +446,10 @@ fn paired_versions(_: &mut Criterion) {
         let mut medium = || drop(black_box(medium.step()));
         let mut large = || drop(black_box(large.step()));
         let mut reference = || drop(black_box(zstd::bulk::compress(&changed, 1).unwrap()));
-        let times = paired::run(
+        paired::run(
             paired::rounds(),
             &mut [&mut small, &mut medium, &mut large, &mut reference],
-        );
-        times
+        )
     };
     let reference = times.last().unwrap();
     let mut rows = Vec::new();
@@ -477,52 +482,7 @@ fn paired_versions(_: &mut Criterion) {
 /// at each yield rewrites as many pages as its reply has bytes (the next
 /// ones, round-robin), with a pattern seeded by the step number.
 fn touching_guest(mib: u32) -> Vec<u8> {
-    let pages = mib * 16;
-    let wat = format!(
-        r#"
-(module
-  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
-  (memory 1)
-  (func $fill (param $page i32) (param $seed i64)
-    (local $addr i32) (local $end i32)
-    (local.set $addr (i32.mul (local.get $page) (i32.const 65536)))
-    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
-    (loop $words
-      (i64.store (local.get $addr)
-        (i64.and
-          (i64.mul
-            (i64.add (i64.extend_i32_u (local.get $addr)) (local.get $seed))
-            (i64.const 0x9E3779B97F4A7C15))
-          (i64.const 0x00FF00FF00FF00FF)))
-      (br_if $words
-        (i32.lt_u
-          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
-          (local.get $end)))))
-  (func (export "run")
-    (local $i i32) (local $n i32) (local $step i64) (local $next i32)
-    (drop (memory.grow (i32.const {grow})))
-    (block $done
-      (loop $pages
-        (br_if $done (i32.ge_u (local.get $i) (i32.const {pages})))
-        (call $fill (local.get $i) (i64.const 0))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $pages)))
-    (loop $steps
-      (local.set $n (call $yield (i32.const 0) (i32.const 0)))
-      (local.set $step (i64.add (local.get $step) (i64.const 1)))
-      (local.set $i (i32.const 0))
-      (block $done
-        (loop $changes
-          (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-          (call $fill (local.get $next) (i64.mul (local.get $step) (i64.const 0x10001)))
-          (local.set $next (i32.rem_u (i32.add (local.get $next) (i32.const 1)) (i32.const {pages})))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br $changes)))
-      (br $steps))))
-"#,
-        grow = pages - 1,
-    );
-    wat::parse_str(&wat).expect("the bench guest is valid WAT")
+    stepping_guest(mib, "(local.get $reply)")
 }
 
 /// Pages touched by the run after a resume, in the lazy-resume benchmark.

@@ -13,7 +13,6 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 
 use anyhow::{Result, bail};
 
@@ -326,6 +325,10 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 /// What the filling thread shares with the workflow.
 struct FillState {
     uffd: Arc<Userfaultfd>,
+    /// Set when the workflow is dropped, after which its memory may be
+    /// unmapped and the addresses reused: held while a page is placed, so
+    /// that no page is placed once it is set.
+    stopped: Mutex<bool>,
     /// The first page that could not be read: the workflow must not go on.
     error: Mutex<Option<String>>,
     /// After this many faults, the thread places every other page too,
@@ -335,11 +338,11 @@ struct FillState {
 }
 
 /// The thread that fills a restored workflow's pages when they are first
-/// touched. Stopped when dropped.
+/// touched. Stopped when dropped, without waiting for the thread to end
+/// (on a busy machine that wait alone took milliseconds).
 pub(crate) struct Filler {
     state: Arc<FillState>,
     wake: OwnedFd,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Filler {
@@ -360,22 +363,19 @@ impl Filler {
             .collect();
         let state = Arc::new(FillState {
             uffd,
+            stopped: Mutex::new(false),
             error: Mutex::new(None),
             prefetch_after,
         });
         let wake = uffd::wake_pair()?;
-        let thread = {
+        {
             let state = Arc::clone(&state);
             let wake = wake.try_clone()?;
             std::thread::Builder::new()
                 .name("wasnap-pages".into())
-                .spawn(move || fill(&state, &mut memories, &wake))?
-        };
-        Ok(Filler {
-            state,
-            wake,
-            thread: Some(thread),
-        })
+                .spawn(move || fill(&state, &mut memories, &wake))?;
+        }
+        Ok(Filler { state, wake })
     }
 
     /// Why a page could not be filled, if one could not: the workflow saw
@@ -391,10 +391,8 @@ impl Filler {
 
 impl Drop for Filler {
     fn drop(&mut self) {
+        *self.state.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         uffd::wake(&self.wake);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -408,6 +406,7 @@ fn fill(state: &FillState, memories: &mut [LazyMemory], wake: &OwnedFd) {
         let timeout = if prefetching { 0 } else { -1 };
         match state.uffd.next_fault(wake, timeout) {
             Ok(Fault::Stop) | Err(_) => return,
+            _ if *state.stopped.lock().unwrap_or_else(|e| e.into_inner()) => return,
             Ok(Fault::At(address)) => {
                 served += 1;
                 place_at(state, memories, address);
@@ -427,9 +426,12 @@ fn place_at(state: &FillState, memories: &mut [LazyMemory], address: usize) {
     let Some(memory) = memories.iter_mut().find(|m| m.range.contains(&address)) else {
         // Not a page of ours: place zeros so that the thread can go on.
         let page = address & !(KERNEL_PAGE - 1);
-        // SAFETY: a missing page of a registered range, which the faulting
-        // thread is blocked on.
-        let _ = unsafe { state.uffd.place(page, &ZERO_PAGE[..KERNEL_PAGE]) };
+        let stopped = state.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*stopped {
+            // SAFETY: a missing page of a registered range, which the
+            // faulting thread is blocked on.
+            let _ = unsafe { state.uffd.place(page, &ZERO_PAGE[..KERNEL_PAGE]) };
+        }
         return;
     };
     let index = (address - memory.range.start) / PAGE_SIZE;
@@ -456,11 +458,15 @@ fn place_page(state: &FillState, memory: &mut LazyMemory, index: usize) {
         },
     };
     let start = memory.range.start + index * PAGE_SIZE;
-    // SAFETY: a page of a range registered for missing pages, which only
-    // this thread populates and no Rust reference covers while the
-    // workflow runs or is captured (captures read it through the same
-    // faults).
-    let _ = unsafe { state.uffd.place(start, bytes) };
+    let stopped = state.stopped.lock().unwrap_or_else(|e| e.into_inner());
+    if !*stopped {
+        // SAFETY: a page of a range registered for missing pages, which
+        // only this thread populates, of a memory still mapped (the
+        // workflow is not dropped: `stopped` is held), that no Rust
+        // reference covers while the workflow runs or is captured
+        // (captures read it through the same faults).
+        let _ = unsafe { state.uffd.place(start, bytes) };
+    }
 }
 
 /// Places the next non-zero page not placed yet; false when none is left.

@@ -341,10 +341,19 @@ fn check_pages(image: &MemoryImage, index: usize, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads every page of `image` not read yet, on two threads.
+/// Below this many pages to read, a second thread costs more than it
+/// saves: starting it and waiting for it can take a scheduling delay of
+/// milliseconds on a busy machine.
+const READ_ON_TWO_THREADS: usize = 16;
+
+/// Reads every page of `image` not read yet, on two threads when many.
 fn read_pages(image: &MemoryImage) -> Result<()> {
     let unread: Vec<&Page> = image.pages.iter().filter(|p| !p.data.is_loaded()).collect();
-    let (mine, theirs) = unread.split_at(unread.len() / 2);
+    let half = match unread.len() >= READ_ON_TWO_THREADS {
+        true => unread.len() / 2,
+        false => unread.len(),
+    };
+    let (mine, theirs) = unread.split_at(half);
     std::thread::scope(|scope| {
         if !theirs.is_empty() {
             scope.spawn(|| theirs.iter().for_each(|p| drop(p.data.bytes())));

@@ -40,6 +40,11 @@ pub(super) const PAGE_ZSTD_LEVEL: i32 = 1;
 /// written once every 64 versions, it adds about 64 rows per version.
 pub(super) const MAX_LIST_DEPTH: u32 = 64;
 
+/// A version with this many non-zero pages or fewer is read at once even
+/// when it is loaded lazily: reading pages later opens a connection of
+/// their own, which costs about what reading a few dozen pages does.
+pub(super) const READ_AT_ONCE: usize = 32;
+
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// A page's place: (memory index, page index).
@@ -53,13 +58,14 @@ pub(super) type PageList = BTreeMap<PageKey, i64>;
 /// where the place became all zeros.
 pub(super) type ListChange = (PageKey, Option<i64>);
 
-/// One non-zero page of a snapshot being committed: its place, and either
-/// the row id it is known to be stored under or its name.
+/// A page of a snapshot being committed that the parent's list does not
+/// have as this very object: its place, its name, and the row id of the
+/// parent's page at that place, if any.
 pub(super) struct NamedPage<'a> {
     pub key: PageKey,
     pub page: &'a Page,
-    pub known: Option<i64>,
     pub name: [u8; 32],
+    pub parent: Option<i64>,
 }
 
 /// How a version's page list is stored.
@@ -73,109 +79,253 @@ pub(super) struct ListShape {
     pub chain_rows: u64,
 }
 
+/// One entry of a page list as the cache keeps it: the place, the row id,
+/// and the page object it was committed or loaded as, if known.
+struct Listed {
+    key: PageKey,
+    id: i64,
+    page: Option<WeakPage>,
+}
+
 /// What one store handle knows of the version of one instance it last
-/// committed or loaded: its page list, and the very page objects that list
-/// was committed or loaded as.
+/// committed or loaded: its page list, sorted by place, and the very page
+/// objects that list was committed or loaded as.
 ///
 /// From one suspension to the next a workflow usually changes few pages,
 /// and the snapshots of one workflow share the pages that did not change
 /// (see [`PageData`]). A page that is the very object listed here, at the
 /// same place, is known to be stored under the listed row id: it is neither
-/// hashed nor looked up. Pages are held weakly, so that the list of a large
-/// memory costs a few bytes a page and keeps no page alive. The cache is
-/// filled only after a transaction succeeded, and is only used for a
-/// commit whose parent is its version (checked inside the commit's
-/// transaction): that version's pages are stored for as long as it exists.
+/// hashed nor looked up, and it is not a change. Pages are held weakly, so
+/// that the list of a large memory costs a few bytes a page and keeps no
+/// page alive. A commit whose parent is this version updates the list in
+/// place, at a cost proportional to the pages that changed. The cache is
+/// filled only after a transaction succeeded: the pages of a committed
+/// version are stored for as long as it exists.
 #[derive(Default)]
 pub(super) struct PageCache {
     instance: Option<InstanceId>,
     version: Option<u32>,
     shape: ListShape,
-    pages: BTreeMap<PageKey, (i64, WeakPage)>,
+    pages: Vec<Listed>,
 }
 
 impl PageCache {
-    /// Records that `version` of `instance`, whose list has `shape`, holds
-    /// `pages`, stored under row ids `ids`.
+    /// Whether the cache is the list of `version` of `instance`.
+    pub(super) fn holds(&self, instance: InstanceId, version: u32) -> bool {
+        self.instance == Some(instance) && self.version == Some(version)
+    }
+
+    /// Records that `version` of `instance`, whose list is `list` with
+    /// `shape`, was just read; `pages` are the page objects it was loaded
+    /// as, in the list's order, if they are known.
     pub(super) fn settle(
         &mut self,
         instance: InstanceId,
         version: u32,
         shape: ListShape,
-        pages: impl IntoIterator<Item = (PageKey, i64, WeakPage)>,
+        list: &PageList,
+        pages: Option<Vec<WeakPage>>,
     ) {
+        let mut pages = pages.map(Vec::into_iter);
         self.instance = Some(instance);
         self.version = Some(version);
         self.shape = shape;
-        self.pages = pages
-            .into_iter()
-            .map(|(key, id, page)| (key, (id, page)))
-            .collect();
-    }
-
-    /// The cache, when it is that of `parent` of `instance`.
-    fn of(&self, instance: InstanceId, parent: Option<u32>) -> Option<&Self> {
-        (parent.is_some() && self.instance == Some(instance) && self.version == parent)
-            .then_some(self)
-    }
-
-    /// The page list of `parent` of `instance` and its shape, if cached.
-    pub(super) fn list_of(
-        &self,
-        instance: InstanceId,
-        parent: u32,
-    ) -> Option<(PageList, ListShape)> {
-        let cached = self.of(instance, Some(parent))?;
-        let list = cached
-            .pages
+        self.pages = list
             .iter()
-            .map(|(&key, &(id, _))| (key, id))
+            .map(|(&key, &id)| Listed {
+                key,
+                id,
+                page: pages.as_mut().and_then(Iterator::next),
+            })
             .collect();
-        Some((list, cached.shape))
+    }
+
+    /// The shape of the cached list.
+    pub(super) fn shape(&self) -> ListShape {
+        self.shape
+    }
+
+    /// Makes the cache the list of `version` of `instance` (whose shape is
+    /// `shape`), committed as `plan` with the row ids `ids` of its named
+    /// pages, from the list `plan` was made against.
+    pub(super) fn commit(
+        &mut self,
+        instance: InstanceId,
+        version: u32,
+        shape: ListShape,
+        plan: &Plan,
+        ids: &[i64],
+    ) {
+        let changes = plan.named.len() + plan.removed.len();
+        if plan.against_cache && changes <= self.pages.len() / 8 {
+            for (p, &id) in plan.named.iter().zip(ids) {
+                let listed = Listed {
+                    key: p.key,
+                    id,
+                    page: Some(p.page.data.downgrade()),
+                };
+                match self.pages.binary_search_by_key(&p.key, |l| l.key) {
+                    Ok(at) => self.pages[at] = listed,
+                    Err(at) => self.pages.insert(at, listed),
+                }
+            }
+            for key in &plan.removed {
+                if let Ok(at) = self.pages.binary_search_by_key(key, |l| l.key) {
+                    self.pages.remove(at);
+                }
+            }
+        } else {
+            let base = match plan.against_cache {
+                true => std::mem::take(&mut self.pages),
+                false => Vec::new(),
+            };
+            self.pages = merge(base, plan, ids);
+        }
+        self.instance = Some(instance);
+        self.version = Some(version);
+        self.shape = shape;
+    }
+
+    /// The full list after `plan` with `ids`, as rows.
+    pub(super) fn full_rows(&self, plan: &Plan, ids: &[i64]) -> Vec<ListChange> {
+        let base = match plan.against_cache {
+            true => self
+                .pages
+                .iter()
+                .map(|l| Listed {
+                    key: l.key,
+                    id: l.id,
+                    page: None,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        merge(base, plan, ids)
+            .into_iter()
+            .map(|l| (l.key, Some(l.id)))
+            .collect()
     }
 }
 
-/// Names every non-zero page of `memories`, a snapshot of `instance` whose
-/// parent is `parent`. Pages that are the very ones of the cached parent
-/// list keep their row id and are not read; others are hashed (once per
-/// page object) after a check that they are not all zeros.
-pub(super) fn name_pages<'a>(
-    memories: &'a [MemoryImage],
-    instance: InstanceId,
-    parent: Option<u32>,
-    cache: &PageCache,
-) -> Result<Vec<NamedPage<'a>>> {
-    let cached = cache.of(instance, parent);
-    let mut named = Vec::new();
+/// `base` (sorted by place) with the named pages of `plan` stored under
+/// `ids` and its removed places applied.
+fn merge(base: Vec<Listed>, plan: &Plan, ids: &[i64]) -> Vec<Listed> {
+    let mut named = plan.named.iter().zip(ids).peekable();
+    let mut removed = plan.removed.iter().peekable();
+    let mut out = Vec::with_capacity(base.len() + plan.named.len());
+    let mut base = base.into_iter().peekable();
+    loop {
+        let next_named = named.peek().map(|(p, _)| p.key);
+        let next_base = base.peek().map(|l| l.key);
+        match (next_base, next_named) {
+            (None, None) => return out,
+            (Some(b), n) if n.is_none_or(|n| b < n) => {
+                let listed = base.next().expect("peeked");
+                if removed.next_if(|&&k| k == b).is_none() {
+                    out.push(listed);
+                }
+            }
+            (b, Some(n)) => {
+                if b == Some(n) {
+                    base.next();
+                }
+                let (p, &id) = named.next().expect("peeked");
+                out.push(Listed {
+                    key: n,
+                    id,
+                    page: Some(p.page.data.downgrade()),
+                });
+            }
+            (Some(_), None) => unreachable!("handled by the first arm"),
+        }
+    }
+}
+
+/// What a commit of a snapshot changes in its parent's page list.
+pub(super) struct Plan<'a> {
+    /// Pages that are not the parent's very page objects at their places,
+    /// by place: new, changed, or equal but copied.
+    pub named: Vec<NamedPage<'a>>,
+    /// Places the parent's list has and the snapshot holds as zeros.
+    pub removed: Vec<PageKey>,
+    /// The snapshot's non-zero pages.
+    pub pages: usize,
+    /// Whether it was made against the cached list (else against none).
+    against_cache: bool,
+}
+
+impl Plan<'_> {
+    /// The changes from the parent's list, by place, once the named pages
+    /// are stored under `ids`: a named page stored under the row id the
+    /// parent has at its place is no change.
+    pub(super) fn changes(&self, ids: &[i64]) -> Vec<ListChange> {
+        let mut named = self
+            .named
+            .iter()
+            .zip(ids)
+            .filter(|(p, id)| p.parent != Some(**id))
+            .map(|(p, &id)| (p.key, Some(id)))
+            .peekable();
+        let mut removed = self.removed.iter().map(|&k| (k, None)).peekable();
+        let mut out = Vec::new();
+        while let Some(next) = match (named.peek(), removed.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => removed.next(),
+            (Some(_), _) => named.next(),
+            (None, _) => removed.next(),
+        } {
+            out.push(next);
+        }
+        out
+    }
+}
+
+/// Compares `memories`, a snapshot whose parent's list is in `cache` (or
+/// which has no parent: `cache` is `None`), with that list, walking both in
+/// order of place. Pages that are the very objects listed are not read;
+/// others are named (hashed once per page object, or named by their store)
+/// after a check that they are not all zeros.
+pub(super) fn plan<'a>(memories: &'a [MemoryImage], cache: Option<&PageCache>) -> Result<Plan<'a>> {
+    let listed: &[Listed] = cache.map_or(&[], |c| &c.pages);
+    let mut listed = listed.iter().peekable();
+    let mut plan = Plan {
+        named: Vec::new(),
+        removed: Vec::new(),
+        pages: 0,
+        against_cache: cache.is_some(),
+    };
     for (m, memory) in memories.iter().zip(0u32..) {
         for page in &m.pages {
             let key = (memory, page.index);
-            let known = cached
-                .and_then(|c| c.pages.get(&key))
-                .filter(|(_, weak)| weak.is(&page.data))
-                .map(|&(id, _)| id);
-            if known.is_none() && page.data.is_loaded() && page.data.bytes()? == &ZERO_PAGE[..] {
+            while let Some(gone) = listed.next_if(|l| l.key < key) {
+                plan.removed.push(gone.key);
+            }
+            let parent = listed.next_if(|l| l.key == key);
+            if parent.is_some_and(|l| l.page.as_ref().is_some_and(|w| w.is(&page.data))) {
+                plan.pages += 1;
                 continue;
             }
-            let name = match known {
-                // Not needed: the page is known by its row id.
-                Some(_) => [0; 32],
-                None => page.data.name()?,
-            };
-            named.push(NamedPage {
+            if page.data.is_loaded() && page.data.bytes()? == &ZERO_PAGE[..] {
+                if let Some(l) = parent {
+                    plan.removed.push(l.key);
+                }
+                continue;
+            }
+            plan.pages += 1;
+            plan.named.push(NamedPage {
                 key,
                 page,
-                known,
-                name,
+                name: page.data.name()?,
+                parent: parent.map(|l| l.id),
             });
         }
     }
-    Ok(named)
+    plan.removed.extend(listed.map(|l| l.key));
+    Ok(plan)
 }
 
 /// Stores the pages not stored yet; returns the row id of every page and
 /// the bytes this added. A page already stored is neither compressed nor
-/// written again; one known by its row id is not even looked up.
+/// written again.
 pub(super) fn store_missing(
     conn: &Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
@@ -186,10 +336,7 @@ pub(super) fn store_missing(
     let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        let found = match p.known {
-            Some(id) => Some(id),
-            None => find.query_row([&p.name], |r| r.get(0)).optional()?,
-        };
+        let found = find.query_row([&p.name], |r| r.get(0)).optional()?;
         let id = match found {
             Some(id) => id,
             None => {
@@ -204,41 +351,6 @@ pub(super) fn store_missing(
         ids.push(id);
     }
     Ok((ids, added))
-}
-
-/// The changes that turn `parent` into `list`, by place.
-pub(super) fn changes(parent: &PageList, list: &PageList) -> Vec<ListChange> {
-    let mut out = Vec::new();
-    let mut old = parent.iter().peekable();
-    let mut new = list.iter().peekable();
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => return out,
-            (Some(&(&k, _)), None) => {
-                out.push((k, None));
-                old.next();
-            }
-            (None, Some(&(&k, &id))) => {
-                out.push((k, Some(id)));
-                new.next();
-            }
-            (Some(&(&ko, &io)), Some(&(&kn, &in_))) => {
-                if ko < kn {
-                    out.push((ko, None));
-                    old.next();
-                } else if kn < ko {
-                    out.push((kn, Some(in_)));
-                    new.next();
-                } else {
-                    if io != in_ {
-                        out.push((kn, Some(in_)));
-                    }
-                    old.next();
-                    new.next();
-                }
-            }
-        }
-    }
 }
 
 /// How to store the list of a version whose parent's list has
@@ -486,130 +598,111 @@ impl PageSource for LazyPages {
     }
 }
 
-/// The place, row id and identity of every page of `memories` stored
-/// under `ids` (in the order of [`name_pages`]), for the cache.
-pub(super) fn identities<'a>(
-    named: &'a [NamedPage],
-    ids: &'a [i64],
-) -> impl Iterator<Item = (PageKey, i64, WeakPage)> + 'a {
-    named
+/// The identities of the pages of a loaded snapshot, in the order of its
+/// page list.
+pub(super) fn loaded_pages(memories: &[MemoryImage]) -> Vec<WeakPage> {
+    memories
         .iter()
-        .zip(ids)
-        .map(|(p, &id)| (p.key, id, p.page.data.downgrade()))
-}
-
-/// The place, row id and identity of every page of a loaded snapshot.
-pub(super) fn loaded_identities<'a>(
-    memories: &'a [MemoryImage],
-    list: &'a PageList,
-) -> impl Iterator<Item = (PageKey, i64, WeakPage)> + 'a {
-    (0u32..)
-        .zip(memories)
-        .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
-        .zip(list.values())
-        .map(|((memory, page), &id)| ((memory, page.index), id, page.data.downgrade()))
+        .flat_map(|m| m.pages.iter().map(|p| p.data.downgrade()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn list(entries: &[((u32, u32), i64)]) -> PageList {
-        entries.iter().copied().collect()
+    fn page(index: u32, data: &PageData) -> Page {
+        Page {
+            index,
+            data: data.clone(),
+        }
+    }
+
+    fn memory(pages: Vec<Page>) -> Vec<MemoryImage> {
+        vec![MemoryImage {
+            page_count: 16,
+            pages,
+        }]
     }
 
     #[test]
     fn zero_pages_are_skipped_and_others_named_by_content() {
         let mut a = vec![0u8; PAGE_SIZE];
         a[PAGE_SIZE - 1] = 1;
-        let memories = vec![
-            MemoryImage {
-                page_count: 2,
-                pages: vec![
-                    Page {
-                        index: 0,
-                        data: vec![0; PAGE_SIZE].into(),
-                    },
-                    Page {
-                        index: 1,
-                        data: a.clone().into(),
-                    },
-                ],
-            },
-            MemoryImage {
-                page_count: 1,
-                pages: vec![Page {
-                    index: 0,
-                    data: a.into(),
-                }],
-            },
-        ];
-        let named = name_pages(&memories, 1, None, &PageCache::default()).unwrap();
-        assert_eq!(named.len(), 2);
-        assert_eq!(named[0].key, (0, 1));
-        assert_eq!(named[1].key, (1, 0));
-        assert_eq!(named[0].name, named[1].name);
+        let a = PageData::new(a);
+        let zero = PageData::new(vec![0; PAGE_SIZE]);
+        let mut memories = memory(vec![page(0, &zero), page(1, &a)]);
+        memories.push(MemoryImage {
+            page_count: 1,
+            pages: vec![page(0, &a)],
+        });
+        let plan = plan(&memories, None).unwrap();
+        assert_eq!(plan.pages, 2);
+        assert_eq!(plan.named[0].key, (0, 1));
+        assert_eq!(plan.named[1].key, (1, 0));
+        assert_eq!(plan.named[0].name, plan.named[1].name);
+        assert!(plan.removed.is_empty());
     }
 
+    /// The parent's very page objects are no change and are not named;
+    /// equal contents in another object are named, and are no change once
+    /// stored under the same row id; places gone are removed.
     #[test]
-    fn the_cached_parent_names_its_own_pages_only() {
-        let page = PageData::new(vec![1; PAGE_SIZE]);
-        let memories = vec![MemoryImage {
-            page_count: 2,
-            pages: vec![
-                Page {
-                    index: 0,
-                    data: page.clone(),
-                },
-                Page {
-                    index: 1,
-                    data: PageData::new(vec![1; PAGE_SIZE]),
-                },
-            ],
-        }];
-        let mut cache = PageCache::default();
-        cache.settle(1, 4, ListShape::default(), [((0, 0), 9, page.downgrade())]);
-        let named = name_pages(&memories, 1, Some(4), &cache).unwrap();
-        assert_eq!(named[0].known, Some(9));
-        // Equal contents, another object: named by its hash.
-        assert_eq!(named[1].known, None);
-        assert_eq!(named[1].name, *blake3::hash(&[1; PAGE_SIZE]).as_bytes());
-        // Another parent, or another instance: nothing is known.
-        let named = name_pages(&memories, 1, Some(3), &cache).unwrap();
-        assert_eq!(named[0].known, None);
-        let named = name_pages(&memories, 2, Some(4), &cache).unwrap();
-        assert_eq!(named[0].known, None);
-    }
-
-    #[test]
-    fn changes_are_what_turns_one_list_into_the_other() {
-        let old = list(&[((0, 0), 1), ((0, 1), 2), ((0, 3), 3), ((1, 0), 4)]);
-        let new = list(&[
-            ((0, 0), 1),
-            ((0, 1), 5),
-            ((0, 2), 6),
-            ((1, 0), 4),
-            ((1, 9), 7),
+    fn a_plan_changes_what_is_not_the_parents_very_page() {
+        let kept = PageData::new(vec![1; PAGE_SIZE]);
+        let copy = PageData::new(vec![2; PAGE_SIZE]);
+        let new = PageData::new(vec![3; PAGE_SIZE]);
+        let parent = memory(vec![
+            page(0, &kept),
+            page(1, &copy),
+            page(2, &kept),
+            page(5, &kept),
         ]);
-        let diff = changes(&old, &new);
+        let mut cache = PageCache::default();
+        let list: PageList = [((0, 0), 10), ((0, 1), 11), ((0, 2), 10), ((0, 5), 10)]
+            .into_iter()
+            .collect();
+        cache.settle(
+            1,
+            4,
+            ListShape::default(),
+            &list,
+            Some(loaded_pages(&parent)),
+        );
+        assert!(cache.holds(1, 4) && !cache.holds(1, 3) && !cache.holds(2, 4));
+        let same_contents = PageData::new(vec![2; PAGE_SIZE]);
+        let now = memory(vec![
+            page(0, &kept),
+            page(1, &same_contents),
+            page(3, &new),
+            page(5, &kept),
+        ]);
+        let plan = plan(&now, Some(&cache)).unwrap();
+        assert_eq!(plan.pages, 4);
+        let named: Vec<_> = plan.named.iter().map(|p| (p.key, p.parent)).collect();
+        assert_eq!(named, [((0, 1), Some(11)), ((0, 3), None)]);
+        assert_eq!(plan.removed, [(0, 2)]);
+        // Page 1 is found stored under its old row id: no change.
+        let ids = [11, 12];
+        assert_eq!(plan.changes(&ids), [((0, 2), None), ((0, 3), Some(12))]);
+        let full = cache.full_rows(&plan, &ids);
         assert_eq!(
-            diff,
+            full,
             [
-                ((0, 1), Some(5)),
-                ((0, 2), Some(6)),
-                ((0, 3), None),
-                ((1, 9), Some(7))
+                ((0, 0), Some(10)),
+                ((0, 1), Some(11)),
+                ((0, 3), Some(12)),
+                ((0, 5), Some(10))
             ]
         );
-        let mut applied = old.clone();
-        for (key, page) in diff {
-            match page {
-                Some(id) => applied.insert(key, id),
-                None => applied.remove(&key),
-            };
-        }
-        assert_eq!(applied, new);
-        assert!(changes(&new, &new).is_empty());
+        cache.commit(1, 5, ListShape::default(), &plan, &ids);
+        assert!(cache.holds(1, 5));
+        // The next commit of the same snapshot changes nothing and names
+        // nothing: every page is now the very one listed.
+        let again = super::plan(&now, Some(&cache)).unwrap();
+        assert!(again.named.is_empty() && again.removed.is_empty());
+        assert_eq!(again.pages, 4);
+        assert_eq!(cache.full_rows(&again, &[]), full);
     }
 
     #[test]

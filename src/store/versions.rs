@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::pages::{ListChange, ListShape, PageList};
+use super::pages::ListShape;
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
@@ -162,12 +162,20 @@ impl Database {
                 page_cache,
             } = shared;
             let instance = lease.instance;
-            let named = match outcome {
-                Outcome::Suspended(s) => {
-                    pages::name_pages(&s.memories, instance, parent, page_cache)?
-                }
-                _ => Vec::new(),
+            let memories = match outcome {
+                Outcome::Suspended(s) => &s.memories[..],
+                _ => &[],
             };
+            // The parent's list, which the snapshot's pages are compared
+            // with: cached when the parent was the last version committed
+            // or loaded through this handle, else read now.
+            if let Some(parent) = parent
+                && !page_cache.holds(instance, parent)
+            {
+                let (list, shape) = pages::read_list(conn, instance, parent)?;
+                page_cache.settle(instance, parent, shape, &list, None);
+            }
+            let plan = pages::plan(memories, parent.map(|_| &*page_cache))?;
             let hook_fn = *commit_hook;
             let hook = |stage: &str| {
                 if let Some(h) = hook_fn {
@@ -181,28 +189,14 @@ impl Database {
                 check_module(&tx, instance, s)?;
             }
             check_parent(&tx, instance, parent)?;
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &named)?;
+            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &plan.named)?;
             hook("pages");
-            let list: PageList = named
-                .iter()
-                .map(|p| p.key)
-                .zip(page_ids.iter().copied())
-                .collect();
-            let (rows, shape) = match (outcome, parent) {
-                (Outcome::Suspended(_), Some(parent)) => {
-                    let (parent_list, parent_shape) = match page_cache.list_of(instance, parent) {
-                        Some(cached) => cached,
-                        None => pages::read_list(&tx, instance, parent)?,
-                    };
-                    let diff = pages::changes(&parent_list, &list);
-                    let shape = pages::choose_shape(Some(parent_shape), list.len(), diff.len());
-                    if shape.depth > 0 {
-                        (diff, shape)
-                    } else {
-                        (full_rows(&list), shape)
-                    }
-                }
-                _ => (full_rows(&list), ListShape::default()),
+            let changes = plan.changes(&page_ids);
+            let parent_shape = parent.map(|_| page_cache.shape());
+            let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
+            let rows = match shape.depth {
+                0 => page_cache.full_rows(&plan, &page_ids),
+                _ => changes,
             };
             let number = next_number(&tx, instance)?;
             let stored = page_bytes + row.own_bytes(reply);
@@ -213,12 +207,7 @@ impl Database {
                 .execute(params![instance, number, row.kind.as_str()])?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(
-                instance,
-                number,
-                shape,
-                pages::identities(&named, &page_ids),
-            );
+            page_cache.commit(instance, number, shape, &plan, &page_ids);
             Ok(number)
         })
     }
@@ -234,7 +223,8 @@ impl Database {
     /// contents are checked then): restoring it into a workflow that
     /// touches ten pages of a large memory reads ten pages. The pages stay
     /// readable while the version exists, which the lease guarantees for
-    /// as long as it is held.
+    /// as long as it is held. A version of a few non-zero pages is read at
+    /// once, like [`Database::load_version`].
     pub fn load_version_lazily(&self, lease: &Lease, version: u32) -> Result<Snapshot> {
         self.load(lease.instance, version, true)
     }
@@ -257,7 +247,9 @@ impl Database {
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
             let (list, shape) = pages::read_list(&tx, instance, version).map_err(corrupt)?;
-            if lazily {
+            // Reading pages later takes a connection of their own, which
+            // costs about what reading a few dozen pages now does.
+            if lazily && list.len() > pages::READ_AT_ONCE {
                 let source = Arc::new(pages::LazyPages::new(path, instance, version, &list));
                 pages::load_lazily(&list, &source, &mut snapshot.memories).map_err(corrupt)?;
             } else {
@@ -268,8 +260,9 @@ impl Database {
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let identities = pages::loaded_identities(&snapshot.memories, &list);
-            s.page_cache.settle(instance, version, shape, identities);
+            let loaded = pages::loaded_pages(&snapshot.memories);
+            s.page_cache
+                .settle(instance, version, shape, &list, Some(loaded));
             Ok(snapshot)
         })
     }
@@ -411,11 +404,6 @@ fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
         Some(n) => Ok(n),
         None => bail!("instance {instance} has run out of version numbers"),
     }
-}
-
-/// A full page list as rows.
-fn full_rows(list: &PageList) -> Vec<ListChange> {
-    list.iter().map(|(&key, &id)| (key, Some(id))).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
