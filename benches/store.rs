@@ -41,7 +41,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasnap::runtime::MemoryRestore;
 use wasnap::snapshot::{PAGE_SIZE, Page};
 use wasnap::store::{Database, Durability, Lease, Outcome};
-use wasnap::{Engine, Settings, Snapshot, Step, Workflow};
+use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
 
 /// A guest that grows its memory to `mib` MiB and writes every page with a
 /// half-compressible pattern, then, before each yield, rewrites `changed`
@@ -150,7 +150,9 @@ impl Stepping {
         if others > 0 {
             let started = Instant::now();
             for _ in 0..others {
-                let id = store.create_instance(&hash, &args).unwrap();
+                let id = store
+                    .create_instance(&hash, &args, &Policy::default())
+                    .unwrap();
                 let lease = store.lease(id).unwrap();
                 store
                     .commit_version(&lease, None, &Outcome::Suspended(&first), &[])
@@ -161,7 +163,9 @@ impl Stepping {
                 started.elapsed().as_secs_f64()
             );
         }
-        let id = store.create_instance(&hash, &args).unwrap();
+        let id = store
+            .create_instance(&hash, &args, &Policy::default())
+            .unwrap();
         let lease = store.lease(id).unwrap();
         let head = store
             .commit_version(&lease, None, &Outcome::Suspended(&first), &[])
@@ -501,7 +505,9 @@ fn lazy_resume(_: &mut Criterion) {
     let wasm = touching_guest(16);
     let module = engine.load(&wasm).unwrap();
     let hash = store.put_module(&wasm).unwrap();
-    let id = store.create_instance(&hash, &["bench".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["bench".into()], &Policy::default())
+        .unwrap();
     let lease = store.lease(id).unwrap();
     let mut workflow = engine.start(&module, Settings::default()).unwrap();
     assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::store::{Database, InstanceId};
+use wasnap::store::{Database, InstanceId};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
@@ -61,7 +61,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            eprintln!("wasnap: error: {}", one_line(&error));
+            eprintln!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
@@ -78,7 +78,7 @@ fn parse() -> Cli {
         let version = format!(
             "{} ({})",
             env!("CARGO_PKG_VERSION"),
-            crate::runtime::support()
+            wasnap::runtime::support()
         );
         // The process ends right after printing it.
         let version: &'static str = Box::leak(version.into_boxed_str());
@@ -86,23 +86,6 @@ fn parse() -> Cli {
     }
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
-/// The error and its causes on one line.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
-        let text = cause.to_string();
-        let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
-            line += ": ";
-        }
-        line += first;
-    }
-    line
 }
 
 impl Cli {

@@ -55,7 +55,7 @@ impl Workflow {
         } else {
             settings.args.clone()
         };
-        let env = settings.env.clone();
+        let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
         workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
@@ -90,8 +90,14 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
-        let mut workflow =
-            Workflow::instantiate(module, &settings, host.args.clone(), host.env.clone())?;
+        // A policy's environment replaces the recorded one; else the
+        // workflow sees what it was started with.
+        let env = if settings.policy.env.is_empty() {
+            host.env.clone()
+        } else {
+            settings.policy.env.clone()
+        };
+        let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         workflow.pages = state::restore_memories(
             store,
@@ -129,16 +135,22 @@ impl Workflow {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
-        for (host, guest) in &settings.directories {
-            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("granting directory {}", host.display()))?;
+        for directory in &settings.policy.directories {
+            wasi.preopened_dir(
+                &directory.host,
+                &directory.guest,
+                wasmtime_wasi::FsPerms::ReadWrite,
+            )
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.memory_limit {
+        if let Some(bytes) = settings.policy.memory_limit {
             // A clear trap rather than a failed memory.grow the guest may
             // not check.
-            limits = limits.memory_size(bytes).trap_on_grow_failure(true);
+            limits = limits
+                .memory_size(usize::try_from(bytes).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true);
         }
         let host = HostState {
             wasi: wasi.build_p1(),
@@ -188,7 +200,7 @@ impl Workflow {
             store,
             instance,
             finished: false,
-            time_limit: settings.time_limit,
+            time_limit: settings.policy.time_limit,
             pages: state::PageHistory::new(settings.change_tracking)?,
         })
     }

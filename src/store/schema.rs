@@ -12,7 +12,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The first schema.
 ///
@@ -115,6 +115,13 @@ ALTER TABLE pages_v2 RENAME TO pages;
 ALTER TABLE version_pages_v2 RENAME TO version_pages;
 ";
 
+/// Instances keep the limits and grants they were started with (time and
+/// memory limits, granted directories, environment), applied again at every
+/// resume. Instances made before have none: an empty policy.
+const V3: &str = "
+ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
+";
+
 /// A version's page list may be kept as the difference from its parent's.
 ///
 /// With a row for every non-zero page of every version, the lists grew
@@ -128,20 +135,20 @@ ALTER TABLE version_pages_v2 RENAME TO version_pages;
 /// commit keeps at or under the length of a full list (see
 /// `store::pages`). `version_pages.page` becomes nullable, which SQLite
 /// only allows by copying the table.
-const V3: &str = "
+const V4: &str = "
 ALTER TABLE versions ADD COLUMN list_depth INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN list_chain_rows INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE version_pages_v3 (
+CREATE TABLE version_pages_v4 (
     version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
     memory     INTEGER NOT NULL,
     page_index INTEGER NOT NULL,
     page       INTEGER,
     PRIMARY KEY (version, memory, page_index)
 ) WITHOUT ROWID;
-INSERT INTO version_pages_v3 (version, memory, page_index, page)
+INSERT INTO version_pages_v4 (version, memory, page_index, page)
     SELECT version, memory, page_index, page FROM version_pages;
 DROP TABLE version_pages;
-ALTER TABLE version_pages_v3 RENAME TO version_pages;
+ALTER TABLE version_pages_v4 RENAME TO version_pages;
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

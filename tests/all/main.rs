@@ -9,6 +9,8 @@ mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod interpreters;
+mod limits;
 mod paging;
 mod real_programs;
 mod smith;

@@ -179,7 +179,9 @@ fn stored_touching() -> (tempfile::TempDir, Database, Engine, Module, Workflow) 
     let wasm = wat::parse_str(TOUCHING).unwrap();
     let module = engine.load(&wasm).unwrap();
     let hash = store.put_module(&wasm).unwrap();
-    let id = store.create_instance(&hash, &[]).unwrap();
+    let id = store
+        .create_instance(&hash, &[], &wasnap::Policy::default())
+        .unwrap();
     let mut workflow = engine.start(&module, Settings::default()).unwrap();
     let first = yields(&mut workflow);
     let lease = store.lease(id).unwrap();

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use wasnap::Policy;
 use wasnap::snapshot::{
     Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
     TableImage,
@@ -101,7 +102,9 @@ fn store_with_instance() -> (tempfile::TempDir, Database, u64) {
     let (dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
     (dir, store, id)
 }
 
@@ -256,7 +259,9 @@ fn unchanged_pages_are_shared_and_versions_exact() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(&wasm).unwrap();
-    let id = store.create_instance(&hash, &["wf".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf".into()], &Policy::default())
+        .unwrap();
     let lease = store.lease(id).unwrap();
 
     let mut workflow = engine.start(&module, Settings::default()).unwrap();
@@ -375,7 +380,9 @@ fn gc_and_rm_report_what_they_free() {
     let (_dir, store, id) = store_with_instance();
     commit_chain(&store, id, 1..=10);
     let hash = store.put_module(MODULE).unwrap();
-    let other = store.create_instance(&hash, &[]).unwrap();
+    let other = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     commit_chain(&store, other, 1..=1);
     assert_eq!(store.gc().unwrap(), GcReport::default());
     let before = store.stats().unwrap();
@@ -398,7 +405,12 @@ fn gc_and_rm_report_what_they_free() {
         "instance 1 not found"
     );
     // Ids are not reused.
-    assert_eq!(store.create_instance(&hash, &[]).unwrap(), 3);
+    assert_eq!(
+        store
+            .create_instance(&hash, &[], &Policy::default())
+            .unwrap(),
+        3
+    );
 }
 
 #[test]
@@ -425,7 +437,11 @@ fn modules_and_compiled_artifacts() {
     let err = store.module(&missing).unwrap_err().to_string();
     assert_eq!(err, format!("module {} not found", "07".repeat(32)));
     assert!(store.put_compiled(&missing, "x", b"").is_err());
-    assert!(store.create_instance(&missing, &[]).is_err());
+    assert!(
+        store
+            .create_instance(&missing, &[], &Policy::default())
+            .is_err()
+    );
 }
 
 /// Everything the database holds, as text, to compare before and after.
@@ -577,9 +593,9 @@ fn schema_is_versioned() {
 }
 
 /// Rewrites a database of instance `id`'s `versions` in the layout of
-/// schema version 2: every version lists all its pages, by id, and the
+/// schema version 3: every version lists all its pages, by id, and the
 /// list columns do not exist.
-fn downgrade_to_schema_2(path: &Path, id: u64, versions: u32) {
+fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
     let store = Database::open(path).unwrap();
     let snapshots: Vec<Snapshot> = (1..=versions)
         .map(|n| store.load_version(id, n).unwrap())
@@ -612,21 +628,23 @@ fn downgrade_to_schema_2(path: &Path, id: u64, versions: u32) {
             }
         }
     }
-    conn.pragma_update(None, "user_version", 2).unwrap();
+    conn.pragma_update(None, "user_version", 3).unwrap();
 }
 
-/// A database of schema version 2 (every version listed all its pages) is
+/// A database of schema version 3 (every version listed all its pages) is
 /// upgraded when opened: its versions load the same, and new versions
 /// keep their lists as differences.
 #[test]
-fn a_version_2_database_is_upgraded() {
+fn a_version_3_database_is_upgraded() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
     commit_chain(&store, id, 1..=3);
     drop(store);
-    downgrade_to_schema_2(&path, id, 3);
+    downgrade_to_schema_3(&path, id, 3);
     let store = Database::open(&path).unwrap();
     for n in 1..=3 {
         assert_eq!(store.load_version(id, n).unwrap(), step(n));
@@ -641,22 +659,25 @@ fn a_version_2_database_is_upgraded() {
     );
 }
 
-/// A database of schema version 1 (versions referred to pages by hash) is
-/// upgraded when opened, and loads the same versions.
+/// A database of schema version 1 (versions referred to pages by hash,
+/// instances had no policy) is upgraded when opened, and loads the same
+/// versions.
 #[test]
 fn a_version_1_database_is_upgraded() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
     commit_chain(&store, id, 1..=3);
     drop(store);
-    downgrade_to_schema_2(&path, id, 3);
+    downgrade_to_schema_3(&path, id, 3);
     let stats = Database::open_read_only(&path)
         .map(drop)
         .unwrap_err()
         .to_string();
-    assert!(stats.contains("has schema version 2"), "{stats}");
+    assert!(stats.contains("has schema version 3"), "{stats}");
     // Back to the layout of version 1.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
@@ -677,6 +698,7 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         ALTER TABLE instances DROP COLUMN policy;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -743,7 +765,9 @@ fn gc_frees_pages_with_zeroed_places_listed() {
         .unwrap();
     drop(lease);
     let hash = store.put_module(MODULE).unwrap();
-    let other = store.create_instance(&hash, &[]).unwrap();
+    let other = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     commit_chain(&store, other, 1..=3);
     store.remove_instance(other).unwrap();
     // Of instance 2's pages only step 3's stamped page 3 is held by no
@@ -771,7 +795,9 @@ fn a_read_only_database_says_so() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &[]).unwrap();
+    let id = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     commit_chain(&store, id, 1..=1);
     let ro = Database::open_read_only(&path).unwrap();
     assert_eq!(ro.load_version(id, 1).unwrap(), step(1));
@@ -888,7 +914,9 @@ fn of_two_processes_one_gets_the_lease() {
     let (_dir, db) = temp_db();
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    store.create_instance(&hash, &[]).unwrap();
+    store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     let mut children = [spawn_child(&db, "race"), spawn_child(&db, "race")];
     let lines: Vec<String> = children
         .iter_mut()
@@ -908,7 +936,9 @@ fn a_lease_held_by_a_killed_process_is_freed() {
     let (_dir, db) = temp_db();
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    store.create_instance(&hash, &[]).unwrap();
+    store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     let mut child = spawn_child(&db, "hold");
     wait_for(&mut child, "lease:", 1);
     assert_eq!(
@@ -950,7 +980,9 @@ fn child_process() {
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     if store.instances().unwrap().is_empty() {
-        store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+        store
+            .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+            .unwrap();
     }
     if let Some(spec) = mode.strip_prefix("kill-at:") {
         let (stage, nth) = spec.split_once(':').unwrap();
