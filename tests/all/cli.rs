@@ -285,3 +285,18 @@ fn a_snapshot_from_an_earlier_build_still_restores() {
         "do another after rejected\n"
     );
 }
+
+/// `--version` says how this machine finds changed pages and restores
+/// memories, as the library found out.
+#[test]
+fn version_says_how_memory_pages_are_handled() {
+    let (_dir, db) = scratch();
+    let line = ok(&db, &["--version"]);
+    let expected = format!(
+        "wasnap {} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        wasnap::runtime::support()
+    );
+    assert_eq!(line, expected);
+    assert!(line.contains("changed pages: "), "{line}");
+}
