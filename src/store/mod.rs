@@ -163,7 +163,9 @@ pub struct Stats {
     pub pages: u64,
     /// Their stored (compressed) size in bytes.
     pub page_bytes: u64,
-    /// References from versions to pages (a page each version holds).
+    /// Rows of the versions' page lists: a row per non-zero page in a full
+    /// list, a row per changed page in a list kept as the difference from
+    /// its parent's.
     pub page_refs: u64,
 }
 
@@ -181,8 +183,8 @@ pub struct GcReport {
 pub struct RemoveReport {
     /// Versions deleted.
     pub versions: u64,
-    /// Page references deleted; pages no other version uses are freed by
-    /// the next [`Database::gc`].
+    /// Page-list rows deleted (see [`Stats::page_refs`]); pages no other
+    /// version uses are freed by the next [`Database::gc`].
     pub page_refs: u64,
     /// Bytes of the deleted versions' own rows (state, value, reply).
     pub bytes: u64,
@@ -403,7 +405,12 @@ impl Database {
     pub fn gc(&self) -> Result<GcReport> {
         self.with(|s| {
             let tx = writing(&mut s.conn)?;
-            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
+            // Every page a version holds is in its own rows or in those of
+            // an ancestor down to a full list, so the pages named in no
+            // row are held by no version. (`NULL`, a page that became
+            // zeros, must not reach NOT IN, which it would make unknown.)
+            let unused = "FROM pages
+                          WHERE id NOT IN (SELECT page FROM version_pages WHERE page IS NOT NULL)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
                 [],

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The first schema.
 ///
@@ -137,6 +137,35 @@ ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
 const V5: &str = "
 ALTER TABLE compiled ADD COLUMN mac BLOB;
 DELETE FROM compiled;
+";
+
+/// A version's page list may be kept as the difference from its parent's.
+///
+/// With a row for every non-zero page of every version, the lists grew
+/// with memory size: about 17 bytes a page a version, 70 KB per version of
+/// a 256 MiB workflow however few pages it changed. Now `list_depth` says
+/// how a version's rows are to be read: 0, they are its full list (every
+/// version of the earlier schemas, and every first version); n > 0, they
+/// are the changes from its parent's list (a `page` of `NULL` where a page
+/// became all zeros), and the parent's depth is n - 1. `list_chain_rows`
+/// counts the rows of the differences down to the last full list, which a
+/// commit keeps at or under the length of a full list (see
+/// `store::pages`). `version_pages.page` becomes nullable, which SQLite
+/// only allows by copying the table.
+const V6: &str = "
+ALTER TABLE versions ADD COLUMN list_depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN list_chain_rows INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE version_pages_v6 (
+    version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    memory     INTEGER NOT NULL,
+    page_index INTEGER NOT NULL,
+    page       INTEGER,
+    PRIMARY KEY (version, memory, page_index)
+) WITHOUT ROWID;
+INSERT INTO version_pages_v6 (version, memory, page_index, page)
+    SELECT version, memory, page_index, page FROM version_pages;
+DROP TABLE version_pages;
+ALTER TABLE version_pages_v6 RENAME TO version_pages;
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

@@ -1,9 +1,12 @@
 //! Versions: committing one in a single transaction, loading one back, and
 //! listing an instance's tree.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::pages::ListShape;
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
@@ -166,10 +169,21 @@ impl Database {
                 page_cache,
                 ..
             } = shared;
-            let hashed = match outcome {
-                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
-                _ => Vec::new(),
+            let instance = lease.instance;
+            let memories = match outcome {
+                Outcome::Suspended(s) => &s.memories[..],
+                _ => &[],
             };
+            // The parent's list, which the snapshot's pages are compared
+            // with: cached when the parent was the last version committed
+            // or loaded through this handle, else read now.
+            if let Some(parent) = parent
+                && !page_cache.holds(instance, parent)
+            {
+                let (list, shape) = pages::read_list(conn, instance, parent)?;
+                page_cache.settle(instance, parent, shape, &list, None);
+            }
+            let plan = pages::plan(memories, parent.map(|_| &*page_cache))?;
             let hook_fn = *commit_hook;
             let hook = |stage: &str| {
                 if let Some(h) = hook_fn {
@@ -179,14 +193,19 @@ impl Database {
             let tx = super::writing(conn)?;
             hook("begin");
             lease::check_held(&tx, lease)?;
-            let instance = lease.instance;
             if let Outcome::Suspended(s) = outcome {
                 check_module(&tx, instance, s)?;
             }
             check_parent(&tx, instance, parent)?;
-            let known = page_cache.stored_under(parent);
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
+            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &plan.named)?;
             hook("pages");
+            let changes = plan.changes(&page_ids);
+            let parent_shape = parent.map(|_| page_cache.shape());
+            let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
+            let rows = match shape.depth {
+                0 => page_cache.full_rows(&plan, &page_ids),
+                _ => changes,
+            };
             let number = next_number(&tx, instance)?;
             let value = values::pack(compressor, row.value)?;
             let reply = values::pack(compressor, reply)?;
@@ -199,30 +218,43 @@ impl Database {
                 &row,
                 (&value, &reply),
                 stored,
+                shape,
             )?;
-            pages::reference(&tx, id, &hashed, &page_ids)?;
+            pages::write_list(&tx, id, &rows)?;
             hook("version");
             tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
                 .execute(params![instance, number, row.kind.as_str()])?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(instance, number, &hashed, &page_ids);
+            page_cache.commit(instance, number, shape, &plan, &page_ids);
             Ok(number)
         })
     }
 
-    /// The snapshot of a suspension version.
+    /// The snapshot of a suspension version, every page read and checked
+    /// against its name.
     pub fn load_version(&self, instance: InstanceId, version: u32) -> Result<Snapshot> {
+        self.load(instance, version, false)
+    }
+
+    /// The snapshot of a suspension version of the leased instance, whose
+    /// pages are read from the database only when first used (their
+    /// contents are checked then): restoring it into a workflow that
+    /// touches ten pages of a large memory reads ten pages. The pages stay
+    /// readable while the version exists, which the lease guarantees for
+    /// as long as it is held. A version of a few non-zero pages is read at
+    /// once, like [`Database::load_version`].
+    pub fn load_version_lazily(&self, lease: &Lease, version: u32) -> Result<Snapshot> {
+        self.load(lease.instance, version, true)
+    }
+
+    fn load(&self, instance: InstanceId, version: u32, lazily: bool) -> Result<Snapshot> {
+        let path = self.path.clone();
         self.with(|s| {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let tx = s.conn.transaction()?;
-            let Found {
-                id,
-                kind,
-                state,
-                value,
-            } = find_version(&tx, instance, version)?;
+            let Found { kind, state, value } = find_version(&tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -234,19 +266,23 @@ impl Database {
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
             snapshot.host.yielded = value.map_err(corrupt)?;
-            let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            let (list, shape) = pages::read_list(&tx, instance, version).map_err(corrupt)?;
+            // Reading pages later takes a connection of their own, which
+            // costs about what reading a few dozen pages now does.
+            if lazily && list.len() > pages::READ_AT_ONCE {
+                let source = Arc::new(pages::LazyPages::new(path, instance, version, &list));
+                pages::load_lazily(&list, &source, &mut snapshot.memories).map_err(corrupt)?;
+            } else {
+                pages::load(&tx, &list, &mut snapshot.memories).map_err(corrupt)?;
+            }
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let loaded: Vec<_> = (0u32..)
-                .zip(&snapshot.memories)
-                .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
-                .zip(names)
-                .map(|((memory, page), hash)| pages::HashedPage { memory, page, hash })
-                .collect();
-            s.page_cache.settle(instance, version, &loaded, &ids);
+            let loaded = pages::loaded_pages(&snapshot.memories);
+            s.page_cache
+                .settle(instance, version, shape, &list, Some(loaded));
             Ok(snapshot)
         })
     }
@@ -358,7 +394,6 @@ fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
 
 /// A version's row, as [`find_version`] reads it.
 struct Found {
-    id: i64,
     kind: VersionKind,
     /// The state blob of a suspension.
     state: Option<Vec<u8>>,
@@ -369,22 +404,20 @@ struct Found {
 fn find_version(conn: &Connection, instance: InstanceId, version: u32) -> Result<Found> {
     let row = conn
         .prepare_cached(
-            "SELECT id, kind, state, value, length(value), value_zstd FROM versions
+            "SELECT kind, state, value, length(value), value_zstd FROM versions
              WHERE instance = ?1 AND number = ?2",
         )?
         .query_row(params![instance, version], |r| {
-            let value = values::read(r, 3, None)?.map(|(value, _)| value);
+            let value = values::read(r, 2, None)?.map(|(value, _)| value);
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, String>(0)?,
                 r.get(2)?,
                 value,
             ))
         })
         .optional()?;
     match row {
-        Some((id, kind, state, value)) => Ok(Found {
-            id,
+        Some((kind, state, value)) => Ok(Found {
             kind: VersionKind::parse(&kind)?,
             state,
             value,
@@ -446,6 +479,7 @@ fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn insert_version(
     conn: &Connection,
     instance: InstanceId,
@@ -454,12 +488,13 @@ fn insert_version(
     row: &Row,
     (value, reply): (&values::Packed, &values::Packed),
     stored_bytes: u64,
+    list: ListShape,
 ) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
-                               exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               exit_status, message, list_depth, list_chain_rows)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         instance,
@@ -476,6 +511,8 @@ fn insert_version(
         row.state,
         row.exit_status,
         row.message,
+        list.depth,
+        list.chain_rows,
     ])?;
     Ok(conn.last_insert_rowid())
 }
