@@ -6,13 +6,13 @@
 //! upgrade leaves the database at the version before it.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 /// The schema version this build writes, and the newest it can open.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The first schema.
 ///
@@ -122,6 +122,23 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V4: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V5: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
+";
+
 /// A version's page list may be kept as the difference from its parent's.
 ///
 /// With a row for every non-zero page of every version, the lists grew
@@ -135,20 +152,20 @@ ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 /// commit keeps at or under the length of a full list (see
 /// `store::pages`). `version_pages.page` becomes nullable, which SQLite
 /// only allows by copying the table.
-const V4: &str = "
+const V6: &str = "
 ALTER TABLE versions ADD COLUMN list_depth INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN list_chain_rows INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE version_pages_v4 (
+CREATE TABLE version_pages_v6 (
     version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
     memory     INTEGER NOT NULL,
     page_index INTEGER NOT NULL,
     page       INTEGER,
     PRIMARY KEY (version, memory, page_index)
 ) WITHOUT ROWID;
-INSERT INTO version_pages_v4 (version, memory, page_index, page)
+INSERT INTO version_pages_v6 (version, memory, page_index, page)
     SELECT version, memory, page_index, page FROM version_pages;
 DROP TABLE version_pages;
-ALTER TABLE version_pages_v4 RENAME TO version_pages;
+ALTER TABLE version_pages_v6 RENAME TO version_pages;
 ";
 
 /// Reads the schema version; this is also the first read of the file, so
@@ -171,7 +188,7 @@ pub fn check_not_newer(found: u32) -> Result<()> {
 /// transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(conn)?;
         // Read again under the write lock: another process may have
         // migrated since we looked.
         let current = version(&tx)?;

@@ -16,7 +16,8 @@ use wasnap::snapshot::{
     TableImage,
 };
 use wasnap::store::{
-    Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, VersionKind,
+    ArtifactKey, Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION,
+    VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -417,6 +418,7 @@ fn gc_and_rm_report_what_they_free() {
 fn modules_and_compiled_artifacts() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
+    store.set_artifact_key(Some(ArtifactKey::generate().unwrap()));
     let hash = store.put_module(MODULE).unwrap();
     assert_eq!(hash, *blake3::hash(MODULE).as_bytes());
     assert_eq!(store.put_module(MODULE).unwrap(), hash);
@@ -594,8 +596,9 @@ fn schema_is_versioned() {
 
 /// Rewrites a database of instance `id`'s `versions` in the layout of
 /// schema version 3: every version lists all its pages, by id, and the
-/// list columns do not exist.
-fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
+/// columns of later schemas (page list shapes, compressed values, artifact
+/// MACs) do not exist. Values must be ones that were stored uncompressed.
+pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
     let store = Database::open(path).unwrap();
     let snapshots: Vec<Snapshot> = (1..=versions)
         .map(|n| store.load_version(id, n).unwrap())
@@ -611,7 +614,10 @@ fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
              page       INTEGER NOT NULL,
              PRIMARY KEY (version, memory, page_index)) WITHOUT ROWID;
          ALTER TABLE versions DROP COLUMN list_depth;
-         ALTER TABLE versions DROP COLUMN list_chain_rows;",
+         ALTER TABLE versions DROP COLUMN list_chain_rows;
+         ALTER TABLE versions DROP COLUMN value_zstd;
+         ALTER TABLE versions DROP COLUMN reply_zstd;
+         ALTER TABLE compiled DROP COLUMN mac;",
     )
     .unwrap();
     for (n, snapshot) in (1u32..).zip(&snapshots) {
@@ -698,6 +704,9 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         ALTER TABLE versions DROP COLUMN value_zstd;
+         ALTER TABLE versions DROP COLUMN reply_zstd;
+         ALTER TABLE compiled DROP COLUMN mac;
          ALTER TABLE instances DROP COLUMN policy;
          PRAGMA user_version = 1;",
     )
