@@ -68,7 +68,7 @@ enum Command {
 /// Parses the command line, runs the command, and reports an error as one
 /// line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.execute() {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever read the output stopped (`wasnap log 1 | head`): what is
@@ -81,6 +81,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. `--version` also says which of the kernel's
+/// ways to track and fill memory pages this process uses (probed only
+/// then: it costs a few system calls).
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let asks_version = std::env::args().any(|a| a == "--version" || a == "-V");
+    let mut command = Cli::command();
+    if asks_version {
+        let version = format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            wasnap::runtime::support()
+        );
+        // The process ends right after printing it.
+        let version: &'static str = Box::leak(version.into_boxed_str());
+        command = command.version(version);
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

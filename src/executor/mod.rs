@@ -47,7 +47,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
+use crate::runtime::{
+    Engine, Module, Output, Policy, Settings, Step, UnreadablePage, Workflow, module_hash,
+};
 use crate::snapshot::{ModuleHash, Snapshot, file};
 use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
 
@@ -241,7 +243,9 @@ impl Executor {
                 kind.as_str()
             );
         }
-        let snapshot = self.database.load_version(instance, version)?;
+        // Pages are read from the database when the run first touches
+        // them: a resume costs what the run touches, not the memory's size.
+        let snapshot = self.database.load_version_lazily(lease, version)?;
         let module = self.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
@@ -319,6 +323,10 @@ impl Executor {
                 };
                 (commit(&outcome)?, Ended::Finished { exit_status })
             }
+            // The database could not give a page of the version resumed
+            // from: the run did not fail, the database did, and no version
+            // records it.
+            Err(error) if error.is::<UnreadablePage>() => return Err(error),
             Err(error) => {
                 let message = one_line(&error);
                 let version = commit(&Outcome::Failed { message: &message })?;

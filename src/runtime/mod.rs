@@ -12,7 +12,9 @@
 mod abi;
 mod artifact;
 mod host;
+mod paging;
 mod state;
+mod uffd;
 mod unwinder;
 mod validate;
 mod wasi;
@@ -33,6 +35,8 @@ use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
 pub use abi::LimitReached;
 pub use host::{Decision, Handler, HostCall};
+pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
+pub use state::UnreadablePage;
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
 
@@ -145,6 +149,8 @@ pub struct Settings {
     args: Vec<String>,
     stdout: Output,
     policy: Policy,
+    change_tracking: ChangeTracking,
+    memory_restore: MemoryRestore,
 }
 
 /// What a workflow may use: its limits and what it is granted. A durable
@@ -249,6 +255,21 @@ impl Settings {
     /// Every limit and grant at once, replacing those set before.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// How the workflow's snapshots find the pages that changed (default:
+    /// the best this machine offers, see [`support`]). Asking for a way
+    /// the machine does not offer makes starting or restoring fail.
+    pub fn change_tracking(mut self, tracking: ChangeTracking) -> Self {
+        self.change_tracking = tracking;
+        self
+    }
+
+    /// How a restored workflow's memory is filled (default: lazily for
+    /// large memories where the machine allows it). Ignored by a start.
+    pub fn memory_restore(mut self, restore: MemoryRestore) -> Self {
+        self.memory_restore = restore;
         self
     }
 }

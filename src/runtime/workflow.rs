@@ -36,14 +36,16 @@ pub enum Step {
 /// One workflow instance: a wasmtime store and instance, and the state of
 /// its coroutines.
 pub struct Workflow {
+    /// The pages of the last snapshot (or of the restored one), so that the
+    /// next snapshot copies only the pages that changed since. First, so
+    /// that it is dropped first: its thread filling pages stops before
+    /// the memory it fills is unmapped.
+    pages: state::PageHistory,
     module: Module,
     store: Store<HostState>,
     instance: Instance,
     finished: bool,
     time_limit: Option<std::time::Duration>,
-    /// The pages of the last snapshot (or of the restored one), so that the
-    /// next snapshot copies only the pages that changed since.
-    pages: state::PageHistory,
 }
 
 impl Workflow {
@@ -97,8 +99,13 @@ impl Workflow {
         };
         let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
-        state::restore_memories(store, instance, &snapshot.memories)?;
-        workflow.pages = state::PageHistory::of(&snapshot.memories);
+        workflow.pages = state::restore_memories(
+            store,
+            instance,
+            &snapshot.memories,
+            settings.change_tracking,
+            settings.memory_restore,
+        )?;
         state::restore_globals(store, instance, &snapshot.globals)?;
         let data = store.data_mut();
         data.coroutines = snapshot.coroutines.clone();
@@ -199,7 +206,7 @@ impl Workflow {
             instance,
             finished: false,
             time_limit: settings.policy.time_limit,
-            pages: state::PageHistory::default(),
+            pages: state::PageHistory::new(settings.change_tracking)?,
         })
     }
 
@@ -230,6 +237,17 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished");
         }
+        let step = self.run_to_suspension();
+        // A page of a lazily restored memory that could not be read from
+        // the store was seen as zeros: nothing the run did can be trusted.
+        if let Err(error) = self.pages.check() {
+            self.finished = true;
+            return Err(error);
+        }
+        step
+    }
+
+    fn run_to_suspension(&mut self) -> Result<Step> {
         self.store
             .set_epoch_deadline(deadline_ticks(self.time_limit));
         loop {
@@ -441,7 +459,7 @@ impl Workflow {
         }
         let metadata = self.module.metadata().clone();
         let memories =
-            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages);
+            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages)?;
         let globals = state::capture_globals(&mut self.store, &self.instance, &metadata)?;
         let tables = state::capture_tables(&metadata)?;
         let host = self.store.data();

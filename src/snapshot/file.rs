@@ -38,8 +38,11 @@ pub const MAGIC: [u8; 8] = *b"WASNAPSF";
 /// The version of the format this build writes, and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// zstd level for files: they are written once, by hand, so favour size a bit.
-const FILE_ZSTD_LEVEL: i32 = 3;
+/// zstd level for files. Level 1 compresses this kind of data (memory
+/// pages) four to five times faster than level 3, for files 15-20% larger
+/// (docs/PERFORMANCE.md): writing a snapshot costs about what copying and
+/// compressing its non-zero pages must cost.
+const FILE_ZSTD_LEVEL: i32 = 1;
 
 const FLAG_MODULE: u32 = 1;
 const FLAG_NO_PAGES: u32 = 2;
@@ -228,7 +231,16 @@ fn check_header(raw: &[u8]) -> Result<()> {
 }
 
 fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> Result<Vec<u8>> {
-    let mut w = Writer::default();
+    // Reserved once: growing by doubling would copy the pages again.
+    let pages: usize = snapshot.memories.iter().map(|m| m.pages.len()).sum();
+    let page_bytes = if with_pages {
+        pages * (4 + PAGE_SIZE)
+    } else {
+        0
+    };
+    let mut w = Writer {
+        buf: Vec::with_capacity(page_bytes + module.map_or(0, <[u8]>::len) + 4096),
+    };
     w.raw(&MAGIC);
     w.u32(FORMAT_VERSION);
     let mut flags = if with_pages { 0 } else { FLAG_NO_PAGES };
@@ -505,7 +517,11 @@ fn write_memories(w: &mut Writer, memories: &[MemoryImage], with_pages: bool) ->
             w.len(m.pages.len())?;
             for p in &m.pages {
                 w.u32(p.index);
-                w.raw(&p.data);
+                w.raw(
+                    p.data
+                        .bytes()
+                        .with_context(|| format!("page {}", p.index))?,
+                );
             }
         } else {
             w.u32(0);
@@ -745,7 +761,7 @@ pub(crate) mod tests {
         s.memories[1].page_count = 0;
         assert!(encode(&s, None).is_err());
         let mut s = sample();
-        let short = &s.memories[0].pages[0].data[..PAGE_SIZE - 1];
+        let short = &s.memories[0].pages[0].data.bytes().unwrap()[..PAGE_SIZE - 1];
         s.memories[0].pages[0].data = short.into();
         assert!(encode(&s, None).is_err());
     }

@@ -102,6 +102,8 @@ impl Database {
                     &[],
                 )?;
             }
+            // The list of the version last written, against which the next
+            // one is planned; a branch reads its parent's list back first.
             let mut cache = pages::PageCache::default();
             for version in &list {
                 let snapshot = match version.kind {
@@ -119,10 +121,17 @@ impl Database {
                     },
                 };
                 let row = Row::of(&outcome)?;
-                let hashed = match &outcome {
-                    Outcome::Suspended(s) => pages::hash_pages(&s.memories, id, &mut cache),
-                    _ => Vec::new(),
+                if let Some(parent) = version.parent
+                    && !cache.holds(id, parent)
+                {
+                    let (list, shape) = pages::read_list(&mut *tx, id, parent)?;
+                    cache.settle(id, parent, shape, &list, None);
+                }
+                let memories = match &outcome {
+                    Outcome::Suspended(s) => &s.memories[..],
+                    _ => &[],
                 };
+                let plan = pages::plan(memories, version.parent.map(|_| &cache))?;
                 let new = NewVersion {
                     instance: id,
                     parent: version.parent,
@@ -131,10 +140,9 @@ impl Database {
                     reply: &version.reply,
                     stamp: Some(version),
                 };
-                let known = cache.stored_under(version.parent);
-                let (number, ids) =
-                    versions::write(&mut *tx, &mut s.compressor, &hashed, known, &new, &|_| {})?;
-                cache.settle(id, number, &hashed, &ids);
+                let (number, ids, shape) =
+                    versions::write(&mut *tx, &mut s.compressor, &cache, &plan, &new, &|_| {})?;
+                cache.commit(id, number, shape, &plan, &ids);
             }
             tx.commit()?;
             Ok(Some(list.len() as u64))

@@ -232,7 +232,9 @@ pub struct Stats {
     pub pages: u64,
     /// Their stored (compressed) size in bytes.
     pub page_bytes: u64,
-    /// References from versions to pages (a page each version holds).
+    /// Rows of the versions' page lists: a row per non-zero page in a full
+    /// list, a row per changed page in a list kept as the difference from
+    /// its parent's.
     pub page_refs: u64,
 }
 
@@ -250,8 +252,8 @@ pub struct GcReport {
 pub struct RemoveReport {
     /// Versions deleted.
     pub versions: u64,
-    /// Page references deleted; pages no other version uses are freed by
-    /// the next [`Database::gc`].
+    /// Page-list rows deleted (see [`Stats::page_refs`]); pages no other
+    /// version uses are freed by the next [`Database::gc`].
     pub page_refs: u64,
     /// Bytes of the deleted versions' own rows (state, value, reply).
     pub bytes: u64,
@@ -269,14 +271,7 @@ impl Database {
     /// Opens the database at `location`, as [`Database::open`] does.
     pub fn open_at(location: Location) -> Result<Self> {
         let name = location.name();
-        let mut conn: Box<dyn Connection> = match &location {
-            Location::Sqlite(path) => {
-                Box::new(sqlite::Sqlite::open(path, true).map_err(|e| sqlite::explain(&name, e))?)
-            }
-            Location::Postgres(url) => {
-                Box::new(postgres::Postgres::connect(url).map_err(|e| postgres::explain(&name, e))?)
-            }
-        };
+        let mut conn = connect(&location, true)?;
         let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
         schema::check_not_newer(found)?;
         schema::migrate(&mut *conn).map_err(|e| conn.explain(&name, e))?;
@@ -287,14 +282,13 @@ impl Database {
     /// fails with "database PATH is read-only".
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let location = Location::of_path(path.as_ref());
-        let Location::Sqlite(path) = &location else {
+        if let Location::Postgres(_) = location {
             bail!(
                 "a PostgreSQL database is opened read-only by connecting as a user that may only read"
             );
-        };
+        }
         let name = location.name();
-        let mut conn: Box<dyn Connection> =
-            Box::new(sqlite::Sqlite::open(path, false).map_err(|e| sqlite::explain(&name, e))?);
+        let mut conn = connect(&location, false)?;
         let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
         schema::check_not_newer(found)?;
         if found < SCHEMA_VERSION {
@@ -523,7 +517,12 @@ impl Database {
         self.with(|s| {
             let mut tx = s.conn.transaction(Begin::Write)?;
             pages::exclude_commits(&mut *tx)?;
-            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
+            // Every page a version holds is in its own rows or in those of
+            // an ancestor down to a full list, so the pages named in no
+            // row are held by no version. (`NULL`, a page that became
+            // zeros, must not reach NOT IN, which it would make unknown.)
+            let unused = "FROM pages
+                          WHERE id NOT IN (SELECT page FROM version_pages WHERE page IS NOT NULL)";
             let mut row = tx.query_one(
                 &format!(
                     "SELECT count(*), CAST(coalesce(sum(length(data)), 0) AS BIGINT) {unused}"
@@ -570,6 +569,20 @@ impl Database {
     pub fn set_commit_hook(&self, hook: Option<fn(&str)>) {
         lock(&self.shared).commit_hook = hook;
     }
+}
+
+/// A connection to the database at `location`: for SQLite, writable (and
+/// created if need be) or read-only; errors name the database.
+fn connect(location: &Location, writable: bool) -> Result<Box<dyn Connection>> {
+    let name = location.name();
+    Ok(match location {
+        Location::Sqlite(path) => {
+            Box::new(sqlite::Sqlite::open(path, writable).map_err(|e| sqlite::explain(&name, e))?)
+        }
+        Location::Postgres(url) => {
+            Box::new(postgres::Postgres::connect(url).map_err(|e| postgres::explain(&name, e))?)
+        }
+    })
 }
 
 /// The instances with the values of their heads (only their start, with a

@@ -7,7 +7,7 @@
 //! upgrade leaves the database at the version before it.
 //!
 //! PostgreSQL databases begin at [`POSTGRES_BASELINE`], the schema of
-//! version 5 written whole (no PostgreSQL database is older); every
+//! version 6 written whole (no PostgreSQL database is older); every
 //! migration after it is written for both.
 
 use anyhow::{Result, bail};
@@ -48,8 +48,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: None,
     },
     Migration {
-        sqlite: V6_SQLITE,
-        postgres: Some(V6_POSTGRES),
+        sqlite: V6,
+        postgres: None,
+    },
+    Migration {
+        sqlite: V7_SQLITE,
+        postgres: Some(V7_POSTGRES),
     },
 ];
 
@@ -178,25 +182,54 @@ ALTER TABLE compiled ADD COLUMN mac BLOB;
 DELETE FROM compiled;
 ";
 
+/// A version's page list may be kept as the difference from its parent's.
+///
+/// With a row for every non-zero page of every version, the lists grew
+/// with memory size: about 17 bytes a page a version, 70 KB per version of
+/// a 256 MiB workflow however few pages it changed. Now `list_depth` says
+/// how a version's rows are to be read: 0, they are its full list (every
+/// version of the earlier schemas, and every first version); n > 0, they
+/// are the changes from its parent's list (a `page` of `NULL` where a page
+/// became all zeros), and the parent's depth is n - 1. `list_chain_rows`
+/// counts the rows of the differences down to the last full list, which a
+/// commit keeps at or under the length of a full list (see
+/// `store::pages`). `version_pages.page` becomes nullable, which SQLite
+/// only allows by copying the table.
+const V6: &str = "
+ALTER TABLE versions ADD COLUMN list_depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN list_chain_rows INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE version_pages_v6 (
+    version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    memory     INTEGER NOT NULL,
+    page_index INTEGER NOT NULL,
+    page       INTEGER,
+    PRIMARY KEY (version, memory, page_index)
+) WITHOUT ROWID;
+INSERT INTO version_pages_v6 (version, memory, page_index, page)
+    SELECT version, memory, page_index, page FROM version_pages;
+DROP TABLE version_pages;
+ALTER TABLE version_pages_v6 RENAME TO version_pages;
+";
+
 /// Leases may expire: a holder that cannot be seen from where the lease
 /// is checked (a worker on another machine) renews its lease while it
 /// runs, and one that stopped renewing loses it when `lease_expires` (the
 /// database's clock, in milliseconds) has passed. NULL: a lease that lasts
 /// as long as its holder's process (SQLite's).
-const V6_SQLITE: &str = "
+const V7_SQLITE: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires INTEGER;
 ";
 
-/// See [`V6_SQLITE`].
-const V6_POSTGRES: &str = "
+/// See [`V7_SQLITE`].
+const V7_POSTGRES: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires BIGINT;
 ";
 
 /// The version [`POSTGRES_BASELINE`] brings a new PostgreSQL database to.
-const POSTGRES_BASELINE_VERSION: u32 = 5;
+const POSTGRES_BASELINE_VERSION: u32 = 6;
 
-/// The schema of version 5 for PostgreSQL, whole; the notes of [`V1`],
-/// [`V4`] and [`V5`] apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
+/// The schema of version 6 for PostgreSQL, whole; the notes of [`V1`],
+/// [`V4`], [`V5`] and [`V6`] apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
 /// strings `BYTEA`; instance ids come from an identity column that never
 /// hands out an id again, and accepts given ids (`wasnap migrate` keeps
 /// them). Pages are stored already compressed, so PostgreSQL is told not
@@ -243,6 +276,8 @@ CREATE TABLE versions (
     state        BYTEA,
     exit_status  BIGINT,
     message      TEXT,
+    list_depth      BIGINT NOT NULL DEFAULT 0,
+    list_chain_rows BIGINT NOT NULL DEFAULT 0,
     UNIQUE (instance, number),
     CHECK ((kind = 'suspended') = (state IS NOT NULL))
 );
@@ -256,7 +291,7 @@ CREATE TABLE version_pages (
     version    BIGINT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
     memory     BIGINT NOT NULL,
     page_index BIGINT NOT NULL,
-    page       BIGINT NOT NULL,
+    page       BIGINT,
     PRIMARY KEY (version, memory, page_index)
 );
 ";

@@ -1,8 +1,11 @@
 //! Versions: committing one in a single transaction, loading one back, and
 //! listing an instance's tree.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 
+use super::pages::ListShape;
 use super::sql::{Begin, Connection, Row as SqlRow, params};
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
@@ -166,10 +169,21 @@ impl Database {
                 page_cache,
                 ..
             } = shared;
-            let hashed = match outcome {
-                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
-                _ => Vec::new(),
+            let instance = lease.instance;
+            let memories = match outcome {
+                Outcome::Suspended(s) => &s.memories[..],
+                _ => &[],
             };
+            // The parent's list, which the snapshot's pages are compared
+            // with: cached when the parent was the last version committed
+            // or loaded through this handle, else read now.
+            if let Some(parent) = parent
+                && !page_cache.holds(instance, parent)
+            {
+                let (list, shape) = pages::read_list(&mut **conn, instance, parent)?;
+                page_cache.settle(instance, parent, shape, &list, None);
+            }
+            let plan = pages::plan(memories, parent.map(|_| &*page_cache))?;
             let hook_fn = *commit_hook;
             let hook = |stage: &str| {
                 if let Some(h) = hook_fn {
@@ -181,33 +195,47 @@ impl Database {
             lease::check_held(&mut *tx, lease)?;
             pages::exclude_gc(&mut *tx)?;
             let new = NewVersion {
-                instance: lease.instance,
+                instance,
                 parent,
                 outcome,
                 row: &row,
                 reply,
                 stamp: None,
             };
-            let known = page_cache.stored_under(parent);
-            let (number, page_ids) = write(&mut *tx, compressor, &hashed, known, &new, &hook)?;
+            let (number, page_ids, shape) =
+                write(&mut *tx, compressor, page_cache, &plan, &new, &hook)?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(lease.instance, number, &hashed, &page_ids);
+            page_cache.commit(instance, number, shape, &plan, &page_ids);
             Ok(number)
         })
     }
 
-    /// The snapshot of a suspension version.
+    /// The snapshot of a suspension version, every page read and checked
+    /// against its name.
     pub fn load_version(&self, instance: InstanceId, version: u32) -> Result<Snapshot> {
+        self.load(instance, version, false)
+    }
+
+    /// The snapshot of a suspension version of the leased instance, whose
+    /// pages are read from the database only when first used (their
+    /// contents are checked then): restoring it into a workflow that
+    /// touches ten pages of a large memory reads ten pages. The pages stay
+    /// readable while the version exists, which the lease guarantees for
+    /// as long as it is held. A version of a few non-zero pages is read at
+    /// once, like [`Database::load_version`].
+    pub fn load_version_lazily(&self, lease: &Lease, version: u32) -> Result<Snapshot> {
+        self.load(lease.instance, version, true)
+    }
+
+    fn load(&self, instance: InstanceId, version: u32, lazily: bool) -> Result<Snapshot> {
+        let location = (*self.location).clone();
         self.with(|s| {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let mut tx = s.conn.transaction(Begin::Read)?;
             let Found {
-                id,
-                kind,
-                state,
-                value,
+                kind, state, value, ..
             } = find_version(&mut *tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
@@ -220,21 +248,24 @@ impl Database {
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
             snapshot.host.yielded = value.map_err(corrupt)?;
-            let (names, ids) =
-                pages::load(&mut *tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            let (list, shape) = pages::read_list(&mut *tx, instance, version).map_err(corrupt)?;
+            // Reading pages later takes a connection of their own, which
+            // costs about what reading a few dozen pages now does.
+            if lazily && list.len() > pages::READ_AT_ONCE {
+                let source = Arc::new(pages::LazyPages::new(location, instance, version, &list));
+                pages::load_lazily(&list, &source, &mut snapshot.memories).map_err(corrupt)?;
+            } else {
+                pages::load(&mut *tx, &list, &mut snapshot.memories).map_err(corrupt)?;
+            }
             tx.commit()?;
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let loaded: Vec<_> = (0u32..)
-                .zip(&snapshot.memories)
-                .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
-                .zip(names)
-                .map(|((memory, page), hash)| pages::HashedPage { memory, page, hash })
-                .collect();
-            s.page_cache.settle(instance, version, &loaded, &ids);
+            let loaded = pages::loaded_pages(&snapshot.memories);
+            s.page_cache
+                .settle(instance, version, shape, &list, Some(loaded));
             Ok(snapshot)
         })
     }
@@ -301,23 +332,32 @@ pub(super) struct NewVersion<'a> {
     pub stamp: Option<&'a VersionInfo>,
 }
 
-/// Writes a version, its pages and the instance's new head, inside the
-/// caller's transaction; returns its number and its pages' row ids.
+/// Writes a version, its pages, its page list and the instance's new head,
+/// inside the caller's transaction; `plan` is the snapshot's pages against
+/// the parent's list, which `cache` holds. Returns the version's number, the
+/// row ids of the plan's named pages, and the shape its list was stored in.
 pub(super) fn write(
     tx: &mut dyn Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,
-    hashed: &[pages::HashedPage],
-    known: Option<&std::collections::HashMap<[u8; 32], i64>>,
+    cache: &pages::PageCache,
+    plan: &pages::Plan,
     new: &NewVersion,
     hook: &dyn Fn(&str),
-) -> Result<(u32, Vec<i64>)> {
+) -> Result<(u32, Vec<i64>, ListShape)> {
     let instance = new.instance;
     if let Outcome::Suspended(s) = new.outcome {
         check_module(tx, instance, s)?;
     }
     check_parent(tx, instance, new.parent)?;
-    let (page_ids, page_bytes) = pages::store_missing(tx, compressor, hashed, known)?;
+    let (page_ids, page_bytes) = pages::store_missing(tx, compressor, &plan.named)?;
     hook("pages");
+    let changes = plan.changes(&page_ids);
+    let parent_shape = new.parent.map(|_| cache.shape());
+    let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
+    let rows = match shape.depth {
+        0 => cache.full_rows(plan, &page_ids),
+        _ => changes,
+    };
     let number = next_number(tx, instance)?;
     let value = values::pack(compressor, new.row.value)?;
     let reply = values::pack(compressor, new.reply)?;
@@ -332,8 +372,9 @@ pub(super) fn write(
     let id = tx.query_value::<i64>(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
-                               exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
+                               exit_status, message, list_depth, list_chain_rows)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+         RETURNING id",
         params![
             instance,
             number,
@@ -349,15 +390,17 @@ pub(super) fn write(
             new.row.state.as_ref(),
             new.row.exit_status,
             new.row.message,
+            shape.depth,
+            shape.chain_rows,
         ],
     )?;
-    pages::reference(tx, id, hashed, &page_ids)?;
+    pages::write_list(tx, id, &rows)?;
     hook("version");
     tx.execute(
         "UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1",
         params![instance, number, new.row.kind.as_str()],
     )?;
-    Ok((number, page_ids))
+    Ok((number, page_ids, shape))
 }
 
 /// The columns [`read_info`] reads; with a limit, only the start of each
@@ -400,7 +443,6 @@ fn require_instance(conn: &mut dyn Connection, instance: InstanceId) -> Result<(
 
 /// A version's row, as [`find_version`] reads it.
 struct Found {
-    id: i64,
     kind: VersionKind,
     /// The state blob of a suspension.
     state: Option<Vec<u8>>,
@@ -410,16 +452,15 @@ struct Found {
 
 fn find_version(conn: &mut dyn Connection, instance: InstanceId, version: u32) -> Result<Found> {
     let row = conn.query_opt(
-        "SELECT id, kind, state, value, length(value), value_zstd FROM versions
+        "SELECT kind, state, value, length(value), value_zstd FROM versions
          WHERE instance = ?1 AND number = ?2",
         params![instance, version],
     )?;
     match row {
         Some(mut r) => Ok(Found {
-            value: values::read(&mut r, 3, None).map(|(value, _)| value),
-            id: r.get(0)?,
-            kind: VersionKind::parse(&r.get::<String>(1)?)?,
-            state: r.get(2)?,
+            value: values::read(&mut r, 2, None).map(|(value, _)| value),
+            kind: VersionKind::parse(&r.get::<String>(0)?)?,
+            state: r.get(1)?,
         }),
         None => {
             require_instance(conn, instance)?;

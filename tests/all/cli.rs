@@ -399,3 +399,18 @@ fn an_unreachable_postgres_is_named() {
     );
     assert!(!error.contains("secret"), "{error}");
 }
+
+/// `--version` says how this machine finds changed pages and restores
+/// memories, as the library found out.
+#[test]
+fn version_says_how_memory_pages_are_handled() {
+    let (_dir, db) = scratch();
+    let line = ok(&db, &["--version"]);
+    let expected = format!(
+        "wasnap {} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        wasnap::runtime::support()
+    );
+    assert_eq!(line, expected);
+    assert!(line.contains("changed pages: "), "{line}");
+}

@@ -16,6 +16,7 @@ mod instrument;
 mod interpreters;
 mod limits;
 mod output;
+mod paging;
 mod real_programs;
 mod runaway;
 mod smith;

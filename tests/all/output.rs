@@ -133,17 +133,8 @@ fn a_database_of_schema_3_still_opens() {
     let approval = crate::cli::guest("approval");
     ok(&db, &["run", &approval]);
     ok(&db, &["resume", "1"]);
-    // Back to schema 3: no compression flags, and the yielded value in the
-    // snapshot's state too, as that schema's versions have it.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "ALTER TABLE versions DROP COLUMN value_zstd;
-         ALTER TABLE versions DROP COLUMN reply_zstd;
-         ALTER TABLE compiled DROP COLUMN mac;
-         PRAGMA user_version = 3;",
-    )
-    .unwrap();
-    drop(conn);
+    // Back to schema 3: no compression flags, full page lists.
+    crate::store::downgrade_to_schema_3(&db, 1, 2);
     let before = ok(&db, &["log", "1"]);
     assert!(
         before.contains(r#"v2 yielded "ask boss for permission""#),
