@@ -409,11 +409,7 @@ fn find_version(conn: &Connection, instance: InstanceId, version: u32) -> Result
         )?
         .query_row(params![instance, version], |r| {
             let value = values::read(r, 2, None)?.map(|(value, _)| value);
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get(2)?,
-                value,
-            ))
+            Ok((r.get::<_, String>(0)?, r.get(1)?, value))
         })
         .optional()?;
     match row {

@@ -165,7 +165,7 @@ fn same_state(snapshot: &Snapshot) -> Snapshot {
     for memory in &mut normal.memories {
         memory
             .pages
-            .retain(|page| page.data.iter().any(|&b| b != 0));
+            .retain(|page| page.data.bytes().unwrap().iter().any(|&b| b != 0));
     }
     normal
 }
@@ -428,7 +428,7 @@ fn edit_memory(s: &mut Snapshot, u: &mut Unstructured) -> Drawn<String> {
         }
         1 if !memory.pages.is_empty() => {
             let page = u.choose_index(memory.pages.len())?;
-            let mut data = memory.pages[page].data.to_vec();
+            let mut data = memory.pages[page].data.bytes().unwrap().to_vec();
             let at = u.choose_index(PAGE_SIZE)?;
             data[at] ^= u.int_in_range(1..=255)?;
             memory.pages[page].data = data.into();

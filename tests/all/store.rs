@@ -704,9 +704,6 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
-         ALTER TABLE versions DROP COLUMN value_zstd;
-         ALTER TABLE versions DROP COLUMN reply_zstd;
-         ALTER TABLE compiled DROP COLUMN mac;
          ALTER TABLE instances DROP COLUMN policy;
          PRAGMA user_version = 1;",
     )
