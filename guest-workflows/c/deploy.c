@@ -2,7 +2,7 @@
  * a `machines` update (how many machines to roll out to). */
 #include "wasnap.h"
 
-#define MAX_MACHINES 16
+#define MAX_MACHINES 9
 
 static int machines = 3;  /* changed by `wasnap update ID machines --arg N` */
 static int deployed = 0;  /* machines done so far */

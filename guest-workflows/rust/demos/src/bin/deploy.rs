@@ -2,7 +2,7 @@
 //! query and a `machines` update (how many machines to roll out to).
 use wasnap_guest::{Shared, yield_str};
 
-const MAX_MACHINES: u32 = 16;
+const MAX_MACHINES: u32 = 9;
 
 /// Changed by `wasnap update ID machines --arg N`.
 static MACHINES: Shared<u32> = Shared::new(3);
