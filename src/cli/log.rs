@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::json;
-use wasnap::store::{InstanceId, VersionInfo, VersionKind};
+use wasnap::runtime::short_hash;
+use wasnap::store::{InstanceId, Origin, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
 #[derive(Args, Debug)]
@@ -62,8 +63,16 @@ fn describe(v: &VersionInfo, head: Option<u32>) -> String {
             )
         }
     }
-    if !v.reply.is_empty() {
-        text += &format!(" (after reply {:?})", String::from_utf8_lossy(&v.reply));
+    let reply = String::from_utf8_lossy(&v.reply);
+    match v.origin {
+        Origin::Run if v.reply.is_empty() => {}
+        Origin::Run => text += &format!(" (after reply {reply:?})"),
+        Origin::Update => {
+            let handler = v.handler.as_deref().unwrap_or("?");
+            text += &format!(" (update {handler} with {reply:?})");
+        }
+        Origin::Upgrade => text += &format!(" (upgraded to module {})", short_hash(&v.module_hash)),
+        Origin::Restore => text += " (restored from a snapshot file)",
     }
     if head == Some(v.number) {
         text += "  <- head";
@@ -94,6 +103,12 @@ fn version_json(v: &VersionInfo) -> String {
         ("kind", json::string(v.kind.as_str())),
         ("value", json::bytes(&v.value)),
         ("reply", json::bytes(&v.reply)),
+        ("origin", json::string(v.origin.as_str())),
+        (
+            "handler",
+            v.handler.as_deref().map_or("null".into(), json::string),
+        ),
+        ("module", json::string(&wasnap::store::hex(&v.module_hash))),
         ("created_ms", v.created_ms.to_string()),
         ("memory_bytes", v.memory_bytes.to_string()),
         ("stored_bytes", v.stored_bytes.to_string()),

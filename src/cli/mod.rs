@@ -11,12 +11,14 @@ mod instrument;
 mod json;
 mod log;
 mod ls;
+mod query;
 mod restore;
 mod resume;
 mod rm;
 mod run;
 mod session;
 mod snapshot;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,8 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Query(query::Query),
+    Update(update::Update),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -81,6 +85,8 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Query(c) => c.execute(&db),
+            Command::Update(c) => c.execute(&db),
         }
     }
 }

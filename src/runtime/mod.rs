@@ -11,7 +11,9 @@
 
 mod abi;
 mod artifact;
+mod handler;
 mod host;
+pub mod journal;
 mod state;
 mod unwinder;
 mod workflow;
@@ -29,6 +31,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, Snapshot};
 
+pub use handler::HandlerKind;
 pub use host::{Decision, Handler, HostCall};
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
@@ -134,6 +137,8 @@ pub struct Settings {
     args: Vec<String>,
     stdout: Output,
     policy: Policy,
+    replaying: Option<journal::Inputs>,
+    unrecorded: bool,
 }
 
 /// What a workflow may use: its limits and what it is granted. A durable
@@ -238,6 +243,25 @@ impl Settings {
     /// Every limit and grant at once, replacing those set before.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Starts the workflow replaying `inputs` (see [`journal`]) instead of
+    /// recording: its clocks, random draws and host functions give what a
+    /// recorded run got, from instantiation on (a start function's inputs
+    /// are part of the first run's). Granted directories are granted read
+    /// only, so that a replay cannot write what the recorded run wrote.
+    pub fn replaying(mut self, inputs: journal::Inputs) -> Self {
+        self.replaying = Some(inputs);
+        self
+    }
+
+    /// Whether the workflow records the inputs it takes from outside (it
+    /// does by default; see [`journal`]). An embedder that never replays
+    /// (never upgrades instances by replay) can turn it off and save one
+    /// lock and one push per clock reading or random draw.
+    pub fn recording(mut self, on: bool) -> Self {
+        self.unrecorded = !on;
         self
     }
 }

@@ -19,6 +19,7 @@
 //! (`synchronous = FULL`) syncs the WAL at every commit for those who want
 //! versions to outlive power loss too.
 
+mod history;
 mod lease;
 mod pages;
 mod policy;
@@ -33,6 +34,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use history::{Origin, Provenance};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
@@ -126,7 +128,8 @@ impl InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
-    /// The module it runs.
+    /// The module its head version runs (an upgrade moves it; older
+    /// versions may run older modules, see [`VersionInfo::module_hash`]).
     pub module_hash: ModuleHash,
     /// Where it is in its life.
     pub state: InstanceState,

@@ -7,6 +7,7 @@ mod demos;
 mod errors;
 mod fuzz;
 mod guests;
+mod handlers;
 mod harness;
 mod instrument;
 mod interpreters;

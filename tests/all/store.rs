@@ -621,6 +621,11 @@ fn a_version_1_database_is_upgraded() {
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
          ALTER TABLE instances DROP COLUMN policy;
+         ALTER TABLE versions DROP COLUMN origin;
+         ALTER TABLE versions DROP COLUMN handler;
+         ALTER TABLE versions DROP COLUMN result;
+         ALTER TABLE versions DROP COLUMN inputs;
+         ALTER TABLE versions DROP COLUMN module_hash;
          PRAGMA user_version = 1;",
     )
     .unwrap();
