@@ -5,6 +5,7 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+mod diff;
 mod gc;
 mod inspect;
 mod instrument;
@@ -54,6 +55,7 @@ enum Command {
     Instrument(instrument::Instrument),
     Query(query::Query),
     Update(update::Update),
+    Diff(diff::Diff),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -87,6 +89,7 @@ impl Cli {
             Command::Instrument(c) => c.execute(),
             Command::Query(c) => c.execute(&db),
             Command::Update(c) => c.execute(&db),
+            Command::Diff(c) => c.execute(&db),
         }
     }
 }

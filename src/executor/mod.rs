@@ -9,6 +9,7 @@
 //! Executor::restore(file)           a snapshot file as a new instance
 //! Executor::query(instance, name)   a query handler on a version; commits nothing
 //! Executor::update(instance, name)  an update handler on the head; a new version
+//! Executor::diff(instance, a, b)    what changed between two versions
 //! ```
 //!
 //! Every run records the inputs it took from outside (clocks, random
@@ -54,8 +55,10 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
+mod diff;
 mod handlers;
 
+pub use diff::Diffed;
 pub use handlers::Updated;
 
 use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};

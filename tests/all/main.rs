@@ -4,6 +4,7 @@ mod asyncified;
 mod binaryen;
 mod cli;
 mod demos;
+mod diff;
 mod errors;
 mod fuzz;
 mod guests;
