@@ -20,6 +20,7 @@ mod run;
 mod session;
 mod snapshot;
 mod update;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,7 @@ enum Command {
     Query(query::Query),
     Update(update::Update),
     Diff(diff::Diff),
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -90,6 +92,7 @@ impl Cli {
             Command::Query(c) => c.execute(&db),
             Command::Update(c) => c.execute(&db),
             Command::Diff(c) => c.execute(&db),
+            Command::Upgrade(c) => c.execute(&db),
         }
     }
 }

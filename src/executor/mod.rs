@@ -9,6 +9,7 @@
 //! Executor::restore(file)           a snapshot file as a new instance
 //! Executor::query(instance, name)   a query handler on a version; commits nothing
 //! Executor::update(instance, name)  an update handler on the head; a new version
+//! Executor::upgrade(instance, new)  the head moved to new code, by replay
 //! Executor::diff(instance, a, b)    what changed between two versions
 //! ```
 //!
@@ -57,9 +58,11 @@ use anyhow::{Result, bail};
 
 mod diff;
 mod handlers;
+mod upgrade;
 
 pub use diff::Diffed;
 pub use handlers::Updated;
+pub use upgrade::{Divergence, Upgrade, UpgradeOptions, UpgradeReport};
 
 use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
 use crate::snapshot::{ModuleHash, file};

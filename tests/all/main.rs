@@ -16,3 +16,4 @@ mod limits;
 mod real_programs;
 mod smith;
 mod store;
+mod upgrade;
