@@ -140,8 +140,8 @@ impl Workflow {
     fn keep_as_data(&mut self, value: u32) {
         let host = self.store.data_mut();
         let current = host.current;
-        if host.coroutine(current).is_some() {
-            host.coroutine_mut(current).stack_pointer = value;
+        if let Ok(coroutine) = host.coroutine_mut(current) {
+            coroutine.stack_pointer = value;
         }
     }
 

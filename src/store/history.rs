@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Database, InstanceId};
+use super::{Database, InstanceId, values};
 use crate::snapshot::ModuleHash;
 
 /// How a version came to be.
@@ -97,7 +97,8 @@ impl Database {
     pub fn history(&self, instance: InstanceId, version: u32) -> Result<Vec<Step>> {
         self.with(|s| {
             let mut statement = s.conn.prepare_cached(
-                "SELECT number, parent, origin, handler, reply, result, value, inputs, module_hash
+                "SELECT number, parent, origin, handler, reply, length(reply), reply_zstd,
+                        result, value, length(value), value_zstd, inputs, module_hash
                  FROM versions WHERE instance = ?1 AND number = ?2",
             )?;
             let mut path = Vec::new();
@@ -111,18 +112,25 @@ impl Database {
                                 number: r.get(0)?,
                                 origin: Origin::Run,
                                 handler: r.get(3)?,
-                                reply: r.get(4)?,
-                                result: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
-                                value: r.get(6)?,
-                                inputs: r.get(7)?,
-                                module_hash: r.get(8)?,
+                                reply: Vec::new(),
+                                result: r.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+                                value: Vec::new(),
+                                inputs: r.get(11)?,
+                                module_hash: r.get(12)?,
                             },
                             r.get::<_, String>(2)?,
+                            values::read(r, 4, None)?,
+                            values::read(r, 8, None)?,
                         ))
                     })
                     .optional()?;
-                let Some((parent, step, origin)) = row else {
+                let Some((parent, step, origin, reply, value)) = row else {
                     bail!("version {number} of instance {instance} not found");
+                };
+                let step = Step {
+                    reply: reply?.0,
+                    value: value?.0,
+                    ..step
                 };
                 if path.len() > u32::MAX as usize {
                     bail!("the version tree of instance {instance} has a cycle");

@@ -6,13 +6,13 @@
 //! upgrade leaves the database at the version before it.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 /// The schema version this build writes, and the newest it can open.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The first schema.
 ///
@@ -122,6 +122,23 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V4: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V5: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
+";
+
 /// Versions say how they came to be and keep what a replay needs:
 ///
 /// - `origin`: `run` (a start or a resume), `restore` (a snapshot file
@@ -136,7 +153,7 @@ ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 /// - `module_hash`: the module the version runs, so that one instance's
 ///   versions can span modules after an upgrade; `instances.module_hash`
 ///   is the module of the head. Earlier versions get their instance's.
-const V4: &str = "
+const V6: &str = "
 ALTER TABLE versions ADD COLUMN origin TEXT NOT NULL DEFAULT 'run'
     CHECK (origin IN ('run', 'restore', 'update', 'upgrade'));
 ALTER TABLE versions ADD COLUMN handler TEXT;
@@ -167,7 +184,7 @@ pub fn check_not_newer(found: u32) -> Result<()> {
 /// transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(conn)?;
         // Read again under the write lock: another process may have
         // migrated since we looked.
         let current = version(&tx)?;
