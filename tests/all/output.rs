@@ -140,6 +140,11 @@ fn a_database_of_schema_3_still_opens() {
         "ALTER TABLE versions DROP COLUMN value_zstd;
          ALTER TABLE versions DROP COLUMN reply_zstd;
          ALTER TABLE compiled DROP COLUMN mac;
+         ALTER TABLE versions DROP COLUMN origin;
+         ALTER TABLE versions DROP COLUMN handler;
+         ALTER TABLE versions DROP COLUMN result;
+         ALTER TABLE versions DROP COLUMN inputs;
+         ALTER TABLE versions DROP COLUMN module_hash;
          PRAGMA user_version = 3;",
     )
     .unwrap();
