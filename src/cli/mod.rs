@@ -5,6 +5,7 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+mod diff;
 /// A line on stderr about the run. A closed stderr is no reason to fail,
 /// nor to panic as `eprintln!` does.
 macro_rules! note {
@@ -20,6 +21,7 @@ mod instrument;
 mod json;
 mod log;
 mod ls;
+mod query;
 mod restore;
 mod resume;
 mod rm;
@@ -27,6 +29,8 @@ mod run;
 mod session;
 mod show;
 mod snapshot;
+mod update;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +64,10 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Query(query::Query),
+    Update(update::Update),
+    Diff(diff::Diff),
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -123,6 +131,10 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Query(c) => c.execute(&db),
+            Command::Update(c) => c.execute(&db),
+            Command::Diff(c) => c.execute(&db),
+            Command::Upgrade(c) => c.execute(&db),
         }
     }
 }

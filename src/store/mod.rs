@@ -20,6 +20,7 @@
 //! versions to outlive power loss too.
 
 mod artifacts;
+mod history;
 mod lease;
 mod pages;
 mod policy;
@@ -36,6 +37,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 pub use artifacts::ArtifactKey;
+pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
@@ -131,7 +133,8 @@ impl InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
-    /// The module it runs.
+    /// The module its head version runs (an upgrade moves it; older
+    /// versions may run older modules, see [`VersionInfo::module_hash`]).
     pub module_hash: ModuleHash,
     /// Where it is in its life.
     pub state: InstanceState,

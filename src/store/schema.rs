@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The first schema.
 ///
@@ -166,6 +166,31 @@ INSERT INTO version_pages_v6 (version, memory, page_index, page)
     SELECT version, memory, page_index, page FROM version_pages;
 DROP TABLE version_pages;
 ALTER TABLE version_pages_v6 RENAME TO version_pages;
+";
+
+/// Versions say how they came to be and keep what a replay needs:
+///
+/// - `origin`: `run` (a start or a resume), `restore` (a snapshot file
+///   loaded as a new instance), `update` (an update handler changed the
+///   parent's state; `handler` names it, `reply` holds its argument and
+///   `result` its result) or `upgrade` (the parent's state moved to new
+///   code by replay);
+/// - `inputs`: what the run or handler took from outside (clock readings,
+///   random bytes, host function answers, patches), in order, in the
+///   compact form of `runtime::journal::Inputs`; empty when it took
+///   nothing, NULL when it was not recorded (versions made before);
+/// - `module_hash`: the module the version runs, so that one instance's
+///   versions can span modules after an upgrade; `instances.module_hash`
+///   is the module of the head. Earlier versions get their instance's.
+const V7: &str = "
+ALTER TABLE versions ADD COLUMN origin TEXT NOT NULL DEFAULT 'run'
+    CHECK (origin IN ('run', 'restore', 'update', 'upgrade'));
+ALTER TABLE versions ADD COLUMN handler TEXT;
+ALTER TABLE versions ADD COLUMN result BLOB;
+ALTER TABLE versions ADD COLUMN inputs BLOB;
+ALTER TABLE versions ADD COLUMN module_hash BLOB REFERENCES modules(hash);
+UPDATE versions SET module_hash =
+    (SELECT module_hash FROM instances WHERE instances.id = versions.instance);
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::history::{Origin, Provenance};
 use super::pages::ListShape;
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
-use crate::snapshot::{PAGE_SIZE, Snapshot, file};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +92,12 @@ pub struct VersionInfo {
     pub exit_status: Option<i32>,
     /// The cause of a failed run.
     pub message: Option<String>,
+    /// How it came to be: a run, a restored file, an update, an upgrade.
+    pub origin: Origin,
+    /// The update handler that made it, for an update.
+    pub handler: Option<String>,
+    /// The module it runs (an upgrade's differs from its parent's).
+    pub module_hash: ModuleHash,
 }
 
 /// The columns of a version row that [`Outcome`] determines.
@@ -152,13 +159,30 @@ impl Database {
     /// Commits the outcome of a run of the leased instance as its new head
     /// version, in one transaction, and returns its number. `parent` is the
     /// version the run was resumed from (`None` only for an instance's
-    /// first run) and `reply` what it was resumed with.
+    /// first run) and `reply` what it was resumed with. Its inputs are not
+    /// recorded; see [`Database::commit_version_from`].
     pub fn commit_version(
         &self,
         lease: &Lease,
         parent: Option<u32>,
         outcome: &Outcome,
         reply: &[u8],
+    ) -> Result<u32> {
+        self.commit_version_from(lease, parent, outcome, reply, &Provenance::UNRECORDED_RUN)
+    }
+
+    /// [`Database::commit_version`], saying how the version came to be and
+    /// keeping what a replay of it needs. The version runs the module of
+    /// its snapshot; a finished or failed one, its parent's. Only an
+    /// upgrade may change module; the instance's module becomes the new
+    /// head's.
+    pub fn commit_version_from(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        provenance: &Provenance,
     ) -> Result<u32> {
         let row = Row::of(outcome)?;
         self.with(|shared| {
@@ -193,10 +217,8 @@ impl Database {
             let tx = super::writing(conn)?;
             hook("begin");
             lease::check_held(&tx, lease)?;
-            if let Outcome::Suspended(s) = outcome {
-                check_module(&tx, instance, s)?;
-            }
             check_parent(&tx, instance, parent)?;
+            let module = module_of(&tx, instance, parent, outcome, provenance.origin)?;
             let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &plan.named)?;
             hook("pages");
             let changes = plan.changes(&page_ids);
@@ -220,10 +242,13 @@ impl Database {
                 stored,
                 shape,
             )?;
+            record_provenance(&tx, id, provenance, &module)?;
             pages::write_list(&tx, id, &rows)?;
             hook("version");
-            tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
-                .execute(params![instance, number, row.kind.as_str()])?;
+            tx.prepare_cached(
+                "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4 WHERE id = ?1",
+            )?
+            .execute(params![instance, number, row.kind.as_str(), module])?;
             hook("before-commit");
             tx.commit()?;
             page_cache.commit(instance, number, shape, &plan, &page_ids);
@@ -345,7 +370,8 @@ impl Database {
 fn version_query(limit: Option<usize>) -> String {
     format!(
         "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
-                created, memory_bytes, stored_bytes, exit_status, message
+                created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
+                module_hash
          FROM versions",
         values::column("value", limit),
         values::column("reply", limit)
@@ -361,6 +387,9 @@ fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result
     let stored_bytes = r.get(11)?;
     let exit_status = r.get(12)?;
     let message = r.get(13)?;
+    let origin: String = r.get(14)?;
+    let handler = r.get(15)?;
+    let module_hash = r.get(16)?;
     let (number, parent) = (r.get(0)?, r.get(1)?);
     Ok((|| {
         let (value, value_len) = value?;
@@ -378,6 +407,9 @@ fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result
             stored_bytes,
             exit_status,
             message,
+            origin: Origin::parse(&origin)?,
+            handler,
+            module_hash,
         })
     })())
 }
@@ -425,18 +457,62 @@ fn find_version(conn: &Connection, instance: InstanceId, version: u32) -> Result
     }
 }
 
-/// A snapshot must come from the module its instance runs.
-fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
-    let module: [u8; 32] = conn
-        .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
-        .query_row([instance], |r| r.get(0))?;
-    if module != s.module_hash {
+/// The module a new version runs: its snapshot's. A version runs its
+/// parent's module (the first one, its instance's), unless it is an
+/// upgrade, which moves to its snapshot's; an end of a run has no
+/// snapshot and runs the module that ran.
+fn module_of(
+    conn: &Connection,
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: &Outcome,
+    origin: Origin,
+) -> Result<ModuleHash> {
+    let ran: ModuleHash = match parent {
+        Some(p) => conn
+            .prepare_cached(
+                "SELECT coalesce(v.module_hash, i.module_hash)
+                 FROM versions v JOIN instances i ON i.id = v.instance
+                 WHERE v.instance = ?1 AND v.number = ?2",
+            )?
+            .query_row(params![instance, p], |r| r.get(0))?,
+        None => conn
+            .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
+            .query_row([instance], |r| r.get(0))?,
+    };
+    let Outcome::Suspended(s) = outcome else {
+        return Ok(ran);
+    };
+    if s.module_hash != ran && origin != Origin::Upgrade {
         bail!(
-            "the snapshot is of module {}, but instance {instance} runs module {}",
+            "the snapshot is of module {}, but {} of instance {instance} runs module {}",
             super::hex(&s.module_hash),
-            super::hex(&module)
+            parent.map_or("the first version".to_string(), |p| format!("version {p}")),
+            super::hex(&ran)
         );
     }
+    Ok(s.module_hash)
+}
+
+/// Writes how version row `id` came to be, and its module.
+fn record_provenance(
+    conn: &Connection,
+    id: i64,
+    provenance: &Provenance,
+    module: &ModuleHash,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE versions SET origin = ?2, handler = ?3, result = ?4, inputs = ?5, module_hash = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        provenance.origin.as_str(),
+        provenance.handler,
+        provenance.result,
+        provenance.inputs,
+        module
+    ])?;
     Ok(())
 }
 
