@@ -18,6 +18,11 @@
 //!   `commit_version` (durable); the reference is `run` + `snapshot` (an
 //!   in-memory snapshot, no store). Also with 10,000 other instances
 //!   stored, and with `Durability::Power`.
+//! - `inputs` (the replay journal): a workflow that reads the wall clock
+//!   1,000 times and draws 16 random bytes 100 times per step; one step is
+//!   `run` to the next yield + taking and encoding its recorded inputs, as
+//!   the executor does before a commit. The reference is the same step
+//!   with recording off (`Settings::recording(false)`).
 //! - `detect`: the two ways of finding the changed pages of a 16 MiB memory
 //!   without help from the kernel: comparing each page with the copy kept
 //!   from the last snapshot (wasnap's fallback), and hashing every page.
@@ -40,7 +45,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasnap::runtime::MemoryRestore;
 use wasnap::snapshot::{PAGE_SIZE, Page};
-use wasnap::store::{Database, Durability, Lease, Outcome};
+use wasnap::store::{Database, Durability, Lease, Outcome, Provenance};
 use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
 
 /// A guest that grows its memory to `mib` MiB and writes every page with a
@@ -186,14 +191,21 @@ impl Stepping {
     fn step(&mut self) -> Snapshot {
         self.workflow.send(b"");
         assert_eq!(self.workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        // As the executor commits a run: with the inputs it recorded.
+        let inputs = self.workflow.take_inputs().encode();
         let snapshot = self.workflow.snapshot().unwrap();
+        let provenance = Provenance {
+            inputs: Some(&inputs),
+            ..Provenance::UNRECORDED_RUN
+        };
         self.head = self
             .store
-            .commit_version(
+            .commit_version_from(
                 &self.lease,
                 Some(self.head),
                 &Outcome::Suspended(&snapshot),
                 &[],
+                &provenance,
             )
             .unwrap();
         snapshot
@@ -555,10 +567,50 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+/// A workflow that, before each yield, reads the wall clock 1,000 times and
+/// draws 16 random bytes 100 times.
+const INPUT_HEAVY: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (local $i i32)
+    (loop $steps
+      (local.set $i (i32.const 0))
+      (loop $reads
+        (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 64)))
+        (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 10)))
+          (then (drop (call $random (i32.const 128) (i32.const 16)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $reads (i32.lt_u (local.get $i) (i32.const 1000))))
+      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (br $steps))))
+"#;
+
+fn input_recording(c: &mut Criterion) {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wat::parse_str(INPUT_HEAVY).unwrap()).unwrap();
+    let mut group = c.benchmark_group("inputs");
+    for (name, recording) in [("wasnap", true), ("reference", false)] {
+        let settings = Settings::default().recording(recording);
+        let mut workflow = engine.start(&module, settings).unwrap();
+        group.bench_function(BenchmarkId::new(name, "1000-clock-reads"), |b| {
+            b.iter(|| {
+                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+                black_box(workflow.take_inputs().encode())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = incremental_versions, growth, suspension_throughput, change_detection,
-              paired_versions, lazy_resume
+    targets = incremental_versions, growth, suspension_throughput, input_recording,
+              change_detection, paired_versions, lazy_resume
 }
 criterion_main!(benches);

@@ -9,7 +9,8 @@ use clap::Args;
 
 use super::json;
 use super::show::{PREVIEW_BYTES, shown};
-use wasnap::store::{InstanceId, VersionInfo, VersionKind};
+use wasnap::runtime::short_hash;
+use wasnap::store::{InstanceId, Origin, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
 #[derive(Args, Debug)]
@@ -78,11 +79,16 @@ fn describe(v: &VersionInfo, head: Option<u32>, full: bool) -> String {
             )
         }
     }
-    if v.reply_len > 0 {
-        text += &format!(
-            " (after reply {})",
-            shown(&v.reply, v.reply_len, full).quoted()
-        );
+    let reply = shown(&v.reply, v.reply_len, full).quoted();
+    match v.origin {
+        Origin::Run if v.reply_len == 0 => {}
+        Origin::Run => text += &format!(" (after reply {reply})"),
+        Origin::Update => {
+            let handler = v.handler.as_deref().unwrap_or("?");
+            text += &format!(" (update {handler} with {reply})");
+        }
+        Origin::Upgrade => text += &format!(" (upgraded to module {})", short_hash(&v.module_hash)),
+        Origin::Restore => text += " (restored from a snapshot file)",
     }
     if head == Some(v.number) {
         text += "  <- head";
@@ -126,6 +132,15 @@ fn version_json(v: &VersionInfo, full: bool) -> String {
         ("created_ms".to_string(), v.created_ms.to_string()),
         ("memory_bytes".to_string(), v.memory_bytes.to_string()),
         ("stored_bytes".to_string(), v.stored_bytes.to_string()),
+        ("origin".to_string(), json::string(v.origin.as_str())),
+        (
+            "handler".to_string(),
+            v.handler.as_deref().map_or("null".into(), json::string),
+        ),
+        (
+            "module".to_string(),
+            json::string(&wasnap::store::hex(&v.module_hash)),
+        ),
         (
             "message".to_string(),
             v.message.as_deref().map_or("null".into(), json::string),

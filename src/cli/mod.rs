@@ -5,6 +5,7 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+mod diff;
 /// A line on stderr about the run. A closed stderr is no reason to fail,
 /// nor to panic as `eprintln!` does.
 macro_rules! note {
@@ -21,6 +22,7 @@ mod json;
 mod log;
 mod ls;
 mod migrate;
+mod query;
 mod restore;
 mod resume;
 mod rm;
@@ -28,6 +30,8 @@ mod run;
 mod session;
 mod show;
 mod snapshot;
+mod update;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +67,10 @@ enum Command {
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
     Migrate(migrate::Migrate),
+    Query(query::Query),
+    Update(update::Update),
+    Diff(diff::Diff),
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -127,6 +135,10 @@ impl Cli {
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
             Command::Migrate(c) => c.execute(),
+            Command::Query(c) => c.execute(&db),
+            Command::Update(c) => c.execute(&db),
+            Command::Diff(c) => c.execute(&db),
+            Command::Upgrade(c) => c.execute(&db),
         }
     }
 }

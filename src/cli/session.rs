@@ -154,7 +154,7 @@ pub(super) fn report(report: &Report) -> Result<()> {
 }
 
 /// A yielded value as a line on stdout; an empty one prints nothing.
-fn print_value(value: &[u8]) -> Result<()> {
+pub(super) fn print_value(value: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     if !value.is_empty() {
         stdout.write_all(value)?;

@@ -7,7 +7,16 @@
 //! Executor::start(module, args)     a new instance, run to its first suspension
 //! Executor::resume(instance, at)    from its head or any suspended version
 //! Executor::restore(file)           a snapshot file as a new instance
+//! Executor::query(instance, name)   a query handler on a version; commits nothing
+//! Executor::update(instance, name)  an update handler on the head; a new version
+//! Executor::upgrade(instance, new)  the head moved to new code, by replay
+//! Executor::diff(instance, a, b)    what changed between two versions
 //! ```
+//!
+//! Every run records the inputs it took from outside (clocks, random
+//! bytes, host function answers, patches; see
+//! [`journal`](crate::runtime::journal)) with the version it commits, so
+//! that an upgrade can replay the instance's history on new code.
 //!
 //! Each of these takes the instance's lease, runs the workflow to its next
 //! suspension or end, and commits the outcome as one version whose parent
@@ -45,13 +54,21 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
+
+mod diff;
+mod handlers;
+mod upgrade;
+
+pub use diff::Diffed;
+pub use handlers::Updated;
+pub use upgrade::{Divergence, Upgrade, UpgradeOptions, UpgradeReport};
 
 use crate::runtime::{
     Engine, Module, Output, Policy, Settings, Step, UnreadablePage, Workflow, module_hash,
 };
 use crate::snapshot::{ModuleHash, Snapshot, file};
-use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
+use crate::store::{Database, InstanceId, Lease, Origin, Outcome, Provenance, VersionKind};
 
 /// Runs a database's workflow instances and commits every outcome as a
 /// version. Cheap to clone and safe to share between threads.
@@ -229,13 +246,26 @@ impl Executor {
         options: &RunOptions,
     ) -> Result<Report> {
         let instance = lease.instance();
-        let info = self.database.instance(instance)?;
         let version = match version {
             Some(version) => version,
-            None => info
-                .head
-                .with_context(|| format!("instance {instance} has no version yet"))?,
+            None => self.head(instance)?,
         };
+        let mut workflow = self.restore_version(instance, version, Some(lease), options)?;
+        workflow.send(reply);
+        self.run_and_commit(lease, &mut workflow, Some(version), reply)
+    }
+
+    /// A suspended version restored into a new workflow, with the
+    /// instance's policy overridden by `options`. Under a lease its pages
+    /// are read when first touched; without one, at once.
+    fn restore_version(
+        &self,
+        instance: InstanceId,
+        version: u32,
+        lease: Option<&Lease>,
+        options: &RunOptions,
+    ) -> Result<Workflow> {
+        let info = self.database.instance(instance)?;
         let kind = self.database.version(instance, version)?.kind;
         if kind != VersionKind::Suspended {
             bail!(
@@ -245,14 +275,15 @@ impl Executor {
         }
         // Pages are read from the database when the run first touches
         // them: a resume costs what the run touches, not the memory's size.
-        let snapshot = self.database.load_version_lazily(lease, version)?;
+        let snapshot = match lease {
+            Some(lease) => self.database.load_version_lazily(lease, version)?,
+            None => self.database.load_version(instance, version)?,
+        };
         let module = self.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(info.policy.overridden_by(&options.policy));
-        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
-        workflow.send(reply);
-        self.run_and_commit(lease, &mut workflow, Some(version), reply)
+        self.engine.restore_with(&module, &snapshot, settings)
     }
 
     /// Loads a snapshot file (one written with its module) as a new
@@ -291,9 +322,17 @@ impl Executor {
             self.database
                 .create_instance(&hash, &snapshot.host.args, &options.policy)?;
         let lease = self.database.lease(instance)?;
-        let first =
-            self.database
-                .commit_version(&lease, None, &Outcome::Suspended(snapshot), &[])?;
+        let provenance = Provenance {
+            origin: Origin::Restore,
+            ..Provenance::UNRECORDED_RUN
+        };
+        let first = self.database.commit_version_from(
+            &lease,
+            None,
+            &Outcome::Suspended(snapshot),
+            &[],
+            &provenance,
+        )?;
         workflow.send(reply);
         let report = self.run_and_commit(&lease, &mut workflow, Some(first), reply)?;
         Ok(Restored { first, report })
@@ -308,9 +347,17 @@ impl Executor {
         parent: Option<u32>,
         reply: &[u8],
     ) -> Result<Report> {
-        let commit =
-            |outcome: &Outcome| self.database.commit_version(lease, parent, outcome, reply);
-        let (version, ended) = match workflow.run() {
+        let ran = workflow.run();
+        let inputs = workflow.take_inputs().encode();
+        let provenance = Provenance {
+            inputs: Some(&inputs),
+            ..Provenance::UNRECORDED_RUN
+        };
+        let commit = |outcome: &Outcome| {
+            self.database
+                .commit_version_from(lease, parent, outcome, reply, &provenance)
+        };
+        let (version, ended) = match ran {
             Ok(Step::Yielded(value)) => {
                 let snapshot = workflow.snapshot()?;
                 let version = commit(&Outcome::Suspended(&snapshot))?;

@@ -6,11 +6,18 @@
 //! frame and returns to the host. When the workflow is continued, the stack
 //! is rewound and the same import is called again with the same arguments
 //! (state rewinding): now it ends the rewind and returns the answer.
+//!
+//! While a query or update handler runs ([`HandlerCall`]), nothing may
+//! suspend or start a coroutine: `yield`, `switch`, `spawn` and suspending
+//! host functions trap, so that the handler changes nothing but memory and
+//! globals, and the workflow still waits where it waited. `reply` gives the
+//! handler its argument and `respond` sets its result.
 
 use wasmtime::{Caller, Global, Linker, Memory, Table};
 use wasmtime::{Result, bail};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+use super::journal::{Journal, SharedJournal};
 use super::unwinder::Unwinder;
 use crate::instrument::STATE_REWINDING;
 use crate::snapshot::{Coroutine, CoroutineState};
@@ -30,8 +37,22 @@ pub(crate) struct HostState {
     pub reply: Vec<u8>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The inputs this workflow took from outside, or the recorded ones a
+    /// replay hands back.
+    pub journal: SharedJournal,
+    /// The query or update handler running now, if one is.
+    pub handler: Option<HandlerCall>,
     /// Set to unwind again as soon as a rewind reaches its call.
     pub suspend_again: bool,
+}
+
+/// A query or update handler while it runs.
+#[derive(Debug)]
+pub(crate) struct HandlerCall {
+    /// The export called, `query_NAME` or `update_NAME`.
+    pub export: String,
+    /// What it passed to `respond` last.
+    pub result: Vec<u8>,
 }
 
 /// Stops a memory from growing past a number of bytes, with an error that
@@ -112,6 +133,27 @@ impl HostState {
             None => anyhow::bail!("coroutine {id} does not exist"),
         }
     }
+}
+
+/// Traps when a handler runs or a replay has diverged: `what` (a suspending
+/// import, or `spawn`) may not happen now.
+pub(crate) fn check_may_suspend(caller: &Caller<'_, HostState>, what: &str) -> Result<()> {
+    if let Some(handler) = &caller.data().handler {
+        bail!(
+            "handler {} called {what}: a query or update handler must not suspend or start coroutines",
+            handler.export
+        );
+    }
+    check_not_diverged(caller)
+}
+
+/// Traps as soon as a replay is known to have diverged, so that the new
+/// code does not run on with made-up inputs.
+pub(crate) fn check_not_diverged(caller: &Caller<'_, HostState>) -> Result<()> {
+    if let Some(divergence) = Journal::lock(&caller.data().journal).divergence() {
+        bail!("the replay diverged: {divergence}");
+    }
+    Ok(())
 }
 
 /// The instance's exports the imports work with. They are there once the
@@ -201,6 +243,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap("wasnap", "current", |caller: Caller<'_, HostState>| {
         caller.data().current as i32
     })?;
+    linker.func_wrap("wasnap", "respond", wasnap_respond)?;
+    linker.func_wrap("wasnap", "patched", wasnap_patched)?;
     Ok(())
 }
 
@@ -208,6 +252,7 @@ fn wasnap_yield(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result
     if is_rewinding(&mut caller, "wasnap.yield")? {
         return Ok(caller.data().reply.len() as i32);
     }
+    check_may_suspend(&caller, "wasnap.yield")?;
     let memory = guest_memory(&mut caller, "wasnap.yield")?;
     let value = memory[guest_range(memory, ptr, len)?].to_vec();
     let pending = Pending::Yield {
@@ -235,6 +280,7 @@ fn wasnap_spawn(
     stack_ptr: i32,
     stack_len: i32,
 ) -> Result<i32> {
+    check_may_suspend(&caller, "wasnap.spawn")?;
     handles(&caller, "wasnap.spawn")?;
     let host = caller.data_mut();
     let id = host.next_coroutine_id;
@@ -265,6 +311,7 @@ fn wasnap_switch(mut caller: Caller<'_, HostState>, target: i32, value: i32) -> 
             .coroutine(current)
             .map_or(0, |c| c.resume_value) as i32);
     }
+    check_may_suspend(&caller, "wasnap.switch")?;
     let target = target as u32;
     match caller.data().coroutine(target) {
         None => bail!("switch to coroutine {target}, which does not exist"),
@@ -285,4 +332,29 @@ fn wasnap_switch(mut caller: Caller<'_, HostState>, target: i32, value: i32) -> 
         },
     )?;
     Ok(0)
+}
+
+/// `respond(ptr, len)`: the running handler's result becomes those bytes.
+fn wasnap_respond(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result<()> {
+    if caller.data().handler.is_none() {
+        bail!("wasnap.respond called outside a query or update handler");
+    }
+    let memory = guest_memory(&mut caller, "wasnap.respond")?;
+    let bytes = memory[guest_range(memory, ptr, len)?].to_vec();
+    if let Some(handler) = &mut caller.data_mut().handler {
+        handler.result = bytes;
+    }
+    Ok(())
+}
+
+/// `patched(ptr, len) -> i32`: 1 when the code should take the patch named
+/// by the bytes: always when running normally (and the choice is recorded),
+/// and when replaying only where the recorded run took it too. Old
+/// histories replay on the old path; everything after them takes the new.
+fn wasnap_patched(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result<i32> {
+    check_not_diverged(&caller)?;
+    let memory = guest_memory(&mut caller, "wasnap.patched")?;
+    let id = String::from_utf8_lossy(&memory[guest_range(memory, ptr, len)?]).into_owned();
+    let taken = Journal::lock(&caller.data().journal).patched(&id);
+    Ok(taken as i32)
 }

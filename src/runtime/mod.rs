@@ -11,7 +11,9 @@
 
 mod abi;
 mod artifact;
+mod handler;
 mod host;
+pub mod journal;
 mod paging;
 mod state;
 mod uffd;
@@ -34,6 +36,7 @@ use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
 pub use abi::LimitReached;
+pub use handler::HandlerKind;
 pub use host::{Decision, Handler, HostCall};
 pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
 pub use state::UnreadablePage;
@@ -151,6 +154,8 @@ pub struct Settings {
     policy: Policy,
     change_tracking: ChangeTracking,
     memory_restore: MemoryRestore,
+    replaying: Option<journal::Inputs>,
+    unrecorded: bool,
 }
 
 /// What a workflow may use: its limits and what it is granted. A durable
@@ -270,6 +275,25 @@ impl Settings {
     /// large memories where the machine allows it). Ignored by a start.
     pub fn memory_restore(mut self, restore: MemoryRestore) -> Self {
         self.memory_restore = restore;
+        self
+    }
+
+    /// Starts the workflow replaying `inputs` (see [`journal`]) instead of
+    /// recording: its clocks, random draws and host functions give what a
+    /// recorded run got, from instantiation on (a start function's inputs
+    /// are part of the first run's). Granted directories are granted read
+    /// only, so that a replay cannot write what the recorded run wrote.
+    pub fn replaying(mut self, inputs: journal::Inputs) -> Self {
+        self.replaying = Some(inputs);
+        self
+    }
+
+    /// Whether the workflow records the inputs it takes from outside (it
+    /// does by default; see [`journal`]). An embedder that never replays
+    /// (never upgrades instances by replay) can turn it off and save one
+    /// lock and one push per clock reading or random draw.
+    pub fn recording(mut self, on: bool) -> Self {
+        self.unrecorded = !on;
         self
     }
 }

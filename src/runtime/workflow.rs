@@ -12,6 +12,10 @@ use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::abi::{Handles, HostState, LimitReached, MemoryLimit, Pending};
+use super::journal::{
+    Inputs, Journal, JournalledMonotonicClock, JournalledRandom, JournalledWallClock, Mismatch,
+    SharedJournal,
+};
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
@@ -41,11 +45,16 @@ pub struct Workflow {
     /// that it is dropped first: its thread filling pages stops before
     /// the memory it fills is unmapped.
     pages: state::PageHistory,
-    module: Module,
-    store: Store<HostState>,
-    instance: Instance,
+    pub(super) module: Module,
+    pub(super) store: Store<HostState>,
+    pub(super) instance: Instance,
     finished: bool,
-    time_limit: Option<std::time::Duration>,
+    /// Why the workflow cannot go on: a handler failed halfway through.
+    pub(super) broken: Option<String>,
+    /// Whether a run or handler call began since instantiation: the
+    /// journal then keeps only the inputs of the latest one.
+    pub(super) called: bool,
+    pub(super) time_limit: Option<std::time::Duration>,
 }
 
 impl Workflow {
@@ -98,6 +107,9 @@ impl Workflow {
             settings.policy.env.clone()
         };
         let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
+        // A start function ran again at instantiation; what it read belongs
+        // to the first run, whose state the snapshot now replaces.
+        workflow.take_inputs();
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         workflow.pages = state::restore_memories(
             store,
@@ -129,20 +141,22 @@ impl Workflow {
         args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> Result<Workflow> {
+        let journal = Journal::new(settings.replaying.clone(), settings.unrecorded);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&args).envs(&env).inherit_stderr();
+        journal_inputs(&mut wasi, &journal);
+        let permissions = match settings.replaying {
+            Some(_) => wasmtime_wasi::FsPerms::ReadOnly,
+            None => wasmtime_wasi::FsPerms::ReadWrite,
+        };
         match &settings.stdout {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
         for directory in &settings.policy.directories {
-            wasi.preopened_dir(
-                &directory.host,
-                &directory.guest,
-                wasmtime_wasi::FsPerms::ReadWrite,
-            )
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("granting directory {}", directory.host.display()))?;
+            wasi.preopened_dir(&directory.host, &directory.guest, permissions)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let host = HostState {
             wasi: wasi.build_p1(),
@@ -162,6 +176,8 @@ impl Workflow {
             reply: Vec::new(),
             args,
             env,
+            journal,
+            handler: None,
             suspend_again: false,
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
@@ -205,6 +221,8 @@ impl Workflow {
             store,
             instance,
             finished: false,
+            broken: None,
+            called: false,
             time_limit: settings.policy.time_limit,
             pages: state::PageHistory::new(settings.change_tracking)?,
         })
@@ -231,12 +249,74 @@ impl Workflow {
         &self.module
     }
 
-    /// Runs the workflow until it yields or finishes. A trap is an error,
-    /// with the guest's backtrace; the workflow cannot run after one.
-    pub fn run(&mut self) -> Result<Step> {
+    /// The inputs (clock readings, random bytes, host function answers,
+    /// patches) the workflow took in its latest run or handler call (for
+    /// the first, since it was started), and not taken yet; see
+    /// [`journal`](super::journal). Empty while replaying.
+    pub fn take_inputs(&mut self) -> Inputs {
+        Journal::lock(&self.store.data().journal).take()
+    }
+
+    /// A run or handler call begins: the journal keeps only its inputs
+    /// (and, for the first, those of instantiation), so that a workflow
+    /// whose inputs nobody takes does not collect them forever.
+    pub(super) fn begin_call(&mut self) {
+        if self.called {
+            self.take_inputs();
+        }
+        self.called = true;
+    }
+
+    /// From now on the workflow replays `inputs`, until [`Workflow::record`]:
+    /// its clocks, random draws and host functions give what they gave the
+    /// recorded run. Give each recorded run's inputs before running it
+    /// again, and check with [`Workflow::check_replayed`] after it.
+    pub fn replay(&mut self, inputs: Inputs) {
+        Journal::lock(&self.store.data().journal).replay(inputs);
+    }
+
+    /// Back to recording inputs, after a replay.
+    pub fn record(&mut self) {
+        Journal::lock(&self.store.data().journal).record();
+    }
+
+    /// After a replayed run: fails with the first place where the run asked
+    /// for something else than the recorded run did, or when it left
+    /// recorded inputs unused.
+    pub fn check_replayed(&self) -> std::result::Result<(), Mismatch> {
+        Journal::lock(&self.store.data().journal).check_replayed()
+    }
+
+    /// The first divergence of a replay, if one is known.
+    pub fn divergence(&self) -> Option<Mismatch> {
+        Journal::lock(&self.store.data().journal)
+            .divergence()
+            .cloned()
+    }
+
+    /// Fails when the workflow cannot run, snapshot or handle anything.
+    pub(super) fn check_usable(&self) -> Result<()> {
         if self.finished {
             bail!("the workflow has finished");
         }
+        if let Some(cause) = &self.broken {
+            bail!("the workflow cannot go on: {cause}");
+        }
+        Ok(())
+    }
+
+    /// Gives the next call into the guest the workflow's time limit.
+    pub(super) fn set_deadline(&mut self) {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.time_limit));
+    }
+
+    /// Runs the workflow until it yields or finishes. A trap is an error,
+    /// with the guest's backtrace; the workflow cannot run after one.
+    pub fn run(&mut self) -> Result<Step> {
+        self.check_usable()?;
+        self.begin_call();
+        self.set_deadline();
         let step = self.run_to_suspension();
         // A page of a lazily restored memory that could not be read from
         // the store was seen as zeros: nothing the run did can be trusted.
@@ -248,8 +328,6 @@ impl Workflow {
     }
 
     fn run_to_suspension(&mut self) -> Result<Step> {
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.time_limit));
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
@@ -447,7 +525,7 @@ impl Workflow {
         Ok(None)
     }
 
-    fn handles(&self) -> Handles {
+    pub(super) fn handles(&self) -> Handles {
         self.store.data().handles.expect("set at instantiation")
     }
 
@@ -457,6 +535,7 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished; there is nothing to snapshot");
         }
+        self.check_usable()?;
         let metadata = self.module.metadata().clone();
         let memories =
             state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages)?;
@@ -481,6 +560,22 @@ impl Workflow {
             },
         })
     }
+}
+
+/// Gives WASI clocks and a random generator that go through the journal.
+fn journal_inputs(wasi: &mut WasiCtxBuilder, journal: &SharedJournal) {
+    wasi.wall_clock(JournalledWallClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::WallClock::new(),
+    })
+    .monotonic_clock(JournalledMonotonicClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::MonotonicClock::new(),
+    })
+    .secure_random(JournalledRandom {
+        journal: journal.clone(),
+        random: wasmtime_wasi::random::thread_rng(),
+    });
 }
 
 /// The epochs a run may last under a time limit.

@@ -7,6 +7,7 @@
 //! ([`file`](mod@file)) or to the store and restored in another process.
 
 pub(crate) mod codec;
+pub mod diff;
 pub mod file;
 pub mod inspect;
 mod page;

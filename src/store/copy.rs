@@ -3,16 +3,20 @@
 //!
 //! An instance is copied whole, in one transaction of the target: its row
 //! (same id, module, arguments, policy, creation time) and every version,
-//! in order, with the same number, parent, reply, value and times. Each
+//! in order, with the same number, parent, reply, value and times, and
+//! how each came to be (origin, update handler and result, recorded
+//! inputs, the module it runs, every module stored along). Each
 //! suspension is loaded from the source (which checks every page against
 //! its name) and written as a commit would write it, so the target stores
 //! its pages once, deduplicated against what it holds already.
 
 use anyhow::{Result, bail};
 
+use super::history::Provenance;
 use super::sql::{Begin, Dialect, params};
 use super::versions::{self, NewVersion, Row};
 use super::{Database, InstanceId, Outcome, VersionKind, now_ms, pages, policy};
+use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::Writer;
 
 /// What [`Database::copy_from`] did.
@@ -59,7 +63,20 @@ impl Database {
     fn copy_instance(&self, source: &Database, id: InstanceId) -> Result<Option<u64>> {
         let info = source.instance(id)?;
         let list = source.versions(id)?;
-        let wasm = source.module(&info.module_hash)?;
+        // Every module its versions run (an upgrade moves to another); the
+        // first version's is the one the instance started with.
+        let mut modules = vec![info.module_hash];
+        for v in &list {
+            if !modules.contains(&v.module_hash) {
+                modules.push(v.module_hash);
+            }
+        }
+        let started = list.first().map_or(info.module_hash, |v| v.module_hash);
+        let wasm: Vec<(ModuleHash, Vec<u8>)> = modules
+            .iter()
+            .map(|hash| Ok((*hash, source.module(hash)?)))
+            .collect::<Result<_>>()?;
+        let recorded = source.recorded(id)?;
         let mut args = Writer::default();
         args.strings(&info.args)?;
         let policy = policy::encode(&info.policy)?;
@@ -84,15 +101,17 @@ impl Database {
                     source.location()
                 );
             }
-            tx.execute(
-                "INSERT INTO modules (hash, bytes, created) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (hash) DO NOTHING",
-                params![&info.module_hash, &wasm, now_ms()],
-            )?;
+            for (hash, bytes) in &wasm {
+                tx.execute(
+                    "INSERT INTO modules (hash, bytes, created) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (hash) DO NOTHING",
+                    params![hash, bytes, now_ms()],
+                )?;
+            }
             tx.execute(
                 "INSERT INTO instances (id, module_hash, state, created, args, policy)
                  VALUES (?1, ?2, 'created', ?3, ?4, ?5)",
-                params![id, &info.module_hash, info.created_ms, &args.buf, &policy],
+                params![id, &started, info.created_ms, &args.buf, &policy],
             )?;
             if dialect == Dialect::Postgres {
                 // Ids given explicitly leave the identity's sequence behind.
@@ -132,12 +151,22 @@ impl Database {
                     _ => &[],
                 };
                 let plan = pages::plan(memories, version.parent.map(|_| &cache))?;
+                let (result, inputs) = recorded
+                    .get(&version.number)
+                    .map_or((None, None), |(r, i)| (r.as_deref(), i.as_deref()));
+                let provenance = Provenance {
+                    origin: version.origin,
+                    handler: version.handler.as_deref(),
+                    result,
+                    inputs,
+                };
                 let new = NewVersion {
                     instance: id,
                     parent: version.parent,
                     outcome: &outcome,
                     row: &row,
                     reply: &version.reply,
+                    provenance: &provenance,
                     stamp: Some(version),
                 };
                 let (number, ids, shape) =
@@ -146,6 +175,28 @@ impl Database {
             }
             tx.commit()?;
             Ok(Some(list.len() as u64))
+        })
+    }
+}
+
+impl Database {
+    /// The update results and recorded inputs of every version of
+    /// `instance`, by number: what a copy keeps besides what
+    /// [`Database::versions`] lists.
+    #[allow(clippy::type_complexity)]
+    fn recorded(
+        &self,
+        instance: InstanceId,
+    ) -> Result<std::collections::HashMap<u32, (Option<Vec<u8>>, Option<Vec<u8>>)>> {
+        self.with(|s| {
+            s.conn
+                .query(
+                    "SELECT number, result, inputs FROM versions WHERE instance = ?1",
+                    params![instance],
+                )?
+                .into_iter()
+                .map(|mut r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+                .collect()
         })
     }
 }

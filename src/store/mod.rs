@@ -39,6 +39,7 @@
 
 mod artifacts;
 mod copy;
+mod history;
 mod lease;
 mod pages;
 mod policy;
@@ -59,6 +60,7 @@ use sql::{Begin, Connection, Dialect, Row, params};
 
 pub use artifacts::ArtifactKey;
 pub use copy::CopyReport;
+pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
@@ -199,7 +201,8 @@ impl InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
-    /// The module it runs.
+    /// The module its head version runs (an upgrade moves it; older
+    /// versions may run older modules, see [`VersionInfo::module_hash`]).
     pub module_hash: ModuleHash,
     /// Where it is in its life.
     pub state: InstanceState,

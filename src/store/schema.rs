@@ -7,7 +7,7 @@
 //! upgrade leaves the database at the version before it.
 //!
 //! PostgreSQL databases begin at [`POSTGRES_BASELINE`], the schema of
-//! version 6 written whole (no PostgreSQL database is older); every
+//! version 7 written whole (no PostgreSQL database is older); every
 //! migration after it is written for both.
 
 use anyhow::{Result, bail};
@@ -52,8 +52,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: None,
     },
     Migration {
-        sqlite: V7_SQLITE,
-        postgres: Some(V7_POSTGRES),
+        sqlite: V7,
+        postgres: None,
+    },
+    Migration {
+        sqlite: V8_SQLITE,
+        postgres: Some(V8_POSTGRES),
     },
 ];
 
@@ -211,25 +215,50 @@ DROP TABLE version_pages;
 ALTER TABLE version_pages_v6 RENAME TO version_pages;
 ";
 
+/// Versions say how they came to be and keep what a replay needs:
+///
+/// - `origin`: `run` (a start or a resume), `restore` (a snapshot file
+///   loaded as a new instance), `update` (an update handler changed the
+///   parent's state; `handler` names it, `reply` holds its argument and
+///   `result` its result) or `upgrade` (the parent's state moved to new
+///   code by replay);
+/// - `inputs`: what the run or handler took from outside (clock readings,
+///   random bytes, host function answers, patches), in order, in the
+///   compact form of `runtime::journal::Inputs`; empty when it took
+///   nothing, NULL when it was not recorded (versions made before);
+/// - `module_hash`: the module the version runs, so that one instance's
+///   versions can span modules after an upgrade; `instances.module_hash`
+///   is the module of the head. Earlier versions get their instance's.
+const V7: &str = "
+ALTER TABLE versions ADD COLUMN origin TEXT NOT NULL DEFAULT 'run'
+    CHECK (origin IN ('run', 'restore', 'update', 'upgrade'));
+ALTER TABLE versions ADD COLUMN handler TEXT;
+ALTER TABLE versions ADD COLUMN result BLOB;
+ALTER TABLE versions ADD COLUMN inputs BLOB;
+ALTER TABLE versions ADD COLUMN module_hash BLOB REFERENCES modules(hash);
+UPDATE versions SET module_hash =
+    (SELECT module_hash FROM instances WHERE instances.id = versions.instance);
+";
+
 /// Leases may expire: a holder that cannot be seen from where the lease
 /// is checked (a worker on another machine) renews its lease while it
 /// runs, and one that stopped renewing loses it when `lease_expires` (the
 /// database's clock, in milliseconds) has passed. NULL: a lease that lasts
 /// as long as its holder's process (SQLite's).
-const V7_SQLITE: &str = "
+const V8_SQLITE: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires INTEGER;
 ";
 
-/// See [`V7_SQLITE`].
-const V7_POSTGRES: &str = "
+/// See [`V8_SQLITE`].
+const V8_POSTGRES: &str = "
 ALTER TABLE instances ADD COLUMN lease_expires BIGINT;
 ";
 
 /// The version [`POSTGRES_BASELINE`] brings a new PostgreSQL database to.
-const POSTGRES_BASELINE_VERSION: u32 = 6;
+const POSTGRES_BASELINE_VERSION: u32 = 7;
 
-/// The schema of version 6 for PostgreSQL, whole; the notes of [`V1`],
-/// [`V4`], [`V5`] and [`V6`] apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
+/// The schema of version 7 for PostgreSQL, whole; the notes of [`V1`] and
+/// [`V4`] to [`V7`] apply. Integers are `BIGINT` (SQLite's integers are 64 bits), byte
 /// strings `BYTEA`; instance ids come from an identity column that never
 /// hands out an id again, and accepts given ids (`wasnap migrate` keeps
 /// them). Pages are stored already compressed, so PostgreSQL is told not
@@ -278,6 +307,12 @@ CREATE TABLE versions (
     message      TEXT,
     list_depth      BIGINT NOT NULL DEFAULT 0,
     list_chain_rows BIGINT NOT NULL DEFAULT 0,
+    origin       TEXT NOT NULL DEFAULT 'run'
+                 CHECK (origin IN ('run', 'restore', 'update', 'upgrade')),
+    handler      TEXT,
+    result       BYTEA,
+    inputs       BYTEA,
+    module_hash  BYTEA REFERENCES modules(hash),
     UNIQUE (instance, number),
     CHECK ((kind = 'suspended') = (state IS NOT NULL))
 );

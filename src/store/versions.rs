@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
+use super::history::{Origin, Provenance};
 use super::pages::ListShape;
 use super::sql::{Begin, Connection, Row as SqlRow, params};
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
-use crate::snapshot::{PAGE_SIZE, Snapshot, file};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +92,12 @@ pub struct VersionInfo {
     pub exit_status: Option<i32>,
     /// The cause of a failed run.
     pub message: Option<String>,
+    /// How it came to be: a run, a restored file, an update, an upgrade.
+    pub origin: Origin,
+    /// The update handler that made it, for an update.
+    pub handler: Option<String>,
+    /// The module it runs (an upgrade's differs from its parent's).
+    pub module_hash: ModuleHash,
 }
 
 /// The columns of a version row that [`Outcome`] determines.
@@ -152,13 +159,30 @@ impl Database {
     /// Commits the outcome of a run of the leased instance as its new head
     /// version, in one transaction, and returns its number. `parent` is the
     /// version the run was resumed from (`None` only for an instance's
-    /// first run) and `reply` what it was resumed with.
+    /// first run) and `reply` what it was resumed with. Its inputs are not
+    /// recorded; see [`Database::commit_version_from`].
     pub fn commit_version(
         &self,
         lease: &Lease,
         parent: Option<u32>,
         outcome: &Outcome,
         reply: &[u8],
+    ) -> Result<u32> {
+        self.commit_version_from(lease, parent, outcome, reply, &Provenance::UNRECORDED_RUN)
+    }
+
+    /// [`Database::commit_version`], saying how the version came to be and
+    /// keeping what a replay of it needs. The version runs the module of
+    /// its snapshot; a finished or failed one, its parent's. Only an
+    /// upgrade may change module; the instance's module becomes the new
+    /// head's.
+    pub fn commit_version_from(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        provenance: &Provenance,
     ) -> Result<u32> {
         let row = Row::of(outcome)?;
         self.with(|shared| {
@@ -200,6 +224,7 @@ impl Database {
                 outcome,
                 row: &row,
                 reply,
+                provenance,
                 stamp: None,
             };
             let (number, page_ids, shape) =
@@ -327,6 +352,8 @@ pub(super) struct NewVersion<'a> {
     pub outcome: &'a Outcome<'a>,
     pub row: &'a Row<'a>,
     pub reply: &'a [u8],
+    /// How it came to be.
+    pub provenance: &'a Provenance<'a>,
     /// What the version recorded in the database it is copied from; `None`
     /// for a new version.
     pub stamp: Option<&'a VersionInfo>,
@@ -345,10 +372,9 @@ pub(super) fn write(
     hook: &dyn Fn(&str),
 ) -> Result<(u32, Vec<i64>, ListShape)> {
     let instance = new.instance;
-    if let Outcome::Suspended(s) = new.outcome {
-        check_module(tx, instance, s)?;
-    }
     check_parent(tx, instance, new.parent)?;
+    let origin = new.provenance.origin;
+    let module = module_of(tx, instance, new.parent, new.outcome, origin)?;
     let (page_ids, page_bytes) = pages::store_missing(tx, compressor, &plan.named)?;
     hook("pages");
     let changes = plan.changes(&page_ids);
@@ -372,8 +398,10 @@ pub(super) fn write(
     let id = tx.query_value::<i64>(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
-                               exit_status, message, list_depth, list_chain_rows)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                               exit_status, message, list_depth, list_chain_rows, origin,
+                               handler, result, inputs, module_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19, ?20, ?21)
          RETURNING id",
         params![
             instance,
@@ -392,13 +420,18 @@ pub(super) fn write(
             new.row.message,
             shape.depth,
             shape.chain_rows,
+            origin.as_str(),
+            new.provenance.handler,
+            new.provenance.result,
+            new.provenance.inputs,
+            &module,
         ],
     )?;
     pages::write_list(tx, id, &rows)?;
     hook("version");
     tx.execute(
-        "UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1",
-        params![instance, number, new.row.kind.as_str()],
+        "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4 WHERE id = ?1",
+        params![instance, number, new.row.kind.as_str(), &module],
     )?;
     Ok((number, page_ids, shape))
 }
@@ -408,7 +441,8 @@ pub(super) fn write(
 fn version_query(limit: Option<usize>) -> String {
     format!(
         "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
-                created, memory_bytes, stored_bytes, exit_status, message
+                created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
+                module_hash
          FROM versions",
         values::column("value", limit),
         values::column("reply", limit)
@@ -431,6 +465,9 @@ fn read_info(mut r: SqlRow, limit: Option<usize>) -> Result<VersionInfo> {
         stored_bytes: r.get(11)?,
         exit_status: r.get(12)?,
         message: r.get(13)?,
+        origin: Origin::parse(&r.get::<String>(14)?)?,
+        handler: r.get(15)?,
+        module_hash: r.get(16)?,
     })
 }
 
@@ -469,20 +506,41 @@ fn find_version(conn: &mut dyn Connection, instance: InstanceId, version: u32) -
     }
 }
 
-/// A snapshot must come from the module its instance runs.
-fn check_module(conn: &mut dyn Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
-    let module: [u8; 32] = conn.query_value(
-        "SELECT module_hash FROM instances WHERE id = ?1",
-        params![instance],
-    )?;
-    if module != s.module_hash {
+/// The module a new version runs: its snapshot's. A version runs its
+/// parent's module (the first one, its instance's), unless it is an
+/// upgrade, which moves to its snapshot's; an end of a run has no
+/// snapshot and runs the module that ran.
+fn module_of(
+    conn: &mut dyn Connection,
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: &Outcome,
+    origin: Origin,
+) -> Result<ModuleHash> {
+    let ran: ModuleHash = match parent {
+        Some(p) => conn.query_value(
+            "SELECT coalesce(v.module_hash, i.module_hash)
+             FROM versions v JOIN instances i ON i.id = v.instance
+             WHERE v.instance = ?1 AND v.number = ?2",
+            params![instance, p],
+        )?,
+        None => conn.query_value(
+            "SELECT module_hash FROM instances WHERE id = ?1",
+            params![instance],
+        )?,
+    };
+    let Outcome::Suspended(s) = outcome else {
+        return Ok(ran);
+    };
+    if s.module_hash != ran && origin != Origin::Upgrade {
         bail!(
-            "the snapshot is of module {}, but instance {instance} runs module {}",
+            "the snapshot is of module {}, but {} of instance {instance} runs module {}",
             super::hex(&s.module_hash),
-            super::hex(&module)
+            parent.map_or("the first version".to_string(), |p| format!("version {p}")),
+            super::hex(&ran)
         );
     }
-    Ok(())
+    Ok(s.module_hash)
 }
 
 /// A run resumes a suspension of the same instance; only the first run of

@@ -685,6 +685,11 @@ pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
          ALTER TABLE versions DROP COLUMN value_zstd;
          ALTER TABLE versions DROP COLUMN reply_zstd;
          ALTER TABLE compiled DROP COLUMN mac;
+         ALTER TABLE versions DROP COLUMN origin;
+         ALTER TABLE versions DROP COLUMN handler;
+         ALTER TABLE versions DROP COLUMN result;
+         ALTER TABLE versions DROP COLUMN inputs;
+         ALTER TABLE versions DROP COLUMN module_hash;
          ALTER TABLE instances DROP COLUMN lease_expires;",
     )
     .unwrap();
