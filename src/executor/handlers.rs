@@ -39,7 +39,7 @@ impl Executor {
             Some(version) => version,
             None => self.head(instance)?,
         };
-        let mut workflow = self.restore_version(instance, version, options)?;
+        let mut workflow = self.restore_version(instance, version, None, options)?;
         workflow
             .query(name, arg)
             .with_context(|| format!("query {name} on version {version} of instance {instance}"))
@@ -58,7 +58,7 @@ impl Executor {
     ) -> Result<Updated> {
         let lease = self.database.lease(instance)?;
         let head = self.head(instance)?;
-        let mut workflow = self.restore_version(instance, head, options)?;
+        let mut workflow = self.restore_version(instance, head, Some(&lease), options)?;
         let result = workflow
             .update(name, arg)
             .with_context(|| format!("update {name} on version {head} of instance {instance}"))?;

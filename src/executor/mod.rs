@@ -236,17 +236,20 @@ impl Executor {
             Some(version) => version,
             None => self.head(instance)?,
         };
-        let mut workflow = self.restore_version(instance, version, options)?;
+        let mut workflow = self.restore_version(instance, version, Some(&lease), options)?;
         workflow.send(reply);
         self.run_and_commit(&lease, &mut workflow, Some(version), reply)
     }
 
     /// A suspended version restored into a new workflow, with the
-    /// instance's policy overridden by `options`.
+    /// instance's policy overridden by `options`. Under a `lease` its pages
+    /// are read when the run first touches them (the lease keeps them from
+    /// being removed meanwhile); without one, all at once.
     fn restore_version(
         &self,
         instance: InstanceId,
         version: u32,
+        lease: Option<&Lease>,
         options: &RunOptions,
     ) -> Result<Workflow> {
         let info = self.database.instance(instance)?;
@@ -259,7 +262,10 @@ impl Executor {
         }
         // Pages are read from the database when the run first touches
         // them: a resume costs what the run touches, not the memory's size.
-        let snapshot = self.database.load_version_lazily(&lease, version)?;
+        let snapshot = match lease {
+            Some(lease) => self.database.load_version_lazily(lease, version)?,
+            None => self.database.load_version(instance, version)?,
+        };
         let module = self.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
