@@ -256,8 +256,9 @@ impl Executor {
     }
 
     /// A suspended version restored into a new workflow, with the
-    /// instance's policy overridden by `options`. Under a lease its pages
-    /// are read when first touched; without one, at once.
+    /// instance's policy overridden by `options`. Under a `lease` its pages
+    /// are read when the run first touches them (the lease keeps them from
+    /// being removed meanwhile); without one, all at once.
     fn restore_version(
         &self,
         instance: InstanceId,

@@ -112,9 +112,10 @@ pub fn diff(
         a.host.current.to_string(),
         b.host.current.to_string(),
     );
-    let memories = (0..a.memories.len().max(b.memories.len()))
-        .filter_map(|i| memory_diff(i as u32, a.memories.get(i), b.memories.get(i)))
-        .collect();
+    let mut memories = Vec::new();
+    for i in 0..a.memories.len().max(b.memories.len()) {
+        memories.extend(memory_diff(i as u32, a.memories.get(i), b.memories.get(i))?);
+    }
     Ok(SnapshotDiff {
         module_changed: a.module_hash != b.module_hash,
         host,
@@ -128,21 +129,22 @@ fn text(bytes: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(bytes))
 }
 
-/// A memory's stored pages by index (pages not stored are zero).
-fn pages_of(m: Option<&MemoryImage>) -> BTreeMap<u32, &[u8]> {
-    // The snapshots compared are loaded whole (`Database::load_version`),
-    // so every page is in memory.
-    m.map(|m| {
-        m.pages
-            .iter()
-            .map(|p| (p.index, p.data.bytes().expect("a loaded page is in memory")))
-            .collect()
-    })
-    .unwrap_or_default()
+/// A memory's stored pages by index (pages not stored are zero). A page
+/// that cannot be read fails the diff.
+fn pages_of(m: Option<&MemoryImage>) -> Result<BTreeMap<u32, &[u8]>> {
+    let mut pages = BTreeMap::new();
+    for page in m.map_or(&[][..], |m| &m.pages[..]) {
+        pages.insert(page.index, page.data.bytes()?);
+    }
+    Ok(pages)
 }
 
-fn memory_diff(index: u32, a: Option<&MemoryImage>, b: Option<&MemoryImage>) -> Option<MemoryDiff> {
-    let (pa, pb) = (pages_of(a), pages_of(b));
+fn memory_diff(
+    index: u32,
+    a: Option<&MemoryImage>,
+    b: Option<&MemoryImage>,
+) -> Result<Option<MemoryDiff>> {
+    let (pa, pb) = (pages_of(a)?, pages_of(b)?);
     let zero = vec![0u8; PAGE_SIZE];
     let mut indices: Vec<u32> = pa.keys().chain(pb.keys()).copied().collect();
     indices.sort_unstable();
@@ -172,14 +174,14 @@ fn memory_diff(index: u32, a: Option<&MemoryImage>, b: Option<&MemoryImage>) -> 
     }
     let pages = (a.map_or(0, |m| m.page_count), b.map_or(0, |m| m.page_count));
     if changed_pages.is_empty() && pages.0 == pages.1 {
-        return None;
+        return Ok(None);
     }
-    Some(MemoryDiff {
+    Ok(Some(MemoryDiff {
         index,
         pages,
         changed_pages,
         ranges,
-    })
+    }))
 }
 
 fn global_changes(
@@ -320,11 +322,11 @@ mod tests {
             page_count: 4,
             pages: vec![page(0, &[(10, 2), (20, 1), (100, 1)]), page(2, &[(5, 9)])],
         };
-        let d = memory_diff(0, Some(&a), Some(&b)).unwrap();
+        let d = memory_diff(0, Some(&a), Some(&b)).unwrap().unwrap();
         assert_eq!(d.pages, (3, 4));
         assert_eq!(d.changed_pages, vec![0, 2]);
         let page2 = 2 * PAGE_SIZE as u64;
         assert_eq!(d.ranges, vec![(10, 21), (100, 101), (page2 + 5, page2 + 6)]);
-        assert!(memory_diff(0, Some(&a), Some(&a)).is_none());
+        assert!(memory_diff(0, Some(&a), Some(&a)).unwrap().is_none());
     }
 }
