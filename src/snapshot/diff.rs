@@ -297,10 +297,8 @@ fn frame_diffs(before: &[FrameView], after: &[FrameView]) -> Vec<FrameDiff> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::snapshot::Page;
+    use crate::snapshot::{Page, PageData};
 
     #[test]
     fn byte_ranges_merge_close_differences_and_name_their_pages() {
@@ -311,7 +309,7 @@ mod tests {
             }
             Page {
                 index,
-                data: Arc::from(data),
+                data: PageData::new(data),
             }
         };
         let a = MemoryImage {
