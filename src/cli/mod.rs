@@ -15,6 +15,7 @@ mod restore;
 mod resume;
 mod rm;
 mod run;
+mod script;
 mod session;
 mod snapshot;
 

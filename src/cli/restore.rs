@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use wasnap::executor::RunOptions;
 
-use super::session::{self, PolicyArgs};
+use super::session::{self, EngineArgs, PolicyArgs};
 
 /// Load a snapshot file as a new instance (its version 1) and resume it.
 #[derive(Args, Debug)]
@@ -18,13 +18,15 @@ pub struct Restore {
     send: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 impl Restore {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("cannot read {}", self.file.display()))?;
-        let executor = session::open(db)?;
+        let executor = session::open(db, &self.engine)?;
         let options = RunOptions {
             policy: self.policy.policy(),
             ..RunOptions::default()

@@ -48,7 +48,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 
 use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
-use crate::snapshot::{ModuleHash, file};
+use crate::snapshot::{ModuleHash, Snapshot, Stdin, file};
 use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
 
 /// Runs a database's workflow instances and commits every outcome as a
@@ -129,6 +129,23 @@ impl Executor {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// This executor's database with an engine whose workflows' reads of
+    /// standard input suspend, or do not (see
+    /// [`Engine::with_stdin_suspending`]). An instance keeps the mode it was
+    /// started in: a resume or a restore runs in the mode of the version it
+    /// starts from, whichever executor runs it.
+    pub fn with_stdin_suspending(&self, suspends: bool) -> Result<Executor> {
+        Ok(Executor::new(
+            self.engine.with_stdin_suspending(suspends)?,
+            self.database.clone(),
+        ))
+    }
+
+    /// This executor, or one in the stdin mode `snapshot` was made in.
+    fn in_mode_of(&self, snapshot: &Snapshot) -> Result<Executor> {
+        self.with_stdin_suspending(matches!(snapshot.host.stdin, Stdin::Suspending { .. }))
     }
 
     /// The database.
@@ -224,11 +241,12 @@ impl Executor {
             );
         }
         let snapshot = self.database.load_version(instance, version)?;
-        let module = self.module(&snapshot.module_hash)?;
+        let executor = self.in_mode_of(&snapshot)?;
+        let module = executor.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(info.policy.overridden_by(&options.policy));
-        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        let mut workflow = executor.engine.restore_with(&module, &snapshot, settings)?;
         workflow.send(reply);
         self.run_and_commit(&lease, &mut workflow, Some(version), reply)
     }
@@ -245,13 +263,14 @@ impl Executor {
         if module_hash(&wasm) != snapshot.module_hash {
             bail!("the snapshot file's module does not match its snapshot");
         }
-        let module = self.engine.load(&wasm)?;
+        let executor = self.in_mode_of(&snapshot)?;
+        let module = executor.engine.load(&wasm)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(options.policy.clone());
-        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        let mut workflow = executor.engine.restore_with(&module, &snapshot, settings)?;
         let hash = self.database.put_module(&wasm)?;
-        self.keep_artifact(&module)?;
+        executor.keep_artifact(&module)?;
         let instance =
             self.database
                 .create_instance(&hash, &snapshot.host.args, &options.policy)?;

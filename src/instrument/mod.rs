@@ -107,6 +107,11 @@ impl Options {
         self
     }
 
+    /// Sets whether reads of standard input suspend.
+    pub(crate) fn set_stdin_suspends(&mut self, suspends: bool) {
+        self.stdin_suspends = suspends;
+    }
+
     /// Whether reads of standard input suspend ([`Self::suspend_on_stdin`]).
     pub fn suspends_on_stdin(&self) -> bool {
         self.stdin_suspends

@@ -53,6 +53,7 @@ struct EngineInner {
     linker: Linker<HostState>,
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: Option<usize>,
     modules: Mutex<HashMap<ModuleHash, Module>>,
     ticker: Once,
 }
@@ -297,10 +298,34 @@ impl Engine {
                 linker,
                 options,
                 host_functions,
+                max_wasm_stack,
                 modules: Mutex::new(HashMap::new()),
                 ticker: Once::new(),
             }),
         })
+    }
+
+    /// Whether this engine's workflows suspend on reads of standard input
+    /// ([`Options::suspend_on_stdin`]).
+    pub fn suspends_on_stdin(&self) -> bool {
+        self.inner.options.suspends_on_stdin()
+    }
+
+    /// An engine like this one (its options, host functions and limits)
+    /// whose workflows' reads of standard input suspend, or do not: see
+    /// [`Options::suspend_on_stdin`]. A clone of this one when it already
+    /// is so.
+    pub fn with_stdin_suspending(&self, suspends: bool) -> Result<Engine> {
+        if suspends == self.suspends_on_stdin() {
+            return Ok(self.clone());
+        }
+        let mut options = self.inner.options.clone();
+        options.set_stdin_suspends(suspends);
+        Engine::build(
+            options,
+            self.inner.host_functions.clone(),
+            self.inner.max_wasm_stack,
+        )
     }
 
     /// Identifies the compiler and instrumenter settings: a compiled

@@ -1,7 +1,7 @@
 //! Workflows written as scripts: the JavaScript runtime (QuickJS-ng,
-//! `js.wasm`) and the Python runtime (RustPython, `python.wasm`) run the
-//! demos given as source text, every step restored from snapshot bytes
-//! into a new engine.
+//! `js.wasm`) runs the demos given as source text, every step restored
+//! from snapshot bytes into a new engine, or through the command line,
+//! every step a new process.
 //!
 //! The runtimes come from `guest-workflows/build` (run by `.ci/run`); a
 //! missing one fails the test with that hint.
@@ -12,6 +12,7 @@ use wasnap::runtime::Captured;
 use wasnap::snapshot::file;
 use wasnap::{Engine, Output, Settings, Step};
 
+use crate::cli::{fails, ok, scratch};
 use crate::guests::{DEPLOY_SCENARIOS, built};
 
 /// A runtime module, and its compiled artifact, made once for all the
@@ -24,13 +25,8 @@ struct Runtime {
 
 fn runtime(language: &'static str) -> &'static Runtime {
     static JS: OnceLock<Runtime> = OnceLock::new();
-    static PYTHON: OnceLock<Runtime> = OnceLock::new();
-    let cell = match language {
-        "js" => &JS,
-        "python" => &PYTHON,
-        _ => unreachable!("no runtime for {language}"),
-    };
-    cell.get_or_init(|| {
+    assert_eq!(language, "js", "the only runtime");
+    JS.get_or_init(|| {
         let wasm = std::fs::read(built(language, language)).unwrap();
         let artifact = engine().load(&wasm).unwrap().serialize().unwrap();
         Runtime {
@@ -53,8 +49,7 @@ fn engine() -> Engine {
 
 /// The source of a demo script in `guest-workflows/<language>/`.
 fn demo(language: &str, name: &str) -> (String, String) {
-    let extension = if language == "js" { "js" } else { "py" };
-    let file = format!("{name}.{extension}");
+    let file = format!("{name}.{language}");
     let path = format!(
         "{}/guest-workflows/{language}/{file}",
         env!("CARGO_MANIFEST_DIR")
@@ -148,7 +143,7 @@ impl Runtime {
 const LANGUAGES: [&str; 1] = ["js"];
 
 #[test]
-fn approval_in_javascript_and_python() {
+fn approval_in_javascript() {
     on_big_stack(|| {
         for language in LANGUAGES {
             let runtime = runtime(language);
@@ -168,7 +163,7 @@ fn approval_in_javascript_and_python() {
 }
 
 #[test]
-fn deploy_in_javascript_and_python() {
+fn deploy_in_javascript() {
     on_big_stack(|| {
         for language in LANGUAGES {
             let runtime = runtime(language);
@@ -182,4 +177,98 @@ fn deploy_in_javascript_and_python() {
             }
         }
     });
+}
+
+/// The path of a demo script, as the command line is given it.
+fn demo_path(language: &str, name: &str) -> String {
+    format!(
+        "{}/guest-workflows/{language}/{name}.{language}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Wasm stack for the command line's runs of the interpreters.
+const STACK: [&str; 2] = ["--max-wasm-stack", "4MiB"];
+
+/// `wasnap run SCRIPT` and then resume after resume, each a new process.
+#[test]
+fn approval_scripts_every_step_a_new_process() {
+    for language in LANGUAGES {
+        let (_dir, db) = scratch();
+        let script = demo_path(language, "approval");
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        assert_eq!(run(&["run", &script]), "do something\n", "{language}");
+        assert_eq!(run(&["resume", "1"]), "ask boss for permission\n");
+        assert_eq!(
+            run(&["resume", "1", "--send", "true"]),
+            "do another after approved\n"
+        );
+        assert_eq!(run(&["resume", "1"]), "", "{language}: the workflow ends");
+        let error = fails(&db, &["resume", "1"]);
+        assert!(error.contains("finished"), "{error}");
+        // The same saved moment, another answer.
+        assert_eq!(
+            run(&["resume", "1@2", "--send", "false"]),
+            "do another after rejected\n",
+            "{language}"
+        );
+    }
+}
+
+#[test]
+fn deploy_scripts_every_step_a_new_process() {
+    for language in LANGUAGES {
+        let (_dir, db) = scratch();
+        let script = demo_path(language, "deploy");
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        let mut out = run(&["run", &script]);
+        for reply in ["yes", "ok", "ok", "fail", "", ""] {
+            out += &run(&["resume", "1", "--send", reply]);
+        }
+        assert_eq!(out, DEPLOY_SCENARIOS[1].1, "{language}");
+        // Version 2 waits at machine 1: another answer there.
+        assert_eq!(
+            run(&["resume", "1@2", "--send", "fail"]),
+            "rolled back after machine-1 failed\n",
+            "{language}"
+        );
+    }
+}
+
+/// A script whose function keeps a string, built at run time, in a local
+/// variable while it is suspended.
+fn local_variable_script(language: &str) -> &'static str {
+    assert_eq!(language, "js", "the only runtime");
+    "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
+}
+
+#[test]
+fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
+    for language in LANGUAGES {
+        let (dir, db) = scratch();
+        let script = dir.path().join(format!("wait.{language}"));
+        std::fs::write(&script, local_variable_script(language)).unwrap();
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
+        let file = dir.path().join("v1.wsnap");
+        ok(&db, &["snapshot", "1", "-o", file.to_str().unwrap()]);
+        let decompressed = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&file)
+            .output()
+            .expect("zstd is installed (.ci/run installs it)")
+            .stdout;
+        let note = format!("special-{language}-local");
+        let contains = |bytes: &[u8]| bytes.windows(note.len()).any(|w| w == note.as_bytes());
+        assert!(
+            contains(&decompressed),
+            "{language}: {note} is in the snapshot"
+        );
+        assert!(
+            !contains(&std::fs::read(built(language, language)).unwrap())
+                && !contains(local_variable_script(language).as_bytes()),
+            "{language}: {note} is made at run time"
+        );
+        assert_eq!(run(&["resume", "1"]), format!("{note}\n"));
+    }
 }

@@ -10,6 +10,7 @@ use wasnap::runtime::Captured;
 use wasnap::snapshot::{Stdin, file};
 use wasnap::{Engine, Output, Settings, Snapshot, Step};
 
+use crate::cli::{ok, scratch};
 use crate::guests::built;
 
 fn stdin_engine() -> Engine {
@@ -178,5 +179,43 @@ fn the_mode_is_part_of_the_engine_fingerprint() {
     assert_ne!(
         Engine::new().unwrap().fingerprint(),
         stdin_engine().fingerprint()
+    );
+}
+
+/// `wasnap run --stdin suspend`, then resume after resume, each a new
+/// process; the mode is kept with the instance, and with its snapshot
+/// files.
+#[test]
+fn the_stdin_mode_through_the_command_line() {
+    let (dir, db) = scratch();
+    let coffee = built("stdin", "coffee");
+    assert_eq!(
+        ok(&db, &["run", "--stdin", "suspend", &coffee]),
+        "What is your name?\n"
+    );
+    assert_eq!(
+        ok(&db, &["resume", "1", "--send", "Ada"]),
+        "How many cups of coffee today, Ada?\n"
+    );
+    assert_eq!(
+        ok(&db, &["resume", "1", "--send", "2"]),
+        "Ada: 2 cups, have another.\n"
+    );
+    // The branch from version 2, and the same moment in another database.
+    assert_eq!(
+        ok(&db, &["resume", "1@2", "--send", "5"]),
+        "Ada: 5 cups, that is plenty.\n"
+    );
+    let file = dir.path().join("v2.wsnap");
+    ok(&db, &["snapshot", "1@2", "-o", file.to_str().unwrap()]);
+    let other = dir.path().join("other.db");
+    assert_eq!(
+        ok(&other, &["restore", file.to_str().unwrap(), "--send", "4"]),
+        "Ada: 4 cups, that is plenty.\n"
+    );
+    // Without the mode, the program finds no input and ends at once.
+    assert_eq!(
+        ok(&db, &["run", &coffee]),
+        "What is your name?\nNo name, no coffee.\n"
     );
 }
