@@ -10,17 +10,36 @@ use clap::Args;
 use wasnap::executor::{Ended, Executor, Report};
 use wasnap::runtime::{Directory, Policy};
 
-/// Opens (or creates) the database with a default engine.
-pub(super) fn open(db: &Path) -> Result<Executor> {
-    Executor::open(db)
+/// Opens (or creates) the database, with the engine the flags ask for.
+pub(super) fn open(db: &Path, engine: &EngineArgs) -> Result<Executor> {
+    Ok(Executor::new(
+        engine.engine()?,
+        wasnap::store::Database::open(db)?,
+    ))
 }
 
-/// Opens an existing database with a default engine.
-pub(super) fn open_existing(db: &Path) -> Result<Executor> {
-    Ok(Executor::new(
-        wasnap::Engine::new()?,
-        super::open_existing(db)?,
-    ))
+/// Opens an existing database, with the engine the flags ask for.
+pub(super) fn open_existing(db: &Path, engine: &EngineArgs) -> Result<Executor> {
+    Ok(Executor::new(engine.engine()?, super::open_existing(db)?))
+}
+
+/// How the engine runs this command's workflow; not kept with an instance.
+#[derive(Args, Debug, Default)]
+pub(super) struct EngineArgs {
+    /// The most native stack the workflow's Wasm code may use (512KiB,
+    /// 4MiB; default wasmtime's 512KiB). Deeper recursion is a failed run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_wasm_stack: Option<u64>,
+}
+
+impl EngineArgs {
+    fn engine(&self) -> Result<wasnap::Engine> {
+        let mut builder = wasnap::Engine::builder();
+        if let Some(bytes) = self.max_wasm_stack {
+            builder = builder.max_wasm_stack(usize::try_from(bytes)?);
+        }
+        builder.build()
+    }
 }
 
 /// Limits and grants: stored with an instance when it starts, applied again

@@ -74,11 +74,16 @@ pub const STATE_UNWINDING: i32 = 1;
 /// Instrumentation state: frames are being restored on the way in.
 pub const STATE_REWINDING: i32 = 2;
 
+/// The WASI import that reads a file descriptor: with
+/// [`Options::suspend_on_stdin`], it may suspend.
+pub const WASI_READ_IMPORT: &str = "wasi_snapshot_preview1.fd_read";
+
 /// What the instrumenter treats as suspending.
 #[derive(Clone, Debug, Hash)]
 pub struct Options {
     suspending_imports: Vec<String>,
     suspending_functions: Vec<String>,
+    stdin_suspends: bool,
 }
 
 impl Default for Options {
@@ -88,11 +93,33 @@ impl Default for Options {
         Options {
             suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
             suspending_functions: Vec::new(),
+            stdin_suspends: false,
         }
     }
 }
 
 impl Options {
+    /// Makes every read of standard input a suspension point, so that a
+    /// program written for a terminal (`fgets`, `input()`) waits for its
+    /// input as a workflow waits for a reply: WASI's `fd_read` is treated
+    /// as suspending, and an engine with these options answers a read of
+    /// file descriptor 0 that finds no input buffered by suspending the
+    /// workflow; the reply it is resumed with is the input.
+    pub fn suspend_on_stdin(mut self) -> Self {
+        self.stdin_suspends = true;
+        self
+    }
+
+    /// Sets whether reads of standard input suspend.
+    pub(crate) fn set_stdin_suspends(&mut self, suspends: bool) {
+        self.stdin_suspends = suspends;
+    }
+
+    /// Whether reads of standard input suspend ([`Self::suspend_on_stdin`]).
+    pub fn suspends_on_stdin(&self) -> bool {
+        self.stdin_suspends
+    }
+
     /// Also treat imports matching `pattern` (`module.name`, where `*`
     /// matches any run of characters, as in `myhost.*`) as suspending.
     pub fn suspending(mut self, pattern: impl Into<String>) -> Self {
@@ -142,9 +169,11 @@ impl Options {
     /// Whether the import `module.name` is suspending under these options.
     pub fn is_suspending(&self, module: &str, name: &str) -> bool {
         let full = format!("{module}.{name}");
-        self.suspending_imports
-            .iter()
-            .any(|pattern| wildcard_match(pattern, &full))
+        (self.stdin_suspends && full == WASI_READ_IMPORT)
+            || self
+                .suspending_imports
+                .iter()
+                .any(|pattern| wildcard_match(pattern, &full))
     }
 }
 
@@ -304,5 +333,14 @@ mod tests {
                 .suspending("env.*")
                 .is_suspending("env", "sleep")
         );
+    }
+
+    #[test]
+    fn the_stdin_mode_makes_wasi_reads_suspending() {
+        let (module, name) = WASI_READ_IMPORT.split_once('.').unwrap();
+        assert!(!Options::default().is_suspending(module, name));
+        let options = Options::default().suspend_on_stdin();
+        assert!(options.is_suspending(module, name));
+        assert!(!options.is_suspending(module, "fd_write"));
     }
 }

@@ -20,7 +20,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use super::journal::{Journal, SharedJournal};
 use super::unwinder::Unwinder;
 use crate::instrument::STATE_REWINDING;
-use crate::snapshot::{Coroutine, CoroutineState};
+use crate::snapshot::{Coroutine, CoroutineState, Stdin};
 
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
@@ -44,6 +44,8 @@ pub(crate) struct HostState {
     pub handler: Option<HandlerCall>,
     /// Set to unwind again as soon as a rewind reaches its call.
     pub suspend_again: bool,
+    /// What reads of standard input find (see `stdin.rs`).
+    pub stdin: Stdin,
 }
 
 /// A query or update handler while it runs.

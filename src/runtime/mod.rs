@@ -16,6 +16,7 @@ mod host;
 pub mod journal;
 mod paging;
 mod state;
+mod stdin;
 mod uffd;
 mod unwinder;
 mod validate;
@@ -62,6 +63,7 @@ struct EngineInner {
     linker: Linker<HostState>,
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: Option<usize>,
     modules: Mutex<HashMap<ModuleHash, Module>>,
     ticker: Once,
 }
@@ -74,6 +76,9 @@ pub struct Module {
 
 struct ModuleInner {
     hash: ModuleHash,
+    /// Whether its reads of standard input suspend (the engine's
+    /// [`Options::suspend_on_stdin`]).
+    stdin_suspends: bool,
     metadata: Metadata,
     compiled: wasmtime::Module,
     instance_pre: InstancePre<HostState>,
@@ -308,7 +313,7 @@ impl Engine {
     /// An engine with instrumentation options, for example more suspending
     /// imports.
     pub fn with_options(options: Options) -> Result<Engine> {
-        Engine::build(options, Vec::new())
+        Engine::builder().options(options).build()
     }
 
     /// A builder for an engine with host functions of the embedder's own.
@@ -316,12 +321,23 @@ impl Engine {
         EngineBuilder {
             options: Options::default(),
             host_functions: Vec::new(),
+            max_wasm_stack: None,
         }
     }
 
-    fn build(options: Options, host_functions: Vec<HostFunction>) -> Result<Engine> {
+    fn build(
+        options: Options,
+        host_functions: Vec<HostFunction>,
+        max_wasm_stack: Option<usize>,
+    ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
+        if let Some(bytes) = max_wasm_stack {
+            // wasmtime checks the limit against the stacks of async calls,
+            // which wasnap does not make.
+            config.async_stack_size(bytes + (1 << 20));
+            config.max_wasm_stack(bytes);
+        }
         // Time limits interrupt a run at the next epoch check; the checks
         // cost a load and a compare at loop heads and function entries.
         config.epoch_interruption(true);
@@ -329,6 +345,9 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
         wasi::add_to_linker(&mut linker)?;
+        if options.suspends_on_stdin() {
+            stdin::add_to_linker(&mut linker)?;
+        }
         abi::add_to_linker(&mut linker)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -336,10 +355,34 @@ impl Engine {
                 linker,
                 options,
                 host_functions,
+                max_wasm_stack,
                 modules: Mutex::new(HashMap::new()),
                 ticker: Once::new(),
             }),
         })
+    }
+
+    /// Whether this engine's workflows suspend on reads of standard input
+    /// ([`Options::suspend_on_stdin`]).
+    pub fn suspends_on_stdin(&self) -> bool {
+        self.inner.options.suspends_on_stdin()
+    }
+
+    /// An engine like this one (its options, host functions and limits)
+    /// whose workflows' reads of standard input suspend, or do not: see
+    /// [`Options::suspend_on_stdin`]. A clone of this one when it already
+    /// is so.
+    pub fn with_stdin_suspending(&self, suspends: bool) -> Result<Engine> {
+        if suspends == self.suspends_on_stdin() {
+            return Ok(self.clone());
+        }
+        let mut options = self.inner.options.clone();
+        options.set_stdin_suspends(suspends);
+        Engine::build(
+            options,
+            self.inner.host_functions.clone(),
+            self.inner.max_wasm_stack,
+        )
     }
 
     /// Identifies the compiler and instrumenter settings: a compiled
@@ -423,6 +466,7 @@ impl Engine {
         let module = Module {
             inner: Arc::new(ModuleInner {
                 hash,
+                stdin_suspends: self.inner.options.suspends_on_stdin(),
                 metadata,
                 compiled,
                 instance_pre,
@@ -570,9 +614,24 @@ impl Engine {
 pub struct EngineBuilder {
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: Option<usize>,
 }
 
 impl EngineBuilder {
+    /// Instrumentation options, for example more suspending imports.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The most native stack, in bytes, that a workflow's Wasm code may use
+    /// (wasmtime's `max_wasm_stack`; its default is 512 KiB). The thread
+    /// that runs the workflow must have that much stack and more.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.max_wasm_stack = Some(bytes);
+        self
+    }
+
     /// A host function for the imports matching `pattern` (`module.name`,
     /// `*` allowed) that may suspend the workflow: see [`HostCall`].
     pub fn suspending(
@@ -609,7 +668,7 @@ impl EngineBuilder {
         for function in &self.host_functions {
             host::check_pattern(&function.pattern)?;
         }
-        Engine::build(self.options, self.host_functions)
+        Engine::build(self.options, self.host_functions, self.max_wasm_stack)
     }
 }
 

@@ -16,12 +16,13 @@ use super::journal::{
     Inputs, Journal, JournalledMonotonicClock, JournalledRandom, JournalledWallClock, Mismatch,
     SharedJournal,
 };
+use super::stdin::Terminal;
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
     self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
-use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot};
+use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot, Stdin};
 
 /// Epochs until the deadline when there is no time limit: never reached.
 const NO_DEADLINE: u64 = u64::MAX / 2;
@@ -99,6 +100,15 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
+        match (&host.stdin, module.inner.stdin_suspends) {
+            (Stdin::Suspending { .. }, false) => bail!(
+                "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
+            ),
+            (Stdin::Empty, true) => bail!(
+                "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
+            ),
+            _ => {}
+        }
         // A policy's environment replaces the recorded one; else the
         // workflow sees what it was started with.
         let env = if settings.policy.env.is_empty() {
@@ -126,6 +136,7 @@ impl Workflow {
         data.suspended_in = host.suspended_in.clone();
         data.yielded = host.yielded.clone();
         data.reply = host.reply.clone();
+        data.stdin = host.stdin.clone();
         if data.coroutine(host.current).is_none() {
             bail!(
                 "the snapshot's running coroutine {} does not exist",
@@ -149,9 +160,11 @@ impl Workflow {
             Some(_) => wasmtime_wasi::FsPerms::ReadOnly,
             None => wasmtime_wasi::FsPerms::ReadWrite,
         };
-        match &settings.stdout {
-            Output::Inherit => wasi.inherit_stdout(),
-            Output::Capture(captured) => wasi.stdout(captured.0.clone()),
+        match (&settings.stdout, module.inner.stdin_suspends) {
+            (Output::Inherit, false) => wasi.inherit_stdout(),
+            (Output::Capture(captured), false) => wasi.stdout(captured.0.clone()),
+            (Output::Inherit, true) => wasi.stdout(Terminal(tokio::io::stdout())),
+            (Output::Capture(captured), true) => wasi.stdout(Terminal(captured.0.clone())),
         };
         for directory in &settings.policy.directories {
             wasi.preopened_dir(&directory.host, &directory.guest, permissions)
@@ -179,6 +192,13 @@ impl Workflow {
             journal,
             handler: None,
             suspend_again: false,
+            stdin: if module.inner.stdin_suspends {
+                Stdin::Suspending {
+                    buffered: Vec::new(),
+                }
+            } else {
+                Stdin::Empty
+            },
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
         store.limiter(|host| &mut host.memory_limit);
@@ -557,6 +577,7 @@ impl Workflow {
                 reply: host.reply.clone(),
                 args: host.args.clone(),
                 env: host.env.clone(),
+                stdin: host.stdin.clone(),
             },
         })
     }
