@@ -19,11 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use wasmparser::{
-    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType,
-    KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload,
-    Validator, ValidatorResources, WasmFeatures,
+    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FuncValidatorAllocations,
+    FunctionBody, GlobalType, KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType,
+    TypeRef, ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
 use super::Options;
@@ -132,14 +132,13 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         writes_tables: false,
     };
     let mut graph = CallGraph::default();
+    let mut validation_allocations = FuncValidatorAllocations::default();
     let mut import_names: Vec<(String, String)> = Vec::new();
     let mut global_names: HashMap<u32, String> = HashMap::new();
 
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.context("the module is not valid WebAssembly")?;
-        let valid = validator
-            .payload(&payload)
-            .map_err(|e| anyhow!("the module is not valid WebAssembly: {e}"))?;
+        let payload = payload.map_err(invalid)?;
+        let valid = validator.payload(&payload).map_err(invalid)?;
         match payload {
             Payload::TypeSection(reader) => {
                 for group in reader.into_iter_err_on_gc_types().map(|g| g.map(Some)) {
@@ -234,8 +233,8 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                 let ValidPayload::Func(func, _) = valid else {
                     unreachable!("the validator hands out every function body")
                 };
-                let index = func.index;
-                graph.scan_body(index, &body)?;
+                validation_allocations = validate_body(&func, &body, validation_allocations)?;
+                graph.scan_body(func.index, &body)?;
                 module.bodies.push((body, func));
             }
             Payload::CustomSection(reader) => {
@@ -278,6 +277,31 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
     Ok(module)
+}
+
+/// Validates a function body in full, before anything reads it: the
+/// analysis and the rewrite index types, functions and locals by what the
+/// body says, which only validation makes safe. Returns the validator's
+/// allocations for the next body.
+fn validate_body(
+    func: &FuncToValidate<ValidatorResources>,
+    body: &FunctionBody<'_>,
+    allocations: FuncValidatorAllocations,
+) -> Result<FuncValidatorAllocations> {
+    let mut validator = FuncToValidate {
+        resources: func.resources.clone(),
+        index: func.index,
+        ty: func.ty,
+        features: func.features,
+    }
+    .into_validator(allocations);
+    validator.validate(body).map_err(invalid)?;
+    Ok(validator.into_allocations())
+}
+
+/// The one-line error for a module the validator refuses.
+fn invalid(error: wasmparser::BinaryReaderError) -> anyhow::Error {
+    anyhow!("the module is not valid WebAssembly: {error}")
 }
 
 /// Gives a component its own error rather than a parse failure.

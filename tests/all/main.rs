@@ -10,5 +10,6 @@ mod guests;
 mod harness;
 mod instrument;
 mod real_programs;
+mod robustness;
 mod smith;
 mod store;
