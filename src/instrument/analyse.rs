@@ -63,6 +63,10 @@ pub(crate) struct Analysis<'a> {
     pub export_names: HashSet<String>,
     /// Whether any code writes a table at run time.
     pub writes_tables: bool,
+    /// Whether a suspending import can be called indirectly (a reference
+    /// to it can be taken), so that an indirect call may be the first to
+    /// see an unwind start.
+    pub suspending_import_in_table: bool,
 }
 
 impl Analysis<'_> {
@@ -130,6 +134,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         function_names: BTreeMap::new(),
         export_names: HashSet::new(),
         writes_tables: false,
+        suspending_import_in_table: false,
     };
     let mut graph = CallGraph::default();
     let mut validation_allocations = FuncValidatorAllocations::default();
@@ -276,6 +281,8 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
     }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
+    module.suspending_import_in_table = (0..module.imported_funcs)
+        .any(|f| suspending_imports[f as usize] && graph.referenceable.contains(&f));
     Ok(module)
 }
 
