@@ -575,10 +575,10 @@ impl<'a> Rewriter<'_, 'a> {
     }
 
     /// Opens an empty block the rewrite will branch to; returns its mark.
-    fn open_marked_block(&mut self) -> u32 {
+    fn open_marked_block(&mut self, block_type: BlockType) -> u32 {
         let mark = self.next_mark;
         self.next_mark += 1;
-        self.out.push(Instruction::Block(BlockType::Empty));
+        self.out.push(Instruction::Block(block_type));
         self.labels.push(Label::Marked(mark));
         mark
     }
@@ -642,7 +642,7 @@ impl<'a> Rewriter<'_, 'a> {
                     let item = items[ranges.len()];
                     let first = self.call_sites.len();
                     let next = if role == Role::SuspendingCall {
-                        self.close_landing(item, i)?
+                        self.call_item(item, i)?
                     } else {
                         if item.landing.is_some() {
                             let values = self.hoisted(RestorePoint::Construct(i));
@@ -669,12 +669,16 @@ impl<'a> Rewriter<'_, 'a> {
                 i = self.skip_dead_code(i)?;
             }
         }
-        // Items in unreachable code were skipped: close their blocks.
+        // Items in unreachable code were skipped: close their blocks. No
+        // dispatch enters a skipped item's landing (it has no call index),
+        // and nothing runs after it: the code before it ended in a branch.
         for item in &items[ranges.len()..] {
             if item.landing.is_some() {
                 self.close_block();
+                self.out.push(Instruction::Unreachable);
             }
             self.close_block();
+            self.out.push(Instruction::Unreachable);
         }
         let Some(mut dispatch) = dispatch else {
             // Deferred, and the first item, the only one with calls,
@@ -707,9 +711,11 @@ impl<'a> Rewriter<'_, 'a> {
                 // when values are restored at its entry.
                 match role {
                     Role::Plain => {}
-                    Role::SuspendingCall => has_landing.push(true),
-                    Role::SuspendableStart => has_landing
-                        .push(self.plan.hoisted.contains_key(&RestorePoint::Construct(i))),
+                    Role::SuspendingCall => has_landing.push((true, i)),
+                    Role::SuspendableStart => has_landing.push((
+                        self.plan.hoisted.contains_key(&RestorePoint::Construct(i)),
+                        i,
+                    )),
                 }
             }
             match op {
@@ -718,14 +724,20 @@ impl<'a> Rewriter<'_, 'a> {
                 _ => {}
             }
         }
-        let mut items: Vec<Item> = has_landing
-            .iter()
-            .rev()
-            .map(|&landing| Item {
-                entry: self.open_marked_block(),
-                landing: landing.then(|| self.open_marked_block()),
-            })
-            .collect();
+        let mut items = Vec::new();
+        for &(landing, start) in has_landing.iter().rev() {
+            // A call's entry block carries the call's results: the call is
+            // made on both ways in, and they meet after it.
+            let results = match self.roles[start] {
+                Role::SuspendingCall => self.call_results(start),
+                _ => Vec::new(),
+            };
+            let entry_type = self.new_types.block_type(&results);
+            items.push(Item {
+                entry: self.open_marked_block(entry_type),
+                landing: landing.then(|| self.open_marked_block(BlockType::Empty)),
+            });
+        }
         items.reverse();
         items
     }
@@ -977,9 +989,25 @@ impl<'a> Rewriter<'_, 'a> {
         Ok(())
     }
 
-    /// Ends the segment before the call item at `i`, emits its landing and
-    /// then the call; returns the index after it.
-    fn close_landing(&mut self, item: Item, i: usize) -> Result<usize> {
+    /// The result types of the call at `i`.
+    fn call_results(&self, i: usize) -> Vec<ValType> {
+        let ty = match self.ops[i].0 {
+            Operator::Call { function_index } => self.module.func_type(function_index),
+            Operator::CallIndirect { type_index, .. } => self.module.types[type_index as usize]
+                .as_ref()
+                .expect("validated: call_indirect names a function type"),
+            _ => unreachable!("only calls are suspending items"),
+        };
+        ty.results().to_vec()
+    }
+
+    /// Emits the suspending call item at `i`: the call at the end of the
+    /// code before it, and again in its landing, with the operands it is
+    /// made again with (those saved, restored; the others, a value of
+    /// their type); then its unwind path. The two ways meet after the
+    /// call, so that the operands of neither outlive it. Returns the index
+    /// after the call.
+    fn call_item(&mut self, item: Item, i: usize) -> Result<usize> {
         let site = self.plan.sites[&i].clone();
         let at_landing: Vec<Value> = site
             .saved
@@ -992,38 +1020,33 @@ impl<'a> Rewriter<'_, 'a> {
             .operator_arity(&self.validator)
             .context("a call's arity is known")?;
         let base = self.height() - pops;
+        let operands = self.types[base as usize..].to_vec();
+        let call = self.translate(i)?;
+
+        self.load_slots(base, &operands);
+        self.out.push(call.clone());
         self.landing(item, &at_landing, |rewriter| {
-            // The operands the call is made again with: those saved are
-            // restored; the others only need a value of their type.
-            for (k, &saved) in site.operands_saved.iter().enumerate() {
-                let height = base + k as u32;
-                let ty = rewriter.types[height as usize];
-                if !saved {
-                    let slot = rewriter.slot(height, ty)?;
-                    rewriter.out.extend([zero(ty), Instruction::LocalSet(slot)]);
+            for (k, (&saved, &ty)) in site.operands_saved.iter().zip(&operands).enumerate() {
+                if saved {
+                    rewriter.load_slots(base + k as u32, &[ty]);
+                } else {
+                    rewriter.out.push(zero(ty));
                 }
             }
+            rewriter.out.push(call);
             Ok(())
         })?;
-        self.suspending_call(i, &site)
+        self.validate(i)?;
+        self.unwind_path(i, &site)?;
+        let results = self.types[base as usize..].to_vec();
+        self.store_slots(base, &results)?;
+        Ok(i + 1)
     }
 
-    /// Emits the suspending call at `i` and its unwind path, which saves
-    /// what `site` says; returns the index after it.
-    fn suspending_call(&mut self, i: usize, site: &SitePlan) -> Result<usize> {
-        let (pops, _) = self.ops[i]
-            .0
-            .operator_arity(&self.validator)
-            .context("a call's arity is known")?;
+    /// Emits what follows a suspending call: if the call started (or
+    /// continued) an unwind, store what `site` saves and return.
+    fn unwind_path(&mut self, i: usize, site: &SitePlan) -> Result<()> {
         let call_index = self.call_sites.len() as u32;
-        let base = self.height() - pops;
-        let params = self.types[base as usize..].to_vec();
-        self.load_slots(base, &params);
-        let call = self.translate(i)?;
-        self.out.push(call);
-        self.validate(i)?;
-        let results = self.types[base as usize..].to_vec();
-
         let mut saved = Vec::new();
         for &(value, _) in &site.saved {
             saved.push(self.saved_local(value)?);
@@ -1077,7 +1100,6 @@ impl<'a> Rewriter<'_, 'a> {
         let function_results = self.module.func_type(self.function_index).results();
         self.out.extend(function_results.iter().map(|&ty| zero(ty)));
         self.out.extend([Instruction::Return, Instruction::End]);
-        self.store_slots(base, &results)?;
 
         self.call_sites.push(CallSite {
             code_offset: self.ops[i].1,
@@ -1088,7 +1110,7 @@ impl<'a> Rewriter<'_, 'a> {
             size: frame_size,
             saved,
         });
-        Ok(i + 1)
+        Ok(())
     }
 
     /// Emits a `block`, `loop` or `if` that contains a suspending call;
