@@ -102,6 +102,11 @@ impl Cli {
     }
 }
 
+/// A size on the command line: `8MiB`, `512KiB`, `1GiB` or bytes.
+fn parse_size_arg(text: &str) -> Result<usize, String> {
+    crate::runtime::parse_size(text).map_err(|e| format!("{e:#}"))
+}
+
 /// `INSTANCE` or `INSTANCE@VERSION`.
 #[derive(Clone, Copy, Debug)]
 struct Target {

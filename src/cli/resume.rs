@@ -21,6 +21,10 @@ pub struct Resume {
     /// Send the contents of a file as the reply.
     #[arg(long, value_name = "PATH")]
     send_file: Option<PathBuf>,
+    /// The most native stack the workflow's Wasm code may use, like 8MiB
+    /// (default 8 MiB); deeper recursion fails the run.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size_arg)]
+    max_wasm_stack: Option<usize>,
 }
 
 impl Resume {
@@ -32,7 +36,7 @@ impl Resume {
             }
             (None, None) => Vec::new(),
         };
-        let session = Session::open_existing(db)?;
+        let session = Session::open_existing(db)?.with_max_wasm_stack(self.max_wasm_stack)?;
         let instance = self.target.instance;
         let lease = session.store.lease(instance)?;
         let version = self.target.version_in(&session.store)?;

@@ -16,6 +16,10 @@ pub struct Run {
     /// Arguments passed to the workflow (WASI), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+    /// The most native stack the workflow's Wasm code may use, like 8MiB
+    /// (default 8 MiB); deeper recursion fails the run.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size_arg)]
+    max_wasm_stack: Option<usize>,
 }
 
 impl Run {
@@ -23,7 +27,7 @@ impl Run {
         let wasm = super::read_module(&self.module)?;
         // Instrument and compile before anything is stored, so a module
         // that cannot run leaves the database as it was.
-        let session = Session::open(db)?;
+        let session = Session::open(db)?.with_max_wasm_stack(self.max_wasm_stack)?;
         let module = session
             .engine
             .load(&wasm)

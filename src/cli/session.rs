@@ -34,6 +34,15 @@ impl Session {
         })
     }
 
+    /// Replaces the engine with one whose Wasm stack limit is `bytes`
+    /// (`--max-wasm-stack`), when given.
+    pub fn with_max_wasm_stack(mut self, bytes: Option<usize>) -> Result<Session> {
+        if let Some(bytes) = bytes {
+            self.engine = Engine::builder().max_wasm_stack(bytes).build()?;
+        }
+        Ok(self)
+    }
+
     /// Loads a stored module, reusing its compiled artifact when this
     /// engine made one before, and keeping a new one for next time.
     pub fn module(&self, hash: &ModuleHash) -> Result<Module> {

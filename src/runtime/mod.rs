@@ -49,6 +49,7 @@ pub struct Engine {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    max_wasm_stack: usize,
     linker: Linker<HostState>,
     options: Options,
     host_functions: Vec<HostFunction>,
@@ -64,6 +65,8 @@ pub struct Module {
 
 struct ModuleInner {
     hash: ModuleHash,
+    /// The engine's Wasm stack limit, which its workflows run with.
+    max_wasm_stack: usize,
     metadata: Metadata,
     compiled: wasmtime::Module,
     instance_pre: InstancePre<HostState>,
@@ -196,20 +199,35 @@ impl Engine {
     /// An engine with instrumentation options, for example more suspending
     /// imports.
     pub fn with_options(options: Options) -> Result<Engine> {
-        Engine::build(options, Vec::new())
+        Engine::builder().options(options).build()
     }
 
-    /// A builder for an engine with host functions of the embedder's own.
+    /// A builder for an engine with host functions of the embedder's own,
+    /// or another Wasm stack limit.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             options: Options::default(),
             host_functions: Vec::new(),
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
         }
     }
 
-    fn build(options: Options, host_functions: Vec<HostFunction>) -> Result<Engine> {
+    fn build(
+        options: Options,
+        host_functions: Vec<HostFunction>,
+        max_wasm_stack: usize,
+    ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
+        // Workflows run on a thread of their own whose native stack holds
+        // this much Wasm stack and the host's frames (`on_workflow_stack`).
+        config.max_wasm_stack(max_wasm_stack);
+        // wasmtime-wasi builds wasmtime with async support, whose fibers
+        // must be able to hold the Wasm stack (wasnap itself runs none).
+        config.async_stack_size(max_wasm_stack + HOST_STACK);
+        // The instrumenter marks the code only unwinding or rewinding runs
+        // as cold, for the compiler to lay out apart from the normal path.
+        config.wasm_branch_hinting(true);
         // Time limits interrupt a run at the next epoch check; the checks
         // cost a load and a compare at loop heads and function entries.
         config.epoch_interruption(true);
@@ -220,6 +238,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
+                max_wasm_stack,
                 linker,
                 options,
                 host_functions,
@@ -227,6 +246,12 @@ impl Engine {
                 ticker: Once::new(),
             }),
         })
+    }
+
+    /// The most native stack Wasm code may use (see
+    /// [`EngineBuilder::max_wasm_stack`]).
+    pub fn max_wasm_stack(&self) -> usize {
+        self.inner.max_wasm_stack
     }
 
     /// Identifies the compiler and instrumenter settings: a compiled
@@ -287,6 +312,7 @@ impl Engine {
         let module = Module {
             inner: Arc::new(ModuleInner {
                 hash,
+                max_wasm_stack: self.inner.max_wasm_stack,
                 metadata,
                 compiled,
                 instance_pre,
@@ -426,9 +452,26 @@ impl Engine {
 pub struct EngineBuilder {
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: usize,
 }
 
 impl EngineBuilder {
+    /// Instrumentation options, for example more suspending imports.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The most native stack, in bytes, that a workflow's Wasm code may use
+    /// (default [`DEFAULT_MAX_WASM_STACK`]): wasmtime's engine-wide
+    /// `max_wasm_stack`. Deeper recursion ends the run with an error that
+    /// names this limit. Workflows run on a thread of their own whose
+    /// native stack is this plus room for the host, so any size works.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.max_wasm_stack = bytes;
+        self
+    }
+
     /// A host function for the imports matching `pattern` (`module.name`,
     /// `*` allowed) that may suspend the workflow: see [`HostCall`].
     pub fn suspending(
@@ -465,8 +508,80 @@ impl EngineBuilder {
         for function in &self.host_functions {
             host::check_pattern(&function.pattern)?;
         }
-        Engine::build(self.options, self.host_functions)
+        if self.max_wasm_stack < MIN_MAX_WASM_STACK {
+            bail!(
+                "a Wasm stack limit of {} is too small to run anything (the least is {})",
+                format_size(self.max_wasm_stack),
+                format_size(MIN_MAX_WASM_STACK)
+            );
+        }
+        Engine::build(self.options, self.host_functions, self.max_wasm_stack)
     }
+}
+
+/// The Wasm stack limit of an engine built without
+/// [`EngineBuilder::max_wasm_stack`]: 8 MiB, sixteen times wasmtime's own
+/// default, enough for script interpreters running deeply recursive
+/// scripts (each script-level call is a few native frames of a large
+/// interpreter function).
+pub const DEFAULT_MAX_WASM_STACK: usize = 8 << 20;
+
+/// The smallest Wasm stack limit an engine accepts.
+pub const MIN_MAX_WASM_STACK: usize = 64 << 10;
+
+/// Native stack a workflow's thread has beyond its Wasm stack limit, for
+/// wasmtime's and the host functions' own frames.
+const HOST_STACK: usize = 2 << 20;
+
+/// Runs `f` on a new thread whose native stack holds `max_wasm_stack` of
+/// Wasm frames and the host's, whatever the calling thread's stack is.
+pub(crate) fn on_workflow_stack<T: Send>(
+    max_wasm_stack: usize,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("wasnap-workflow".into())
+            .stack_size(max_wasm_stack + HOST_STACK)
+            .spawn_scoped(scope, f)
+            .context("cannot start the thread that runs the workflow")?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A byte count as people write it: `8 MiB`, `512 KiB`, `100 bytes`.
+pub fn format_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Parses a size as `format_size` writes it, with or without the space:
+/// `8MiB`, `512KiB`, `1GiB`, or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a size like 8MiB, 512KiB or 1GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" | "bytes" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        other => bail!("unknown size unit {other:?} in {text:?} (use KiB, MiB or GiB)"),
+    };
+    number
+        .checked_mul(1 << shift)
+        .with_context(|| format!("{text:?} is too large"))
 }
 
 /// How often time limits are checked.

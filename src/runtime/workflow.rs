@@ -209,7 +209,15 @@ impl Workflow {
 
     /// Runs the workflow until it yields or finishes. A trap is an error,
     /// with the guest's backtrace; the workflow cannot run after one.
+    ///
+    /// The Wasm code runs on a thread of its own, whose native stack fits
+    /// the engine's Wasm stack limit.
     pub fn run(&mut self) -> Result<Step> {
+        let max_wasm_stack = self.module.inner.max_wasm_stack;
+        super::on_workflow_stack(max_wasm_stack, || self.run_here())
+    }
+
+    fn run_here(&mut self) -> Result<Step> {
         if self.finished {
             bail!("the workflow has finished");
         }
@@ -281,6 +289,14 @@ impl Workflow {
                         Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
                         None => bail!("the workflow was interrupted"),
                     }
+                }
+                None if error.downcast_ref::<wasmtime::Trap>()
+                    == Some(&wasmtime::Trap::StackOverflow) =>
+                {
+                    bail!(
+                        "the workflow ran out of Wasm stack in coroutine {id}: it recursed deeper than the engine's limit of {} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
+                        super::format_size(self.module.inner.max_wasm_stack)
+                    )
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending.

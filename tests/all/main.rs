@@ -12,4 +12,5 @@ mod instrument;
 mod real_programs;
 mod robustness;
 mod smith;
+mod stack;
 mod store;

@@ -23,7 +23,7 @@ use wasnap::{Engine, Output, Settings, Step};
 /// (the others resume in place, still unwinding and rewinding for real).
 const SNAPSHOT_EVERY: usize = 25;
 
-fn bench_guest(name: &str) -> Vec<u8> {
+pub fn bench_guest(name: &str) -> Vec<u8> {
     let path = format!(
         "{}/target/bench-guests/{name}.wasm",
         env!("CARGO_MANIFEST_DIR")
