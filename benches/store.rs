@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasnap::snapshot::{PAGE_SIZE, Page};
 use wasnap::store::{Database, Durability, Lease, Outcome};
-use wasnap::{Engine, Settings, Snapshot, Step, Workflow};
+use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
 
 /// A guest that grows its memory to `mib` MiB and writes every page with a
 /// half-compressible pattern, then, before each yield, rewrites `changed`
@@ -132,7 +132,9 @@ impl Stepping {
         if others > 0 {
             let started = Instant::now();
             for _ in 0..others {
-                let id = store.create_instance(&hash, &args).unwrap();
+                let id = store
+                    .create_instance(&hash, &args, &Policy::default())
+                    .unwrap();
                 let lease = store.lease(id).unwrap();
                 store
                     .commit_version(&lease, None, &Outcome::Suspended(&first), &[])
@@ -143,7 +145,9 @@ impl Stepping {
                 started.elapsed().as_secs_f64()
             );
         }
-        let id = store.create_instance(&hash, &args).unwrap();
+        let id = store
+            .create_instance(&hash, &args, &Policy::default())
+            .unwrap();
         let lease = store.lease(id).unwrap();
         let head = store
             .commit_version(&lease, None, &Outcome::Suspended(&first), &[])

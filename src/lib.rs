@@ -40,11 +40,12 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod cli;
+pub mod executor;
 pub mod instrument;
 pub mod runtime;
 pub mod snapshot;
 pub mod store;
 
-pub use runtime::{Engine, Module, Output, Settings, Step, Workflow};
+pub use executor::Executor;
+pub use runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow};
 pub use snapshot::Snapshot;

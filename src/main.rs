@@ -1,5 +1,8 @@
-//! The `wasnap` command; everything it does lives in the library.
+//! The `wasnap` command: a thin user of the library. `cli` parses the
+//! command line into one type per subcommand and executes it.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    wasnap::cli::main()
+    cli::main()
 }

@@ -2,13 +2,14 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use wasmparser::ValType;
+use wasnap::instrument::{Options, instrument};
+use wasnap::snapshot::CoroutineState;
+use wasnap::snapshot::file;
+use wasnap::snapshot::inspect::{CoroutineView, inspect};
 
 use super::Target;
-use crate::instrument::{CallSite, FRAME_HEADER_SIZE, LocalOrigin, Metadata, Options, instrument};
-use crate::snapshot::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot, file};
 
 /// Show a suspended version: every coroutine's call stack with its saved
 /// locals, memory use, and the snapshot's size.
@@ -24,31 +25,40 @@ impl Inspect {
         let instance = self.target.instance;
         let version = self.target.version_in(&store)?;
         let snapshot = store.load_version(instance, version)?;
+        // The metadata alone: a read needs no compiled module.
         let wasm = store.module(&snapshot.module_hash)?;
         let metadata = instrument(&wasm, &Options::default())?.metadata;
-        let host = &snapshot.host;
+        let inspection = inspect(&snapshot, &metadata)?;
         println!(
             "instance {instance} version {version}: suspended in {} with value {:?}",
-            host.suspended_in,
-            String::from_utf8_lossy(&host.yielded)
+            inspection.suspended_in,
+            String::from_utf8_lossy(&inspection.yielded)
         );
-        for coroutine in &snapshot.coroutines {
-            print_coroutine(coroutine, host.current, &metadata)?;
+        for coroutine in &inspection.coroutines {
+            print_coroutine(coroutine);
         }
-        print_memory(&snapshot);
+        for (index, memory) in inspection.memories.iter().enumerate() {
+            println!(
+                "memory {index}: {} of {} pages in use ({} of {} bytes are on non-zero pages)",
+                memory.pages_in_use,
+                memory.page_count,
+                memory.pages_in_use * wasnap::snapshot::PAGE_SIZE,
+                memory.bytes()
+            );
+        }
         let compressed = file::encode(&snapshot, None)?.len();
         println!("snapshot: {compressed} bytes compressed (module not included)");
         Ok(())
     }
 }
 
-fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> Result<()> {
+fn print_coroutine(coroutine: &CoroutineView) {
     let state = match coroutine.state {
         CoroutineState::Fresh => "not started",
         CoroutineState::Suspended => "suspended",
         CoroutineState::Finished => "finished",
     };
-    let running = if coroutine.id == current {
+    let running = if coroutine.running {
         ", the one that suspended the workflow"
     } else {
         ""
@@ -60,109 +70,21 @@ fn print_coroutine(coroutine: &Coroutine, current: u32, metadata: &Metadata) -> 
     };
     println!(
         "{name} (parent {}, {state}{running}, stack pointer {:#x}, {} stack bytes)",
-        coroutine.parent,
-        coroutine.stack_pointer,
-        coroutine.stack.len()
+        coroutine.parent, coroutine.stack_pointer, coroutine.stack_bytes
     );
-    for (depth, frame) in frames(&coroutine.stack, metadata)?.iter().enumerate() {
-        let function = metadata
-            .function_names
-            .get(&frame.function)
-            .cloned()
-            .unwrap_or_else(|| format!("function {}", frame.function));
+    for (depth, frame) in coroutine.frames.iter().enumerate() {
         println!(
-            "  #{depth} {function} at code offset {:#x}",
-            frame.site.code_offset
+            "  #{depth} {} at code offset {:#x}",
+            frame.display_name(),
+            frame.code_offset
         );
         let values: Vec<String> = frame
-            .site
-            .saved
+            .values
             .iter()
-            .map(|local| {
-                let bytes = &frame.bytes[local.offset as usize..];
-                let name = match local.origin {
-                    LocalOrigin::Local(i) => format!("local{i}"),
-                    LocalOrigin::Operand(h) => format!("stack{h}"),
-                };
-                format!("{name}={}", render(local.ty, bytes))
-            })
+            .map(|(name, value)| format!("{name}={value}"))
             .collect();
         if !values.is_empty() {
             println!("       {}", values.join(" "));
         }
-    }
-    Ok(())
-}
-
-/// One saved frame on an unwound stack.
-struct Frame<'a> {
-    function: u32,
-    site: &'a CallSite,
-    bytes: &'a [u8],
-}
-
-/// The frames of an unwound stack, innermost first. Each frame's header is
-/// at its end, so the stack is read from the top down.
-fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>> {
-    let mut frames = Vec::new();
-    let mut end = stack.len();
-    while end > 0 {
-        let header = FRAME_HEADER_SIZE as usize;
-        let Some(header_start) = end.checked_sub(header) else {
-            bail!("the unwound stack is truncated: {end} bytes left, less than a frame header");
-        };
-        let word = |at: usize| u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
-        let function = word(header_start);
-        let call_index = word(header_start + 4);
-        let Some(layout) = metadata.frames.get(&function) else {
-            bail!(
-                "the unwound stack names function {function}, which the module does not instrument"
-            );
-        };
-        let Some(site) = layout.call_sites.get(call_index as usize) else {
-            bail!(
-                "the unwound stack names call {call_index} of function {function}, which has no such call"
-            );
-        };
-        let Some(start) = header_start.checked_sub(site.size as usize) else {
-            bail!("the unwound stack is truncated in a frame of function {function}");
-        };
-        frames.push(Frame {
-            function,
-            site,
-            bytes: &stack[start..header_start],
-        });
-        end = start;
-    }
-    frames.reverse();
-    Ok(frames)
-}
-
-fn render(ty: ValType, bytes: &[u8]) -> String {
-    let take = |n: usize| -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..n].copy_from_slice(&bytes[..n]);
-        out
-    };
-    match ty {
-        ValType::I32 => (u32::from_le_bytes(take(4)[..4].try_into().unwrap()) as i32).to_string(),
-        ValType::I64 => (u64::from_le_bytes(take(8)[..8].try_into().unwrap()) as i64).to_string(),
-        ValType::F32 => f32::from_le_bytes(take(4)[..4].try_into().unwrap()).to_string(),
-        ValType::F64 => f64::from_le_bytes(take(8)[..8].try_into().unwrap()).to_string(),
-        ValType::V128 => format!("{:#034x}", u128::from_le_bytes(take(16))),
-        ValType::Ref(_) => "ref".to_string(),
-    }
-}
-
-fn print_memory(snapshot: &Snapshot) {
-    for (index, memory) in snapshot.memories.iter().enumerate() {
-        let total = memory.page_count * PAGE_SIZE as u64;
-        println!(
-            "memory {index}: {} of {} pages in use ({} of {} bytes are on non-zero pages)",
-            memory.pages.len(),
-            memory.page_count,
-            memory.pages.len() * PAGE_SIZE,
-            total
-        );
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::instrument::{Options, instrument};
+use wasnap::instrument::{Options, instrument};
 
 /// Instrument a module for suspension (Binaryen Asyncify ABI), without
 /// running it: a drop-in for `wasm-opt --asyncify`.

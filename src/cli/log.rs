@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::json;
-use crate::store::{InstanceId, VersionInfo, VersionKind};
+use wasnap::store::{InstanceId, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::json;
-use crate::store::hex;
+use wasnap::store::hex;
 
 /// List instances: id, module, state, head version, last value.
 #[derive(Args, Debug)]

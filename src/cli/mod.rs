@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::store::{Database, InstanceId};
+use wasnap::store::{Database, InstanceId};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
@@ -61,27 +61,10 @@ pub fn main() -> ExitCode {
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            eprintln!("wasnap: error: {}", one_line(&error));
+            eprintln!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
-        let text = cause.to_string();
-        let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
-            line += ": ";
-        }
-        line += first;
-    }
-    line
 }
 
 impl Cli {
@@ -100,11 +83,6 @@ impl Cli {
             Command::Instrument(c) => c.execute(),
         }
     }
-}
-
-/// A size on the command line: `8MiB`, `512KiB`, `1GiB` or bytes.
-fn parse_size_arg(text: &str) -> Result<usize, String> {
-    crate::runtime::parse_size(text).map_err(|e| format!("{e:#}"))
 }
 
 /// `INSTANCE` or `INSTANCE@VERSION`.

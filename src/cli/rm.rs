@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use crate::store::InstanceId;
+use wasnap::store::InstanceId;
 
 /// Delete an instance and all its versions, and free the pages only they
 /// used.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::Target;
-use crate::snapshot::file;
+use wasnap::snapshot::file;
 
 /// Write a version as a self-contained snapshot file (module included).
 #[derive(Args, Debug)]

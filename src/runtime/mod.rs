@@ -130,15 +130,63 @@ impl Captured {
     }
 }
 
-/// How a workflow is started or restored.
+/// How a workflow is started or restored: its arguments, where its output
+/// goes, and its [`Policy`].
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     args: Vec<String>,
-    env: Vec<(String, String)>,
     stdout: Output,
-    memory_limit: Option<usize>,
-    time_limit: Option<Duration>,
-    directories: Vec<(PathBuf, String)>,
+    policy: Policy,
+}
+
+/// What a workflow may use: its limits and what it is granted. A durable
+/// instance keeps the policy it was started with and applies it again at
+/// every resume (see [`crate::executor`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Upper bound on the time one [`Workflow::run`] may take before the
+    /// workflow is interrupted with an error (checked every
+    /// [`EPOCH_TICK`]). The version it started from is unaffected.
+    pub time_limit: Option<Duration>,
+    /// Upper bound, in bytes, on each of the workflow's memories.
+    pub memory_limit: Option<u64>,
+    /// Host directories the workflow may use through WASI (it has no
+    /// filesystem access otherwise), preopened in this order, so that each
+    /// gets the same descriptor at every resume.
+    pub directories: Vec<Directory>,
+    /// WASI environment variables. Empty on restore means "as the snapshot
+    /// recorded them".
+    pub env: Vec<(String, String)>,
+}
+
+/// A host directory granted to a workflow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directory {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// The path under which the workflow sees it.
+    pub guest: String,
+}
+
+impl Policy {
+    /// This policy with every limit or grant that `other` sets replacing
+    /// ours: how a resume's own flags override what an instance keeps.
+    pub fn overridden_by(&self, other: &Policy) -> Policy {
+        Policy {
+            time_limit: other.time_limit.or(self.time_limit),
+            memory_limit: other.memory_limit.or(self.memory_limit),
+            directories: if other.directories.is_empty() {
+                self.directories.clone()
+            } else {
+                other.directories.clone()
+            },
+            env: if other.env.is_empty() {
+                self.env.clone()
+            } else {
+                other.env.clone()
+            },
+        }
+    }
 }
 
 impl Settings {
@@ -149,12 +197,12 @@ impl Settings {
         self
     }
 
-    /// WASI environment variables. Ignored on restore, like the arguments.
+    /// WASI environment variables (see [`Policy::env`]).
     pub fn env<K: Into<String>, V: Into<String>>(
         mut self,
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        self.env = vars
+        self.policy.env = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
@@ -168,23 +216,31 @@ impl Settings {
     }
 
     /// Upper bound, in bytes, on each of the workflow's memories.
-    pub fn memory_limit(mut self, bytes: usize) -> Self {
-        self.memory_limit = Some(bytes);
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.policy.memory_limit = Some(bytes);
         self
     }
 
-    /// Upper bound on the time one [`Workflow::run`] may take before the
-    /// workflow is interrupted with an error (checked every
-    /// [`EPOCH_TICK`]). The last saved version is unaffected.
+    /// Upper bound on the time one [`Workflow::run`] may take (see
+    /// [`Policy::time_limit`]).
     pub fn time_limit(mut self, limit: Duration) -> Self {
-        self.time_limit = Some(limit);
+        self.policy.time_limit = Some(limit);
         self
     }
 
     /// Grants the workflow the host directory `host` as `guest` (WASI has
     /// no filesystem access otherwise).
     pub fn directory(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
-        self.directories.push((host.into(), guest.into()));
+        self.policy.directories.push(Directory {
+            host: host.into(),
+            guest: guest.into(),
+        });
+        self
+    }
+
+    /// Every limit and grant at once, replacing those set before.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
         self
     }
 }
@@ -370,7 +426,7 @@ impl Engine {
     /// starts a thread that advances the engine's epoch every
     /// [`EPOCH_TICK`] for the rest of the process.
     fn start_ticker_for(&self, settings: &Settings) {
-        if settings.time_limit.is_none() {
+        if settings.policy.time_limit.is_none() {
             return;
         }
         self.inner.ticker.call_once(|| {
@@ -559,29 +615,6 @@ pub fn format_size(bytes: usize) -> String {
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
         b => format!("{b} bytes"),
     }
-}
-
-/// Parses a size as `format_size` writes it, with or without the space:
-/// `8MiB`, `512KiB`, `1GiB`, or a plain number of bytes.
-pub fn parse_size(text: &str) -> Result<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a size like 8MiB, 512KiB or 1GiB"))?;
-    let shift = match unit.trim() {
-        "" | "B" | "bytes" => 0,
-        "KiB" | "K" => 10,
-        "MiB" | "M" => 20,
-        "GiB" | "G" => 30,
-        other => bail!("unknown size unit {other:?} in {text:?} (use KiB, MiB or GiB)"),
-    };
-    number
-        .checked_mul(1 << shift)
-        .with_context(|| format!("{text:?} is too large"))
 }
 
 /// How often time limits are checked.

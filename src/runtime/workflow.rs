@@ -53,7 +53,7 @@ impl Workflow {
         } else {
             settings.args.clone()
         };
-        let env = settings.env.clone();
+        let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
         workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
@@ -88,8 +88,14 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
-        let mut workflow =
-            Workflow::instantiate(module, &settings, host.args.clone(), host.env.clone())?;
+        // A policy's environment replaces the recorded one; else the
+        // workflow sees what it was started with.
+        let env = if settings.policy.env.is_empty() {
+            host.env.clone()
+        } else {
+            settings.policy.env.clone()
+        };
+        let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
         let (store, instance) = (&mut workflow.store, &workflow.instance);
         state::restore_memories(store, instance, &snapshot.memories)?;
         workflow.pages = state::PageHistory::of(&snapshot.memories);
@@ -122,16 +128,22 @@ impl Workflow {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
-        for (host, guest) in &settings.directories {
-            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("granting directory {}", host.display()))?;
+        for directory in &settings.policy.directories {
+            wasi.preopened_dir(
+                &directory.host,
+                &directory.guest,
+                wasmtime_wasi::FsPerms::ReadWrite,
+            )
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.memory_limit {
+        if let Some(bytes) = settings.policy.memory_limit {
             // A clear trap rather than a failed memory.grow the guest may
             // not check.
-            limits = limits.memory_size(bytes).trap_on_grow_failure(true);
+            limits = limits
+                .memory_size(usize::try_from(bytes).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true);
         }
         let host = HostState {
             wasi: wasi.build_p1(),
@@ -181,7 +193,7 @@ impl Workflow {
             store,
             instance,
             finished: false,
-            time_limit: settings.time_limit,
+            time_limit: settings.policy.time_limit,
             pages: state::PageHistory::default(),
         })
     }
@@ -293,10 +305,10 @@ impl Workflow {
                 None if error.downcast_ref::<wasmtime::Trap>()
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    bail!(
-                        "the workflow ran out of Wasm stack in coroutine {id}: it recursed deeper than the engine's limit of {} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
-                        super::format_size(self.module.inner.max_wasm_stack)
-                    )
+                    let limit = super::format_size(self.module.inner.max_wasm_stack);
+                    Err(anyhow::Error::from(error).context(format!(
+                        "the workflow ran out of Wasm stack in coroutine {id}: it recursed deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)"
+                    )))
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending.

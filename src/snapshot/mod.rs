@@ -8,6 +8,7 @@
 
 pub(crate) mod codec;
 pub mod file;
+pub mod inspect;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@
 
 mod lease;
 mod pages;
+mod policy;
 mod schema;
 mod versions;
 
@@ -36,6 +37,7 @@ pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
 
+use crate::runtime::Policy;
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
@@ -136,6 +138,8 @@ pub struct InstanceInfo {
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
     pub args: Vec<String>,
+    /// The limits and grants it was started with.
+    pub policy: Policy,
     /// The pid of the live process holding its lease, if one does.
     pub leased_by: Option<u32>,
 }
@@ -308,19 +312,27 @@ impl Database {
     }
 
     /// Creates an instance of the stored module `module_hash` with its WASI
-    /// arguments (program name first). It has no version until its first
-    /// run is committed.
-    pub fn create_instance(&self, module_hash: &ModuleHash, args: &[String]) -> Result<InstanceId> {
+    /// arguments (program name first) and the policy every run of it gets.
+    /// It has no version until its first run is committed.
+    pub fn create_instance(
+        &self,
+        module_hash: &ModuleHash,
+        args: &[String],
+        policy: &Policy,
+    ) -> Result<InstanceId> {
         let mut w = Writer::default();
         w.strings(args)?;
+        let policy = policy::encode(policy)?;
         self.with(|s| {
-            let tx = s.conn.transaction()?;
+            let tx = s
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_module(&tx, module_hash)?;
             tx.prepare_cached(
-                "INSERT INTO instances (module_hash, state, created, args)
-                 VALUES (?1, 'created', ?2, ?3)",
+                "INSERT INTO instances (module_hash, state, created, args, policy)
+                 VALUES (?1, 'created', ?2, ?3, ?4)",
             )?
-            .execute(params![module_hash, now_ms(), w.buf])?;
+            .execute(params![module_hash, now_ms(), w.buf, policy])?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
             Ok(id as InstanceId)
@@ -457,7 +469,7 @@ impl Database {
 }
 
 const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value
+    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy
     FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
 
 /// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
@@ -469,6 +481,7 @@ type InstanceRow = (
     u64,
     Vec<u8>,
     Option<Vec<u8>>,
+    Vec<u8>,
 );
 
 fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
@@ -480,16 +493,19 @@ fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, last_value) = row;
+    let (id, module_hash, state, head, created_ms, args, last_value, policy) = row;
     let mut r = Reader::new(&args);
     let args = r
         .strings()
         .and_then(|a| r.finish().map(|()| a))
         .map_err(|e| anyhow::anyhow!("the arguments of instance {id} are corrupt: {e}"))?;
+    let policy = policy::decode(&policy)
+        .map_err(|e| anyhow::anyhow!("the policy of instance {id} is corrupt: {e}"))?;
     Ok(InstanceInfo {
         id,
         module_hash,
@@ -498,6 +514,7 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         last_value,
         created_ms,
         args,
+        policy,
         leased_by: lease::holder(conn, id)?,
     })
 }

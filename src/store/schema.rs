@@ -12,7 +12,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The first schema.
 ///
@@ -113,6 +113,13 @@ DROP TABLE version_pages;
 DROP TABLE pages;
 ALTER TABLE pages_v2 RENAME TO pages;
 ALTER TABLE version_pages_v2 RENAME TO version_pages;
+";
+
+/// Instances keep the limits and grants they were started with (time and
+/// memory limits, granted directories, environment), applied again at every
+/// resume. Instances made before have none: an empty policy.
+const V3: &str = "
+ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

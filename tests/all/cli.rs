@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use crate::guests::{LANGUAGES, built};
 
-fn wasnap(db: &Path, args: &[&str]) -> Output {
+pub(crate) fn wasnap(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wasnap"))
         .arg("--db")
         .arg(db)
@@ -17,7 +17,7 @@ fn wasnap(db: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn ok(db: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(
         output.status.success(),
@@ -28,7 +28,7 @@ fn ok(db: &Path, args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its one-line error.
-fn fails(db: &Path, args: &[&str]) -> String {
+pub(crate) fn fails(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(!output.status.success(), "wasnap {args:?} succeeded");
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -44,7 +44,7 @@ fn guest(name: &str) -> String {
     )
 }
 
-fn scratch() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wasnap.db");
     (dir, db)

@@ -9,6 +9,8 @@ mod fuzz;
 mod guests;
 mod harness;
 mod instrument;
+mod interpreters;
+mod limits;
 mod real_programs;
 mod robustness;
 mod smith;

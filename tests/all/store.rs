@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use wasnap::Policy;
 use wasnap::snapshot::{
     Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
     TableImage,
@@ -101,7 +102,9 @@ fn store_with_instance() -> (tempfile::TempDir, Database, u64) {
     let (dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
     (dir, store, id)
 }
 
@@ -254,7 +257,9 @@ fn unchanged_pages_are_shared_and_versions_exact() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(&wasm).unwrap();
-    let id = store.create_instance(&hash, &["wf".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf".into()], &Policy::default())
+        .unwrap();
     let lease = store.lease(id).unwrap();
 
     let mut workflow = engine.start(&module, Settings::default()).unwrap();
@@ -370,7 +375,9 @@ fn gc_and_rm_report_what_they_free() {
     let (_dir, store, id) = store_with_instance();
     commit_chain(&store, id, 1..=10);
     let hash = store.put_module(MODULE).unwrap();
-    let other = store.create_instance(&hash, &[]).unwrap();
+    let other = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     commit_chain(&store, other, 1..=1);
     assert_eq!(store.gc().unwrap(), GcReport::default());
     let before = store.stats().unwrap();
@@ -392,7 +399,12 @@ fn gc_and_rm_report_what_they_free() {
         "instance 1 not found"
     );
     // Ids are not reused.
-    assert_eq!(store.create_instance(&hash, &[]).unwrap(), 3);
+    assert_eq!(
+        store
+            .create_instance(&hash, &[], &Policy::default())
+            .unwrap(),
+        3
+    );
 }
 
 #[test]
@@ -419,7 +431,11 @@ fn modules_and_compiled_artifacts() {
     let err = store.module(&missing).unwrap_err().to_string();
     assert_eq!(err, format!("module {} not found", "07".repeat(32)));
     assert!(store.put_compiled(&missing, "x", b"").is_err());
-    assert!(store.create_instance(&missing, &[]).is_err());
+    assert!(
+        store
+            .create_instance(&missing, &[], &Policy::default())
+            .is_err()
+    );
 }
 
 /// Everything the database holds, as text, to compare before and after.
@@ -570,14 +586,17 @@ fn schema_is_versioned() {
     }
 }
 
-/// A database of schema version 1 (versions referred to pages by hash) is
-/// upgraded when opened, and loads the same versions.
+/// A database of schema version 1 (versions referred to pages by hash,
+/// instances had no policy) is upgraded when opened, and loads the same
+/// versions.
 #[test]
 fn a_version_1_database_is_upgraded() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
     commit_chain(&store, id, 1..=3);
     let stats = store.stats().unwrap();
     drop(store);
@@ -601,6 +620,7 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         ALTER TABLE instances DROP COLUMN policy;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -632,7 +652,9 @@ fn a_read_only_database_says_so() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    let id = store.create_instance(&hash, &[]).unwrap();
+    let id = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     commit_chain(&store, id, 1..=1);
     let ro = Database::open_read_only(&path).unwrap();
     assert_eq!(ro.load_version(id, 1).unwrap(), step(1));
@@ -749,7 +771,9 @@ fn of_two_processes_one_gets_the_lease() {
     let (_dir, db) = temp_db();
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    store.create_instance(&hash, &[]).unwrap();
+    store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     let mut children = [spawn_child(&db, "race"), spawn_child(&db, "race")];
     let lines: Vec<String> = children
         .iter_mut()
@@ -769,7 +793,9 @@ fn a_lease_held_by_a_killed_process_is_freed() {
     let (_dir, db) = temp_db();
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
-    store.create_instance(&hash, &[]).unwrap();
+    store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
     let mut child = spawn_child(&db, "hold");
     wait_for(&mut child, "lease:", 1);
     assert_eq!(
@@ -811,7 +837,9 @@ fn child_process() {
     let store = Database::open(&db).unwrap();
     let hash = store.put_module(MODULE).unwrap();
     if store.instances().unwrap().is_empty() {
-        store.create_instance(&hash, &["wf.wasm".into()]).unwrap();
+        store
+            .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+            .unwrap();
     }
     if let Some(spec) = mode.strip_prefix("kill-at:") {
         let (stage, nth) = spec.split_once(':').unwrap();

@@ -1,0 +1,322 @@
+//! The durable layer: an [`Engine`] joined with a [`Database`], so that every
+//! run of a workflow ends as a committed version.
+//!
+//! ```text
+//! Executor::add_module(wasm)        instrument + compile, then store (a module
+//!                                   that cannot run is never stored)
+//! Executor::start(module, args)     a new instance, run to its first suspension
+//! Executor::resume(instance, at)    from its head or any suspended version
+//! Executor::restore(file)           a snapshot file as a new instance
+//! ```
+//!
+//! Each of these takes the instance's lease, runs the workflow to its next
+//! suspension or end, and commits the outcome as one version whose parent
+//! is the version it ran from: a [`Report`] says which. A run that traps or
+//! exceeds a limit is committed as a failed version, and the version it
+//! started from stays resumable. Compiled modules are cached in the
+//! database, so a new process skips instrumentation and compilation.
+//!
+//! ```
+//! use wasnap::executor::{Ended, Executor, RunOptions};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("wasnap.db");
+//! let wasm = wat::parse_str(r#"
+//!     (module
+//!       (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+//!       (memory (export "memory") 1)
+//!       (data (i32.const 0) "approve?")
+//!       (func (export "run") (drop (call $yield (i32.const 0) (i32.const 8)))))
+//! "#)?;
+//! let executor = Executor::open(&path)?;
+//! let module = executor.add_module(&wasm)?;
+//! let first = executor.start(&module, &["approval".into()], &RunOptions::default())?;
+//! assert_eq!(first.ended, Ended::Suspended { value: b"approve?".to_vec() });
+//!
+//! // Any time later, in any process:
+//! let executor = Executor::open(&path)?;
+//! let last = executor.resume(first.instance, None, b"yes", &RunOptions::default())?;
+//! assert_eq!((last.version, last.parent), (2, Some(1)));
+//! assert_eq!(last.ended, Ended::Finished { exit_status: 0 });
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
+use crate::snapshot::{ModuleHash, file};
+use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
+
+/// Runs a database's workflow instances and commits every outcome as a
+/// version. Cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct Executor {
+    engine: Engine,
+    database: Database,
+}
+
+/// How one run ended, as committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The workflow yielded this value and waits for a reply.
+    Suspended {
+        /// The yielded bytes.
+        value: Vec<u8>,
+    },
+    /// The workflow finished (its main function returned, or it called WASI
+    /// `proc_exit`).
+    Finished {
+        /// Its exit status; 0 when it returned.
+        exit_status: i32,
+    },
+    /// The run trapped, ran out of a limit, or failed in the host.
+    Failed {
+        /// The cause, one line.
+        message: String,
+    },
+}
+
+/// What one run committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The instance that ran.
+    pub instance: InstanceId,
+    /// The version its outcome was committed as (its new head).
+    pub version: u32,
+    /// The version it ran from; `None` for an instance's first run.
+    pub parent: Option<u32>,
+    /// How the run ended.
+    pub ended: Ended,
+}
+
+/// How a run is made: where the workflow's stdout goes, and limits or
+/// grants of this run's own.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// For a new instance, the policy it keeps for every later run; for a
+    /// resume, what overrides the instance's policy for this run only
+    /// (see [`Policy::overridden_by`]).
+    pub policy: Policy,
+    /// Where the workflow's WASI stdout goes.
+    pub stdout: Output,
+}
+
+/// A snapshot file loaded as a new instance and resumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// The file's state, committed as the new instance's first version.
+    pub first: u32,
+    /// The run resumed from it.
+    pub report: Report,
+}
+
+impl Executor {
+    /// Joins an engine with a database.
+    pub fn new(engine: Engine, database: Database) -> Executor {
+        Executor { engine, database }
+    }
+
+    /// Opens (or creates) the SQLite database at `path`, with a default
+    /// engine.
+    pub fn open(path: impl AsRef<Path>) -> Result<Executor> {
+        Ok(Executor::new(Engine::new()?, Database::open(path)?))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Instruments and compiles `wasm`, and only then stores it with its
+    /// compiled artifact, so that a module that cannot run leaves the
+    /// database as it was. Returns its content hash.
+    pub fn add_module(&self, wasm: &[u8]) -> Result<ModuleHash> {
+        let module = self.engine.load(wasm)?;
+        let hash = self.database.put_module(wasm)?;
+        self.keep_artifact(&module)?;
+        Ok(hash)
+    }
+
+    /// The stored module `hash`, ready to run: from the compiled artifact
+    /// this engine left in the database before, or compiled now (and the
+    /// artifact kept for next time).
+    pub fn module(&self, hash: &ModuleHash) -> Result<Module> {
+        let wasm = self.database.module(hash)?;
+        let artifact = self.database.compiled(hash, &self.engine.fingerprint())?;
+        let module = self.engine.load_with_artifact(&wasm, artifact.as_deref())?;
+        if artifact.is_none() {
+            self.keep_artifact(&module)?;
+        }
+        Ok(module)
+    }
+
+    fn keep_artifact(&self, module: &Module) -> Result<()> {
+        let fingerprint = self.engine.fingerprint();
+        if self
+            .database
+            .compiled(&module.hash(), &fingerprint)?
+            .is_none()
+        {
+            self.database
+                .put_compiled(&module.hash(), &fingerprint, &module.serialize()?)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new instance of the stored module `module` with WASI
+    /// arguments `args` (program name first) and `options.policy` as the
+    /// policy it keeps, and runs it to its first suspension or end.
+    pub fn start(
+        &self,
+        module: &ModuleHash,
+        args: &[String],
+        options: &RunOptions,
+    ) -> Result<Report> {
+        let loaded = self.module(module)?;
+        let settings = Settings::default()
+            .args(args.iter().cloned())
+            .stdout(options.stdout.clone())
+            .policy(options.policy.clone());
+        // Instantiating runs the module's start function: it fails here,
+        // before the instance exists, when it cannot run.
+        let mut workflow = self.engine.start(&loaded, settings)?;
+        let instance = self
+            .database
+            .create_instance(module, args, &options.policy)?;
+        let lease = self.database.lease(instance)?;
+        self.run_and_commit(&lease, &mut workflow, None, &[])
+    }
+
+    /// Resumes `instance` from `version`, or from its head when `version` is
+    /// `None` (whatever the head is when the lease is taken), with `reply`
+    /// as what the pending call returns. Resuming a version that already has
+    /// children starts a branch. The instance's policy applies, overridden
+    /// by `options.policy` for this run.
+    pub fn resume(
+        &self,
+        instance: InstanceId,
+        version: Option<u32>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Report> {
+        let lease = self.database.lease(instance)?;
+        let info = self.database.instance(instance)?;
+        let version = match version {
+            Some(version) => version,
+            None => info
+                .head
+                .with_context(|| format!("instance {instance} has no version yet"))?,
+        };
+        let kind = self.database.version(instance, version)?.kind;
+        if kind != VersionKind::Suspended {
+            bail!(
+                "version {version} of instance {instance} is {}: there is nothing to resume (resume an earlier version with INSTANCE@VERSION)",
+                kind.as_str()
+            );
+        }
+        let snapshot = self.database.load_version(instance, version)?;
+        let module = self.module(&snapshot.module_hash)?;
+        let settings = Settings::default()
+            .stdout(options.stdout.clone())
+            .policy(info.policy.overridden_by(&options.policy));
+        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        workflow.send(reply);
+        self.run_and_commit(&lease, &mut workflow, Some(version), reply)
+    }
+
+    /// Loads a snapshot file (one written with its module) as a new
+    /// instance, whose first version is the file's state, then resumes it
+    /// with `reply`. Everything about the file is checked before the
+    /// database is written.
+    pub fn restore(&self, file: &[u8], reply: &[u8], options: &RunOptions) -> Result<Restored> {
+        let (snapshot, wasm) = file::decode(file)?;
+        let Some(wasm) = wasm else {
+            bail!("the snapshot file holds no module, so it cannot be restored on its own");
+        };
+        if module_hash(&wasm) != snapshot.module_hash {
+            bail!("the snapshot file's module does not match its snapshot");
+        }
+        let module = self.engine.load(&wasm)?;
+        let settings = Settings::default()
+            .stdout(options.stdout.clone())
+            .policy(options.policy.clone());
+        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        let hash = self.database.put_module(&wasm)?;
+        self.keep_artifact(&module)?;
+        let instance =
+            self.database
+                .create_instance(&hash, &snapshot.host.args, &options.policy)?;
+        let lease = self.database.lease(instance)?;
+        let first =
+            self.database
+                .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
+        workflow.send(reply);
+        let report = self.run_and_commit(&lease, &mut workflow, Some(first), reply)?;
+        Ok(Restored { first, report })
+    }
+
+    /// Runs the workflow to its next suspension or end and commits the
+    /// outcome as a child of `parent`.
+    fn run_and_commit(
+        &self,
+        lease: &Lease,
+        workflow: &mut Workflow,
+        parent: Option<u32>,
+        reply: &[u8],
+    ) -> Result<Report> {
+        let commit =
+            |outcome: &Outcome| self.database.commit_version(lease, parent, outcome, reply);
+        let (version, ended) = match workflow.run() {
+            Ok(Step::Yielded(value)) => {
+                let snapshot = workflow.snapshot()?;
+                let version = commit(&Outcome::Suspended(&snapshot))?;
+                (version, Ended::Suspended { value })
+            }
+            Ok(Step::Finished(exit_status)) => {
+                let outcome = Outcome::Finished {
+                    exit_status: Some(exit_status),
+                    result: &[],
+                };
+                (commit(&outcome)?, Ended::Finished { exit_status })
+            }
+            Err(error) => {
+                let message = one_line(&error);
+                let version = commit(&Outcome::Failed { message: &message })?;
+                (version, Ended::Failed { message })
+            }
+        };
+        Ok(Report {
+            instance: lease.instance(),
+            version,
+            parent,
+            ended,
+        })
+    }
+}
+
+/// An error and its causes on one line, each cause once: how errors are
+/// shown and how a failed version records its cause.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for (i, cause) in error.chain().enumerate() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or_default().trim();
+        if i > 0 {
+            if line.contains(first) {
+                continue;
+            }
+            line += ": ";
+        }
+        line += first;
+    }
+    line
+}
