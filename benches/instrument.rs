@@ -152,6 +152,10 @@ fn instrumentation(c: &mut Criterion) {
     linker
         .func_wrap("wasnap", "yield", |_ptr: i32, _len: i32| -> i32 { 0 })
         .unwrap();
+    // Never called: every reply is empty. The interpreters import it.
+    linker
+        .func_wrap("wasnap", "reply", |_ptr: i32, _cap: i32| -> i32 { 0 })
+        .unwrap();
     let options = Options::default();
 
     for (guest, args) in selected_guests() {
