@@ -7,36 +7,37 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use wasnap::Engine;
 use wasnap::executor::{Ended, Executor, Report};
 use wasnap::runtime::{Directory, Policy};
+use wasnap::store::Database;
 
-/// Opens (or creates) the database, with the engine the flags ask for.
+/// Opens (or creates) the database with an engine as `engine` says.
 pub(super) fn open(db: &Path, engine: &EngineArgs) -> Result<Executor> {
-    Ok(Executor::new(
-        engine.engine()?,
-        wasnap::store::Database::open(db)?,
-    ))
+    Ok(Executor::new(engine.engine()?, Database::open(db)?))
 }
 
-/// Opens an existing database, with the engine the flags ask for.
+/// Opens an existing database with an engine as `engine` says.
 pub(super) fn open_existing(db: &Path, engine: &EngineArgs) -> Result<Executor> {
     Ok(Executor::new(engine.engine()?, super::open_existing(db)?))
 }
 
-/// How the engine runs this command's workflow; not kept with an instance.
+/// How the engine that runs the workflow is set up; not stored with the
+/// instance.
 #[derive(Args, Debug, Default)]
 pub(super) struct EngineArgs {
-    /// The most native stack the workflow's Wasm code may use (512KiB,
-    /// 4MiB; default wasmtime's 512KiB). Deeper recursion is a failed run.
+    /// The most native stack the workflow's Wasm code may use (8MiB by
+    /// default); deeper recursion fails the run.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_wasm_stack: Option<u64>,
 }
 
 impl EngineArgs {
-    fn engine(&self) -> Result<wasnap::Engine> {
-        let mut builder = wasnap::Engine::builder();
+    fn engine(&self) -> Result<Engine> {
+        let mut builder = Engine::builder();
         if let Some(bytes) = self.max_wasm_stack {
-            builder = builder.max_wasm_stack(usize::try_from(bytes)?);
+            let bytes = usize::try_from(bytes).context("--max-wasm-stack is too large")?;
+            builder = builder.max_wasm_stack(bytes);
         }
         builder.build()
     }

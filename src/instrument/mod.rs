@@ -28,14 +28,16 @@
 //! `end` moves, so an unwind never overflows.
 //!
 //! Each frame is `{values..., function: u32, call_index: u32}`: the values
-//! that call site saves, packed in the order its [`CallSite`] gives, then a
-//! header at the end, so that a frame can be popped from the top without
-//! knowing its size in advance. The innermost activation is written first
-//! (lowest address); the outermost is on top.
+//! that call site saves, at the offsets its [`CallSite`] gives (every frame
+//! of one function has the same size; what a call site does not save is
+//! zero), then a header at the end, so that a frame can be popped from the
+//! top knowing only the function's frame size. The innermost activation is
+//! written first (lowest address); the outermost is on top.
 
 mod analyse;
 mod emit;
 mod frames;
+mod layout;
 mod liveness;
 mod rewrite;
 
@@ -48,7 +50,7 @@ pub use frames::SavedFrame;
 
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
-pub const INSTRUMENTER_VERSION: u32 = 2;
+pub const INSTRUMENTER_VERSION: u32 = 3;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
@@ -290,11 +292,14 @@ pub struct CallSite {
     /// The table called through, for a `call_indirect`; the element index
     /// it calls is then the saved operand at the greatest height.
     pub table: Option<u32>,
-    /// Size in bytes of the saved values, header excluded.
+    /// Size in bytes of the frame's values, header excluded: the same for
+    /// every call site of a function.
     pub size: u32,
-    /// The saved values, in the order and at the offsets they are stored:
-    /// the original locals live after the call, then the operand stack up
-    /// to and including the call's arguments.
+    /// The saved values, by offset: the original locals live after the
+    /// call, the operand stack below the call's operands, and the operands
+    /// the call is made again with on the way back (every argument of a
+    /// call that may reach a suspending import, and the table index of an
+    /// indirect call).
     pub saved: Vec<SavedLocal>,
 }
 

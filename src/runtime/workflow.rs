@@ -333,7 +333,15 @@ impl Workflow {
 
     /// Runs the workflow until it yields or finishes. A trap is an error,
     /// with the guest's backtrace; the workflow cannot run after one.
+    ///
+    /// The Wasm code runs on a thread of its own, whose native stack fits
+    /// the engine's Wasm stack limit.
     pub fn run(&mut self) -> Result<Step> {
+        let max_wasm_stack = self.module.inner.max_wasm_stack;
+        super::on_workflow_stack(max_wasm_stack, || self.run_here())
+    }
+
+    fn run_here(&mut self) -> Result<Step> {
         self.check_usable()?;
         self.begin_call();
         self.set_deadline();
@@ -439,11 +447,12 @@ impl Workflow {
                 None if error.downcast_ref::<wasmtime::Trap>()
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    Err(LimitReached(format!(
-                        "the workflow overflowed its call stack in {} (coroutine {id})",
-                        innermost_function(&error)
-                    ))
-                    .into())
+                    let function = innermost_function(&error);
+                    let limit = super::format_size(self.module.inner.max_wasm_stack);
+                    // The trap stays in the chain, under the limit it names.
+                    Err(anyhow::Error::from(error).context(LimitReached(format!(
+                        "the workflow overflowed its call stack in {function} (coroutine {id}): it ran out of Wasm stack, recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)"
+                    ))))
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending.
