@@ -297,8 +297,6 @@ fn frame_diffs(before: &[FrameView], after: &[FrameView]) -> Vec<FrameDiff> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::snapshot::Page;
 
@@ -311,7 +309,7 @@ mod tests {
             }
             Page {
                 index,
-                data: Arc::from(data),
+                data: data.into(),
             }
         };
         let a = MemoryImage {
