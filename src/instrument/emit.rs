@@ -80,7 +80,6 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         global_count: module.globals.len() as u32,
         table_count: module.tables.len() as u32,
         stack_pointer_global: module.stack_pointer_global,
-        initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
         writes_tables: module.writes_tables,
         function_names: module.function_names.clone(),
         ..Metadata::default()
@@ -175,7 +174,6 @@ fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
             function_names: module.function_names.clone(),
             writes_tables: module.writes_tables,
             binaryen: true,
-            initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
             ..Metadata::default()
         },
     })

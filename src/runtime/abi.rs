@@ -11,7 +11,7 @@ use wasmtime::{Caller, Global, Linker, Memory, Table};
 use wasmtime::{Result, bail};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use super::unwinder::Unwinder;
+use super::unwinder::{Loan, Unwinder};
 use crate::instrument::STATE_REWINDING;
 use crate::snapshot::{Coroutine, CoroutineState};
 
@@ -30,6 +30,9 @@ pub(crate) struct HostState {
     pub reply: Vec<u8>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The part of memory 0 a Binaryen module's frames occupy during an
+    /// unwind or a rewind, with the guest's bytes to put back.
+    pub loan: Option<Loan>,
 }
 
 /// Exports of the instance the host functions use.

@@ -55,7 +55,6 @@ impl Workflow {
         };
         let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
-        workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
             parent: 0,
@@ -158,6 +157,7 @@ impl Workflow {
             reply: Vec::new(),
             args,
             env,
+            loan: None,
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
         store.limiter(|host| &mut host.limits);
@@ -172,12 +172,7 @@ impl Workflow {
             .context("instantiating the module")?;
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(
-                &mut store,
-                &instance,
-                metadata.binaryen,
-                metadata.initial_pages_of_memory0,
-            )?,
+            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -294,15 +289,30 @@ impl Workflow {
                         None => bail!("the workflow was interrupted"),
                     }
                 }
+                None if error.downcast_ref::<wasmtime::Trap>()
+                    == Some(&wasmtime::Trap::StackOverflow) =>
+                {
+                    Err(anyhow::Error::from(error).context(format!(
+                        "the workflow ran out of Wasm stack in coroutine {id}: its calls nest deeper than wasmtime's default limit (512 KiB) allows; instrumented code takes more stack than the original (Binaryen's Asyncify without -O the most)"
+                    )))
+                }
                 // A trap while unwinding is the check after a call in a
-                // function the instrumentation options kept from suspending.
+                // function the instrumentation options kept from suspending,
+                // or a Binaryen module's frames running out of memory 0.
                 None if self.handles().unwinder.state(&mut self.store).ok()
                     == Some(STATE_UNWINDING) =>
                 {
-                    let function = innermost_function(&error);
-                    Err(anyhow::Error::from(error).context(format!(
-                        "the workflow suspended inside {function}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}"
-                    )))
+                    let unwinder = self.handles().unwinder;
+                    let context = match unwinder.explain_trap(&mut self.store, &error) {
+                        Some(cause) => {
+                            format!("the workflow could not suspend in coroutine {id}: {cause}")
+                        }
+                        None => format!(
+                            "the workflow suspended inside {}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}",
+                            innermost_function(&error)
+                        ),
+                    };
+                    Err(anyhow::Error::from(error).context(context))
                 }
 
                 None => Err(anyhow::Error::from(error)
