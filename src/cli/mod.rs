@@ -5,6 +5,15 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+/// A line on stderr about the run. A closed stderr is no reason to fail,
+/// nor to panic as `eprintln!` does.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod gc;
 mod inspect;
 mod instrument;
@@ -16,6 +25,7 @@ mod resume;
 mod rm;
 mod run;
 mod session;
+mod show;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -58,13 +68,24 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.execute() {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output stopped (`wasnap log 1 | head`): what is
+        // left unprinted was not wanted.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            eprintln!("wasnap: error: {}", wasnap::executor::one_line(&error));
+            note!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 impl Cli {

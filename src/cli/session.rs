@@ -136,17 +136,17 @@ pub(super) fn report(report: &Report) -> Result<()> {
     match &report.ended {
         Ended::Suspended { value } => {
             print_value(value)?;
-            eprintln!("wasnap: instance {instance} suspended at version {version}");
+            note!("wasnap: instance {instance} suspended at version {version}");
         }
         Ended::Finished { exit_status } => {
             let status = match exit_status {
                 0 => String::new(),
                 status => format!(" with exit status {status}"),
             };
-            eprintln!("wasnap: instance {instance} finished{status} at version {version}");
+            note!("wasnap: instance {instance} finished{status} at version {version}");
         }
         Ended::Failed { message } => {
-            eprintln!("wasnap: instance {instance} failed at version {version}");
+            note!("wasnap: instance {instance} failed at version {version}");
             bail!("{message}");
         }
     }

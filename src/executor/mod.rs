@@ -48,7 +48,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 
 use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
-use crate::snapshot::{ModuleHash, file};
+use crate::snapshot::{ModuleHash, Snapshot, file};
 use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
 
 /// Runs a database's workflow instances and commits every outcome as a
@@ -152,7 +152,11 @@ impl Executor {
     pub fn module(&self, hash: &ModuleHash) -> Result<Module> {
         let wasm = self.database.module(hash)?;
         let artifact = self.database.compiled(hash, &self.engine.fingerprint())?;
-        let module = self.engine.load_with_artifact(&wasm, artifact.as_deref())?;
+        // SAFETY: the database hands back only artifacts it authenticated
+        // with this user's key, which no database holds: bytes that
+        // `Module::serialize` wrote for this module in a process of this
+        // user (see `store::ArtifactKey`).
+        let module = unsafe { self.engine.load_with_artifact(&wasm, artifact.as_deref()) }?;
         if artifact.is_none() {
             self.keep_artifact(&module)?;
         }
@@ -239,6 +243,19 @@ impl Executor {
     /// database is written.
     pub fn restore(&self, file: &[u8], reply: &[u8], options: &RunOptions) -> Result<Restored> {
         let (snapshot, wasm) = file::decode(file)?;
+        self.restore_decoded(&snapshot, wasm, reply, options)
+    }
+
+    /// [`Executor::restore`] of a file already decoded with
+    /// [`file::decode`] (and so known to be well-formed before the database
+    /// was opened).
+    pub fn restore_decoded(
+        &self,
+        snapshot: &Snapshot,
+        wasm: Option<Vec<u8>>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Restored> {
         let Some(wasm) = wasm else {
             bail!("the snapshot file holds no module, so it cannot be restored on its own");
         };
@@ -249,7 +266,7 @@ impl Executor {
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(options.policy.clone());
-        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        let mut workflow = self.engine.restore_with(&module, snapshot, settings)?;
         let hash = self.database.put_module(&wasm)?;
         self.keep_artifact(&module)?;
         let instance =
@@ -258,7 +275,7 @@ impl Executor {
         let lease = self.database.lease(instance)?;
         let first =
             self.database
-                .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
+                .commit_version(&lease, None, &Outcome::Suspended(snapshot), &[])?;
         workflow.send(reply);
         let report = self.run_and_commit(&lease, &mut workflow, Some(first), reply)?;
         Ok(Restored { first, report })
@@ -304,16 +321,19 @@ impl Executor {
 }
 
 /// An error and its causes on one line, each cause once: how errors are
-/// shown and how a failed version records its cause.
+/// shown and how a failed version records its cause. A trap's Wasm
+/// backtrace (many lines, the frames of the guest) is left out: the trap's
+/// cause follows it in the chain.
 pub fn one_line(error: &anyhow::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace";
     let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
+    for cause in error.chain() {
         let text = cause.to_string();
         let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
+        if first.starts_with(BACKTRACE) || (!line.is_empty() && line.contains(first)) {
+            continue;
+        }
+        if !line.is_empty() {
             line += ": ";
         }
         line += first;

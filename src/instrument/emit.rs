@@ -82,6 +82,9 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         stack_pointer_global: module.stack_pointer_global,
         writes_tables: module.writes_tables,
         function_names: module.function_names.clone(),
+        imported_functions: module.imported_functions.clone(),
+        exported_functions: module.exported_functions.clone(),
+        table0_functions: module.table0_functions.clone(),
         ..Metadata::default()
     };
     let mut code = CodeSection::new();
@@ -174,6 +177,9 @@ fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
             function_names: module.function_names.clone(),
             writes_tables: module.writes_tables,
             binaryen: true,
+            imported_functions: module.imported_functions.clone(),
+            exported_functions: module.exported_functions.clone(),
+            table0_functions: module.table0_functions.clone(),
             ..Metadata::default()
         },
     })

@@ -18,7 +18,7 @@ use crate::snapshot::{Coroutine, CoroutineState};
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
     pub wasi: WasiP1Ctx,
-    pub limits: wasmtime::StoreLimits,
+    pub memory_limit: MemoryLimit,
     pub handles: Option<Handles>,
     pub coroutines: Vec<Coroutine>,
     pub current: u32,
@@ -33,6 +33,53 @@ pub(crate) struct HostState {
     /// The part of memory 0 a Binaryen module's frames occupy during an
     /// unwind or a rewind, with the guest's bytes to put back.
     pub loan: Option<Loan>,
+    /// Set to unwind again as soon as a rewind reaches its call.
+    pub suspend_again: bool,
+}
+
+/// Stops a memory from growing past a number of bytes, with an error that
+/// names the limit (rather than a failed `memory.grow` the guest may not
+/// check).
+pub(crate) struct MemoryLimit(pub Option<usize>);
+
+/// The error a run ends with when one of its limits stopped it: the time
+/// limit or the memory limit of its [`super::Settings`], or the call
+/// stack's depth. The workflow cannot go on, and the snapshot it was
+/// restored from, or any taken before, is as good as it was.
+#[derive(Debug)]
+pub struct LimitReached(pub(crate) String);
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitReached {}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        match self.0 {
+            Some(limit) if desired > limit => Err(wasmtime::Error::new(LimitReached(format!(
+                "the workflow ran past its memory limit of {limit} bytes (a memory of {current} bytes was to grow to {desired})"
+            )))),
+            _ => Ok(true),
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Exports of the instance the host functions use.
@@ -59,24 +106,34 @@ impl HostState {
         self.coroutines.iter().find(|c| c.id == id)
     }
 
-    pub fn coroutine_mut(&mut self, id: u32) -> &mut Coroutine {
-        self.coroutines
-            .iter_mut()
-            .find(|c| c.id == id)
-            .expect("coroutine ids handed out exist")
+    /// Coroutine `id`, which the scheduler expects to exist: a restored
+    /// snapshot's coroutines were checked to be a tree (see
+    /// `runtime::validate`), and `switch` checks its target.
+    pub fn coroutine_mut(&mut self, id: u32) -> anyhow::Result<&mut Coroutine> {
+        match self.coroutines.iter_mut().find(|c| c.id == id) {
+            Some(coroutine) => Ok(coroutine),
+            None => anyhow::bail!("coroutine {id} does not exist"),
+        }
     }
 }
 
-fn handles(caller: &Caller<'_, HostState>) -> Handles {
-    caller
-        .data()
-        .handles
-        .expect("host functions run only in a set-up instance")
+/// The instance's exports the imports work with. They are there once the
+/// instance is set up; before that, only the module's start function can
+/// call an import, and wasnap's imports are not for it: a start function
+/// cannot be suspended (nothing can call into it again to rewind it), and
+/// the workflow does not exist until it has returned.
+fn handles(caller: &Caller<'_, HostState>, import: &str) -> Result<Handles> {
+    match caller.data().handles {
+        Some(handles) => Ok(handles),
+        None => bail!(
+            "the module's start function called {import}, but wasnap's imports can only be used once the workflow runs (from _start or run), not while the module is instantiated"
+        ),
+    }
 }
 
 /// The second call of a suspending import: end the rewind.
-pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
-    let unwinder = handles(caller).unwinder;
+pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>, import: &str) -> Result<bool> {
+    let unwinder = handles(caller, import)?.unwinder;
     if unwinder
         .state(&mut *caller)
         .map_err(wasmtime::Error::from_anyhow)?
@@ -87,12 +144,31 @@ pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>) -> Result<bool> {
     unwinder
         .stop_rewind(&mut *caller)
         .map_err(wasmtime::Error::from_anyhow)?;
+    if std::mem::take(&mut caller.data_mut().suspend_again) {
+        // The rewind reached the call; suspend in it once more, as it was.
+        let host = caller.data();
+        let pending = Pending::Yield {
+            import: host.suspended_in.clone(),
+            value: host.yielded.clone(),
+        };
+        start_unwind(caller, pending)?;
+    }
     Ok(true)
+}
+
+/// Whether the import was called to be suspended again at once (see
+/// `Workflow::rewind_and_suspend_again`): what it returns is not used.
+pub(crate) fn suspended_again(caller: &Caller<'_, HostState>) -> bool {
+    caller.data().pending.is_some()
 }
 
 /// The first call of a suspending import: start the unwind.
 pub(crate) fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending) -> Result<()> {
-    handles(caller)
+    let import = match &pending {
+        Pending::Yield { import, .. } => import.as_str(),
+        Pending::Switch { .. } => "wasnap.switch",
+    };
+    handles(caller, import)?
         .unwinder
         .start_unwind(&mut *caller)
         .map_err(wasmtime::Error::from_anyhow)?;
@@ -100,8 +176,11 @@ pub(crate) fn start_unwind(caller: &mut Caller<'_, HostState>, pending: Pending)
     Ok(())
 }
 
-pub(crate) fn guest_memory<'a>(caller: &'a mut Caller<'_, HostState>) -> Result<&'a mut [u8]> {
-    let Some(memory) = handles(caller).memory else {
+pub(crate) fn guest_memory<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+    import: &str,
+) -> Result<&'a mut [u8]> {
+    let Some(memory) = handles(caller, import)?.memory else {
         bail!("the module has no memory 0 for the wasnap imports to use");
     };
     Ok(memory.data_mut(caller))
@@ -129,10 +208,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
 }
 
 fn wasnap_yield(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result<i32> {
-    if is_rewinding(&mut caller)? {
+    if is_rewinding(&mut caller, "wasnap.yield")? {
         return Ok(caller.data().reply.len() as i32);
     }
-    let memory = guest_memory(&mut caller)?;
+    let memory = guest_memory(&mut caller, "wasnap.yield")?;
     let value = memory[guest_range(memory, ptr, len)?].to_vec();
     let pending = Pending::Yield {
         import: "wasnap.yield".into(),
@@ -144,7 +223,7 @@ fn wasnap_yield(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result
 
 fn wasnap_reply(mut caller: Caller<'_, HostState>, ptr: i32, cap: i32) -> Result<i32> {
     let reply = std::mem::take(&mut caller.data_mut().reply);
-    let memory = guest_memory(&mut caller)?;
+    let memory = guest_memory(&mut caller, "wasnap.reply")?;
     let count = reply.len().min(cap.max(0) as usize);
     let range = guest_range(memory, ptr, count as i32)?;
     memory[range].copy_from_slice(&reply[..count]);
@@ -159,9 +238,13 @@ fn wasnap_spawn(
     stack_ptr: i32,
     stack_len: i32,
 ) -> Result<i32> {
+    handles(&caller, "wasnap.spawn")?;
     let host = caller.data_mut();
     let id = host.next_coroutine_id;
-    host.next_coroutine_id += 1;
+    let Some(next) = id.checked_add(1) else {
+        bail!("wasnap.spawn: the workflow has used up every coroutine id");
+    };
+    host.next_coroutine_id = next;
     let parent = host.current;
     host.coroutines.push(Coroutine {
         id,
@@ -178,7 +261,7 @@ fn wasnap_spawn(
 }
 
 fn wasnap_switch(mut caller: Caller<'_, HostState>, target: i32, value: i32) -> Result<i32> {
-    if is_rewinding(&mut caller)? {
+    if is_rewinding(&mut caller, "wasnap.switch")? {
         let current = caller.data().current;
         return Ok(caller
             .data()

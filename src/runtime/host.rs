@@ -28,6 +28,7 @@ pub enum Decision {
 /// One call of a host function, as its handler sees it.
 pub struct HostCall<'a, 'c> {
     caller: &'a mut Caller<'c, HostState>,
+    import: &'a str,
     args: &'a [Val],
     reply: Option<Vec<u8>>,
 }
@@ -46,13 +47,13 @@ impl HostCall<'_, '_> {
 
     /// Reads `len` bytes of memory 0 at `ptr`.
     pub fn read(&mut self, ptr: u32, len: u32) -> Result<Vec<u8>> {
-        let memory = abi::guest_memory(self.caller)?;
+        let memory = abi::guest_memory(self.caller, self.import)?;
         Ok(memory[abi::guest_range(memory, ptr as i32, len as i32)?].to_vec())
     }
 
     /// Writes `bytes` to memory 0 at `ptr`.
     pub fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<()> {
-        let memory = abi::guest_memory(self.caller)?;
+        let memory = abi::guest_memory(self.caller, self.import)?;
         let range = abi::guest_range(memory, ptr as i32, bytes.len() as i32)?;
         memory[range].copy_from_slice(bytes);
         Ok(())
@@ -85,10 +86,14 @@ impl HostFunction {
         let suspending = self.suspending;
         let result_types: Vec<_> = ty.results().collect();
         linker.func_new(module, name, ty, move |mut caller, args, results| {
-            let resuming = suspending && abi::is_rewinding(&mut caller)?;
+            let resuming = suspending && abi::is_rewinding(&mut caller, &import)?;
+            if resuming && abi::suspended_again(&caller) {
+                return Ok(());
+            }
             let reply = resuming.then(|| caller.data().reply.clone());
             let mut call = HostCall {
                 caller: &mut caller,
+                import: &import,
                 args,
                 reply,
             };

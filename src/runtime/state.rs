@@ -222,25 +222,35 @@ pub(crate) fn capture_globals(
     (0..metadata.global_count)
         .map(|index| {
             let value = global(store, instance, index).get(&mut *store);
-            Ok(match value {
-                Val::I32(v) => GlobalValue::I32(v as u32),
-                Val::I64(v) => GlobalValue::I64(v as u64),
-                Val::F32(bits) => GlobalValue::F32(bits),
-                Val::F64(bits) => GlobalValue::F64(bits),
-                Val::V128(v) => GlobalValue::V128(v.as_u128()),
-                Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) => {
-                    GlobalValue::NullRef
-                }
-                _ => {
+            match GlobalValue::of(&value) {
+                Some(value) => Ok(value),
+                None => {
                     bail!("global {index} holds a non-null reference, which cannot be snapshotted")
                 }
-            })
+            }
         })
         .collect()
 }
 
-/// Sets every mutable global; immutable ones are already what the module
-/// initialised them to.
+impl GlobalValue {
+    /// A global's value as a snapshot keeps it; `None` for a non-null
+    /// reference, which bytes cannot carry.
+    fn of(value: &Val) -> Option<GlobalValue> {
+        Some(match *value {
+            Val::I32(v) => GlobalValue::I32(v as u32),
+            Val::I64(v) => GlobalValue::I64(v as u64),
+            Val::F32(bits) => GlobalValue::F32(bits),
+            Val::F64(bits) => GlobalValue::F64(bits),
+            Val::V128(v) => GlobalValue::V128(v.as_u128()),
+            Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) => GlobalValue::NullRef,
+            _ => return None,
+        })
+    }
+}
+
+/// Sets every mutable global. Immutable ones are already what the module
+/// initialised them to, and a snapshot that says otherwise is not one of
+/// this module's.
 pub(crate) fn restore_globals(
     store: &mut Store<HostState>,
     instance: &Instance,
@@ -248,20 +258,31 @@ pub(crate) fn restore_globals(
 ) -> Result<()> {
     for (index, value) in values.iter().enumerate() {
         let global = global(store, instance, index as u32);
-        if global.ty(&*store).mutability() != wasmtime::Mutability::Var {
-            continue;
-        }
+        let ty = global.ty(&*store);
         let value = match *value {
             GlobalValue::I32(v) => Val::I32(v as i32),
             GlobalValue::I64(v) => Val::I64(v as i64),
             GlobalValue::F32(bits) => Val::F32(bits),
             GlobalValue::F64(bits) => Val::F64(bits),
             GlobalValue::V128(v) => Val::V128(V128::from(v)),
-            GlobalValue::NullRef => continue,
+            GlobalValue::NullRef => match ty.content() {
+                wasmtime::ValType::Ref(r) => Val::null_ref(r.heap_type()),
+                other => bail!("global {index} is of type {other}, not a reference"),
+            },
             GlobalValue::FuncRef(_) => {
                 bail!("global {index}: function references cannot be restored")
             }
         };
+        if ty.mutability() != wasmtime::Mutability::Var {
+            let initial = GlobalValue::of(&global.get(&mut *store));
+            if initial.as_ref() != Some(&values[index]) {
+                bail!(
+                    "the snapshot is not valid: global {index} is immutable and holds {initial:?}, not {:?}",
+                    values[index]
+                );
+            }
+            continue;
+        }
         global
             .set(&mut *store, value)
             .map_err(anyhow::Error::from)

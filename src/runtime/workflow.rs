@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::abi::{Handles, HostState, Pending};
+use super::abi::{Handles, HostState, LimitReached, MemoryLimit, Pending};
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
@@ -136,17 +136,14 @@ impl Workflow {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
-        let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.policy.memory_limit {
-            // A clear trap rather than a failed memory.grow the guest may
-            // not check.
-            limits = limits
-                .memory_size(usize::try_from(bytes).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true);
-        }
         let host = HostState {
             wasi: wasi.build_p1(),
-            limits: limits.build(),
+            memory_limit: MemoryLimit(
+                settings
+                    .policy
+                    .memory_limit
+                    .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
+            ),
             handles: None,
             coroutines: Vec::new(),
             current: 0,
@@ -158,18 +155,26 @@ impl Workflow {
             args,
             env,
             loan: None,
+            suspend_again: false,
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
-        store.limiter(|host| &mut host.limits);
-        // A new store's epoch deadline is "now": give the start function,
-        // if any, all the time it needs; `run` sets the real deadline.
-        store.set_epoch_deadline(NO_DEADLINE);
-        let instance = module
-            .inner
-            .instance_pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)
-            .context("instantiating the module")?;
+        store.limiter(|host| &mut host.memory_limit);
+        // A new store's epoch deadline is "now": the module's start
+        // function, if any, runs under the time limit too (it may loop);
+        // `run` sets the deadline again for each run.
+        store.set_epoch_deadline(deadline_ticks(settings.policy.time_limit));
+        let instance = match module.inner.instance_pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(error) if is_interrupt(&error) => {
+                bail!(
+                    "the module's start function ran past the time limit of {:?}",
+                    settings.policy.time_limit.unwrap_or_default()
+                )
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error).context("instantiating the module"));
+            }
+        };
         let metadata = module.metadata();
         let handles = Handles {
             unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
@@ -220,11 +225,8 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished");
         }
-        let ticks = match self.time_limit {
-            Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
-            None => NO_DEADLINE,
-        };
-        self.store.set_epoch_deadline(ticks);
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.time_limit));
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
@@ -251,16 +253,38 @@ impl Workflow {
         }
     }
 
+    /// Rewinds the running coroutine to the call it is suspended in and
+    /// suspends it there again at once, running none of the guest's own
+    /// code, and returns the snapshot then. It equals the snapshot the
+    /// workflow was restored from exactly when the rewind went through the
+    /// frames that snapshot holds and into the call it names: a check,
+    /// for tests and fuzzing, that a restore resumes where it should.
+    #[doc(hidden)]
+    pub fn rewind_and_suspend_again(&mut self) -> Result<Snapshot> {
+        let host = self.store.data();
+        let suspended = host
+            .coroutine(host.current)
+            .is_some_and(|c| c.state == CoroutineState::Suspended);
+        if suspended {
+            let reply = host.reply.clone();
+            self.store.data_mut().suspend_again = true;
+            let step = self.run();
+            self.store.data_mut().suspend_again = false;
+            if !matches!(step?, Step::Yielded(_)) {
+                bail!("the rewind did not reach the call the workflow was suspended in");
+            }
+            self.store.data_mut().reply = reply;
+        }
+        self.snapshot()
+    }
+
     /// Calls into coroutine `id`: rewinds it when it was suspended, starts
     /// it when it is fresh.
     fn run_coroutine(&mut self, id: u32) -> Result<Exit> {
         let handles = self.handles();
-        let coroutine = self
-            .store
-            .data()
-            .coroutine(id)
-            .expect("current exists")
-            .clone();
+        let Some(coroutine) = self.store.data().coroutine(id).cloned() else {
+            bail!("the running coroutine {id} does not exist");
+        };
         if let Some(stack_pointer) = handles.stack_pointer
             && (coroutine.state == CoroutineState::Suspended || id != 0)
         {
@@ -281,20 +305,24 @@ impl Workflow {
             Ok(()) => Ok(Exit::Returned),
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(Exit::Status(exit.0)),
-                None if error.downcast_ref::<wasmtime::Trap>()
-                    == Some(&wasmtime::Trap::Interrupt) =>
-                {
-                    match self.time_limit {
-                        Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
-                        None => bail!("the workflow was interrupted"),
-                    }
-                }
+                None if is_interrupt(&error) => match self.time_limit {
+                    Some(limit) => Err(LimitReached(format!(
+                        "the workflow ran past its time limit of {limit:?}"
+                    ))
+                    .into()),
+                    None => bail!("the workflow was interrupted"),
+                },
+                None if error.is::<LimitReached>() => Err(anyhow::Error::new(
+                    error.downcast::<LimitReached>().expect("checked"),
+                )),
                 None if error.downcast_ref::<wasmtime::Trap>()
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    Err(anyhow::Error::from(error).context(format!(
-                        "the workflow ran out of Wasm stack in coroutine {id}: its calls nest deeper than wasmtime's default limit (512 KiB) allows; instrumented code takes more stack than the original (Binaryen's Asyncify without -O the most)"
-                    )))
+                    Err(LimitReached(format!(
+                        "the workflow overflowed its call stack in {} (coroutine {id})",
+                        innermost_function(&error)
+                    ))
+                    .into())
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending,
@@ -359,7 +387,7 @@ impl Workflow {
         };
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.stack = stack;
         coroutine.stack_pointer = stack_pointer;
         coroutine.state = CoroutineState::Suspended;
@@ -371,7 +399,7 @@ impl Workflow {
                 Ok(Some(Step::Yielded(value)))
             }
             Some(Pending::Switch { target, value }) => {
-                host.coroutine_mut(target).resume_value = value;
+                host.coroutine_mut(target)?.resume_value = value;
                 host.current = target;
                 Ok(None)
             }
@@ -384,7 +412,7 @@ impl Workflow {
     fn finish_current(&mut self) -> Result<Option<Step>> {
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.state = CoroutineState::Finished;
         coroutine.stack.clear();
         if current == 0 {
@@ -392,13 +420,14 @@ impl Workflow {
             return Ok(Some(Step::Finished(0)));
         }
         // A finished parent hands control further up, as greenlets do.
+        // Parents are created before their children, so the walk ends.
         let mut parent = coroutine.parent;
         while parent != 0
             && host.coroutine(parent).map(|c| c.state) == Some(CoroutineState::Finished)
         {
             parent = host.coroutine(parent).map_or(0, |c| c.parent);
         }
-        host.coroutine_mut(parent).resume_value = 0;
+        host.coroutine_mut(parent)?.resume_value = 0;
         host.current = parent;
         Ok(None)
     }
@@ -437,6 +466,19 @@ impl Workflow {
             },
         })
     }
+}
+
+/// The epochs a run may last under a time limit.
+fn deadline_ticks(time_limit: Option<std::time::Duration>) -> u64 {
+    match time_limit {
+        Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
+        None => NO_DEADLINE,
+    }
+}
+
+/// Whether a run was stopped by its deadline.
+fn is_interrupt(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
 }
 
 /// How a call into a coroutine ended.

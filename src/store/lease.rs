@@ -19,7 +19,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, bail};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{InstanceId, Shared, lock};
 
@@ -78,9 +78,7 @@ pub(super) fn acquire(shared: &Arc<Mutex<Shared>>, instance: InstanceId) -> Resu
     let token = random_token();
     {
         let mut guard = lock(shared);
-        let tx = guard
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(&mut guard.conn)?;
         check_free(&tx, instance)?;
         tx.execute(
             "UPDATE instances SET lease_pid = ?2, lease_owner = ?3, lease_token = ?4 WHERE id = ?1",

@@ -19,10 +19,12 @@
 //! (`synchronous = FULL`) syncs the WAL at every commit for those who want
 //! versions to outlive power loss too.
 
+mod artifacts;
 mod lease;
 mod pages;
 mod policy;
 mod schema;
+mod values;
 mod versions;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use artifacts::ArtifactKey;
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Outcome, VersionInfo, VersionKind};
@@ -66,6 +69,8 @@ struct Shared {
     compressor: zstd::bulk::Compressor<'static>,
     /// The pages last committed, so that unchanged ones are not hashed again.
     page_cache: pages::PageCache,
+    /// The key authenticating compiled artifacts, once looked up.
+    artifact_key: Option<Option<ArtifactKey>>,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
@@ -132,8 +137,11 @@ pub struct InstanceInfo {
     pub state: InstanceState,
     /// Its head (latest committed) version, if any.
     pub head: Option<u32>,
-    /// The value of its head version (yielded value or result).
+    /// The value of its head version (yielded value or result); only its
+    /// start when listed with [`Database::instances_shortened`].
     pub last_value: Option<Vec<u8>>,
+    /// The whole length of that value in bytes.
+    pub last_value_len: Option<u64>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
@@ -227,6 +235,7 @@ impl Database {
             commit_hook: None,
             compressor,
             page_cache: pages::PageCache::default(),
+            artifact_key: None,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
@@ -281,36 +290,6 @@ impl Database {
         })
     }
 
-    /// The compiled artifact cached for module `hash` under the engine
-    /// `fingerprint` (which names everything that makes artifacts
-    /// incompatible: engine version, settings, instrumenter version).
-    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|s| {
-            Ok(s.conn
-                .prepare_cached(
-                    "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
-                )?
-                .query_row(params![hash, fingerprint], |r| r.get(0))
-                .optional()?)
-        })
-    }
-
-    /// Caches a compiled artifact of module `hash` (which must be stored)
-    /// under the engine `fingerprint`, replacing any earlier one.
-    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
-        self.with(|s| {
-            let tx = s.conn.transaction()?;
-            require_module(&tx, hash)?;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
-                 VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![hash, fingerprint, bytes])?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
     /// Creates an instance of the stored module `module_hash` with its WASI
     /// arguments (program name first) and the policy every run of it gets.
     /// It has no version until its first run is committed.
@@ -324,9 +303,7 @@ impl Database {
         w.strings(args)?;
         let policy = policy::encode(policy)?;
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             require_module(&tx, module_hash)?;
             tx.prepare_cached(
                 "INSERT INTO instances (module_hash, state, created, args, policy)
@@ -352,8 +329,8 @@ impl Database {
         self.with(|s| {
             let row = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} WHERE i.id = ?1"))?
-                .query_row([id], read_instance_row)
+                .prepare_cached(&format!("{} WHERE i.id = ?1", instance_query(None)))?
+                .query_row([id], |r| read_instance_row(r, None))
                 .optional()?;
             match row {
                 Some(row) => finish_instance(&s.conn, row),
@@ -364,11 +341,22 @@ impl Database {
 
     /// Every instance, by id.
     pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(None)
+    }
+
+    /// Like [`Database::instances`], with each last value cut to its first
+    /// `max` bytes (64 KiB at most): a listing reads that much of each,
+    /// however large it is.
+    pub fn instances_shortened(&self, max: usize) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
             let rows = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} ORDER BY i.id"))?
-                .query_map([], read_instance_row)?
+                .prepare_cached(&format!("{} ORDER BY i.id", instance_query(limit)))?
+                .query_map([], |r| read_instance_row(r, limit))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
                 .map(|row| finish_instance(&s.conn, row))
@@ -380,9 +368,7 @@ impl Database {
     /// busy" while a live process holds its lease.
     pub fn remove_instance(&self, id: InstanceId) -> Result<RemoveReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             lease::check_free(&tx, id)?;
             let report = tx.query_row(
                 "SELECT count(*),
@@ -416,9 +402,7 @@ impl Database {
     /// file system.
     pub fn gc(&self) -> Result<GcReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
@@ -468,11 +452,18 @@ impl Database {
     }
 }
 
-const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy
-    FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
+/// The instances and the values of their heads (only their start, with a
+/// limit).
+fn instance_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
+                v.id, {}, length(v.value), v.value_zstd
+         FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
+        values::column("v.value", limit)
+    )
+}
 
-/// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
+/// The columns of [`instance_query`], before the parts that can fail.
 type InstanceRow = (
     InstanceId,
     ModuleHash,
@@ -480,11 +471,16 @@ type InstanceRow = (
     Option<u32>,
     u64,
     Vec<u8>,
-    Option<Vec<u8>>,
     Vec<u8>,
+    Option<Result<(Vec<u8>, u64)>>,
 );
 
-fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
+fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<InstanceRow> {
+    let head_row: Option<i64> = r.get(7)?;
+    let last_value = match head_row {
+        Some(_) => Some(values::read(r, 8, limit)?),
+        None => None,
+    };
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -493,12 +489,19 @@ fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
-        r.get(7)?,
+        last_value,
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, last_value, policy) = row;
+    let (id, module_hash, state, head, created_ms, args, policy, last_value) = row;
+    let (last_value, last_value_len) = match last_value
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}"))?
+    {
+        Some((value, len)) => (Some(value), Some(len)),
+        None => (None, None),
+    };
     let mut r = Reader::new(&args);
     let args = r
         .strings()
@@ -512,11 +515,25 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         state: InstanceState::parse(&state)?,
         head,
         last_value,
+        last_value_len,
         created_ms,
         args,
         policy,
         leased_by: lease::holder(conn, id)?,
     })
+}
+
+/// A transaction that writes: it takes the write lock when it begins
+/// (`BEGIN IMMEDIATE`), waiting for another writer up to the busy timeout.
+///
+/// A deferred transaction takes the lock only at its first write, and in
+/// WAL mode one that has read first cannot wait for it: if another
+/// process committed since its read began, SQLite fails it at once with
+/// `SQLITE_BUSY` (its snapshot is stale), busy timeout or not. Every
+/// transaction of the store that writes starts here; those that only read
+/// stay deferred, and never block a writer.
+pub(crate) fn writing(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 fn require_module(conn: &Connection, hash: &ModuleHash) -> Result<()> {
@@ -568,13 +585,37 @@ fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
         }
         Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
         Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
+        Some(ErrorCode::DatabaseBusy) => busy(path, &e),
+        Some(ErrorCode::DatabaseLocked) => {
+            anyhow::anyhow!("database {p} is locked by another connection of this process: {e}")
         }
         Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
         Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
         Some(_) => anyhow::anyhow!("database {p}: {e}"),
         None => e,
+    }
+}
+
+/// What `SQLITE_BUSY` meant, by its extended code. Every write begins as a
+/// writer and waits [`BUSY_TIMEOUT`] for the lock, so a plain one means
+/// another process held the lock all that time.
+fn busy(path: &Path, e: &anyhow::Error) -> anyhow::Error {
+    let extended = match e.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(failure, _)) => failure.extended_code,
+        _ => rusqlite::ffi::SQLITE_BUSY,
+    };
+    let p = path.display();
+    match extended {
+        rusqlite::ffi::SQLITE_BUSY_RECOVERY => {
+            anyhow::anyhow!("database {p} is being recovered by another process; try again")
+        }
+        rusqlite::ffi::SQLITE_BUSY_SNAPSHOT => anyhow::anyhow!(
+            "database {p} changed under a transaction that read it before writing: {e}"
+        ),
+        _ => anyhow::anyhow!(
+            "database {p} stayed locked by another process for {} s",
+            BUSY_TIMEOUT.as_secs()
+        ),
     }
 }
 

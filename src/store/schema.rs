@@ -6,13 +6,13 @@
 //! upgrade leaves the database at the version before it.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 /// The schema version this build writes, and the newest it can open.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The first schema.
 ///
@@ -122,6 +122,23 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V4: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V5: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
+";
+
 /// Reads the schema version; this is also the first read of the file, so
 /// it is where a file that is not SQLite shows itself.
 pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
@@ -142,7 +159,7 @@ pub fn check_not_newer(found: u32) -> Result<()> {
 /// transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(conn)?;
         // Read again under the write lock: another process may have
         // migrated since we looked.
         let current = version(&tx)?;

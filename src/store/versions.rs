@@ -2,9 +2,9 @@
 //! listing an instance's tree.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
+use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -67,10 +67,16 @@ pub struct VersionInfo {
     pub parent: Option<u32>,
     /// A suspension or an end.
     pub kind: VersionKind,
-    /// The value yielded (suspension) or the result (finished).
+    /// The value yielded (suspension) or the result (finished); only its
+    /// start when listed with [`Database::versions_shortened`].
     pub value: Vec<u8>,
-    /// The reply it was resumed from its parent with.
+    /// The whole value's length in bytes.
+    pub value_len: u64,
+    /// The reply it was resumed from its parent with; only its start when
+    /// listed with [`Database::versions_shortened`].
     pub reply: Vec<u8>,
+    /// The whole reply's length in bytes.
+    pub reply_len: u64,
     /// When it was committed, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Total size of its memories in bytes (zeros included).
@@ -131,10 +137,11 @@ impl<'a> Row<'a> {
         })
     }
 
-    fn own_bytes(&self, reply: &[u8]) -> u64 {
+    /// The bytes of its own row, with its value and reply as stored.
+    fn own_bytes(&self, value: &[u8], reply: &[u8]) -> u64 {
         let state = self.state.as_ref().map_or(0, Vec::len);
         let message = self.message.map_or(0, str::len);
-        (state + self.value.len() + reply.len() + message) as u64
+        (state + value.len() + reply.len() + message) as u64
     }
 }
 
@@ -157,6 +164,7 @@ impl Database {
                 commit_hook,
                 compressor,
                 page_cache,
+                ..
             } = shared;
             let hashed = match outcome {
                 Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
@@ -168,7 +176,7 @@ impl Database {
                     h(stage)
                 }
             };
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = super::writing(conn)?;
             hook("begin");
             lease::check_held(&tx, lease)?;
             let instance = lease.instance;
@@ -180,8 +188,18 @@ impl Database {
             let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
             hook("pages");
             let number = next_number(&tx, instance)?;
-            let stored = page_bytes + row.own_bytes(reply);
-            let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
+            let value = values::pack(compressor, row.value)?;
+            let reply = values::pack(compressor, reply)?;
+            let stored = page_bytes + row.own_bytes(&value.0, &reply.0);
+            let id = insert_version(
+                &tx,
+                instance,
+                number,
+                parent,
+                &row,
+                (&value, &reply),
+                stored,
+            )?;
             pages::reference(&tx, id, &hashed, &page_ids)?;
             hook("version");
             tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
@@ -199,7 +217,12 @@ impl Database {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let tx = s.conn.transaction()?;
-            let (id, kind, state) = find_version(&tx, instance, version)?;
+            let Found {
+                id,
+                kind,
+                state,
+                value,
+            } = find_version(&tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -210,6 +233,7 @@ impl Database {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
+            snapshot.host.yielded = value.map_err(corrupt)?;
             let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
@@ -233,9 +257,10 @@ impl Database {
             let info = s
                 .conn
                 .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 AND number = ?2"
+                    "{} WHERE instance = ?1 AND number = ?2",
+                    version_query(None)
                 ))?
-                .query_row(params![instance, version], read_info)
+                .query_row(params![instance, version], |r| read_info(r, None))
                 .optional()?;
             match info {
                 Some(info) => info,
@@ -250,39 +275,75 @@ impl Database {
     /// Every version of an instance, by number (parents always come before
     /// their children), to draw its tree.
     pub fn versions(&self, instance: InstanceId) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, None)
+    }
+
+    /// Like [`Database::versions`], with each value and reply cut to its
+    /// first `max` bytes (64 KiB at most): a listing reads that much of
+    /// each, however large it is.
+    pub fn versions_shortened(&self, instance: InstanceId, max: usize) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_versions(
+        &self,
+        instance: InstanceId,
+        limit: Option<usize>,
+    ) -> Result<Vec<VersionInfo>> {
         self.with(|s| {
             require_instance(&s.conn, instance)?;
             s.conn
                 .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 ORDER BY number"
+                    "{} WHERE instance = ?1 ORDER BY number",
+                    version_query(limit)
                 ))?
-                .query_map([instance], read_info)?
+                .query_map([instance], |r| read_info(r, limit))?
                 .map(|r| r.map_err(anyhow::Error::from).and_then(|info| info))
                 .collect()
         })
     }
 }
 
-const VERSION_QUERY: &str = "
-    SELECT number, parent, kind, value, reply, created, memory_bytes, stored_bytes,
-           exit_status, message
-    FROM versions";
+/// The columns [`read_info`] reads; with a limit, only the start of each
+/// value and reply.
+fn version_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
+                created, memory_bytes, stored_bytes, exit_status, message
+         FROM versions",
+        values::column("value", limit),
+        values::column("reply", limit)
+    )
+}
 
-fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
+fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result<VersionInfo>> {
     let kind: String = r.get(2)?;
-    let info = VersionInfo {
-        number: r.get(0)?,
-        parent: r.get(1)?,
-        kind: VersionKind::Suspended,
-        value: r.get(3)?,
-        reply: r.get(4)?,
-        created_ms: r.get(5)?,
-        memory_bytes: r.get(6)?,
-        stored_bytes: r.get(7)?,
-        exit_status: r.get(8)?,
-        message: r.get(9)?,
-    };
-    Ok(VersionKind::parse(&kind).map(|kind| VersionInfo { kind, ..info }))
+    let value = values::read(r, 3, limit)?;
+    let reply = values::read(r, 6, limit)?;
+    let created_ms = r.get(9)?;
+    let memory_bytes = r.get(10)?;
+    let stored_bytes = r.get(11)?;
+    let exit_status = r.get(12)?;
+    let message = r.get(13)?;
+    let (number, parent) = (r.get(0)?, r.get(1)?);
+    Ok((|| {
+        let (value, value_len) = value?;
+        let (reply, reply_len) = reply?;
+        Ok(VersionInfo {
+            number,
+            parent,
+            kind: VersionKind::parse(&kind)?,
+            value,
+            value_len,
+            reply,
+            reply_len,
+            created_ms,
+            memory_bytes,
+            stored_bytes,
+            exit_status,
+            message,
+        })
+    })())
 }
 
 fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
@@ -295,20 +356,39 @@ fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
     Ok(())
 }
 
-/// The row id, kind and state blob of a version.
-fn find_version(
-    conn: &Connection,
-    instance: InstanceId,
-    version: u32,
-) -> Result<(i64, VersionKind, Option<Vec<u8>>)> {
-    let row: Option<(i64, String, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2")?
+/// A version's row, as [`find_version`] reads it.
+struct Found {
+    id: i64,
+    kind: VersionKind,
+    /// The state blob of a suspension.
+    state: Option<Vec<u8>>,
+    /// Its value, or why it cannot be read.
+    value: Result<Vec<u8>>,
+}
+
+fn find_version(conn: &Connection, instance: InstanceId, version: u32) -> Result<Found> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, kind, state, value, length(value), value_zstd FROM versions
+             WHERE instance = ?1 AND number = ?2",
+        )?
         .query_row(params![instance, version], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            let value = values::read(r, 3, None)?.map(|(value, _)| value);
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                value,
+            ))
         })
         .optional()?;
     match row {
-        Some((id, kind, state)) => Ok((id, VersionKind::parse(&kind)?, state)),
+        Some((id, kind, state, value)) => Ok(Found {
+            id,
+            kind: VersionKind::parse(&kind)?,
+            state,
+            value,
+        }),
         None => {
             require_instance(conn, instance)?;
             bail!("version {version} of instance {instance} not found")
@@ -336,7 +416,7 @@ fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result
 fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) -> Result<()> {
     match parent {
         Some(p) => {
-            let (_, kind, _) = find_version(conn, instance, p)?;
+            let kind = find_version(conn, instance, p)?.kind;
             if kind != VersionKind::Suspended {
                 bail!(
                     "version {p} of instance {instance} is the end of a run ({}); it cannot be resumed",
@@ -372,21 +452,24 @@ fn insert_version(
     number: u32,
     parent: Option<u32>,
     row: &Row,
-    reply: &[u8],
+    (value, reply): (&values::Packed, &values::Packed),
     stored_bytes: u64,
 ) -> Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
+                               reply_zstd, created, memory_bytes, stored_bytes, state,
+                               exit_status, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         instance,
         number,
         parent,
         row.kind.as_str(),
-        row.value,
-        reply,
+        value.0,
+        value.1,
+        reply.0,
+        reply.1,
         now_ms(),
         row.memory_bytes,
         stored_bytes,

@@ -16,7 +16,8 @@ use wasnap::snapshot::{
     TableImage,
 };
 use wasnap::store::{
-    Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, VersionKind,
+    ArtifactKey, Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION,
+    VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -411,6 +412,7 @@ fn gc_and_rm_report_what_they_free() {
 fn modules_and_compiled_artifacts() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
+    store.set_artifact_key(Some(ArtifactKey::generate().unwrap()));
     let hash = store.put_module(MODULE).unwrap();
     assert_eq!(hash, *blake3::hash(MODULE).as_bytes());
     assert_eq!(store.put_module(MODULE).unwrap(), hash);
@@ -620,6 +622,9 @@ fn a_version_1_database_is_upgraded() {
          DROP TABLE pages;
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
+         ALTER TABLE versions DROP COLUMN value_zstd;
+         ALTER TABLE versions DROP COLUMN reply_zstd;
+         ALTER TABLE compiled DROP COLUMN mac;
          ALTER TABLE instances DROP COLUMN policy;
          PRAGMA user_version = 1;",
     )
