@@ -227,8 +227,6 @@ pub struct Metadata {
     /// --asyncify` and was only given the exports above: its frames are
     /// Binaryen's, driven through its exported `asyncify_*` functions.
     pub binaryen: bool,
-    /// The initial size of memory 0 in Wasm pages (0 without a memory).
-    pub initial_pages_of_memory0: u64,
     /// Whether any code writes a table at run time (`table.set`,
     /// `table.grow`, `table.fill`, `table.copy`, `table.init`).
     pub writes_tables: bool,

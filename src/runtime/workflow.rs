@@ -67,7 +67,6 @@ impl Workflow {
         };
         let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
-        workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
             parent: 0,
@@ -191,6 +190,7 @@ impl Workflow {
             env,
             journal,
             handler: None,
+            loan: None,
             suspend_again: false,
             stdin: if module.inner.stdin_suspends {
                 Stdin::Suspending {
@@ -220,12 +220,7 @@ impl Workflow {
         };
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(
-                &mut store,
-                &instance,
-                metadata.binaryen,
-                metadata.initial_pages_of_memory0,
-            )?,
+            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -455,14 +450,22 @@ impl Workflow {
                     ))))
                 }
                 // A trap while unwinding is the check after a call in a
-                // function the instrumentation options kept from suspending.
+                // function the instrumentation options kept from suspending,
+                // or a Binaryen module's frames running out of memory 0.
                 None if self.handles().unwinder.state(&mut self.store).ok()
                     == Some(STATE_UNWINDING) =>
                 {
-                    let function = innermost_function(&error);
-                    Err(anyhow::Error::from(error).context(format!(
-                        "the workflow suspended inside {function}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}"
-                    )))
+                    let unwinder = self.handles().unwinder;
+                    let context = match unwinder.explain_trap(&mut self.store, &error) {
+                        Some(cause) => {
+                            format!("the workflow could not suspend in coroutine {id}: {cause}")
+                        }
+                        None => format!(
+                            "the workflow suspended inside {}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}",
+                            innermost_function(&error)
+                        ),
+                    };
+                    Err(anyhow::Error::from(error).context(context))
                 }
 
                 None => Err(anyhow::Error::from(error)

@@ -47,7 +47,7 @@ const QUICKJS_DEPTH: &str = "300";
 /// The host's answer to a yielded value: the approval workflow's question
 /// is approved, anything else is acknowledged with a reply that repeats it
 /// (so a reply that went astray shows in the transcript).
-fn reply(value: &[u8]) -> Vec<u8> {
+pub fn reply(value: &[u8]) -> Vec<u8> {
     if value == b"ask boss for permission" {
         b"true".to_vec()
     } else {
