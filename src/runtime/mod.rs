@@ -576,6 +576,7 @@ impl Engine {
         snapshot: &Snapshot,
         settings: Settings,
     ) -> Result<Workflow> {
+        workflow::check_stdin_mode(snapshot, module)?;
         validate::check(snapshot, module)?;
         if let Some(limit) = settings.policy.memory_limit
             && let Some((index, memory)) = (0..)

@@ -99,15 +99,6 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
-        match (&host.stdin, module.inner.stdin_suspends) {
-            (Stdin::Suspending { .. }, false) => bail!(
-                "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
-            ),
-            (Stdin::Empty, true) => bail!(
-                "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
-            ),
-            _ => {}
-        }
         // A policy's environment replaces the recorded one; else the
         // workflow sees what it was started with.
         let env = if settings.policy.env.is_empty() {
@@ -442,12 +433,14 @@ impl Workflow {
                 None if error.downcast_ref::<wasmtime::Trap>()
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    let function = innermost_function(&error);
                     let limit = super::format_size(self.module.inner.max_wasm_stack);
-                    // The trap stays in the chain, under the limit it names.
-                    Err(anyhow::Error::from(error).context(LimitReached(format!(
-                        "the workflow overflowed its call stack in {function} (coroutine {id}): it ran out of Wasm stack, recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)"
-                    ))))
+                    // One line, like every limit; the trap's backtrace
+                    // would make it many.
+                    Err(LimitReached(format!(
+                        "the workflow overflowed its call stack in {} (coroutine {id}): it ran out of Wasm stack (call stack exhausted), recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
+                        innermost_function(&error)
+                    ))
+                    .into())
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending,
@@ -644,5 +637,20 @@ fn innermost_function(error: &wasmtime::Error) -> String {
             None => format!("function {}", frame.func_index()),
         },
         None => "a function".to_string(),
+    }
+}
+
+/// A snapshot restores only into a module whose reads of standard input
+/// suspend exactly when the snapshot's did: the two are instrumented
+/// differently, so this is said before anything compares their frames.
+pub(super) fn check_stdin_mode(snapshot: &Snapshot, module: &Module) -> Result<()> {
+    match (&snapshot.host.stdin, module.inner.stdin_suspends) {
+        (Stdin::Suspending { .. }, false) => bail!(
+            "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
+        ),
+        (Stdin::Empty, true) => bail!(
+            "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
+        ),
+        _ => Ok(()),
     }
 }
