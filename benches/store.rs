@@ -374,6 +374,7 @@ fn empty_snapshot() -> Snapshot {
             reply: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
+            stdin: Default::default(),
         },
     }
 }

@@ -25,7 +25,7 @@ pub struct Diff {
 
 impl Diff {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
-        let executor = session::open_existing(db)?;
+        let executor = session::open_existing(db, &session::EngineArgs::default())?;
         let a = (self.a.instance, self.a.version_in(executor.database())?);
         let b = (self.b.instance, self.b.version_in(executor.database())?);
         let diffed = executor.diff(a, b)?;

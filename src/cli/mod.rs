@@ -27,6 +27,7 @@ mod restore;
 mod resume;
 mod rm;
 mod run;
+mod script;
 mod session;
 mod show;
 mod snapshot;

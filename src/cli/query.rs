@@ -20,11 +20,13 @@ pub struct Query {
     /// The argument the handler reads with `wasnap.reply`.
     #[arg(long, default_value = "")]
     arg: String,
+    #[command(flatten)]
+    engine: session::EngineArgs,
 }
 
 impl Query {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
-        let executor = session::open_existing(db)?;
+        let executor = session::open_existing(db, &self.engine)?;
         let target = self.target;
         let result = executor.query(
             target.instance,

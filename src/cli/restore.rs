@@ -7,7 +7,7 @@ use clap::Args;
 use wasnap::executor::RunOptions;
 use wasnap::snapshot::file;
 
-use super::session::{self, PolicyArgs};
+use super::session::{self, EngineArgs, PolicyArgs};
 
 /// Load a snapshot file as a new instance (its version 1) and resume it.
 #[derive(Args, Debug)]
@@ -19,6 +19,8 @@ pub struct Restore {
     send: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 impl Restore {
@@ -29,7 +31,7 @@ impl Restore {
         // database is opened (or created).
         let (snapshot, wasm) =
             file::decode(&bytes).with_context(|| format!("{}", self.file.display()))?;
-        let executor = session::open(db)?;
+        let executor = session::open(db, &self.engine)?;
         let options = RunOptions {
             policy: self.policy.policy(),
             ..RunOptions::default()

@@ -7,7 +7,7 @@ use clap::Args;
 use wasnap::executor::RunOptions;
 
 use super::Target;
-use super::session::{self, PolicyArgs};
+use super::session::{self, EngineArgs, PolicyArgs};
 
 /// Continue an instance from its head, or from an older version (a branch).
 ///
@@ -26,12 +26,14 @@ pub struct Resume {
     send_file: Option<PathBuf>,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 impl Resume {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let reply = session::reply(self.send, self.send_file.as_deref())?;
-        let executor = session::open_existing(db)?;
+        let executor = session::open_existing(db, &self.engine)?;
         let options = RunOptions {
             policy: self.policy.policy(),
             ..RunOptions::default()

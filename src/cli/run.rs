@@ -1,20 +1,32 @@
-//! `wasnap run MODULE.wasm [LIMITS AND GRANTS] [-- ARGS...]`
+//! `wasnap run MODULE.wasm|SCRIPT.js [--stdin MODE] [LIMITS AND GRANTS] [-- ARGS...]`
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use wasnap::executor::RunOptions;
 
-use super::session::{self, PolicyArgs};
+use super::script::{self, Language};
+use super::session::{self, EngineArgs, PolicyArgs};
 
-/// Start a new instance of a module and run it to its first yield or end.
+/// Start a new instance of a module, or of a script in its language's
+/// runtime, and run it to its first yield or end.
 #[derive(Args, Debug)]
 pub struct Run {
-    /// The workflow module (`.wasm`, or `.wat` text).
+    /// The workflow: a module (`.wasm`, or `.wat` text), or a script
+    /// (`.js`) for the JavaScript runtime.
     module: PathBuf,
+    /// What reads of standard input do: find its end (`empty`), or
+    /// suspend the workflow when nothing is buffered (`suspend`); the
+    /// reply of the resume that continues it is what the read returns, as
+    /// a line, and an empty reply is the end of the input. Kept with the
+    /// instance.
+    #[arg(long, value_enum, default_value = "empty", value_name = "MODE")]
+    stdin: Stdin,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Arguments passed to the workflow (WASI), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -22,18 +34,27 @@ pub struct Run {
 
 impl Run {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
-        let wasm = super::read_module(&self.module)?;
-        let executor = session::open(db)?;
+        let (wasm, args) = match Language::of(&self.module) {
+            Some(language) => (
+                language.runtime()?,
+                script::arguments(&self.module, self.args)?,
+            ),
+            None => {
+                let program = self
+                    .module
+                    .file_name()
+                    .map_or("workflow".into(), |n| n.to_string_lossy().into_owned());
+                let args = std::iter::once(program).chain(self.args).collect();
+                (super::read_module(&self.module)?, args)
+            }
+        };
+        let executor =
+            session::open(db, &self.engine)?.with_stdin_suspending(self.stdin == Stdin::Suspend)?;
         // Instrumented and compiled before anything is stored, so a module
         // that cannot run leaves the database as it was.
         let module = executor
             .add_module(&wasm)
             .with_context(|| format!("{}", self.module.display()))?;
-        let program = self
-            .module
-            .file_name()
-            .map_or("workflow".into(), |n| n.to_string_lossy().into_owned());
-        let args: Vec<String> = std::iter::once(program).chain(self.args).collect();
         let options = RunOptions {
             policy: self.policy.policy(),
             ..RunOptions::default()
@@ -43,4 +64,13 @@ impl Run {
             .with_context(|| format!("{}", self.module.display()))?;
         session::report(&report)
     }
+}
+
+/// What reads of standard input do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Stdin {
+    /// They find its end, as a program without input does.
+    Empty,
+    /// Each read with nothing buffered suspends the workflow.
+    Suspend,
 }

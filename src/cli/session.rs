@@ -7,20 +7,40 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use wasnap::Engine;
 use wasnap::executor::{Ended, Executor, Report};
 use wasnap::runtime::{Directory, Policy};
+use wasnap::store::Database;
 
-/// Opens (or creates) the database with a default engine.
-pub(super) fn open(db: &Path) -> Result<Executor> {
-    Executor::open(db)
+/// Opens (or creates) the database with an engine as `engine` says.
+pub(super) fn open(db: &Path, engine: &EngineArgs) -> Result<Executor> {
+    Ok(Executor::new(engine.engine()?, Database::open(db)?))
 }
 
-/// Opens an existing database with a default engine.
-pub(super) fn open_existing(db: &Path) -> Result<Executor> {
-    Ok(Executor::new(
-        wasnap::Engine::new()?,
-        super::open_existing(db)?,
-    ))
+/// Opens an existing database with an engine as `engine` says.
+pub(super) fn open_existing(db: &Path, engine: &EngineArgs) -> Result<Executor> {
+    Ok(Executor::new(engine.engine()?, super::open_existing(db)?))
+}
+
+/// How the engine that runs the workflow is set up; not stored with the
+/// instance.
+#[derive(Args, Debug, Default)]
+pub(super) struct EngineArgs {
+    /// The most native stack the workflow's Wasm code may use (8MiB by
+    /// default); deeper recursion fails the run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_wasm_stack: Option<u64>,
+}
+
+impl EngineArgs {
+    fn engine(&self) -> Result<Engine> {
+        let mut builder = Engine::builder();
+        if let Some(bytes) = self.max_wasm_stack {
+            let bytes = usize::try_from(bytes).context("--max-wasm-stack is too large")?;
+            builder = builder.max_wasm_stack(bytes);
+        }
+        builder.build()
+    }
 }
 
 /// Limits and grants: stored with an instance when it starts, applied again

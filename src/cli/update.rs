@@ -21,11 +21,13 @@ pub struct Update {
     /// The argument the handler reads with `wasnap.reply`.
     #[arg(long, default_value = "")]
     arg: String,
+    #[command(flatten)]
+    engine: session::EngineArgs,
 }
 
 impl Update {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
-        let executor = session::open_existing(db)?;
+        let executor = session::open_existing(db, &self.engine)?;
         let updated = executor.update(
             self.instance,
             &self.name,

@@ -32,12 +32,14 @@ pub struct UpgradeCommand {
     /// can move (and, without --dry-run, moving those that can).
     #[arg(long)]
     all: bool,
+    #[command(flatten)]
+    engine: session::EngineArgs,
 }
 
 impl UpgradeCommand {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let wasm = super::read_module(&self.module)?;
-        let executor = session::open_existing(db)?;
+        let executor = session::open_existing(db, &self.engine)?;
         let options = UpgradeOptions {
             dry_run: self.dry_run,
         };

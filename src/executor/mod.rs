@@ -67,7 +67,7 @@ pub use upgrade::{Divergence, Upgrade, UpgradeOptions, UpgradeReport};
 use crate::runtime::{
     Engine, Module, Output, Policy, Settings, Step, UnreadablePage, Workflow, module_hash,
 };
-use crate::snapshot::{ModuleHash, Snapshot, file};
+use crate::snapshot::{ModuleHash, Snapshot, Stdin, file};
 use crate::store::{Database, InstanceId, Lease, Origin, Outcome, Provenance, VersionKind};
 
 /// Runs a database's workflow instances and commits every outcome as a
@@ -148,6 +148,23 @@ impl Executor {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// This executor's database with an engine whose workflows' reads of
+    /// standard input suspend, or do not (see
+    /// [`Engine::with_stdin_suspending`]). An instance keeps the mode it was
+    /// started in: a resume or a restore runs in the mode of the version it
+    /// starts from, whichever executor runs it.
+    pub fn with_stdin_suspending(&self, suspends: bool) -> Result<Executor> {
+        Ok(Executor::new(
+            self.engine.with_stdin_suspending(suspends)?,
+            self.database.clone(),
+        ))
+    }
+
+    /// This executor, or one in the stdin mode `snapshot` was made in.
+    fn in_mode_of(&self, snapshot: &Snapshot) -> Result<Executor> {
+        self.with_stdin_suspending(matches!(snapshot.host.stdin, Stdin::Suspending { .. }))
     }
 
     /// The database.
@@ -280,11 +297,12 @@ impl Executor {
             Some(lease) => self.database.load_version_lazily(lease, version)?,
             None => self.database.load_version(instance, version)?,
         };
-        let module = self.module(&snapshot.module_hash)?;
+        let executor = self.in_mode_of(&snapshot)?;
+        let module = executor.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(info.policy.overridden_by(&options.policy));
-        self.engine.restore_with(&module, &snapshot, settings)
+        executor.engine.restore_with(&module, &snapshot, settings)
     }
 
     /// Loads a snapshot file (one written with its module) as a new
@@ -312,13 +330,14 @@ impl Executor {
         if module_hash(&wasm) != snapshot.module_hash {
             bail!("the snapshot file's module does not match its snapshot");
         }
-        let module = self.engine.load(&wasm)?;
+        let executor = self.in_mode_of(&snapshot)?;
+        let module = executor.engine.load(&wasm)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(options.policy.clone());
-        let mut workflow = self.engine.restore_with(&module, snapshot, settings)?;
+        let mut workflow = executor.engine.restore_with(&module, snapshot, settings)?;
         let hash = self.database.put_module(&wasm)?;
-        self.keep_artifact(&module)?;
+        executor.keep_artifact(&module)?;
         let instance =
             self.database
                 .create_instance(&hash, &snapshot.host.args, &options.policy)?;

@@ -19,11 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use wasmparser::{
-    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType,
-    KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload,
-    Validator, ValidatorResources, WasmFeatures,
+    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FuncValidatorAllocations,
+    FunctionBody, GlobalType, KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType,
+    TypeRef, ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
 use super::Options;
@@ -69,6 +69,10 @@ pub(crate) struct Analysis<'a> {
     pub exported_functions: BTreeMap<String, u32>,
     /// What table 0 holds after instantiation, when that is known.
     pub table0_functions: Option<BTreeMap<u32, u32>>,
+    /// Whether a suspending import can be called indirectly (a reference
+    /// to it can be taken), so that an indirect call may be the first to
+    /// see an unwind start.
+    pub suspending_import_in_table: bool,
 }
 
 impl Analysis<'_> {
@@ -139,16 +143,16 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         imported_functions: Vec::new(),
         exported_functions: BTreeMap::new(),
         table0_functions: Some(BTreeMap::new()),
+        suspending_import_in_table: false,
     };
     let mut graph = CallGraph::default();
+    let mut validation_allocations = FuncValidatorAllocations::default();
     let mut import_names: Vec<(String, String)> = Vec::new();
     let mut global_names: HashMap<u32, String> = HashMap::new();
 
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.context("the module is not valid WebAssembly")?;
-        let valid = validator
-            .payload(&payload)
-            .map_err(|e| anyhow!("the module is not valid WebAssembly: {e}"))?;
+        let payload = payload.map_err(invalid)?;
+        let valid = validator.payload(&payload).map_err(invalid)?;
         match payload {
             Payload::TypeSection(reader) => {
                 for group in reader.into_iter_err_on_gc_types().map(|g| g.map(Some)) {
@@ -250,8 +254,8 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                 let ValidPayload::Func(func, _) = valid else {
                     unreachable!("the validator hands out every function body")
                 };
-                let index = func.index;
-                graph.scan_body(index, &body)?;
+                validation_allocations = validate_body(&func, &body, validation_allocations)?;
+                graph.scan_body(func.index, &body)?;
                 module.bodies.push((body, func));
             }
             Payload::CustomSection(reader) => {
@@ -297,6 +301,8 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
     }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
+    module.suspending_import_in_table = (0..module.imported_funcs)
+        .any(|f| suspending_imports[f as usize] && graph.referenceable.contains(&f));
     Ok(module)
 }
 
@@ -356,6 +362,31 @@ fn fill_table0(
         };
     }
     Ok(())
+}
+
+/// Validates a function body in full, before anything reads it: the
+/// analysis and the rewrite index types, functions and locals by what the
+/// body says, which only validation makes safe. Returns the validator's
+/// allocations for the next body.
+fn validate_body(
+    func: &FuncToValidate<ValidatorResources>,
+    body: &FunctionBody<'_>,
+    allocations: FuncValidatorAllocations,
+) -> Result<FuncValidatorAllocations> {
+    let mut validator = FuncToValidate {
+        resources: func.resources.clone(),
+        index: func.index,
+        ty: func.ty,
+        features: func.features,
+    }
+    .into_validator(allocations);
+    validator.validate(body).map_err(invalid)?;
+    Ok(validator.into_allocations())
+}
+
+/// The one-line error for a module the validator refuses.
+fn invalid(error: wasmparser::BinaryReaderError) -> anyhow::Error {
+    anyhow!("the module is not valid WebAssembly: {error}")
 }
 
 /// Gives a component its own error rather than a parse failure.

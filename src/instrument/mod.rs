@@ -28,14 +28,16 @@
 //! `end` moves, so an unwind never overflows.
 //!
 //! Each frame is `{values..., function: u32, call_index: u32}`: the values
-//! that call site saves, packed in the order its [`CallSite`] gives, then a
-//! header at the end, so that a frame can be popped from the top without
-//! knowing its size in advance. The innermost activation is written first
-//! (lowest address); the outermost is on top.
+//! that call site saves, at the offsets its [`CallSite`] gives (every frame
+//! of one function has the same size; what a call site does not save is
+//! zero), then a header at the end, so that a frame can be popped from the
+//! top knowing only the function's frame size. The innermost activation is
+//! written first (lowest address); the outermost is on top.
 
 mod analyse;
 mod emit;
 mod frames;
+mod layout;
 mod liveness;
 mod rewrite;
 
@@ -48,7 +50,7 @@ pub use frames::SavedFrame;
 
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
-pub const INSTRUMENTER_VERSION: u32 = 2;
+pub const INSTRUMENTER_VERSION: u32 = 3;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
@@ -74,11 +76,16 @@ pub const STATE_UNWINDING: i32 = 1;
 /// Instrumentation state: frames are being restored on the way in.
 pub const STATE_REWINDING: i32 = 2;
 
+/// The WASI import that reads a file descriptor: with
+/// [`Options::suspend_on_stdin`], it may suspend.
+pub const WASI_READ_IMPORT: &str = "wasi_snapshot_preview1.fd_read";
+
 /// What the instrumenter treats as suspending.
 #[derive(Clone, Debug, Hash)]
 pub struct Options {
     suspending_imports: Vec<String>,
     suspending_functions: Vec<String>,
+    stdin_suspends: bool,
 }
 
 impl Default for Options {
@@ -88,11 +95,33 @@ impl Default for Options {
         Options {
             suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
             suspending_functions: Vec::new(),
+            stdin_suspends: false,
         }
     }
 }
 
 impl Options {
+    /// Makes every read of standard input a suspension point, so that a
+    /// program written for a terminal (`fgets`, `input()`) waits for its
+    /// input as a workflow waits for a reply: WASI's `fd_read` is treated
+    /// as suspending, and an engine with these options answers a read of
+    /// file descriptor 0 that finds no input buffered by suspending the
+    /// workflow; the reply it is resumed with is the input.
+    pub fn suspend_on_stdin(mut self) -> Self {
+        self.stdin_suspends = true;
+        self
+    }
+
+    /// Sets whether reads of standard input suspend.
+    pub(crate) fn set_stdin_suspends(&mut self, suspends: bool) {
+        self.stdin_suspends = suspends;
+    }
+
+    /// Whether reads of standard input suspend ([`Self::suspend_on_stdin`]).
+    pub fn suspends_on_stdin(&self) -> bool {
+        self.stdin_suspends
+    }
+
     /// Also treat imports matching `pattern` (`module.name`, where `*`
     /// matches any run of characters, as in `myhost.*`) as suspending.
     pub fn suspending(mut self, pattern: impl Into<String>) -> Self {
@@ -142,9 +171,11 @@ impl Options {
     /// Whether the import `module.name` is suspending under these options.
     pub fn is_suspending(&self, module: &str, name: &str) -> bool {
         let full = format!("{module}.{name}");
-        self.suspending_imports
-            .iter()
-            .any(|pattern| wildcard_match(pattern, &full))
+        (self.stdin_suspends && full == WASI_READ_IMPORT)
+            || self
+                .suspending_imports
+                .iter()
+                .any(|pattern| wildcard_match(pattern, &full))
     }
 }
 
@@ -196,8 +227,6 @@ pub struct Metadata {
     /// --asyncify` and was only given the exports above: its frames are
     /// Binaryen's, driven through its exported `asyncify_*` functions.
     pub binaryen: bool,
-    /// The initial size of memory 0 in Wasm pages (0 without a memory).
-    pub initial_pages_of_memory0: u64,
     /// Whether any code writes a table at run time (`table.set`,
     /// `table.grow`, `table.fill`, `table.copy`, `table.init`).
     pub writes_tables: bool,
@@ -261,11 +290,14 @@ pub struct CallSite {
     /// The table called through, for a `call_indirect`; the element index
     /// it calls is then the saved operand at the greatest height.
     pub table: Option<u32>,
-    /// Size in bytes of the saved values, header excluded.
+    /// Size in bytes of the frame's values, header excluded: the same for
+    /// every call site of a function.
     pub size: u32,
-    /// The saved values, in the order and at the offsets they are stored:
-    /// the original locals live after the call, then the operand stack up
-    /// to and including the call's arguments.
+    /// The saved values, by offset: the original locals live after the
+    /// call, the operand stack below the call's operands, and the operands
+    /// the call is made again with on the way back (every argument of a
+    /// call that may reach a suspending import, and the table index of an
+    /// indirect call).
     pub saved: Vec<SavedLocal>,
 }
 
@@ -304,5 +336,14 @@ mod tests {
                 .suspending("env.*")
                 .is_suspending("env", "sleep")
         );
+    }
+
+    #[test]
+    fn the_stdin_mode_makes_wasi_reads_suspending() {
+        let (module, name) = WASI_READ_IMPORT.split_once('.').unwrap();
+        assert!(!Options::default().is_suspending(module, name));
+        let options = Options::default().suspend_on_stdin();
+        assert!(options.is_suspending(module, name));
+        assert!(!options.is_suspending(module, "fd_write"));
     }
 }

@@ -18,9 +18,9 @@ use wasmtime::{Result, bail};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use super::journal::{Journal, SharedJournal};
-use super::unwinder::Unwinder;
+use super::unwinder::{Loan, Unwinder};
 use crate::instrument::STATE_REWINDING;
-use crate::snapshot::{Coroutine, CoroutineState};
+use crate::snapshot::{Coroutine, CoroutineState, Stdin};
 
 /// What a Store holds for one workflow.
 pub(crate) struct HostState {
@@ -42,8 +42,13 @@ pub(crate) struct HostState {
     pub journal: SharedJournal,
     /// The query or update handler running now, if one is.
     pub handler: Option<HandlerCall>,
+    /// The part of memory 0 a Binaryen module's frames occupy during an
+    /// unwind or a rewind, with the guest's bytes to put back.
+    pub loan: Option<Loan>,
     /// Set to unwind again as soon as a rewind reaches its call.
     pub suspend_again: bool,
+    /// What reads of standard input find (see `stdin.rs`).
+    pub stdin: Stdin,
 }
 
 /// A query or update handler while it runs.

@@ -64,7 +64,6 @@ fn write_metadata(w: &mut Writer, m: &Metadata) -> Result<()> {
     w.u32(m.global_count);
     w.u32(m.table_count);
     w.u8(m.binaryen as u8);
-    w.u64(m.initial_pages_of_memory0);
     w.u8(m.writes_tables as u8);
     write_option(w, m.stack_pointer_global);
     w.len(m.frames.len())?;
@@ -125,7 +124,6 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
         global_count: r.u32()?,
         table_count: r.u32()?,
         binaryen: r.u8()? != 0,
-        initial_pages_of_memory0: r.u64()?,
         writes_tables: r.u8()? != 0,
         stack_pointer_global: read_option(r)?,
         ..Metadata::default()

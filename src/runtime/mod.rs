@@ -16,6 +16,7 @@ mod host;
 pub mod journal;
 mod paging;
 mod state;
+mod stdin;
 mod uffd;
 mod unwinder;
 mod validate;
@@ -59,6 +60,7 @@ pub struct Engine {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    max_wasm_stack: usize,
     linker: Linker<HostState>,
     options: Options,
     host_functions: Vec<HostFunction>,
@@ -74,6 +76,11 @@ pub struct Module {
 
 struct ModuleInner {
     hash: ModuleHash,
+    /// Whether its reads of standard input suspend (the engine's
+    /// [`Options::suspend_on_stdin`]).
+    stdin_suspends: bool,
+    /// The engine's Wasm stack limit, which its workflows run with.
+    max_wasm_stack: usize,
     metadata: Metadata,
     compiled: wasmtime::Module,
     instance_pre: InstancePre<HostState>,
@@ -308,20 +315,35 @@ impl Engine {
     /// An engine with instrumentation options, for example more suspending
     /// imports.
     pub fn with_options(options: Options) -> Result<Engine> {
-        Engine::build(options, Vec::new())
+        Engine::builder().options(options).build()
     }
 
-    /// A builder for an engine with host functions of the embedder's own.
+    /// A builder for an engine with host functions of the embedder's own,
+    /// or another Wasm stack limit.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             options: Options::default(),
             host_functions: Vec::new(),
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
         }
     }
 
-    fn build(options: Options, host_functions: Vec<HostFunction>) -> Result<Engine> {
+    fn build(
+        options: Options,
+        host_functions: Vec<HostFunction>,
+        max_wasm_stack: usize,
+    ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
+        // Workflows run on a thread of their own whose native stack holds
+        // this much Wasm stack and the host's frames (`on_workflow_stack`).
+        config.max_wasm_stack(max_wasm_stack);
+        // wasmtime-wasi builds wasmtime with async support, whose fibers
+        // must be able to hold the Wasm stack (wasnap itself runs none).
+        config.async_stack_size(max_wasm_stack + HOST_STACK);
+        // The instrumenter marks the code only unwinding or rewinding runs
+        // as cold, for the compiler to lay out apart from the normal path.
+        config.wasm_branch_hinting(true);
         // Time limits interrupt a run at the next epoch check; the checks
         // cost a load and a compare at loop heads and function entries.
         config.epoch_interruption(true);
@@ -329,10 +351,14 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
         wasi::add_to_linker(&mut linker)?;
+        if options.suspends_on_stdin() {
+            stdin::add_to_linker(&mut linker)?;
+        }
         abi::add_to_linker(&mut linker)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
+                max_wasm_stack,
                 linker,
                 options,
                 host_functions,
@@ -340,6 +366,35 @@ impl Engine {
                 ticker: Once::new(),
             }),
         })
+    }
+
+    /// Whether this engine's workflows suspend on reads of standard input
+    /// ([`Options::suspend_on_stdin`]).
+    pub fn suspends_on_stdin(&self) -> bool {
+        self.inner.options.suspends_on_stdin()
+    }
+
+    /// An engine like this one (its options, host functions and limits)
+    /// whose workflows' reads of standard input suspend, or do not: see
+    /// [`Options::suspend_on_stdin`]. A clone of this one when it already
+    /// is so.
+    pub fn with_stdin_suspending(&self, suspends: bool) -> Result<Engine> {
+        if suspends == self.suspends_on_stdin() {
+            return Ok(self.clone());
+        }
+        let mut options = self.inner.options.clone();
+        options.set_stdin_suspends(suspends);
+        Engine::build(
+            options,
+            self.inner.host_functions.clone(),
+            self.inner.max_wasm_stack,
+        )
+    }
+
+    /// The most native stack Wasm code may use (see
+    /// [`EngineBuilder::max_wasm_stack`]).
+    pub fn max_wasm_stack(&self) -> usize {
+        self.inner.max_wasm_stack
     }
 
     /// Identifies the compiler and instrumenter settings: a compiled
@@ -423,6 +478,8 @@ impl Engine {
         let module = Module {
             inner: Arc::new(ModuleInner {
                 hash,
+                stdin_suspends: self.inner.options.suspends_on_stdin(),
+                max_wasm_stack: self.inner.max_wasm_stack,
                 metadata,
                 compiled,
                 instance_pre,
@@ -519,6 +576,7 @@ impl Engine {
         snapshot: &Snapshot,
         settings: Settings,
     ) -> Result<Workflow> {
+        workflow::check_stdin_mode(snapshot, module)?;
         validate::check(snapshot, module)?;
         if let Some(limit) = settings.policy.memory_limit
             && let Some((index, memory)) = (0..)
@@ -570,9 +628,26 @@ impl Engine {
 pub struct EngineBuilder {
     options: Options,
     host_functions: Vec<HostFunction>,
+    max_wasm_stack: usize,
 }
 
 impl EngineBuilder {
+    /// Instrumentation options, for example more suspending imports.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The most native stack, in bytes, that a workflow's Wasm code may use
+    /// (default [`DEFAULT_MAX_WASM_STACK`]): wasmtime's engine-wide
+    /// `max_wasm_stack`. Deeper recursion ends the run with an error that
+    /// names this limit. Workflows run on a thread of their own whose
+    /// native stack is this plus room for the host, so any size works.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.max_wasm_stack = bytes;
+        self
+    }
+
     /// A host function for the imports matching `pattern` (`module.name`,
     /// `*` allowed) that may suspend the workflow: see [`HostCall`].
     pub fn suspending(
@@ -609,7 +684,14 @@ impl EngineBuilder {
         for function in &self.host_functions {
             host::check_pattern(&function.pattern)?;
         }
-        Engine::build(self.options, self.host_functions)
+        if self.max_wasm_stack < MIN_MAX_WASM_STACK {
+            bail!(
+                "a Wasm stack limit of {} is too small to run anything (the least is {})",
+                format_size(self.max_wasm_stack),
+                format_size(MIN_MAX_WASM_STACK)
+            );
+        }
+        Engine::build(self.options, self.host_functions, self.max_wasm_stack)
     }
 }
 
@@ -625,6 +707,48 @@ impl Hasher for Blake3Hasher {
     fn finish(&self) -> u64 {
         let hash = self.0.finalize();
         u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+}
+
+/// The Wasm stack limit of an engine built without
+/// [`EngineBuilder::max_wasm_stack`]: 8 MiB, sixteen times wasmtime's own
+/// default, enough for script interpreters running deeply recursive
+/// scripts (each script-level call is a few native frames of a large
+/// interpreter function).
+pub const DEFAULT_MAX_WASM_STACK: usize = 8 << 20;
+
+/// The smallest Wasm stack limit an engine accepts.
+pub const MIN_MAX_WASM_STACK: usize = 64 << 10;
+
+/// Native stack a workflow's thread has beyond its Wasm stack limit, for
+/// wasmtime's and the host functions' own frames.
+const HOST_STACK: usize = 2 << 20;
+
+/// Runs `f` on a new thread whose native stack holds `max_wasm_stack` of
+/// Wasm frames and the host's, whatever the calling thread's stack is.
+pub(crate) fn on_workflow_stack<T: Send>(
+    max_wasm_stack: usize,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("wasnap-workflow".into())
+            .stack_size(max_wasm_stack + HOST_STACK)
+            .spawn_scoped(scope, f)
+            .context("cannot start the thread that runs the workflow")?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A byte count as people write it: `8 MiB`, `512 KiB`, `100 bytes`.
+pub fn format_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 

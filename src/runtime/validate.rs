@@ -40,12 +40,12 @@ use anyhow::{Result, bail};
 use wasmtime::{ExternType, Mutability, ValType};
 
 use super::Module;
-use super::unwinder::BINARYEN_BUFFER_PAGES;
+use super::unwinder::BINARYEN_LOAN;
 use crate::instrument::{
     self, GLOBAL_EXPORT_PREFIX, LocalOrigin, MEMORY_EXPORT_PREFIX, Metadata, SavedFrame,
 };
 use crate::snapshot::file::check_memory;
-use crate::snapshot::{Coroutine, CoroutineState, GlobalValue, PAGE_SIZE, Snapshot};
+use crate::snapshot::{Coroutine, CoroutineState, GlobalValue, Snapshot};
 
 /// The import a coroutine that switched to another waits in.
 const SWITCH_IMPORT: &str = "wasnap.switch";
@@ -119,37 +119,6 @@ fn check_memories(snapshot: &Snapshot, module: &Module) -> Result<()> {
                 ty.minimum()
             );
         }
-    }
-    if metadata.binaryen {
-        check_binaryen_buffer(snapshot, metadata)?;
-    }
-    Ok(())
-}
-
-/// A module instrumented by Binaryen unwinds into a buffer the engine
-/// grows at the end of memory 0's initial size; it is all zeros at every
-/// suspension.
-fn check_binaryen_buffer(snapshot: &Snapshot, metadata: &Metadata) -> Result<()> {
-    let start = metadata.initial_pages_of_memory0;
-    let end = start + BINARYEN_BUFFER_PAGES;
-    let Some(memory) = snapshot.memories.first() else {
-        bail!("a module instrumented by Binaryen needs memory 0 for its frames");
-    };
-    if memory.page_count < end {
-        bail!(
-            "memory 0 has {} pages, too few to hold the asyncify buffer at pages {start}..{end}",
-            memory.page_count
-        );
-    }
-    if let Some(page) = memory
-        .pages
-        .iter()
-        .find(|p| (start..end).contains(&u64::from(p.index)))
-    {
-        bail!(
-            "page {} of memory 0 is in the asyncify buffer, which is empty at a suspension",
-            page.index
-        );
     }
     Ok(())
 }
@@ -363,10 +332,10 @@ fn check_stacks(snapshot: &Snapshot, module: &Module) -> Result<()> {
 }
 
 fn check_binaryen_stack(stack: &[u8]) -> Result<()> {
-    let capacity = BINARYEN_BUFFER_PAGES as usize * PAGE_SIZE - UNWIND_HEADER;
+    let capacity = BINARYEN_LOAN - UNWIND_HEADER;
     if stack.len() > capacity {
         bail!(
-            "its unwound stack of {} bytes does not fit the asyncify buffer of {capacity}",
+            "its unwound stack of {} bytes does not fit the {capacity} bytes of memory 0 lent to Binaryen's frames",
             stack.len()
         );
     }

@@ -16,12 +16,13 @@ use super::journal::{
     Inputs, Journal, JournalledMonotonicClock, JournalledRandom, JournalledWallClock, Mismatch,
     SharedJournal,
 };
+use super::stdin::Terminal;
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
     self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
-use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot};
+use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot, Stdin};
 
 /// Epochs until the deadline when there is no time limit: never reached.
 const NO_DEADLINE: u64 = u64::MAX / 2;
@@ -66,7 +67,6 @@ impl Workflow {
         };
         let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
-        workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
             parent: 0,
@@ -126,6 +126,7 @@ impl Workflow {
         data.suspended_in = host.suspended_in.clone();
         data.yielded = host.yielded.clone();
         data.reply = host.reply.clone();
+        data.stdin = host.stdin.clone();
         if data.coroutine(host.current).is_none() {
             bail!(
                 "the snapshot's running coroutine {} does not exist",
@@ -149,9 +150,11 @@ impl Workflow {
             Some(_) => wasmtime_wasi::FsPerms::ReadOnly,
             None => wasmtime_wasi::FsPerms::ReadWrite,
         };
-        match &settings.stdout {
-            Output::Inherit => wasi.inherit_stdout(),
-            Output::Capture(captured) => wasi.stdout(captured.0.clone()),
+        match (&settings.stdout, module.inner.stdin_suspends) {
+            (Output::Inherit, false) => wasi.inherit_stdout(),
+            (Output::Capture(captured), false) => wasi.stdout(captured.0.clone()),
+            (Output::Inherit, true) => wasi.stdout(Terminal(tokio::io::stdout())),
+            (Output::Capture(captured), true) => wasi.stdout(Terminal(captured.0.clone())),
         };
         for directory in &settings.policy.directories {
             wasi.preopened_dir(&directory.host, &directory.guest, permissions)
@@ -178,7 +181,15 @@ impl Workflow {
             env,
             journal,
             handler: None,
+            loan: None,
             suspend_again: false,
+            stdin: if module.inner.stdin_suspends {
+                Stdin::Suspending {
+                    buffered: Vec::new(),
+                }
+            } else {
+                Stdin::Empty
+            },
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
         store.limiter(|host| &mut host.memory_limit);
@@ -200,12 +211,7 @@ impl Workflow {
         };
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(
-                &mut store,
-                &instance,
-                metadata.binaryen,
-                metadata.initial_pages_of_memory0,
-            )?,
+            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -313,7 +319,15 @@ impl Workflow {
 
     /// Runs the workflow until it yields or finishes. A trap is an error,
     /// with the guest's backtrace; the workflow cannot run after one.
+    ///
+    /// The Wasm code runs on a thread of its own, whose native stack fits
+    /// the engine's Wasm stack limit.
     pub fn run(&mut self) -> Result<Step> {
+        let max_wasm_stack = self.module.inner.max_wasm_stack;
+        super::on_workflow_stack(max_wasm_stack, || self.run_here())
+    }
+
+    fn run_here(&mut self) -> Result<Step> {
         self.check_usable()?;
         self.begin_call();
         self.set_deadline();
@@ -419,21 +433,32 @@ impl Workflow {
                 None if error.downcast_ref::<wasmtime::Trap>()
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
+                    let limit = super::format_size(self.module.inner.max_wasm_stack);
+                    // One line, like every limit; the trap's backtrace
+                    // would make it many.
                     Err(LimitReached(format!(
-                        "the workflow overflowed its call stack in {} (coroutine {id})",
+                        "the workflow overflowed its call stack in {} (coroutine {id}): it ran out of Wasm stack (call stack exhausted), recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
                         innermost_function(&error)
                     ))
                     .into())
                 }
                 // A trap while unwinding is the check after a call in a
-                // function the instrumentation options kept from suspending.
+                // function the instrumentation options kept from suspending,
+                // or a Binaryen module's frames running out of memory 0.
                 None if self.handles().unwinder.state(&mut self.store).ok()
                     == Some(STATE_UNWINDING) =>
                 {
-                    let function = innermost_function(&error);
-                    Err(anyhow::Error::from(error).context(format!(
-                        "the workflow suspended inside {function}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}"
-                    )))
+                    let unwinder = self.handles().unwinder;
+                    let context = match unwinder.explain_trap(&mut self.store, &error) {
+                        Some(cause) => {
+                            format!("the workflow could not suspend in coroutine {id}: {cause}")
+                        }
+                        None => format!(
+                            "the workflow suspended inside {}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}",
+                            innermost_function(&error)
+                        ),
+                    };
+                    Err(anyhow::Error::from(error).context(context))
                 }
 
                 None => Err(anyhow::Error::from(error)
@@ -557,6 +582,7 @@ impl Workflow {
                 reply: host.reply.clone(),
                 args: host.args.clone(),
                 env: host.env.clone(),
+                stdin: host.stdin.clone(),
             },
         })
     }
@@ -611,5 +637,20 @@ fn innermost_function(error: &wasmtime::Error) -> String {
             None => format!("function {}", frame.func_index()),
         },
         None => "a function".to_string(),
+    }
+}
+
+/// A snapshot restores only into a module whose reads of standard input
+/// suspend exactly when the snapshot's did: the two are instrumented
+/// differently, so this is said before anything compares their frames.
+pub(super) fn check_stdin_mode(snapshot: &Snapshot, module: &Module) -> Result<()> {
+    match (&snapshot.host.stdin, module.inner.stdin_suspends) {
+        (Stdin::Suspending { .. }, false) => bail!(
+            "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
+        ),
+        (Stdin::Empty, true) => bail!(
+            "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
+        ),
+        _ => Ok(()),
     }
 }

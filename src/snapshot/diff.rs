@@ -298,7 +298,7 @@ fn frame_diffs(before: &[FrameView], after: &[FrameView]) -> Vec<FrameDiff> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Page, PageData};
+    use crate::snapshot::Page;
 
     #[test]
     fn byte_ranges_merge_close_differences_and_name_their_pages() {
@@ -309,7 +309,7 @@ mod tests {
             }
             Page {
                 index,
-                data: PageData::new(data),
+                data: data.into(),
             }
         };
         let a = MemoryImage {

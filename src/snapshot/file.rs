@@ -29,14 +29,16 @@ use anyhow::{Context, Result, bail};
 use super::codec::{Reader, Writer};
 use super::{
     Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
-    TableImage,
+    Stdin, TableImage,
 };
 
 /// The first bytes of an uncompressed snapshot file.
 pub const MAGIC: [u8; 8] = *b"WASNAPSF";
 
 /// The version of the format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the standard input to the host state; a version 1 file
+/// reads as a workflow whose standard input is empty.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// zstd level for files. Level 1 compresses this kind of data (memory
 /// pages) four to five times faster than level 3, for files 15-20% larger
@@ -57,7 +59,7 @@ const MAX_PAGE_COUNT: u64 = 1 << 48;
 /// Encodes `snapshot`, and the original module bytes if given, as a
 /// self-contained snapshot file.
 pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
-    let raw = encode_raw(snapshot, module, true)?;
+    let raw = encode_raw(snapshot, module, true, FORMAT_VERSION)?;
     // One-shot compression of the whole buffer: zstd's streaming encoder
     // compresses a large input that was written to it in one piece against
     // an "external dictionary" of its own earlier blocks, which made it
@@ -121,7 +123,7 @@ pub fn decode_limited(bytes: &[u8], max_uncompressed: u64) -> Result<(Snapshot, 
 /// uncompressed: the per-version state blob of the store, which keeps
 /// pages and the value apart. Memories keep their sizes, not their pages.
 pub(crate) fn encode_state(snapshot: &Snapshot) -> Result<Vec<u8>> {
-    encode_raw(snapshot, None, false)
+    encode_raw(snapshot, None, false, FORMAT_VERSION)
 }
 
 /// Decodes a blob written by [`encode_state`]; memories come back with
@@ -230,7 +232,14 @@ fn check_header(raw: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> Result<Vec<u8>> {
+/// The uncompressed form in format `version` (older versions only for
+/// the tests that prove they are still read).
+fn encode_raw(
+    snapshot: &Snapshot,
+    module: Option<&[u8]>,
+    with_pages: bool,
+    version: u32,
+) -> Result<Vec<u8>> {
     // Reserved once: growing by doubling would copy the pages again.
     let pages: usize = snapshot.memories.iter().map(|m| m.pages.len()).sum();
     let page_bytes = if with_pages {
@@ -242,13 +251,13 @@ fn encode_raw(snapshot: &Snapshot, module: Option<&[u8]>, with_pages: bool) -> R
         buf: Vec::with_capacity(page_bytes + module.map_or(0, <[u8]>::len) + 4096),
     };
     w.raw(&MAGIC);
-    w.u32(FORMAT_VERSION);
+    w.u32(version);
     let mut flags = if with_pages { 0 } else { FLAG_NO_PAGES };
     if module.is_some() {
         flags |= FLAG_MODULE;
     }
     w.u32(flags);
-    write_state(&mut w, snapshot, with_pages)?;
+    write_state(&mut w, snapshot, with_pages, version)?;
     write_memories(&mut w, &snapshot.memories, with_pages)?;
     if let Some(module) = module {
         w.bytes(module)?;
@@ -278,7 +287,7 @@ fn decode_raw(raw: &[u8], with_pages: bool) -> Result<(Snapshot, Option<Vec<u8>>
     let mut r = Reader::new(&body[MAGIC.len() + 4..]);
     let flags = r.u32()?;
     check_flags(flags, with_pages)?;
-    let mut snapshot = read_state(&mut r)?;
+    let mut snapshot = read_state(&mut r, version)?;
     snapshot.memories = read_memories(&mut r)?;
     let module = if flags & FLAG_MODULE != 0 {
         Some(r.bytes().context("the embedded module")?)
@@ -316,8 +325,8 @@ fn check_flags(flags: u32, with_pages: bool) -> Result<()> {
 }
 
 /// The state without memories; without the yielded value unless
-/// `with_value`.
-fn write_state(w: &mut Writer, s: &Snapshot, with_value: bool) -> Result<()> {
+/// `with_value`; in format `version`.
+fn write_state(w: &mut Writer, s: &Snapshot, with_value: bool, version: u32) -> Result<()> {
     w.raw(&s.module_hash);
     w.u32(s.instrumenter_version);
     w.len(s.globals.len())?;
@@ -330,10 +339,10 @@ fn write_state(w: &mut Writer, s: &Snapshot, with_value: bool) -> Result<()> {
     for c in &s.coroutines {
         write_coroutine(w, c)?;
     }
-    write_host(w, &s.host, with_value)
+    write_host(w, &s.host, with_value, version)
 }
 
-fn read_state(r: &mut Reader) -> Result<Snapshot> {
+fn read_state(r: &mut Reader, version: u32) -> Result<Snapshot> {
     let module_hash = r.hash()?;
     let instrumenter_version = r.u32()?;
     let globals = (0..r.count(1)?)
@@ -343,7 +352,7 @@ fn read_state(r: &mut Reader) -> Result<Snapshot> {
         .map(|i| read_table(r).with_context(|| format!("table {i}")))
         .collect::<Result<_>>()?;
     let coroutines = read_coroutines(r)?;
-    let host = read_host(r).context("host state")?;
+    let host = read_host(r, version).context("host state")?;
     Ok(Snapshot {
         module_hash,
         instrumenter_version,
@@ -472,7 +481,7 @@ fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
     })
 }
 
-fn write_host(w: &mut Writer, h: &HostSide, with_value: bool) -> Result<()> {
+fn write_host(w: &mut Writer, h: &HostSide, with_value: bool, version: u32) -> Result<()> {
     w.u32(h.current);
     w.u32(h.next_coroutine_id);
     w.str(&h.suspended_in)?;
@@ -484,10 +493,37 @@ fn write_host(w: &mut Writer, h: &HostSide, with_value: bool) -> Result<()> {
         w.str(k)?;
         w.str(v)?;
     }
+    match &h.stdin {
+        Stdin::Empty if version < 2 => {}
+        Stdin::Suspending { .. } if version < 2 => {
+            bail!("format version {version} cannot hold a suspending standard input")
+        }
+        Stdin::Empty => w.u8(STDIN_EMPTY),
+        Stdin::Suspending { buffered } => {
+            w.u8(STDIN_SUSPENDING);
+            w.bytes(buffered)?;
+        }
+    }
     Ok(())
 }
 
-fn read_host(r: &mut Reader) -> Result<HostSide> {
+const STDIN_EMPTY: u8 = 0;
+const STDIN_SUSPENDING: u8 = 1;
+
+fn read_stdin(r: &mut Reader, version: u32) -> Result<Stdin> {
+    if version < 2 {
+        return Ok(Stdin::Empty);
+    }
+    Ok(match r.u8()? {
+        STDIN_EMPTY => Stdin::Empty,
+        STDIN_SUSPENDING => Stdin::Suspending {
+            buffered: r.bytes()?,
+        },
+        other => bail!("unknown standard input kind {other}"),
+    })
+}
+
+fn read_host(r: &mut Reader, version: u32) -> Result<HostSide> {
     let current = r.u32()?;
     let next_coroutine_id = r.u32()?;
     let suspended_in = r.str()?;
@@ -497,6 +533,7 @@ fn read_host(r: &mut Reader) -> Result<HostSide> {
     let env = (0..r.count(8)?)
         .map(|_| Ok((r.str()?, r.str()?)))
         .collect::<Result<_>>()?;
+    let stdin = read_stdin(r, version)?;
     Ok(HostSide {
         current,
         next_coroutine_id,
@@ -505,6 +542,7 @@ fn read_host(r: &mut Reader) -> Result<HostSide> {
         reply,
         args,
         env,
+        stdin,
     })
 }
 
@@ -660,8 +698,26 @@ pub(crate) mod tests {
                 reply: b"true".to_vec(),
                 args: vec!["wf.wasm".into(), "--fast".into()],
                 env: vec![("HOME".into(), "/root".into())],
+                stdin: Stdin::Suspending {
+                    buffered: b"rest of a line\n".to_vec(),
+                },
             },
         }
+    }
+
+    #[test]
+    fn a_version_1_file_reads_with_an_empty_standard_input() {
+        let mut s = sample();
+        s.host.stdin = Stdin::Empty;
+        let raw = encode_raw(&s, Some(b"module"), true, 1).unwrap();
+        let v1 = zstd::bulk::compress(&raw, 1).unwrap();
+        assert_eq!(decode(&v1).unwrap(), (s.clone(), Some(b"module".to_vec())));
+        // A suspending standard input did not exist then.
+        let error = encode_raw(&sample(), None, true, 1).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "format version 1 cannot hold a suspending standard input"
+        );
     }
 
     #[test]
@@ -710,7 +766,8 @@ pub(crate) mod tests {
                 ..s.host.clone()
             }
         );
-        let file_err = decode_state(&encode_raw(&s, None, true).unwrap()).unwrap_err();
+        let file_err =
+            decode_state(&encode_raw(&s, None, true, FORMAT_VERSION).unwrap()).unwrap_err();
         assert_eq!(file_err.to_string(), "this is not a stored state");
     }
 

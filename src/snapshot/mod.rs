@@ -138,4 +138,22 @@ pub struct HostSide {
     pub args: Vec<String>,
     /// The WASI environment.
     pub env: Vec<(String, String)>,
+    /// What reads of standard input find.
+    pub stdin: Stdin,
+}
+
+/// A workflow's standard input, as the host keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Stdin {
+    /// Reads find it empty, at its end: a workflow has no input of its own.
+    #[default]
+    Empty,
+    /// Every read that finds nothing buffered suspends the workflow, and
+    /// the reply it is resumed with is the input (see
+    /// [`crate::instrument::Options::suspend_on_stdin`]).
+    Suspending {
+        /// Input received and not read yet: the rest of a reply longer
+        /// than the read that asked for it.
+        buffered: Vec<u8>,
+    },
 }

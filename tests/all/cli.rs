@@ -238,6 +238,28 @@ fn instrument_writes_a_module_with_the_asyncify_abi() {
     assert!(!db.exists(), "instrument does not touch the database");
 }
 
+#[test]
+fn instrument_refuses_an_invalid_module_in_one_line() {
+    let (dir, db) = scratch();
+    // A body calling function 5 of a module with one function: the kind
+    // of input that reached the rewrite unvalidated and panicked there.
+    let input = dir.path().join("invalid.wasm");
+    std::fs::write(&input, wat::parse_str("(module (func call 5))").unwrap()).unwrap();
+    let out = dir.path().join("out.wasm");
+    let args = [
+        "instrument",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(wasnap(&db, &args).status.code(), Some(1));
+    let error = fails(&db, &args);
+    assert!(error.contains("invalid.wasm"), "{error}");
+    assert!(error.contains("not valid WebAssembly"), "{error}");
+    assert!(error.contains("unknown function"), "{error}");
+    assert!(!out.exists(), "nothing is written for an invalid module");
+}
+
 on_both_backends! {
 fn seed_demos_in_every_language_one_process_per_step(backend: Backend) {
     for language in LANGUAGES {

@@ -136,36 +136,43 @@ fn greenlet_in_every_language() {
     }
 }
 
+/// The deploy workflow's scenarios (guest-workflows/deploy.expected.md):
+/// the reply to each suspension after the first run, and all of stdout.
+pub const DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
+    (
+        &[Some("yes"), Some("ok"), Some("ok"), Some("ok")],
+        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n",
+    ),
+    (
+        &[
+            Some("yes"),
+            Some("ok"),
+            Some("ok"),
+            Some("fail"),
+            None,
+            None,
+        ],
+        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\nrolling back machine-2\nrolling back machine-1\nrolled back after machine-3 failed\n",
+    ),
+    (
+        &[Some("yes"), Some("ok"), Some("fail"), None],
+        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n",
+    ),
+    (
+        &[Some("yes"), Some("fail")],
+        "building release\nwaiting for approval\ndeploying to machine-1\nrolled back after machine-1 failed\n",
+    ),
+    (
+        &[Some("no")],
+        "building release\nwaiting for approval\ndeployment not approved\n",
+    ),
+];
+
 #[test]
 fn deploy_in_every_language() {
-    let scenarios: [(&[Option<&str>], &str); 4] = [
-        (
-            &[Some("yes"), Some("ok"), Some("ok"), Some("ok")],
-            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n",
-        ),
-        (
-            &[
-                Some("yes"),
-                Some("ok"),
-                Some("ok"),
-                Some("fail"),
-                None,
-                None,
-            ],
-            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\nrolling back machine-2\nrolling back machine-1\nrolled back after machine-3 failed\n",
-        ),
-        (
-            &[Some("yes"), Some("ok"), Some("fail"), None],
-            "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n",
-        ),
-        (
-            &[Some("no")],
-            "building release\nwaiting for approval\ndeployment not approved\n",
-        ),
-    ];
     for language in LANGUAGES {
         let wasm = module(language, "deploy");
-        for (replies, expected) in scenarios {
+        for (replies, expected) in DEPLOY_SCENARIOS {
             assert_eq!(
                 run_with_replies(&wasm, replies),
                 expected,

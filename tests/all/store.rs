@@ -91,6 +91,7 @@ fn step(n: u32) -> Snapshot {
             reply: Vec::new(),
             args: vec!["wf.wasm".into()],
             env: Vec::new(),
+            stdin: Default::default(),
         },
     }
 }

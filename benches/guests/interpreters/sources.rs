@@ -1,2 +1,2 @@
-//! Nothing: this package only names the crates whose C sources the
-//! interpreter guests are compiled from (see Cargo.toml).
+//! Nothing: this package only names the crate whose C sources the Lua
+//! guest is compiled from (see Cargo.toml).

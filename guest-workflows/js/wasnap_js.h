@@ -1,0 +1,41 @@
+/*
+ * wasnap_js.h — QuickJS-ng as a wasnap guest: the globals every wasnap
+ * JavaScript runtime gives its scripts, and running a script with them.
+ *
+ *   wasnap.yield(text) -> reply   publish text as this step's value, suspend
+ *                                 the workflow, return the reply it is
+ *                                 resumed with ("" when there is none)
+ *   print(...values), console.log(...values)
+ *   scriptArgs                    the arguments after the script
+ *
+ * wasnap.yield is a C function called from interpreted code, so the
+ * suspending import is reached through the interpreter's own dispatch and
+ * function pointers: the whole interpreter, with the script's frames and
+ * heap, is what a snapshot holds.
+ *
+ * Used by the product runtime (runtime.c beside this file) and by the
+ * benchmark guest (benches/guests/interpreters/quickjs.c).
+ */
+#ifndef WASNAP_JS_H
+#define WASNAP_JS_H
+
+#include "quickjs.h"
+
+/* A runtime and context whose C recursion is bounded below the module's
+ * linear-memory stack (its size is given at link time, see the build
+ * scripts), so that deep JavaScript recursion raises a RangeError instead
+ * of overrunning it. NULL when out of memory. */
+JSContext *wasnap_js_new_context(void);
+
+/* Defines the globals above; `args` are the script's own arguments. */
+void wasnap_js_define_globals(JSContext *ctx, int argc, char **args);
+
+/* Evaluates `source` as a global script named `name`. On an uncaught
+ * exception, prints it and its stack trace to stderr and returns 1; else
+ * 0. Flushes stdout either way. */
+int wasnap_js_run(JSContext *ctx, const char *source, size_t len, const char *name);
+
+/* Frees the context and its runtime. */
+void wasnap_js_free(JSContext *ctx);
+
+#endif

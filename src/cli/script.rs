@@ -1,0 +1,110 @@
+//! Scripts: `wasnap run approval.js` runs the language's runtime module,
+//! with the script's text as a WASI argument of its first run (`--source
+//! NAME SOURCE`, see `guest-workflows/js/runtime.c`). The runtime reads it
+//! before its first suspension; from then on the script lives, compiled, in
+//! the interpreter's heap, which every version holds.
+//!
+//! The runtime module is looked for, in this order:
+//!
+//! 1. `$WASNAP_RUNTIMES/<runtime>.wasm`, when that variable is set;
+//! 2. beside the `wasnap` executable;
+//! 3. in `guest-workflows/out/<language>/` of the source tree wasnap was
+//!    built from, where `guest-workflows/build` puts it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The variable naming a directory of runtime modules.
+const RUNTIMES_VARIABLE: &str = "WASNAP_RUNTIMES";
+
+/// A language whose scripts run in a runtime module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Language {
+    JavaScript,
+}
+
+impl Language {
+    /// The language of a script file, by its extension; `None` for a
+    /// module.
+    pub(super) fn of(path: &Path) -> Option<Language> {
+        match path.extension()?.to_str()? {
+            "js" => Some(Language::JavaScript),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Language::JavaScript => "JavaScript",
+        }
+    }
+
+    /// The build's name for the language, which is also its runtime's.
+    fn build_name(self) -> &'static str {
+        match self {
+            Language::JavaScript => "js",
+        }
+    }
+
+    fn runtime_file(self) -> String {
+        format!("{}.wasm", self.build_name())
+    }
+
+    /// The places the runtime module is looked for, in order.
+    fn runtime_candidates(self) -> Vec<PathBuf> {
+        let file = self.runtime_file();
+        if let Some(directory) = std::env::var_os(RUNTIMES_VARIABLE) {
+            return vec![PathBuf::from(directory).join(file)];
+        }
+        let mut candidates = Vec::new();
+        if let Some(directory) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        {
+            candidates.push(directory.join(&file));
+        }
+        candidates.push(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("guest-workflows/out")
+                .join(self.build_name())
+                .join(file),
+        );
+        candidates
+    }
+
+    /// The runtime module's bytes, from the first place that has it.
+    pub(super) fn runtime(self) -> Result<Vec<u8>> {
+        let candidates = self.runtime_candidates();
+        for path in &candidates {
+            if path.is_file() {
+                return std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()));
+            }
+        }
+        let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "the {} runtime {} was not found (looked for {}): build it with guest-workflows/build {} in wasnap's source tree, or set {RUNTIMES_VARIABLE} to a directory holding it",
+            self.name(),
+            self.runtime_file(),
+            looked.join(", "),
+            self.build_name()
+        )
+    }
+}
+
+/// The WASI arguments that run `script` with its own `args`: the script's
+/// file name (the program name), then `--source NAME SOURCE`.
+pub(super) fn arguments(script: &Path, args: Vec<String>) -> Result<Vec<String>> {
+    let source =
+        std::fs::read(script).with_context(|| format!("cannot read {}", script.display()))?;
+    let source = String::from_utf8(source)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", script.display()))?;
+    let name = script
+        .file_name()
+        .map_or_else(|| "script".into(), |n| n.to_string_lossy().into_owned());
+    Ok([name.clone(), "--source".into(), name, source]
+        .into_iter()
+        .chain(args)
+        .collect())
+}

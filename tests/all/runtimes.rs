@@ -1,0 +1,275 @@
+//! Workflows written as scripts: the JavaScript runtime (QuickJS-ng,
+//! `js.wasm`) runs the demos given as source text, every step restored
+//! from snapshot bytes into a new engine, or through the command line,
+//! every step a new process.
+//!
+//! The runtimes come from `guest-workflows/build` (run by `.ci/run`); a
+//! missing one fails the test with that hint.
+
+use std::sync::OnceLock;
+
+use wasnap::runtime::Captured;
+use wasnap::snapshot::file;
+use wasnap::{Engine, Output, Settings, Step};
+
+use crate::cli::{fails, ok, scratch};
+use crate::guests::{DEPLOY_SCENARIOS, built};
+
+/// A runtime module, and its compiled artifact, made once for all the
+/// steps of all the tests (as the command line keeps it in its database).
+struct Runtime {
+    wasm: Vec<u8>,
+    artifact: Vec<u8>,
+    language: &'static str,
+}
+
+fn runtime(language: &'static str) -> &'static Runtime {
+    static JS: OnceLock<Runtime> = OnceLock::new();
+    assert_eq!(language, "js", "the only runtime");
+    JS.get_or_init(|| {
+        let wasm = std::fs::read(built(language, language)).unwrap();
+        let artifact = engine().load(&wasm).unwrap().serialize().unwrap();
+        Runtime {
+            wasm,
+            artifact,
+            language,
+        }
+    })
+}
+
+/// Wasm stack for the instrumented interpreters.
+const MAX_WASM_STACK: usize = 4 << 20;
+
+fn engine() -> Engine {
+    Engine::builder()
+        .max_wasm_stack(MAX_WASM_STACK)
+        .build()
+        .unwrap()
+}
+
+/// The source of a demo script in `guest-workflows/<language>/`.
+fn demo(language: &str, name: &str) -> (String, String) {
+    let file = format!("{name}.{language}");
+    let path = format!(
+        "{}/guest-workflows/{language}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    (file, std::fs::read_to_string(path).unwrap())
+}
+
+impl Runtime {
+    /// One step in a "new process": a new engine starts the script or
+    /// restores the snapshot bytes, sends the reply, runs to the next
+    /// suspension.
+    fn step(
+        &self,
+        script: &(String, String),
+        from: Option<&[u8]>,
+        reply: Option<&str>,
+    ) -> (Step, Vec<u8>, String) {
+        let engine = engine();
+        // SAFETY: the artifact was compiled by this test's own engine
+        // settings, from these very bytes, a moment before.
+        let module =
+            unsafe { engine.load_with_artifact(&self.wasm, Some(&self.artifact)) }.unwrap();
+        let captured = Captured::default();
+        let settings = Settings::default().stdout(Output::Capture(captured.clone()));
+        let mut workflow = match from {
+            Some(bytes) => {
+                let snapshot = file::decode(bytes).unwrap().0;
+                engine.restore_with(&module, &snapshot, settings).unwrap()
+            }
+            None => {
+                let (name, source) = script;
+                let args = [name.as_str(), "--source", name, source];
+                engine.start(&module, settings.args(args)).unwrap()
+            }
+        };
+        if let Some(reply) = reply {
+            workflow.send(reply.as_bytes());
+        }
+        let step = workflow
+            .run()
+            .unwrap_or_else(|e| panic!("{}: {e:?}", self.language));
+        let mut out = String::from_utf8(captured.contents()).unwrap();
+        let bytes = match &step {
+            Step::Yielded(value) => {
+                if !value.is_empty() {
+                    out += &String::from_utf8_lossy(value);
+                    out += "\n";
+                }
+                file::encode(&workflow.snapshot().unwrap(), None).unwrap()
+            }
+            Step::Finished(_) => Vec::new(),
+        };
+        (step, bytes, out)
+    }
+}
+
+/// Runs `f` on a thread whose native stack holds [`MAX_WASM_STACK`].
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(MAX_WASM_STACK + (8 << 20))
+            .spawn_scoped(scope, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+impl Runtime {
+    /// Runs a script to its end with one reply per resume; returns stdout.
+    fn run_with_replies(&self, script: &(String, String), replies: &[Option<&str>]) -> String {
+        let (_, mut snapshot, mut out) = self.step(script, None, None);
+        for reply in replies {
+            assert!(
+                !snapshot.is_empty(),
+                "{}: finished before its last reply",
+                self.language
+            );
+            let (_, next, text) = self.step(script, Some(&snapshot), *reply);
+            out += &text;
+            snapshot = next;
+        }
+        assert!(
+            snapshot.is_empty(),
+            "{}: the script did not finish",
+            self.language
+        );
+        out
+    }
+}
+
+const LANGUAGES: [&str; 1] = ["js"];
+
+#[test]
+fn approval_in_javascript() {
+    on_big_stack(|| {
+        for language in LANGUAGES {
+            let runtime = runtime(language);
+            let script = demo(language, "approval");
+            let approved = runtime.run_with_replies(&script, &[None, Some("true"), None]);
+            assert_eq!(
+                approved, "do something\nask boss for permission\ndo another after approved\n",
+                "{language}"
+            );
+            // Branch from version 2 with another answer.
+            let (_, v1, _) = runtime.step(&script, None, None);
+            let (_, v2, _) = runtime.step(&script, Some(&v1), None);
+            let (_, _, rejected) = runtime.step(&script, Some(&v2), Some("false"));
+            assert_eq!(rejected, "do another after rejected\n", "{language}");
+        }
+    });
+}
+
+#[test]
+fn deploy_in_javascript() {
+    on_big_stack(|| {
+        for language in LANGUAGES {
+            let runtime = runtime(language);
+            let script = demo(language, "deploy");
+            for (replies, expected) in DEPLOY_SCENARIOS {
+                assert_eq!(
+                    runtime.run_with_replies(&script, replies),
+                    expected,
+                    "{language} {replies:?}"
+                );
+            }
+        }
+    });
+}
+
+/// The path of a demo script, as the command line is given it.
+fn demo_path(language: &str, name: &str) -> String {
+    format!(
+        "{}/guest-workflows/{language}/{name}.{language}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Wasm stack for the command line's runs of the interpreters.
+const STACK: [&str; 2] = ["--max-wasm-stack", "4MiB"];
+
+/// `wasnap run SCRIPT` and then resume after resume, each a new process.
+#[test]
+fn approval_scripts_every_step_a_new_process() {
+    for language in LANGUAGES {
+        let (_dir, db) = scratch();
+        let script = demo_path(language, "approval");
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        assert_eq!(run(&["run", &script]), "do something\n", "{language}");
+        assert_eq!(run(&["resume", "1"]), "ask boss for permission\n");
+        assert_eq!(
+            run(&["resume", "1", "--send", "true"]),
+            "do another after approved\n"
+        );
+        assert_eq!(run(&["resume", "1"]), "", "{language}: the workflow ends");
+        let error = fails(&db, &["resume", "1"]);
+        assert!(error.contains("finished"), "{error}");
+        // The same saved moment, another answer.
+        assert_eq!(
+            run(&["resume", "1@2", "--send", "false"]),
+            "do another after rejected\n",
+            "{language}"
+        );
+    }
+}
+
+#[test]
+fn deploy_scripts_every_step_a_new_process() {
+    for language in LANGUAGES {
+        let (_dir, db) = scratch();
+        let script = demo_path(language, "deploy");
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        let mut out = run(&["run", &script]);
+        for reply in ["yes", "ok", "ok", "fail", "", ""] {
+            out += &run(&["resume", "1", "--send", reply]);
+        }
+        assert_eq!(out, DEPLOY_SCENARIOS[1].1, "{language}");
+        // Version 2 waits at machine 1: another answer there.
+        assert_eq!(
+            run(&["resume", "1@2", "--send", "fail"]),
+            "rolled back after machine-1 failed\n",
+            "{language}"
+        );
+    }
+}
+
+/// A script whose function keeps a string, built at run time, in a local
+/// variable while it is suspended.
+fn local_variable_script(language: &str) -> &'static str {
+    assert_eq!(language, "js", "the only runtime");
+    "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
+}
+
+#[test]
+fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
+    for language in LANGUAGES {
+        let (dir, db) = scratch();
+        let script = dir.path().join(format!("wait.{language}"));
+        std::fs::write(&script, local_variable_script(language)).unwrap();
+        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
+        assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
+        let file = dir.path().join("v1.wsnap");
+        ok(&db, &["snapshot", "1", "-o", file.to_str().unwrap()]);
+        let decompressed = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&file)
+            .output()
+            .expect("zstd is installed (.ci/run installs it)")
+            .stdout;
+        let note = format!("special-{language}-local");
+        let contains = |bytes: &[u8]| bytes.windows(note.len()).any(|w| w == note.as_bytes());
+        assert!(
+            contains(&decompressed),
+            "{language}: {note} is in the snapshot"
+        );
+        assert!(
+            !contains(&std::fs::read(built(language, language)).unwrap())
+                && !contains(local_variable_script(language).as_bytes()),
+            "{language}: {note} is made at run time"
+        );
+        assert_eq!(run(&["resume", "1"]), format!("{note}\n"));
+    }
+}
