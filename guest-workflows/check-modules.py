@@ -30,12 +30,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-ABI = {  # name -> (params, results), all i32
+ABI = {  # name -> (params, results): pointers, lengths and ids are i32
     "yield": (("i32", "i32"), ("i32",)),
     "reply": (("i32", "i32"), ("i32",)),
     "spawn": (("i32", "i32", "i32", "i32"), ("i32",)),
     "switch": (("i32", "i32"), ("i32",)),
     "current": ((), ("i32",)),
+    "sleep": (("i64",), ()),                       # milliseconds
+    "yield_timeout": (("i32", "i32", "i64"), ("i32",)),
 }
 ALLOWED_MODULES = {"wasnap", "wasi_snapshot_preview1"}
 VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
@@ -261,7 +263,8 @@ def check(path, data, demo=None):
         elif m["globals"][sp] != ("i32", 1):
             problems.append("__stack_pointer is not a mutable i32")
 
-    needs = {"approval": {"yield", "reply"}, "deploy": {"yield", "reply"},
+    needs = {"approval": {"yield", "reply"},
+             "deploy": {"yield", "reply", "sleep", "yield_timeout"},
              "greenlet": {"yield", "spawn", "switch"}}.get(demo, set())
     for name in sorted(needs - wasnap_imports):
         problems.append(f"the {demo} demo must import wasnap.{name}")
