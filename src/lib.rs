@@ -47,5 +47,5 @@ pub mod snapshot;
 pub mod store;
 
 pub use executor::Executor;
-pub use runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow};
+pub use runtime::{Engine, Module, Output, Policy, Settings, Step, Timer, Workflow};
 pub use snapshot::Snapshot;

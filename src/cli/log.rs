@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::json;
+use wasnap::runtime::{Timer, utc_text};
 use wasnap::store::{InstanceId, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
@@ -50,12 +51,18 @@ impl Log {
 
 fn describe(v: &VersionInfo, head: Option<u32>) -> String {
     let mut text = format!("v{}", v.number);
-    match v.kind {
-        VersionKind::Suspended => {
-            text += &format!(" yielded {:?}", String::from_utf8_lossy(&v.value))
+    match (v.kind, v.timer) {
+        (VersionKind::Suspended, Some(Timer::Sleep { wake_at })) => {
+            text += &format!(" sleeps until {}", utc_text(wake_at))
         }
-        VersionKind::Finished => text += " finished",
-        VersionKind::Failed => {
+        (VersionKind::Suspended, timer) => {
+            text += &format!(" yielded {:?}", String::from_utf8_lossy(&v.value));
+            if let Some(timer) = timer {
+                text += &format!(" (deadline {})", utc_text(timer.wake_at()));
+            }
+        }
+        (VersionKind::Finished, _) => text += " finished",
+        (VersionKind::Failed, _) => {
             text += &format!(
                 " failed: {}",
                 v.message.as_deref().unwrap_or("unknown cause")
@@ -101,5 +108,6 @@ fn version_json(v: &VersionInfo) -> String {
             "message",
             v.message.as_deref().map_or("null".into(), json::string),
         ),
+        ("wake_at", json::number(v.timer.map(Timer::wake_at))),
     ])
 }

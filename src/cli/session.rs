@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use wasnap::executor::{Ended, Executor, Report};
-use wasnap::runtime::{Directory, Policy};
+use wasnap::runtime::{Directory, Policy, Timer, utc_text};
 
 /// Opens (or creates) the database with a default engine.
 pub(super) fn open(db: &Path) -> Result<Executor> {
@@ -136,7 +136,17 @@ pub(super) fn report(report: &Report) -> Result<()> {
     match &report.ended {
         Ended::Suspended { value } => {
             print_value(value)?;
-            eprintln!("wasnap: instance {instance} suspended at version {version}");
+            match report.timer {
+                Some(Timer::Sleep { wake_at }) => eprintln!(
+                    "wasnap: instance {instance} sleeps at version {version} until {}",
+                    utc_text(wake_at)
+                ),
+                Some(Timer::Deadline { wake_at }) => eprintln!(
+                    "wasnap: instance {instance} suspended at version {version}, waiting for a reply until {}",
+                    utc_text(wake_at)
+                ),
+                None => eprintln!("wasnap: instance {instance} suspended at version {version}"),
+            }
         }
         Ended::Finished { exit_status } => {
             let status = match exit_status {

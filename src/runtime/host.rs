@@ -117,6 +117,7 @@ impl HostFunction {
                     let pending = Pending::Yield {
                         import: import.clone(),
                         value,
+                        timer: None,
                     };
                     abi::start_unwind(&mut caller, pending)?;
                 }

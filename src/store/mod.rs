@@ -24,6 +24,7 @@ mod pages;
 mod policy;
 mod schema;
 mod versions;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,9 +36,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
-pub use versions::{Outcome, VersionInfo, VersionKind};
+pub use versions::{Commit, Outcome, Prepared, VersionInfo, VersionKind};
+pub(crate) use work::sleeping_message;
+pub use work::{Batch, BatchDone, Claim, Refused, Request, Work};
 
-use crate::runtime::Policy;
+use crate::runtime::{Policy, Timer};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
@@ -54,6 +57,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Database {
     shared: Arc<Mutex<Shared>>,
+    /// Page names, locked on its own so that versions are prepared outside
+    /// the connection's lock; when both are needed, the connection first.
+    page_cache: Arc<Mutex<pages::PageCache>>,
     path: PathBuf,
 }
 
@@ -62,10 +68,6 @@ struct Shared {
     conn: Connection,
     /// Called at named points inside a commit; see [`Database::set_commit_hook`].
     commit_hook: Option<fn(&str)>,
-    /// Kept between commits so that its context is allocated once.
-    compressor: zstd::bulk::Compressor<'static>,
-    /// The pages last committed, so that unchanged ones are not hashed again.
-    page_cache: pages::PageCache,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
@@ -142,6 +144,23 @@ pub struct InstanceInfo {
     pub policy: Policy,
     /// The pid of the live process holding its lease, if one does.
     pub leased_by: Option<u32>,
+    /// The head version's timer, when it has one: when a sleep wakes, or
+    /// a question's deadline.
+    pub timer: Option<Timer>,
+    /// Whether a run of it is requested and not yet committed (see
+    /// [`Database::request`]).
+    pub pending: bool,
+}
+
+/// One stored module, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Its content hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
 }
 
 /// Counts of what a database holds.
@@ -220,16 +239,13 @@ impl Database {
     }
 
     fn wrap(conn: Connection, path: PathBuf) -> Result<Self> {
-        let compressor = zstd::bulk::Compressor::new(pages::PAGE_ZSTD_LEVEL)
-            .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
         let shared = Shared {
             conn,
             commit_hook: None,
-            compressor,
-            page_cache: pages::PageCache::default(),
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
+            page_cache: Arc::default(),
             path,
         })
     }
@@ -268,6 +284,25 @@ impl Database {
             Ok(hash)
         })?;
         Ok(hash)
+    }
+
+    /// Every stored module, oldest first.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>> {
+        self.with(|s| {
+            s.conn
+                .prepare_cached(
+                    "SELECT hash, length(bytes), created FROM modules ORDER BY created, hash",
+                )?
+                .query_map([], |r| {
+                    Ok(ModuleInfo {
+                        hash: r.get(0)?,
+                        bytes: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Into::into)
+        })
     }
 
     /// The original bytes of the module with content hash `hash`.
@@ -357,7 +392,7 @@ impl Database {
                 .optional()?;
             match row {
                 Some(row) => finish_instance(&s.conn, row),
-                None => bail!("instance {id} not found"),
+                None => Err(Refused::NotFound(format!("instance {id} not found")).into()),
             }
         })
     }
@@ -469,36 +504,40 @@ impl Database {
 }
 
 const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy
+    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy,
+           v.wake_at, v.timer, EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
     FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
 
 /// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
 type InstanceRow = (
-    InstanceId,
-    ModuleHash,
-    String,
-    Option<u32>,
-    u64,
-    Vec<u8>,
-    Option<Vec<u8>>,
-    Vec<u8>,
+    (InstanceId, ModuleHash, String, Option<u32>, u64, Vec<u8>),
+    (Option<Vec<u8>>, Vec<u8>, Option<u64>, Option<String>, bool),
 );
 
 fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ),
+        (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, last_value, policy) = row;
+    let (
+        (id, module_hash, state, head, created_ms, args),
+        (last_value, policy, wake_at, timer, pending),
+    ) = row;
+    let timer = match (wake_at, timer.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
+    };
     let mut r = Reader::new(&args);
     let args = r
         .strings()
@@ -516,6 +555,8 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         args,
         policy,
         leased_by: lease::holder(conn, id)?,
+        timer,
+        pending,
     })
 }
 

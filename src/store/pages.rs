@@ -29,23 +29,29 @@ pub(super) const PAGE_ZSTD_LEVEL: i32 = 1;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
-/// One non-zero page of a snapshot, with its name.
-pub(super) struct HashedPage<'a> {
+/// One non-zero page of a version about to be committed: its name, and
+/// either the row id it is known to be stored under or its compressed
+/// contents, in case it is new.
+pub(super) struct PreparedPage {
     pub memory: u32,
-    pub page: &'a Page,
+    pub index: u32,
     pub hash: [u8; 32],
+    pub data: Arc<[u8]>,
+    pub known: Option<i64>,
+    pub compressed: Option<Vec<u8>>,
 }
 
 /// A page's place: (memory index, page index).
 type PageKey = (u32, u32);
 
-/// How many pages a [`PageCache`] keeps (64 MiB): it shares them with the
-/// snapshots it saw, but keeps them alive after those are gone.
-const CACHE_PAGES: usize = 1024;
+/// How many pages a [`PageCache`] keeps over all instances (256 MiB): it
+/// shares them with the snapshots and workflows it saw, but keeps them
+/// alive after those are gone.
+const CACHE_PAGES: usize = 4096;
 
 /// The names of the pages last committed or loaded through one store
-/// handle, with their contents, by (memory, page index), for one instance
-/// at a time; and which names are known to be stored.
+/// handle, with their contents, by instance and (memory, page index); and,
+/// per instance, which names are known to be stored.
 ///
 /// From one suspension to the next a workflow usually changes few pages,
 /// and the snapshots of one workflow share the pages that did not change
@@ -54,132 +60,182 @@ const CACHE_PAGES: usize = 1024;
 /// runs at memory speed, several times faster than hashing. Only pages that
 /// changed are hashed. A name is a pure function of the contents, so the
 /// cache can never be wrong, only miss (after a branch, or a commit that
-/// was rolled back).
+/// was rolled back). A service commits many instances in turn, so each
+/// keeps its own entries, up to [`CACHE_PAGES`] in all.
 #[derive(Default)]
 pub(super) struct PageCache {
-    instance: Option<InstanceId>,
+    instances: HashMap<InstanceId, InstancePages>,
+    pages: usize,
+}
+
+/// What a [`PageCache`] knows of one instance.
+#[derive(Default)]
+struct InstancePages {
     entries: HashMap<PageKey, ([u8; 32], Arc<[u8]>)>,
-    /// The version of `instance` last committed or loaded, and the names
-    /// and row ids of its pages. Those pages are in the database for as
-    /// long as that version is: a commit whose parent is this version
-    /// (checked inside its transaction) need not look them up.
+    /// The version last committed or loaded, and the names and row ids of
+    /// its pages. Those pages are in the database for as long as that
+    /// version is: a commit whose parent is this version (checked inside
+    /// its transaction) need not look them up.
     version: Option<u32>,
     stored: HashMap<[u8; 32], i64>,
 }
 
 impl PageCache {
-    /// The name of a page, or `None` if it is all zeros. A page equal to
-    /// the cached one is known to be non-zero and is not scanned again.
-    fn name(&mut self, memory: u32, page: &Page) -> Option<[u8; 32]> {
-        let key = (memory, page.index);
-        let room = self.entries.len() < CACHE_PAGES;
-        let cached = self.entries.get_mut(&key);
-        if let Some((hash, data)) = &cached
-            && (Arc::ptr_eq(data, &page.data) || *data == page.data)
-        {
-            return Some(*hash);
-        }
-        if page.data[..] == ZERO_PAGE[..] {
+    /// The cached name of a page whose contents are unchanged.
+    fn cached_name(&self, instance: InstanceId, memory: u32, page: &Page) -> Option<[u8; 32]> {
+        let (hash, data) = self
+            .instances
+            .get(&instance)?
+            .entries
+            .get(&(memory, page.index))?;
+        (Arc::ptr_eq(data, &page.data) || *data == page.data).then_some(*hash)
+    }
+
+    /// The row id of a page known to be stored under `parent`.
+    fn known_id(&self, instance: InstanceId, parent: Option<u32>, hash: &[u8; 32]) -> Option<i64> {
+        let cached = self.instances.get(&instance)?;
+        if parent.is_none() || cached.version != parent {
             return None;
         }
-        let hash = *blake3::hash(&page.data).as_bytes();
-        match cached {
-            Some(entry) => *entry = (hash, Arc::clone(&page.data)),
-            None if room => {
-                self.entries.insert(key, (hash, Arc::clone(&page.data)));
-            }
-            None => {}
-        }
-        Some(hash)
+        cached.stored.get(hash).copied()
     }
 
-    /// Starts over when the pages to name belong to another instance.
-    fn switch_to(&mut self, instance: InstanceId) {
-        if self.instance != Some(instance) {
-            self.entries.clear();
-            self.version = None;
-            self.stored.clear();
-            self.instance = Some(instance);
-        }
-    }
-
-    /// Records that `version` of `instance`, holding `pages` stored under
-    /// row ids `ids`, has just been committed or read in a transaction.
-    pub(super) fn settle(
+    /// Records that `version` of `instance`, holding `pages` (memory, page
+    /// index, name, contents) stored under row ids `ids`, has just been
+    /// committed or read in a transaction: the instance's entries become
+    /// that version's pages.
+    pub(super) fn settle<'a>(
         &mut self,
         instance: InstanceId,
         version: u32,
-        pages: &[HashedPage],
+        pages: impl Iterator<Item = (u32, u32, [u8; 32], &'a Arc<[u8]>)>,
         ids: &[i64],
     ) {
-        self.switch_to(instance);
-        self.version = Some(version);
-        self.stored = pages
-            .iter()
-            .map(|p| p.hash)
-            .zip(ids.iter().copied())
-            .collect();
-        for p in pages {
-            let key = (p.memory, p.page.index);
-            if self.entries.len() < CACHE_PAGES || self.entries.contains_key(&key) {
-                self.entries.insert(key, (p.hash, Arc::clone(&p.page.data)));
-            }
+        let pages: Vec<_> = pages.collect();
+        if let Some(old) = self.instances.remove(&instance) {
+            self.pages -= old.entries.len().min(self.pages);
         }
+        self.make_room(pages.len());
+        let room = CACHE_PAGES.saturating_sub(self.pages);
+        let entries: HashMap<_, _> = pages
+            .iter()
+            .take(room)
+            .map(|&(memory, index, hash, data)| ((memory, index), (hash, Arc::clone(data))))
+            .collect();
+        let stored = pages.iter().map(|p| p.2).zip(ids.iter().copied()).collect();
+        self.pages += entries.len();
+        let cached = InstancePages {
+            entries,
+            version: Some(version),
+            stored,
+        };
+        self.instances.insert(instance, cached);
     }
 
-    /// The pages known to be stored, by name, when a commit's parent is
-    /// `parent`.
-    pub(super) fn stored_under(&self, parent: Option<u32>) -> Option<&HashMap<[u8; 32], i64>> {
-        (parent.is_some() && parent == self.version).then_some(&self.stored)
+    /// Forgets other instances until `more` pages fit (or none is left).
+    fn make_room(&mut self, more: usize) {
+        while self.pages + more > CACHE_PAGES {
+            let Some(&victim) = self.instances.keys().next() else {
+                return;
+            };
+            let removed = self
+                .instances
+                .remove(&victim)
+                .map_or(0, |c| c.entries.len());
+            self.pages -= removed.min(self.pages);
+        }
     }
 }
 
-/// Names every non-zero page of `memories`, a snapshot of `instance`.
-pub(super) fn hash_pages<'a>(
-    memories: &'a [MemoryImage],
+/// Names every non-zero page of `memories`, a snapshot of `instance`
+/// resumed from `parent`, and compresses those not known to be stored.
+/// The cache is locked only to look names up; hashing and compression run
+/// without it, so that several threads prepare versions at once.
+pub(super) fn prepare(
+    memories: &[MemoryImage],
     instance: InstanceId,
-    cache: &mut PageCache,
-) -> Vec<HashedPage<'a>> {
-    cache.switch_to(instance);
-    let mut named = Vec::new();
-    for (m, memory) in memories.iter().zip(0u32..) {
-        for page in &m.pages {
-            if let Some(hash) = cache.name(memory, page) {
-                named.push(HashedPage { memory, page, hash });
-            }
-        }
+    parent: Option<u32>,
+    cache: &std::sync::Mutex<PageCache>,
+) -> Result<Vec<PreparedPage>> {
+    let looked_up: Vec<_> = {
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        memories
+            .iter()
+            .zip(0u32..)
+            .flat_map(|(m, memory)| m.pages.iter().map(move |page| (memory, page)))
+            .map(|(memory, page)| {
+                let hash = cache.cached_name(instance, memory, page);
+                let known = hash.and_then(|h| cache.known_id(instance, parent, &h));
+                (memory, page, hash, known)
+            })
+            .collect()
+    };
+    let mut prepared = Vec::with_capacity(looked_up.len());
+    for (memory, page, hash, known) in looked_up {
+        let hash = match hash {
+            Some(hash) => hash,
+            None if page.data[..] == ZERO_PAGE[..] => continue,
+            None => *blake3::hash(&page.data).as_bytes(),
+        };
+        let compressed = match known {
+            Some(_) => None,
+            None => Some(compress(&page.data)?),
+        };
+        prepared.push(PreparedPage {
+            memory,
+            index: page.index,
+            hash,
+            data: Arc::clone(&page.data),
+            known,
+            compressed,
+        });
     }
-    named
+    Ok(prepared)
+}
+
+/// zstd level [`PAGE_ZSTD_LEVEL`] of one page, with a compression context
+/// kept per thread.
+fn compress(data: &[u8]) -> Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(
+                zstd::bulk::Compressor::new(PAGE_ZSTD_LEVEL)
+                    .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?,
+            );
+        }
+        let compressor = cell.as_mut().expect("set above");
+        compressor
+            .compress(data)
+            .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))
+    })
 }
 
 /// Stores the pages not stored yet; returns the row id of every page and
-/// the bytes this added. A page already stored is neither compressed nor
-/// written again; those in `known` are not even looked up.
-pub(super) fn store_missing(
-    conn: &Connection,
-    compressor: &mut zstd::bulk::Compressor<'static>,
-    pages: &[HashedPage],
-    known: Option<&HashMap<[u8; 32], i64>>,
-) -> Result<(Vec<i64>, u64)> {
+/// the bytes this added. A page already stored is not written again; those
+/// known to be stored are not even looked up.
+pub(super) fn store_missing(conn: &Connection, pages: &[PreparedPage]) -> Result<(Vec<i64>, u64)> {
     let mut find = conn.prepare_cached("SELECT id FROM pages WHERE hash = ?1")?;
     let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
     let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        let found = match known.and_then(|k| k.get(&p.hash)) {
-            Some(&id) => Some(id),
+        let found = match p.known {
+            Some(id) => Some(id),
             None => find.query_row([&p.hash], |r| r.get(0)).optional()?,
         };
-        let id = match found {
-            Some(id) => id,
-            None => {
-                let data = compressor
-                    .compress(&p.page.data)
-                    .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+        let id = match (found, &p.compressed) {
+            (Some(id), _) => id,
+            (None, Some(data)) => {
                 insert.execute(params![p.hash, data])?;
                 added += data.len() as u64;
                 conn.last_insert_rowid()
             }
+            (None, None) => bail!("page {} of memory {} was not prepared", p.index, p.memory),
         };
         ids.push(id);
     }
@@ -190,14 +246,14 @@ pub(super) fn store_missing(
 pub(super) fn reference(
     conn: &Connection,
     version: i64,
-    pages: &[HashedPage],
+    pages: &[PreparedPage],
     ids: &[i64],
 ) -> Result<()> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO version_pages (version, memory, page_index, page) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for (p, id) in pages.iter().zip(ids) {
-        insert.execute(params![version, p.memory, p.page.index, id])?;
+        insert.execute(params![version, p.memory, p.index, id])?;
     }
     Ok(())
 }
@@ -262,63 +318,91 @@ fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    fn image(pages: Vec<(u32, Vec<u8>)>) -> MemoryImage {
+        MemoryImage {
+            page_count: pages.iter().map(|p| p.0 as u64 + 1).max().unwrap_or(0),
+            pages: pages
+                .into_iter()
+                .map(|(index, data)| Page {
+                    index,
+                    data: data.into(),
+                })
+                .collect(),
+        }
+    }
 
     #[test]
     fn zero_pages_are_skipped_and_others_named_by_content() {
         let mut a = vec![0u8; PAGE_SIZE];
         a[PAGE_SIZE - 1] = 1;
         let memories = vec![
-            MemoryImage {
-                page_count: 2,
-                pages: vec![
-                    Page {
-                        index: 0,
-                        data: vec![0; PAGE_SIZE].into(),
-                    },
-                    Page {
-                        index: 1,
-                        data: a.clone().into(),
-                    },
-                ],
-            },
-            MemoryImage {
-                page_count: 1,
-                pages: vec![Page {
-                    index: 0,
-                    data: a.into(),
-                }],
-            },
+            image(vec![(0, vec![0; PAGE_SIZE]), (1, a.clone())]),
+            image(vec![(0, a)]),
         ];
-        let mut cache = PageCache::default();
-        let hashed = hash_pages(&memories, 1, &mut cache);
-        assert_eq!(hashed.len(), 2);
-        assert_eq!((hashed[0].memory, hashed[0].page.index), (0, 1));
-        assert_eq!((hashed[1].memory, hashed[1].page.index), (1, 0));
-        assert_eq!(hashed[0].hash, hashed[1].hash);
+        let cache = Mutex::new(PageCache::default());
+        let prepared = prepare(&memories, 1, None, &cache).unwrap();
+        assert_eq!(prepared.len(), 2);
+        assert_eq!((prepared[0].memory, prepared[0].index), (0, 1));
+        assert_eq!((prepared[1].memory, prepared[1].index), (1, 0));
+        assert_eq!(prepared[0].hash, prepared[1].hash);
+        assert!(prepared.iter().all(|p| p.compressed.is_some()));
     }
 
     #[test]
-    fn the_cache_names_changed_pages_anew() {
-        let mut memories = vec![MemoryImage {
-            page_count: 1,
-            pages: vec![Page {
-                index: 0,
-                data: vec![1; PAGE_SIZE].into(),
-            }],
-        }];
-        let mut cache = PageCache::default();
-        let first = hash_pages(&memories, 1, &mut cache)[0].hash;
-        assert_eq!(hash_pages(&memories, 1, &mut cache)[0].hash, first);
-        Arc::make_mut(&mut memories[0].pages[0].data)[7] = 2;
-        let changed = hash_pages(&memories, 1, &mut cache)[0].hash;
+    fn the_cache_names_unchanged_pages_and_knows_they_are_stored() {
+        let mut memories = vec![image(vec![
+            (0, vec![1; PAGE_SIZE]),
+            (1, vec![2; PAGE_SIZE]),
+        ])];
+        let cache = Mutex::new(PageCache::default());
+        let first = prepare(&memories, 1, None, &cache).unwrap();
+        let settled = |cache: &Mutex<PageCache>, pages: &[PreparedPage], version| {
+            let ids: Vec<i64> = (10..).take(pages.len()).collect();
+            let entries = pages.iter().map(|p| (p.memory, p.index, p.hash, &p.data));
+            cache.lock().unwrap().settle(1, version, entries, &ids);
+        };
+        settled(&cache, &first, 1);
+        Arc::make_mut(&mut memories[0].pages[0].data)[7] = 9;
+        let second = prepare(&memories, 1, Some(1), &cache).unwrap();
         assert_eq!(
-            changed,
+            second[0].hash,
             *blake3::hash(&memories[0].pages[0].data).as_bytes()
         );
-        assert_ne!(changed, first);
-        // Another instance starts from an empty cache.
-        assert_eq!(hash_pages(&memories, 2, &mut cache)[0].hash, changed);
-        assert_eq!(cache.instance, Some(2));
+        assert_ne!(second[0].hash, first[0].hash);
+        assert!(second[0].compressed.is_some() && second[0].known.is_none());
+        // The unchanged page is named from the cache and known stored.
+        assert_eq!(second[1].hash, first[1].hash);
+        assert_eq!(
+            (second[1].known, second[1].compressed.is_none()),
+            (Some(11), true)
+        );
+        // Not under another parent, nor for another instance.
+        assert!(
+            prepare(&memories, 1, Some(7), &cache).unwrap()[1]
+                .known
+                .is_none()
+        );
+        assert!(
+            prepare(&memories, 2, Some(1), &cache).unwrap()[1]
+                .known
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget() {
+        let mut cache = PageCache::default();
+        let page: Arc<[u8]> = vec![1u8; PAGE_SIZE].into();
+        let per_instance = CACHE_PAGES / 2 + 1;
+        for instance in 1..=3 {
+            let entries = (0..per_instance as u32).map(|i| (0, i, [i as u8; 32], &page));
+            let ids = vec![0; per_instance];
+            cache.settle(instance, 1, entries, &ids);
+            assert!(cache.pages <= CACHE_PAGES, "{}", cache.pages);
+            assert!(cache.instances.contains_key(&instance));
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages};
+use super::{Database, InstanceId, Lease, lease, now_ms, pages};
+use crate::runtime::Timer;
 use crate::snapshot::{PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -82,63 +83,111 @@ pub struct VersionInfo {
     pub exit_status: Option<i32>,
     /// The cause of a failed run.
     pub message: Option<String>,
+    /// A suspension's timer: when a sleep wakes, or a question's deadline.
+    pub timer: Option<Timer>,
 }
 
-/// The columns of a version row that [`Outcome`] determines.
-struct Row<'a> {
+/// A version ready to be committed: everything about it that needs no
+/// database (its state encoded, its pages named, new ones compressed) is
+/// done, so that it can be prepared on any thread and committed with
+/// others in one transaction ([`Database::commit_batch`]).
+pub struct Prepared {
+    instance: InstanceId,
+    parent: Option<u32>,
     kind: VersionKind,
-    value: &'a [u8],
+    value: Vec<u8>,
+    reply: Vec<u8>,
     state: Option<Vec<u8>>,
+    module_hash: Option<crate::snapshot::ModuleHash>,
     memory_bytes: u64,
     exit_status: Option<i32>,
-    message: Option<&'a str>,
+    message: Option<String>,
+    timer: Option<Timer>,
+    pages: Vec<pages::PreparedPage>,
 }
 
-impl<'a> Row<'a> {
-    fn of(outcome: &Outcome<'a>) -> Result<Self> {
-        Ok(match *outcome {
-            Outcome::Suspended(s) => Self {
-                kind: VersionKind::Suspended,
-                value: &s.host.yielded,
-                state: Some(file::encode_state(s)?),
-                memory_bytes: s
-                    .memories
-                    .iter()
-                    .map(|m| m.page_count.saturating_mul(PAGE_SIZE as u64))
-                    .fold(0, u64::saturating_add),
-                exit_status: None,
-                message: None,
-            },
-            Outcome::Finished {
-                exit_status,
-                result,
-            } => Self {
-                kind: VersionKind::Finished,
-                value: result,
-                state: None,
-                memory_bytes: 0,
-                exit_status,
-                message: None,
-            },
-            Outcome::Failed { message } => Self {
-                kind: VersionKind::Failed,
-                value: &[],
-                state: None,
-                memory_bytes: 0,
-                exit_status: None,
-                message: Some(message),
-            },
-        })
+impl Prepared {
+    /// Gives the version a timer: when it wakes (a sleep) or times out (a
+    /// question with a deadline). Only a suspension has one.
+    pub fn set_timer(&mut self, timer: Option<Timer>) {
+        if self.kind == VersionKind::Suspended {
+            self.timer = timer;
+        }
     }
 
-    fn own_bytes(&self, reply: &[u8]) -> u64 {
-        let state = self.state.as_ref().map_or(0, Vec::len);
-        let message = self.message.map_or(0, str::len);
-        (state + self.value.len() + reply.len() + message) as u64
+    /// The instance the version belongs to.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
     }
+
+    fn own_bytes(&self) -> u64 {
+        let state = self.state.as_ref().map_or(0, Vec::len);
+        let message = self.message.as_ref().map_or(0, String::len);
+        (state + self.value.len() + self.reply.len() + message) as u64
+    }
+}
+
+/// One version of a group commit, with the lease it is committed under.
+pub struct Commit {
+    /// The lease on the version's instance; it is released in the same
+    /// transaction when the commit succeeds.
+    pub lease: Lease,
+    /// The version.
+    pub prepared: Prepared,
 }
 
 impl Database {
+    /// Prepares the outcome of a run of the leased instance as a version:
+    /// `parent` is the version the run was resumed from (`None` only for
+    /// an instance's first run) and `reply` what it was resumed with.
+    pub fn prepare_version(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+    ) -> Result<Prepared> {
+        let instance = lease.instance;
+        let mut prepared = Prepared {
+            instance,
+            parent,
+            kind: VersionKind::Failed,
+            value: Vec::new(),
+            reply: reply.to_vec(),
+            state: None,
+            module_hash: None,
+            memory_bytes: 0,
+            exit_status: None,
+            message: None,
+            timer: None,
+            pages: Vec::new(),
+        };
+        match *outcome {
+            Outcome::Suspended(s) => {
+                prepared.kind = VersionKind::Suspended;
+                prepared.value = s.host.yielded.clone();
+                prepared.state = Some(file::encode_state(s)?);
+                prepared.module_hash = Some(s.module_hash);
+                prepared.memory_bytes = s
+                    .memories
+                    .iter()
+                    .map(|m| m.page_count.saturating_mul(PAGE_SIZE as u64))
+                    .fold(0, u64::saturating_add);
+                prepared.pages = pages::prepare(&s.memories, instance, parent, &self.page_cache)?;
+            }
+            Outcome::Finished {
+                exit_status,
+                result,
+            } => {
+                prepared.kind = VersionKind::Finished;
+                prepared.value = result.to_vec();
+                prepared.exit_status = exit_status;
+            }
+            Outcome::Failed { message } => prepared.message = Some(message.to_string()),
+        }
+        Ok(prepared)
+    }
+
     /// Commits the outcome of a run of the leased instance as its new head
     /// version, in one transaction, and returns its number. `parent` is the
     /// version the run was resumed from (`None` only for an instance's
@@ -150,47 +199,65 @@ impl Database {
         outcome: &Outcome,
         reply: &[u8],
     ) -> Result<u32> {
-        let row = Row::of(outcome)?;
-        self.with(|shared| {
-            let Shared {
-                conn,
-                commit_hook,
-                compressor,
-                page_cache,
-            } = shared;
-            let hashed = match outcome {
-                Outcome::Suspended(s) => pages::hash_pages(&s.memories, lease.instance, page_cache),
-                _ => Vec::new(),
-            };
-            let hook_fn = *commit_hook;
-            let hook = |stage: &str| {
-                if let Some(h) = hook_fn {
-                    h(stage)
-                }
-            };
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let prepared = self.prepare_version(lease, parent, outcome, reply)?;
+        self.commit_prepared(lease, prepared)
+    }
+
+    /// Commits one prepared version under `lease`, which stays held.
+    pub fn commit_prepared(&self, lease: &Lease, prepared: Prepared) -> Result<u32> {
+        let (number, ids) = self.with(|shared| {
+            let hook = hook_of(shared.commit_hook);
+            let tx = shared
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             hook("begin");
-            lease::check_held(&tx, lease)?;
-            let instance = lease.instance;
-            if let Outcome::Suspended(s) = outcome {
-                check_module(&tx, instance, s)?;
-            }
-            check_parent(&tx, instance, parent)?;
-            let known = page_cache.stored_under(parent);
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &hashed, known)?;
-            hook("pages");
-            let number = next_number(&tx, instance)?;
-            let stored = page_bytes + row.own_bytes(reply);
-            let id = insert_version(&tx, instance, number, parent, &row, reply, stored)?;
-            pages::reference(&tx, id, &hashed, &page_ids)?;
-            hook("version");
-            tx.prepare_cached("UPDATE instances SET head = ?2, state = ?3 WHERE id = ?1")?
-                .execute(params![instance, number, row.kind.as_str()])?;
+            let committed = insert_prepared(&tx, lease, &prepared, false, &hook)?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.settle(instance, number, &hashed, &page_ids);
-            Ok(number)
-        })
+            Ok(committed)
+        })?;
+        self.settle_committed(&prepared, number, &ids);
+        Ok(number)
+    }
+
+    /// Group commit: many prepared versions, of different instances, in one
+    /// transaction (one write of the log, one lock), each under its lease.
+    /// Each version succeeds or fails on its own, with the result
+    /// [`Database::commit_version`] would give; a version that is
+    /// committed also ends its instance's pending request, if any, and
+    /// releases its lease, in the same transaction. See
+    /// [`Database::write_batch`], which can also record requests and claim
+    /// work in that transaction.
+    pub fn commit_batch(&self, batch: Vec<Commit>) -> Vec<Result<u32>> {
+        let count = batch.len();
+        match self.write_batch(super::Batch {
+            commits: batch,
+            ..Default::default()
+        }) {
+            Ok(done) => done.commits,
+            Err(e) => {
+                let message = format!("{e:#}");
+                (0..count)
+                    .map(|_| Err(anyhow::anyhow!("{message}")))
+                    .collect()
+            }
+        }
+    }
+
+    /// After a commit: the pages of the committed version are stored, and
+    /// named for the next commit of its instance.
+    pub(super) fn settle_committed(&self, version: &Prepared, number: u32, ids: &[i64]) {
+        if version.kind != VersionKind::Suspended {
+            return;
+        }
+        let pages = version
+            .pages
+            .iter()
+            .map(|p| (p.memory, p.index, p.hash, &p.data));
+        self.page_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .settle(version.instance, number, pages, ids);
     }
 
     /// The snapshot of a suspension version.
@@ -216,13 +283,15 @@ impl Database {
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let loaded: Vec<_> = (0u32..)
+            let loaded = (0u32..)
                 .zip(&snapshot.memories)
                 .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
                 .zip(names)
-                .map(|((memory, page), hash)| pages::HashedPage { memory, page, hash })
-                .collect();
-            s.page_cache.settle(instance, version, &loaded, &ids);
+                .map(|((memory, page), hash)| (memory, page.index, hash, &page.data));
+            self.page_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settle(instance, version, loaded, &ids);
             Ok(snapshot)
         })
     }
@@ -241,7 +310,10 @@ impl Database {
                 Some(info) => info,
                 None => {
                     require_instance(&s.conn, instance)?;
-                    bail!("version {version} of instance {instance} not found")
+                    Err(super::Refused::NotFound(format!(
+                        "version {version} of instance {instance} not found"
+                    ))
+                    .into())
                 }
             }
         })
@@ -263,9 +335,61 @@ impl Database {
     }
 }
 
+/// Calls the commit hook, if one is set, at a named point.
+pub(super) fn hook_of(hook: Option<fn(&str)>) -> impl Fn(&str) {
+    move |stage: &str| {
+        if let Some(h) = hook {
+            h(stage)
+        }
+    }
+}
+
+/// Writes one prepared version inside a transaction: checks, pages,
+/// version row, page references, the instance's head, and, with
+/// `release`, the end of its pending request and of its lease. Returns the
+/// version's number and its pages' row ids.
+pub(super) fn insert_prepared(
+    conn: &Connection,
+    lease: &Lease,
+    version: &Prepared,
+    release: bool,
+    hook: &dyn Fn(&str),
+) -> Result<(u32, Vec<i64>)> {
+    lease::check_held(conn, lease)?;
+    let instance = lease.instance;
+    if version.instance != instance {
+        bail!(
+            "a version of instance {} cannot be committed under the lease on instance {instance}",
+            version.instance
+        );
+    }
+    if let Some(module) = &version.module_hash {
+        check_module(conn, instance, module)?;
+    }
+    check_parent(conn, instance, version.parent)?;
+    let (page_ids, page_bytes) = pages::store_missing(conn, &version.pages)?;
+    hook("pages");
+    let number = next_number(conn, instance)?;
+    let stored = page_bytes + version.own_bytes();
+    let id = insert_version(conn, instance, number, version, stored)?;
+    pages::reference(conn, id, &version.pages, &page_ids)?;
+    hook("version");
+    conn.prepare_cached("UPDATE instances SET head = ?2, state = ?3, wake_at = ?4 WHERE id = ?1")?
+        .execute(params![
+            instance,
+            number,
+            version.kind.as_str(),
+            version.timer.map(Timer::wake_at)
+        ])?;
+    if release {
+        super::work::finish_request(conn, lease)?;
+    }
+    Ok((number, page_ids))
+}
+
 const VERSION_QUERY: &str = "
     SELECT number, parent, kind, value, reply, created, memory_bytes, stored_bytes,
-           exit_status, message
+           exit_status, message, wake_at, timer
     FROM versions";
 
 fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
@@ -281,8 +405,26 @@ fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
         stored_bytes: r.get(7)?,
         exit_status: r.get(8)?,
         message: r.get(9)?,
+        timer: None,
     };
-    Ok(VersionKind::parse(&kind).map(|kind| VersionInfo { kind, ..info }))
+    let wake_at: Option<u64> = r.get(10)?;
+    let timer_kind: Option<String> = r.get(11)?;
+    let timer = match (wake_at, timer_kind.as_deref()) {
+        (Some(wake_at), Some("sleep")) => Ok(Some(Timer::Sleep { wake_at })),
+        (Some(wake_at), Some("deadline")) => Ok(Some(Timer::Deadline { wake_at })),
+        (None, None) => Ok(None),
+        (_, other) => Err(anyhow::anyhow!(
+            "version {} has an unknown timer {other:?}",
+            info.number
+        )),
+    };
+    Ok(VersionKind::parse(&kind).and_then(|kind| {
+        Ok(VersionInfo {
+            kind,
+            timer: timer?,
+            ..info
+        })
+    }))
 }
 
 fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
@@ -290,7 +432,7 @@ fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
         .prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?
         .exists([instance])?;
     if !found {
-        bail!("instance {instance} not found");
+        return Err(super::Refused::NotFound(format!("instance {instance} not found")).into());
     }
     Ok(())
 }
@@ -317,14 +459,18 @@ fn find_version(
 }
 
 /// A snapshot must come from the module its instance runs.
-fn check_module(conn: &Connection, instance: InstanceId, s: &Snapshot) -> Result<()> {
+fn check_module(
+    conn: &Connection,
+    instance: InstanceId,
+    snapshot_module: &crate::snapshot::ModuleHash,
+) -> Result<()> {
     let module: [u8; 32] = conn
         .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
         .query_row([instance], |r| r.get(0))?;
-    if module != s.module_hash {
+    if module != *snapshot_module {
         bail!(
             "the snapshot is of module {}, but instance {instance} runs module {}",
-            super::hex(&s.module_hash),
+            super::hex(snapshot_module),
             super::hex(&module)
         );
     }
@@ -370,29 +516,34 @@ fn insert_version(
     conn: &Connection,
     instance: InstanceId,
     number: u32,
-    parent: Option<u32>,
-    row: &Row,
-    reply: &[u8],
+    version: &Prepared,
     stored_bytes: u64,
 ) -> Result<i64> {
+    let timer_kind = version.timer.map(|t| match t {
+        Timer::Sleep { .. } => "sleep",
+        Timer::Deadline { .. } => "deadline",
+    });
     conn.prepare_cached(
         "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                               memory_bytes, stored_bytes, state, exit_status, message,
+                               wake_at, timer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         instance,
         number,
-        parent,
-        row.kind.as_str(),
-        row.value,
-        reply,
+        version.parent,
+        version.kind.as_str(),
+        version.value,
+        version.reply,
         now_ms(),
-        row.memory_bytes,
+        version.memory_bytes,
         stored_bytes,
-        row.state,
-        row.exit_status,
-        row.message,
+        version.state,
+        version.exit_status,
+        version.message,
+        version.timer.map(Timer::wake_at),
+        timer_kind,
     ])?;
     Ok(conn.last_insert_rowid())
 }
