@@ -43,6 +43,8 @@
 pub mod executor;
 pub mod instrument;
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod snapshot;
 pub mod store;
 

@@ -15,6 +15,7 @@ mod restore;
 mod resume;
 mod rm;
 mod run;
+mod serve;
 mod session;
 mod snapshot;
 
@@ -50,6 +51,7 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Serve(serve::Serve),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
@@ -81,6 +83,7 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Serve(c) => c.execute(&db),
         }
     }
 }

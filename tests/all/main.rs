@@ -12,5 +12,6 @@ mod instrument;
 mod interpreters;
 mod limits;
 mod real_programs;
+mod serve;
 mod smith;
 mod store;
