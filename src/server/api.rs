@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::json;
+use super::page;
 use super::worker::{Change, ShuttingDown, Worker};
 use crate::runtime::Policy;
 use crate::snapshot::{ModuleHash, file, inspect};
@@ -36,6 +37,9 @@ type Shared = Arc<Worker>;
 /// Every route of the service.
 pub fn router(worker: Shared) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/style.css", get(page::style))
         .route("/api/openapi.json", get(openapi))
         .route(
             "/api/modules",

@@ -1,10 +1,12 @@
 //! `wasnap serve`: the workflow service. An HTTP API (JSON, described at
-//! `/api/openapi.json`) and a worker that runs whatever is runnable: a
-//! reply arrived, a timer fell due.
+//! `/api/openapi.json`), a web page at `/` for the people who answer the
+//! questions, and a worker that runs whatever is runnable: a reply
+//! arrived, a timer fell due.
 //!
 //! ```text
 //! api      routes and handlers: HTTP in, JSON out, errors as {"error"}
 //! json     instances and versions as the API shows them
+//! page     the web page, plain HTML/CSS/JS built into the binary
 //! worker   the writer thread (group commits, claims) and the run threads
 //! ```
 //!
@@ -16,6 +18,7 @@
 
 mod api;
 mod json;
+mod page;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 
 mod asyncified;
 mod binaryen;
+mod browser;
 mod cli;
 mod demos;
 mod errors;
