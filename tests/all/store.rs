@@ -621,6 +621,12 @@ fn a_version_1_database_is_upgraded() {
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
          ALTER TABLE instances DROP COLUMN policy;
+         DROP INDEX instances_by_wake_at;
+         DROP TABLE requests;
+         ALTER TABLE instances DROP COLUMN wake_at;
+         ALTER TABLE instances DROP COLUMN lease_expires;
+         ALTER TABLE versions DROP COLUMN wake_at;
+         ALTER TABLE versions DROP COLUMN timer;
          PRAGMA user_version = 1;",
     )
     .unwrap();
