@@ -132,6 +132,11 @@ class Workflow {
         return 0;
       },
       current() { return self.current; },
+      respond(ptr, len) {
+        if (!self.handling) throw new Error("respond called outside a handler");
+        self.result = mem().slice(ptr, ptr + len);
+      },
+      patched() { return 1; }, // never replaying here: always the new path
     };
     const text = new TextDecoder();
     const wasi = {
@@ -228,6 +233,21 @@ class Workflow {
     }
   }
 
+  // Call the handler export `query_NAME`/`update_NAME` on the suspended
+  // state, with the shadow stack where main left it; returns its result.
+  handle(exportName, arg) {
+    const saved = this.sp;
+    const main = this.coroutines.get(0);
+    if (main.started && main.sp !== null) this.sp = main.sp;
+    const reply = this.reply;
+    Object.assign(this, { reply: enc(arg), handling: true, result: new Uint8Array(0) });
+    try { this.x[exportName](); } finally {
+      Object.assign(this, { reply, handling: false });
+      this.sp = saved;
+    }
+    return dec(this.result);
+  }
+
   snapshot() {
     return {
       memory: new Uint8Array(this.x.memory.buffer).slice(),
@@ -278,10 +298,12 @@ function approval(mod) {
   const out = [];
   const v = runSteps(mod, out, null, [undefined, enc("true"), undefined]);
   const v2 = v[1]; // waiting at "ask boss for permission"
+  out.push(`status: ${Workflow.restore(mod, v2, out).handle("query_status", "")}\n`);
   runSteps(mod, out, v2, [enc("false"), undefined]);
   return out.join("");
 }
-const APPROVAL = "do something\nask boss for permission\ndo another after approved\ndo another after rejected\n";
+const APPROVAL = "do something\nask boss for permission\ndo another after approved\n"
+  + "status: ask boss for permission\ndo another after rejected\n";
 
 function greenlet(mod) {
   const out = [];
@@ -319,6 +341,23 @@ function deploy(mod, scenario) {
   return out.join("");
 }
 
+// While it waits for approval, the deploy is changed to 4 machines (an
+// update: a new snapshot of the same suspension), then approved; its
+// maintenance window's timer fires.
+function deployUpdated(mod) {
+  const out = [];
+  const [waiting] = runSteps(mod, out, null, []);
+  const w = Workflow.restore(mod, waiting, out);
+  out.push(`update: ${w.handle("update_machines", "4")}\n`);
+  out.push(`status: ${w.handle("query_status", "")}\n`);
+  runSteps(mod, out, w.snapshot(), [enc("yes"), WAKE, ...["ok", "ok", "ok", "ok"].map(enc)], true);
+  return out.join("");
+}
+const DEPLOY_UPDATED = "building release\nwaiting for approval [yes/no]\nupdate: machines = 4\n"
+  + "status: waiting for approval [yes/no] (0 of 4 machines done)\n"
+  + "waiting for the maintenance window\n"
+  + [1, 2, 3, 4].map((k) => `deploying to machine-${k}\n`).join("") + "deployed to 4 machines\n";
+
 // ---- Main ----
 const [outDir, ...only] = process.argv.slice(2);
 if (!outDir) { console.error("usage: node reference-host.mjs OUT_DIR [LANGUAGE...]"); process.exit(2); }
@@ -344,6 +383,7 @@ for (const lang of languages) {
   run(`${lang}/deploy`, () => {
     const mod = load("deploy");
     for (const s of deployScenarios()) check(`${lang}/deploy: ${s.name}`, deploy(mod, s), s.expected);
+    check(`${lang}/deploy: updated to 4 machines while waiting`, deployUpdated(mod), DEPLOY_UPDATED);
   });
 }
 if (failures) { console.log(`reference-host: ${failures} failure(s)`); process.exit(1); }

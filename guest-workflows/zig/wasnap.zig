@@ -28,7 +28,43 @@ pub const raw = struct {
     /// Like `yield`, with a deadline: returns the reply's length, or -1 when
     /// `ms` milliseconds passed without a reply.
     pub extern "wasnap" fn yield_timeout(ptr: [*]const u8, len: usize, ms: i64) i32;
+    /// In a query or update handler: the handler's result becomes [ptr, ptr+len).
+    pub extern "wasnap" fn respond(ptr: [*]const u8, len: usize) void;
+    /// 1 when the code should take the patch named [ptr, ptr+len) (see `patched`).
+    pub extern "wasnap" fn patched(ptr: [*]const u8, len: usize) i32;
 };
+
+// ---- Queries and updates ----
+//
+// A handler is an exported function of no arguments, run on the suspended
+// workflow's state (`wasnap query` / `wasnap update`); it must not yield,
+// switch or spawn. The workflow's locals live in its suspended frames, not
+// in memory, so keep what handlers read or change in container-level vars:
+//
+//     var status: []const u8 = "starting";
+//     export fn query_status() void { wasnap.respond(status); }
+//
+// (build with -rdynamic, so that the exports are kept).
+
+/// In a handler: its argument, copied into `buf` (truncated to its size).
+pub fn handlerArg(buf: []u8) []u8 {
+    const got: usize = @intCast(@max(raw.reply(buf.ptr, buf.len), 0));
+    return buf[0..@min(got, buf.len)];
+}
+
+/// In a handler: its result.
+pub fn respond(bytes: []const u8) void {
+    raw.respond(bytes.ptr, bytes.len);
+}
+
+/// Whether the code should take the patch named `id`, for changes that
+/// `wasnap upgrade` must replay: true when running normally (and that is
+/// recorded), and while replaying true only where the recorded run took the
+/// patch too. Old histories keep the old path; everything after them takes
+/// the new one: `if (wasnap.patched("notify-on-start")) notify();`
+pub fn patched(id: []const u8) bool {
+    return raw.patched(id.ptr, id.len) != 0;
+}
 
 /// A panic handler for workflows: the message goes to stderr and the module
 /// traps, so the engine reports the workflow as failed. It spares the module

@@ -5,19 +5,33 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+mod diff;
+/// A line on stderr about the run. A closed stderr is no reason to fail,
+/// nor to panic as `eprintln!` does.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod gc;
 mod inspect;
 mod instrument;
 mod json;
 mod log;
 mod ls;
+mod query;
 mod restore;
 mod resume;
 mod rm;
 mod run;
 mod serve;
 mod session;
+mod show;
 mod snapshot;
+mod update;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,21 +66,57 @@ enum Command {
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
     Serve(serve::Serve),
+    Query(query::Query),
+    Update(update::Update),
+    Diff(diff::Diff),
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
 /// line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.execute() {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output stopped (`wasnap log 1 | head`): what is
+        // left unprinted was not wanted.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            eprintln!("wasnap: error: {}", wasnap::executor::one_line(&error));
+            note!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. `--version` also says which of the kernel's
+/// ways to track and fill memory pages this process uses (probed only
+/// then: it costs a few system calls).
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let asks_version = std::env::args().any(|a| a == "--version" || a == "-V");
+    let mut command = Cli::command();
+    if asks_version {
+        let version = format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            wasnap::runtime::support()
+        );
+        // The process ends right after printing it.
+        let version: &'static str = Box::leak(version.into_boxed_str());
+        command = command.version(version);
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 impl Cli {
@@ -84,6 +134,10 @@ impl Cli {
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
             Command::Serve(c) => c.execute(&db),
+            Command::Query(c) => c.execute(&db),
+            Command::Update(c) => c.execute(&db),
+            Command::Diff(c) => c.execute(&db),
+            Command::Upgrade(c) => c.execute(&db),
         }
     }
 }

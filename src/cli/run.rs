@@ -38,6 +38,9 @@ impl Run {
             policy: self.policy.policy(),
             ..RunOptions::default()
         };
-        session::report(&executor.start(&module, &args, &options)?)
+        let report = executor
+            .start(&module, &args, &options)
+            .with_context(|| format!("{}", self.module.display()))?;
+        session::report(&report)
     }
 }

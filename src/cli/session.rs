@@ -137,15 +137,15 @@ pub(super) fn report(report: &Report) -> Result<()> {
         Ended::Suspended { value } => {
             print_value(value)?;
             match report.timer {
-                Some(Timer::Sleep { wake_at }) => eprintln!(
+                Some(Timer::Sleep { wake_at }) => note!(
                     "wasnap: instance {instance} sleeps at version {version} until {}",
                     utc_text(wake_at)
                 ),
-                Some(Timer::Deadline { wake_at }) => eprintln!(
+                Some(Timer::Deadline { wake_at }) => note!(
                     "wasnap: instance {instance} suspended at version {version}, waiting for a reply until {}",
                     utc_text(wake_at)
                 ),
-                None => eprintln!("wasnap: instance {instance} suspended at version {version}"),
+                None => note!("wasnap: instance {instance} suspended at version {version}"),
             }
         }
         Ended::Finished { exit_status } => {
@@ -153,10 +153,10 @@ pub(super) fn report(report: &Report) -> Result<()> {
                 0 => String::new(),
                 status => format!(" with exit status {status}"),
             };
-            eprintln!("wasnap: instance {instance} finished{status} at version {version}");
+            note!("wasnap: instance {instance} finished{status} at version {version}");
         }
         Ended::Failed { message } => {
-            eprintln!("wasnap: instance {instance} failed at version {version}");
+            note!("wasnap: instance {instance} failed at version {version}");
             bail!("{message}");
         }
     }
@@ -164,7 +164,7 @@ pub(super) fn report(report: &Report) -> Result<()> {
 }
 
 /// A yielded value as a line on stdout; an empty one prints nothing.
-fn print_value(value: &[u8]) -> Result<()> {
+pub(super) fn print_value(value: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     if !value.is_empty() {
         stdout.write_all(value)?;

@@ -7,7 +7,16 @@
 //! Executor::start(module, args)     a new instance, run to its first suspension
 //! Executor::resume(instance, at)    from its head or any suspended version
 //! Executor::restore(file)           a snapshot file as a new instance
+//! Executor::query(instance, name)   a query handler on a version; commits nothing
+//! Executor::update(instance, name)  an update handler on the head; a new version
+//! Executor::upgrade(instance, new)  the head moved to new code, by replay
+//! Executor::diff(instance, a, b)    what changed between two versions
 //! ```
+//!
+//! Every run records the inputs it took from outside (clocks, random
+//! bytes, host function answers, patches; see
+//! [`journal`](crate::runtime::journal)) with the version it commits, so
+//! that an upgrade can replay the instance's history on new code.
 //!
 //! Each of these takes the instance's lease, runs the workflow to its next
 //! suspension or end, and commits the outcome as one version whose parent
@@ -43,21 +52,28 @@
 //! # }
 //! ```
 
-mod live;
-
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
+mod diff;
+mod handlers;
+mod live;
+mod upgrade;
+
+pub use diff::Diffed;
+pub use handlers::Updated;
 pub use live::LiveWorkflows;
+pub use upgrade::{Divergence, Upgrade, UpgradeOptions, UpgradeReport};
 
 use crate::runtime::{
-    Engine, Module, Output, Policy, Settings, Step, Timer, Workflow, module_hash, now_ms,
+    Engine, Module, Output, Policy, Settings, Step, Timer, UnreadablePage, Workflow, module_hash,
+    now_ms,
 };
-use crate::snapshot::{ModuleHash, file};
+use crate::snapshot::{ModuleHash, Snapshot, file};
 use crate::store::{
-    Batch, Claim, Commit, Database, InstanceId, Lease, Outcome, Prepared, Refused, Request,
-    VersionKind, Work,
+    Batch, Claim, Commit, Database, InstanceId, Lease, Origin, Outcome, Prepared, Provenance,
+    Refused, Request, VersionKind, Work,
 };
 
 /// Runs a database's workflow instances and commits every outcome as a
@@ -212,7 +228,11 @@ impl Executor {
         }
         let wasm = self.database.module(hash)?;
         let artifact = self.database.compiled(hash, &self.engine.fingerprint())?;
-        let module = self.engine.load_with_artifact(&wasm, artifact.as_deref())?;
+        // SAFETY: the database hands back only artifacts it authenticated
+        // with this user's key, which no database holds: bytes that
+        // `Module::serialize` wrote for this module in a process of this
+        // user (see `store::ArtifactKey`).
+        let module = unsafe { self.engine.load_with_artifact(&wasm, artifact.as_deref()) }?;
         if artifact.is_none() {
             self.keep_artifact(&module)?;
         }
@@ -273,13 +293,9 @@ impl Executor {
         let lease = self.database.lease(instance)?;
         let version = match version {
             Some(version) => version,
-            None => self
-                .database
-                .instance(instance)?
-                .head
-                .with_context(|| format!("instance {instance} has no version yet"))?,
+            None => self.head(instance)?,
         };
-        let mut workflow = self.resumable(instance, version, options)?;
+        let mut workflow = self.resumable(instance, version, Some(&lease), options)?;
         match options.wake {
             true => workflow.wake(),
             false => workflow.send(reply),
@@ -290,12 +306,13 @@ impl Executor {
 
     /// The workflow of suspended `version` of `instance`, ready to be sent
     /// its reply or woken: taken live from memory when it is there, else
-    /// loaded and restored. Checks the version's timer against
-    /// `options.wake`.
+    /// restored (lazily under `lease`, see [`Executor::restore_version`]).
+    /// Checks the version's timer against `options.wake`.
     fn resumable(
         &self,
         instance: InstanceId,
         version: u32,
+        lease: Option<&Lease>,
         options: &RunOptions,
     ) -> Result<Workflow> {
         let info = self.database.version(instance, version)?;
@@ -328,12 +345,38 @@ impl Executor {
         {
             return Ok(workflow);
         }
-        let policy = self.database.instance(instance)?.policy;
-        let snapshot = self.database.load_version(instance, version)?;
+        self.restore_version(instance, version, lease, options)
+    }
+
+    /// A suspended version restored into a new workflow, with the
+    /// instance's policy overridden by `options`. Under a `lease` its pages
+    /// are read when the run first touches them (the lease keeps them from
+    /// being removed meanwhile); without one, all at once.
+    fn restore_version(
+        &self,
+        instance: InstanceId,
+        version: u32,
+        lease: Option<&Lease>,
+        options: &RunOptions,
+    ) -> Result<Workflow> {
+        let info = self.database.instance(instance)?;
+        let kind = self.database.version(instance, version)?.kind;
+        if kind != VersionKind::Suspended {
+            bail!(
+                "version {version} of instance {instance} is {}: there is nothing to resume (resume an earlier version with INSTANCE@VERSION)",
+                kind.as_str()
+            );
+        }
+        // Pages are read from the database when the run first touches
+        // them: a resume costs what the run touches, not the memory's size.
+        let snapshot = match lease {
+            Some(lease) => self.database.load_version_lazily(lease, version)?,
+            None => self.database.load_version(instance, version)?,
+        };
         let module = self.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
-            .policy(policy.overridden_by(&options.policy));
+            .policy(info.policy.overridden_by(&options.policy));
         self.engine.restore_with(&module, &snapshot, settings)
     }
 
@@ -343,6 +386,19 @@ impl Executor {
     /// database is written.
     pub fn restore(&self, file: &[u8], reply: &[u8], options: &RunOptions) -> Result<Restored> {
         let (snapshot, wasm) = file::decode(file)?;
+        self.restore_decoded(&snapshot, wasm, reply, options)
+    }
+
+    /// [`Executor::restore`] of a file already decoded with
+    /// [`file::decode`] (and so known to be well-formed before the database
+    /// was opened).
+    pub fn restore_decoded(
+        &self,
+        snapshot: &Snapshot,
+        wasm: Option<Vec<u8>>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Restored> {
         let Some(wasm) = wasm else {
             bail!("the snapshot file holds no module, so it cannot be restored on its own");
         };
@@ -353,16 +409,24 @@ impl Executor {
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(options.policy.clone());
-        let mut workflow = self.engine.restore_with(&module, &snapshot, settings)?;
+        let mut workflow = self.engine.restore_with(&module, snapshot, settings)?;
         let hash = self.database.put_module(&wasm)?;
         self.keep_artifact(&module)?;
         let instance =
             self.database
                 .create_instance(&hash, &snapshot.host.args, &options.policy)?;
         let lease = self.database.lease(instance)?;
-        let first =
-            self.database
-                .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
+        let provenance = Provenance {
+            origin: Origin::Restore,
+            ..Provenance::UNRECORDED_RUN
+        };
+        let first = self.database.commit_version_from(
+            &lease,
+            None,
+            &Outcome::Suspended(snapshot),
+            &[],
+            &provenance,
+        )?;
         match options.wake {
             true => workflow.wake(),
             false => workflow.send(reply),
@@ -395,8 +459,8 @@ impl Executor {
         })
     }
 
-    /// Prepares the outcome of a run (a snapshot of a suspension, its pages
-    /// named and compressed) for a commit.
+    /// Prepares the outcome of a run (a snapshot of a suspension, with the
+    /// inputs the run took) for a commit.
     fn prepare(
         &self,
         lease: Lease,
@@ -405,9 +469,10 @@ impl Executor {
         parent: Option<u32>,
         reply: &[u8],
     ) -> Result<Ran> {
+        let inputs = workflow.take_inputs().encode();
         let prepare = |outcome: &Outcome| {
             self.database
-                .prepare_version(&lease, parent, outcome, reply)
+                .prepare_version(&lease, parent, outcome, reply, Some(inputs.clone()))
         };
         let (prepared, ended, timer, live) = match step {
             Ok(Step::Yielded(value)) => {
@@ -429,6 +494,10 @@ impl Executor {
                     None,
                 )
             }
+            // The database could not give a page of the version resumed
+            // from: the run did not fail, the database did, and no version
+            // records it.
+            Err(error) if error.is::<UnreadablePage>() => return Err(error),
             Err(error) => {
                 let message = one_line(&error);
                 let prepared = prepare(&Outcome::Failed { message: &message })?;
@@ -479,13 +548,14 @@ impl Executor {
             (None, None) => self.first_workflow(instance, &options),
             (Some(version), None) => {
                 let options = RunOptions { wake, ..options };
-                self.resumable(instance, version, &options).map(|mut w| {
-                    match wake {
-                        true => w.wake(),
-                        false => w.send(&reply),
-                    }
-                    w
-                })
+                self.resumable(instance, version, Some(&lease), &options)
+                    .map(|mut w| {
+                        match wake {
+                            true => w.wake(),
+                            false => w.send(&reply),
+                        }
+                        w
+                    })
             }
         };
         match started {
@@ -498,7 +568,7 @@ impl Executor {
                 let outcome = Outcome::Failed { message: &message };
                 let prepared = self
                     .database
-                    .prepare_version(&lease, parent, &outcome, &reply)?;
+                    .prepare_version(&lease, parent, &outcome, &reply, None)?;
                 Ok(Ran {
                     lease,
                     prepared,
@@ -598,16 +668,19 @@ pub struct RoundDone {
 }
 
 /// An error and its causes on one line, each cause once: how errors are
-/// shown and how a failed version records its cause.
+/// shown and how a failed version records its cause. A trap's Wasm
+/// backtrace (many lines, the frames of the guest) is left out: the trap's
+/// cause follows it in the chain.
 pub fn one_line(error: &anyhow::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace";
     let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
+    for cause in error.chain() {
         let text = cause.to_string();
         let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
+        if first.starts_with(BACKTRACE) || (!line.is_empty() && line.contains(first)) {
+            continue;
+        }
+        if !line.is_empty() {
             line += ": ";
         }
         line += first;

@@ -63,6 +63,12 @@ pub(crate) struct Analysis<'a> {
     pub export_names: HashSet<String>,
     /// Whether any code writes a table at run time.
     pub writes_tables: bool,
+    /// `module.name` of each imported function, by function index.
+    pub imported_functions: Vec<String>,
+    /// The exported functions' indices, by export name.
+    pub exported_functions: BTreeMap<String, u32>,
+    /// What table 0 holds after instantiation, when that is known.
+    pub table0_functions: Option<BTreeMap<u32, u32>>,
 }
 
 impl Analysis<'_> {
@@ -130,6 +136,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         function_names: BTreeMap::new(),
         export_names: HashSet::new(),
         writes_tables: false,
+        imported_functions: Vec::new(),
+        exported_functions: BTreeMap::new(),
+        table0_functions: Some(BTreeMap::new()),
     };
     let mut graph = CallGraph::default();
     let mut import_names: Vec<(String, String)> = Vec::new();
@@ -162,6 +171,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                         }
                         TypeRef::Memory(ty) => module.memories.push(ty),
                         TypeRef::Table(ty) => {
+                            if module.tables.is_empty() {
+                                module.table0_functions = None;
+                            }
                             graph.open_tables.insert(module.tables.len() as u32);
                             module.tables.push(ty);
                         }
@@ -208,6 +220,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                     match export.kind {
                         ExternalKind::Func => {
                             graph.referenceable.insert(export.index);
+                            module
+                                .exported_functions
+                                .insert(export.name.to_string(), export.index);
                         }
                         ExternalKind::Table => {
                             graph.open_tables.insert(export.index);
@@ -223,6 +238,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
             Payload::ElementSection(reader) => {
                 for element in reader {
                     let element = element?;
+                    fill_table0(&mut module.table0_functions, &element)?;
                     let table = match element.kind {
                         ElementKind::Active { table_index, .. } => Some(table_index.unwrap_or(0)),
                         _ => None,
@@ -259,6 +275,10 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         ));
     }
 
+    module.imported_functions = import_names
+        .iter()
+        .map(|(m, n)| format!("{m}.{n}"))
+        .collect();
     let suspending_imports: Vec<bool> = import_names
         .iter()
         .map(|(m, n)| options.is_suspending(m, n))
@@ -278,6 +298,64 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
     Ok(module)
+}
+
+/// Records what an active element segment for table 0 puts where, or
+/// forgets table 0's contents when the segment's offset is not a constant.
+fn fill_table0(
+    table0: &mut Option<BTreeMap<u32, u32>>,
+    element: &wasmparser::Element,
+) -> Result<()> {
+    let ElementKind::Active {
+        table_index,
+        offset_expr,
+    } = &element.kind
+    else {
+        return Ok(());
+    };
+    if table_index.unwrap_or(0) != 0 {
+        return Ok(());
+    }
+    let mut ops = offset_expr.get_operators_reader();
+    let offset = match (ops.read()?, ops.read()?) {
+        (Operator::I32Const { value }, Operator::End) => u64::from(value as u32),
+        (Operator::I64Const { value }, Operator::End) => value as u64,
+        _ => {
+            *table0 = None;
+            return Ok(());
+        }
+    };
+    let Some(slots) = table0 else {
+        return Ok(());
+    };
+    let functions: Vec<Option<u32>> = match element.items.clone() {
+        ElementItems::Functions(reader) => reader
+            .into_iter()
+            .map(|f| f.map(Some))
+            .collect::<Result<_, _>>()?,
+        ElementItems::Expressions(_, expressions) => expressions
+            .into_iter()
+            .map(|expression| {
+                let mut function = None;
+                for op in expression?.get_operators_reader() {
+                    if let Operator::RefFunc { function_index } = op? {
+                        function = Some(function_index);
+                    }
+                }
+                Ok(function)
+            })
+            .collect::<Result<_>>()?,
+    };
+    for (slot, function) in (offset..).zip(functions) {
+        let Ok(slot) = u32::try_from(slot) else {
+            break;
+        };
+        match function {
+            Some(function) => slots.insert(slot, function),
+            None => slots.remove(&slot),
+        };
+    }
+    Ok(())
 }
 
 /// Gives a component its own error rather than a parse failure.

@@ -83,6 +83,9 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
         writes_tables: module.writes_tables,
         function_names: module.function_names.clone(),
+        imported_functions: module.imported_functions.clone(),
+        exported_functions: module.exported_functions.clone(),
+        table0_functions: module.table0_functions.clone(),
         ..Metadata::default()
     };
     let mut code = CodeSection::new();
@@ -176,6 +179,9 @@ fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
             writes_tables: module.writes_tables,
             binaryen: true,
             initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
+            imported_functions: module.imported_functions.clone(),
+            exported_functions: module.exported_functions.clone(),
+            table0_functions: module.table0_functions.clone(),
             ..Metadata::default()
         },
     })

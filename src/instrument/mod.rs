@@ -35,6 +35,7 @@
 
 mod analyse;
 mod emit;
+mod frames;
 mod liveness;
 mod rewrite;
 
@@ -42,6 +43,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use wasmparser::ValType;
+
+pub use frames::SavedFrame;
 
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
@@ -213,6 +216,17 @@ pub struct Metadata {
     pub frames: BTreeMap<u32, FrameLayout>,
     /// Function names from the name section, by function index.
     pub function_names: BTreeMap<u32, String>,
+    /// `module.name` of each imported function, by function index (imports
+    /// come first in the function index space): what a call site's
+    /// [`CallSite::callee`] below this count calls.
+    pub imported_functions: Vec<String>,
+    /// The exported functions' indices, by export name.
+    pub exported_functions: BTreeMap<String, u32>,
+    /// The function in each slot of table 0 that the module's active
+    /// element segments fill at instantiation, by slot; `None` when that
+    /// cannot be known without instantiating (a segment's offset is not a
+    /// constant). Other slots are null.
+    pub table0_functions: Option<BTreeMap<u32, u32>>,
 }
 
 /// How one instrumented function saves its frames.
@@ -252,6 +266,9 @@ pub struct CallSite {
     pub code_offset: usize,
     /// The function called, for a direct call.
     pub callee: Option<u32>,
+    /// The table called through, for a `call_indirect`; the element index
+    /// it calls is then the saved operand at the greatest height.
+    pub table: Option<u32>,
     /// Size in bytes of the saved values, header excluded.
     pub size: u32,
     /// The saved values, in the order and at the offsets they are stored:

@@ -1021,6 +1021,10 @@ impl<'a> Rewriter<'_, 'a> {
                 Operator::Call { function_index } => Some(function_index),
                 _ => None,
             },
+            table: match self.ops[i].0 {
+                Operator::CallIndirect { table_index, .. } => Some(table_index),
+                _ => None,
+            },
             size,
             saved,
         });

@@ -12,9 +12,15 @@
 mod abi;
 mod artifact;
 mod clock;
+mod handler;
 mod host;
+pub mod journal;
+mod paging;
 mod state;
+mod uffd;
 mod unwinder;
+mod validate;
+mod wasi;
 mod workflow;
 
 use std::collections::HashMap;
@@ -28,10 +34,14 @@ use wasmtime::{InstancePre, Linker};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::instrument::{self, Metadata, Options};
-use crate::snapshot::{ModuleHash, Snapshot};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
+pub use abi::LimitReached;
 pub use clock::{duration_text, now_ms, utc_text};
+pub use handler::HandlerKind;
 pub use host::{Decision, Handler, HostCall};
+pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
+pub use state::UnreadablePage;
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
 
@@ -95,6 +105,14 @@ impl Module {
     pub fn entry(&self) -> &str {
         &self.inner.entry
     }
+
+    /// Checks that `snapshot` is a state this module can be restored to:
+    /// the checks every restore makes before anything runs (see
+    /// [`Engine::restore_with`]), for a caller that wants to know before
+    /// it stores a snapshot.
+    pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        validate::check(snapshot, self)
+    }
 }
 
 /// The hash under which wasnap identifies a module's original bytes.
@@ -136,6 +154,10 @@ pub struct Settings {
     args: Vec<String>,
     stdout: Output,
     policy: Policy,
+    change_tracking: ChangeTracking,
+    memory_restore: MemoryRestore,
+    replaying: Option<journal::Inputs>,
+    unrecorded: bool,
 }
 
 /// What a workflow may use: its limits and what it is granted. A durable
@@ -242,6 +264,40 @@ impl Settings {
         self.policy = policy;
         self
     }
+
+    /// How the workflow's snapshots find the pages that changed (default:
+    /// the best this machine offers, see [`support`]). Asking for a way
+    /// the machine does not offer makes starting or restoring fail.
+    pub fn change_tracking(mut self, tracking: ChangeTracking) -> Self {
+        self.change_tracking = tracking;
+        self
+    }
+
+    /// How a restored workflow's memory is filled (default: lazily for
+    /// large memories where the machine allows it). Ignored by a start.
+    pub fn memory_restore(mut self, restore: MemoryRestore) -> Self {
+        self.memory_restore = restore;
+        self
+    }
+
+    /// Starts the workflow replaying `inputs` (see [`journal`]) instead of
+    /// recording: its clocks, random draws and host functions give what a
+    /// recorded run got, from instantiation on (a start function's inputs
+    /// are part of the first run's). Granted directories are granted read
+    /// only, so that a replay cannot write what the recorded run wrote.
+    pub fn replaying(mut self, inputs: journal::Inputs) -> Self {
+        self.replaying = Some(inputs);
+        self
+    }
+
+    /// Whether the workflow records the inputs it takes from outside (it
+    /// does by default; see [`journal`]). An embedder that never replays
+    /// (never upgrades instances by replay) can turn it off and save one
+    /// lock and one push per clock reading or random draw.
+    pub fn recording(mut self, on: bool) -> Self {
+        self.unrecorded = !on;
+        self
+    }
 }
 
 impl Engine {
@@ -274,6 +330,7 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
+        wasi::add_to_linker(&mut linker)?;
         abi::add_to_linker(&mut linker)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -291,15 +348,22 @@ impl Engine {
     /// artifact is only valid for an engine with the same fingerprint. The
     /// instrumenter's version and options are part of it, because they
     /// decide the code that was compiled.
+    ///
+    /// It is a BLAKE3 hash, the same in every build and process with the
+    /// same settings (the standard library's `DefaultHasher` makes no such
+    /// promise across Rust releases). wasmtime's compatibility hash is
+    /// only available through `Hash`, whose implementations feed the bytes
+    /// of the integers and strings hashed.
     pub fn fingerprint(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = Blake3Hasher(blake3::Hasher::new());
         self.inner
             .wasmtime
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         instrument::INSTRUMENTER_VERSION.hash(&mut hasher);
         self.inner.options.hash(&mut hasher);
-        format!("wasmtime-48-{:016x}", hasher.finish())
+        let hash = hasher.0.finalize();
+        format!("wasmtime-48-{}", &hash.to_hex()[..32])
     }
 
     /// The module with content hash `hash` if this engine has loaded it
@@ -310,14 +374,29 @@ impl Engine {
 
     /// Instruments and compiles `wasm` (or returns the cached result).
     pub fn load(&self, wasm: &[u8]) -> Result<Module> {
-        self.load_with_artifact(wasm, None)
+        // SAFETY: there is no artifact.
+        unsafe { self.load_with_artifact(wasm, None) }
     }
 
     /// Like [`Engine::load`], but takes a compiled artifact made earlier by
     /// [`Module::serialize`] with an engine of the same fingerprint, which
     /// skips instrumentation and compilation. An artifact that does not fit
     /// is ignored.
-    pub fn load_with_artifact(&self, wasm: &[u8], artifact: Option<&[u8]>) -> Result<Module> {
+    ///
+    /// # Safety
+    ///
+    /// An artifact is native code, and loading one runs it as it is:
+    /// wasmtime checks that it was compiled by a compatible engine, not
+    /// what it does. `artifact` must be bytes that [`Module::serialize`]
+    /// wrote for this very module, or that are trusted as much: never
+    /// bytes from a file or database someone else may have written.
+    /// (`wasnap::store` authenticates the artifacts it hands back, see
+    /// [`crate::store::ArtifactKey`].)
+    pub unsafe fn load_with_artifact(
+        &self,
+        wasm: &[u8],
+        artifact: Option<&[u8]>,
+    ) -> Result<Module> {
         let hash = module_hash(wasm);
         if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
             return Ok(module.clone());
@@ -325,7 +404,8 @@ impl Engine {
         let cached = artifact
             .and_then(artifact::decode)
             .and_then(|(metadata, code)| {
-                let compiled = self.deserialize(code)?;
+                // SAFETY: the caller vouches for the artifact.
+                let compiled = unsafe { self.deserialize(code) }?;
                 Some((metadata, compiled))
             });
         let (metadata, compiled) = match cached {
@@ -391,10 +471,14 @@ impl Engine {
         Ok(linker)
     }
 
-    fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
-        // SAFETY: artifacts come from `Module::serialize` of an engine with
-        // the same fingerprint, kept in wasnap's own store; wasmtime checks
-        // the engine compatibility header itself and refuses a mismatch.
+    /// wasmtime's code of an artifact.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Engine::load_with_artifact`].
+    unsafe fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the
+        // engine compatibility header itself and refuses a mismatch.
         unsafe { wasmtime::Module::deserialize(&self.inner.wasmtime, artifact) }.ok()
     }
 
@@ -430,24 +514,28 @@ impl Engine {
     }
 
     /// Like [`Engine::restore`], with the output and limits of `settings`.
+    ///
+    /// Nothing of the snapshot runs before it has been checked against the
+    /// module ([`Module::check_snapshot`]): a snapshot that is not a state
+    /// the module could have suspended in (an edited file, say, sealed
+    /// again with a fresh checksum) is refused with an error that names
+    /// what is wrong. So is one whose memories are larger than the memory
+    /// limit of `settings`.
     pub fn restore_with(
         &self,
         module: &Module,
         snapshot: &Snapshot,
         settings: Settings,
     ) -> Result<Workflow> {
-        if snapshot.module_hash != module.hash() {
+        validate::check(snapshot, module)?;
+        if let Some(limit) = settings.policy.memory_limit
+            && let Some((index, memory)) = (0..)
+                .zip(&snapshot.memories)
+                .find(|(_, m)| m.page_count.saturating_mul(PAGE_SIZE as u64) > limit)
+        {
             bail!(
-                "the snapshot belongs to module {}, not to module {}",
-                short_hash(&snapshot.module_hash),
-                short_hash(&module.hash())
-            );
-        }
-        if snapshot.instrumenter_version != instrument::INSTRUMENTER_VERSION {
-            bail!(
-                "the snapshot was made by instrumenter version {}, this wasnap has version {}",
-                snapshot.instrumenter_version,
-                instrument::INSTRUMENTER_VERSION
+                "memory {index} of the snapshot holds {} bytes, more than the memory limit of {limit} bytes",
+                memory.page_count * PAGE_SIZE as u64
             );
         }
         self.start_ticker_for(&settings);
@@ -562,6 +650,21 @@ impl Timer {
     /// deadline) rather than for time alone (a sleep).
     pub fn expects_reply(self) -> bool {
         matches!(self, Timer::Deadline { .. })
+    }
+}
+
+/// A `Hasher` whose output is BLAKE3's, for values only hashable through
+/// `Hash`; see [`Engine::fingerprint`].
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let hash = self.0.finalize();
+        u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
     }
 }
 

@@ -11,7 +11,11 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::abi::{Handles, HostState, Pending};
+use super::abi::{Handles, HostState, LimitReached, MemoryLimit, Pending};
+use super::journal::{
+    Inputs, Journal, JournalledMonotonicClock, JournalledRandom, JournalledWallClock, Mismatch,
+    SharedJournal,
+};
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
@@ -38,14 +42,21 @@ pub enum Step {
 /// One workflow instance: a wasmtime store and instance, and the state of
 /// its coroutines.
 pub struct Workflow {
-    module: Module,
-    store: Store<HostState>,
-    instance: Instance,
-    finished: bool,
-    time_limit: Option<std::time::Duration>,
     /// The pages of the last snapshot (or of the restored one), so that the
-    /// next snapshot copies only the pages that changed since.
+    /// next snapshot copies only the pages that changed since. First, so
+    /// that it is dropped first: its thread filling pages stops before
+    /// the memory it fills is unmapped.
     pages: state::PageHistory,
+    pub(super) module: Module,
+    pub(super) store: Store<HostState>,
+    pub(super) instance: Instance,
+    finished: bool,
+    /// Why the workflow cannot go on: a handler failed halfway through.
+    pub(super) broken: Option<String>,
+    /// Whether a run or handler call began since instantiation: the
+    /// journal then keeps only the inputs of the latest one.
+    pub(super) called: bool,
+    pub(super) time_limit: Option<std::time::Duration>,
 }
 
 impl Workflow {
@@ -98,9 +109,17 @@ impl Workflow {
             settings.policy.env.clone()
         };
         let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
+        // A start function ran again at instantiation; what it read belongs
+        // to the first run, whose state the snapshot now replaces.
+        workflow.take_inputs();
         let (store, instance) = (&mut workflow.store, &workflow.instance);
-        state::restore_memories(store, instance, &snapshot.memories)?;
-        workflow.pages = state::PageHistory::of(&snapshot.memories);
+        workflow.pages = state::restore_memories(
+            store,
+            instance,
+            &snapshot.memories,
+            settings.change_tracking,
+            settings.memory_restore,
+        )?;
         state::restore_globals(store, instance, &snapshot.globals)?;
         let data = store.data_mut();
         data.coroutines = snapshot.coroutines.clone();
@@ -124,32 +143,31 @@ impl Workflow {
         args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> Result<Workflow> {
+        let journal = Journal::new(settings.replaying.clone(), settings.unrecorded);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&args).envs(&env).inherit_stderr();
+        journal_inputs(&mut wasi, &journal);
+        let permissions = match settings.replaying {
+            Some(_) => wasmtime_wasi::FsPerms::ReadOnly,
+            None => wasmtime_wasi::FsPerms::ReadWrite,
+        };
         match &settings.stdout {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Capture(captured) => wasi.stdout(captured.0.clone()),
         };
         for directory in &settings.policy.directories {
-            wasi.preopened_dir(
-                &directory.host,
-                &directory.guest,
-                wasmtime_wasi::FsPerms::ReadWrite,
-            )
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("granting directory {}", directory.host.display()))?;
-        }
-        let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.policy.memory_limit {
-            // A clear trap rather than a failed memory.grow the guest may
-            // not check.
-            limits = limits
-                .memory_size(usize::try_from(bytes).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true);
+            wasi.preopened_dir(&directory.host, &directory.guest, permissions)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let host = HostState {
             wasi: wasi.build_p1(),
-            limits: limits.build(),
+            memory_limit: MemoryLimit(
+                settings
+                    .policy
+                    .memory_limit
+                    .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
+            ),
             handles: None,
             coroutines: Vec::new(),
             current: 0,
@@ -162,18 +180,28 @@ impl Workflow {
             env,
             timer: None,
             woken: false,
+            journal,
+            handler: None,
+            suspend_again: false,
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
-        store.limiter(|host| &mut host.limits);
-        // A new store's epoch deadline is "now": give the start function,
-        // if any, all the time it needs; `run` sets the real deadline.
-        store.set_epoch_deadline(NO_DEADLINE);
-        let instance = module
-            .inner
-            .instance_pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)
-            .context("instantiating the module")?;
+        store.limiter(|host| &mut host.memory_limit);
+        // A new store's epoch deadline is "now": the module's start
+        // function, if any, runs under the time limit too (it may loop);
+        // `run` sets the deadline again for each run.
+        store.set_epoch_deadline(deadline_ticks(settings.policy.time_limit));
+        let instance = match module.inner.instance_pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(error) if is_interrupt(&error) => {
+                bail!(
+                    "the module's start function ran past the time limit of {:?}",
+                    settings.policy.time_limit.unwrap_or_default()
+                )
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error).context("instantiating the module"));
+            }
+        };
         let metadata = module.metadata();
         let handles = Handles {
             unwinder: Unwinder::of(
@@ -197,8 +225,10 @@ impl Workflow {
             store,
             instance,
             finished: false,
+            broken: None,
+            called: false,
             time_limit: settings.policy.time_limit,
-            pages: state::PageHistory::default(),
+            pages: state::PageHistory::new(settings.change_tracking)?,
         })
     }
 
@@ -242,17 +272,85 @@ impl Workflow {
         &self.module
     }
 
-    /// Runs the workflow until it yields or finishes. A trap is an error,
-    /// with the guest's backtrace; the workflow cannot run after one.
-    pub fn run(&mut self) -> Result<Step> {
+    /// The inputs (clock readings, random bytes, host function answers,
+    /// patches) the workflow took in its latest run or handler call (for
+    /// the first, since it was started), and not taken yet; see
+    /// [`journal`](super::journal). Empty while replaying.
+    pub fn take_inputs(&mut self) -> Inputs {
+        Journal::lock(&self.store.data().journal).take()
+    }
+
+    /// A run or handler call begins: the journal keeps only its inputs
+    /// (and, for the first, those of instantiation), so that a workflow
+    /// whose inputs nobody takes does not collect them forever.
+    pub(super) fn begin_call(&mut self) {
+        if self.called {
+            self.take_inputs();
+        }
+        self.called = true;
+    }
+
+    /// From now on the workflow replays `inputs`, until [`Workflow::record`]:
+    /// its clocks, random draws and host functions give what they gave the
+    /// recorded run. Give each recorded run's inputs before running it
+    /// again, and check with [`Workflow::check_replayed`] after it.
+    pub fn replay(&mut self, inputs: Inputs) {
+        Journal::lock(&self.store.data().journal).replay(inputs);
+    }
+
+    /// Back to recording inputs, after a replay.
+    pub fn record(&mut self) {
+        Journal::lock(&self.store.data().journal).record();
+    }
+
+    /// After a replayed run: fails with the first place where the run asked
+    /// for something else than the recorded run did, or when it left
+    /// recorded inputs unused.
+    pub fn check_replayed(&self) -> std::result::Result<(), Mismatch> {
+        Journal::lock(&self.store.data().journal).check_replayed()
+    }
+
+    /// The first divergence of a replay, if one is known.
+    pub fn divergence(&self) -> Option<Mismatch> {
+        Journal::lock(&self.store.data().journal)
+            .divergence()
+            .cloned()
+    }
+
+    /// Fails when the workflow cannot run, snapshot or handle anything.
+    pub(super) fn check_usable(&self) -> Result<()> {
         if self.finished {
             bail!("the workflow has finished");
         }
-        let ticks = match self.time_limit {
-            Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
-            None => NO_DEADLINE,
-        };
-        self.store.set_epoch_deadline(ticks);
+        if let Some(cause) = &self.broken {
+            bail!("the workflow cannot go on: {cause}");
+        }
+        Ok(())
+    }
+
+    /// Gives the next call into the guest the workflow's time limit.
+    pub(super) fn set_deadline(&mut self) {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.time_limit));
+    }
+
+    /// Runs the workflow until it yields or finishes. A trap is an error,
+    /// with the guest's backtrace; the workflow cannot run after one.
+    pub fn run(&mut self) -> Result<Step> {
+        self.check_usable()?;
+        self.begin_call();
+        self.set_deadline();
+        let step = self.run_to_suspension();
+        // A page of a lazily restored memory that could not be read from
+        // the store was seen as zeros: nothing the run did can be trusted.
+        if let Err(error) = self.pages.check() {
+            self.finished = true;
+            return Err(error);
+        }
+        step
+    }
+
+    fn run_to_suspension(&mut self) -> Result<Step> {
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
@@ -279,16 +377,38 @@ impl Workflow {
         }
     }
 
+    /// Rewinds the running coroutine to the call it is suspended in and
+    /// suspends it there again at once, running none of the guest's own
+    /// code, and returns the snapshot then. It equals the snapshot the
+    /// workflow was restored from exactly when the rewind went through the
+    /// frames that snapshot holds and into the call it names: a check,
+    /// for tests and fuzzing, that a restore resumes where it should.
+    #[doc(hidden)]
+    pub fn rewind_and_suspend_again(&mut self) -> Result<Snapshot> {
+        let host = self.store.data();
+        let suspended = host
+            .coroutine(host.current)
+            .is_some_and(|c| c.state == CoroutineState::Suspended);
+        if suspended {
+            let reply = host.reply.clone();
+            self.store.data_mut().suspend_again = true;
+            let step = self.run();
+            self.store.data_mut().suspend_again = false;
+            if !matches!(step?, Step::Yielded(_)) {
+                bail!("the rewind did not reach the call the workflow was suspended in");
+            }
+            self.store.data_mut().reply = reply;
+        }
+        self.snapshot()
+    }
+
     /// Calls into coroutine `id`: rewinds it when it was suspended, starts
     /// it when it is fresh.
     fn run_coroutine(&mut self, id: u32) -> Result<Exit> {
         let handles = self.handles();
-        let coroutine = self
-            .store
-            .data()
-            .coroutine(id)
-            .expect("current exists")
-            .clone();
+        let Some(coroutine) = self.store.data().coroutine(id).cloned() else {
+            bail!("the running coroutine {id} does not exist");
+        };
         if let Some(stack_pointer) = handles.stack_pointer
             && (coroutine.state == CoroutineState::Suspended || id != 0)
         {
@@ -309,13 +429,24 @@ impl Workflow {
             Ok(()) => Ok(Exit::Returned),
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(Exit::Status(exit.0)),
+                None if is_interrupt(&error) => match self.time_limit {
+                    Some(limit) => Err(LimitReached(format!(
+                        "the workflow ran past its time limit of {limit:?}"
+                    ))
+                    .into()),
+                    None => bail!("the workflow was interrupted"),
+                },
+                None if error.is::<LimitReached>() => Err(anyhow::Error::new(
+                    error.downcast::<LimitReached>().expect("checked"),
+                )),
                 None if error.downcast_ref::<wasmtime::Trap>()
-                    == Some(&wasmtime::Trap::Interrupt) =>
+                    == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    match self.time_limit {
-                        Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
-                        None => bail!("the workflow was interrupted"),
-                    }
+                    Err(LimitReached(format!(
+                        "the workflow overflowed its call stack in {} (coroutine {id})",
+                        innermost_function(&error)
+                    ))
+                    .into())
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending.
@@ -372,7 +503,7 @@ impl Workflow {
         };
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.stack = stack;
         coroutine.stack_pointer = stack_pointer;
         coroutine.state = CoroutineState::Suspended;
@@ -390,7 +521,7 @@ impl Workflow {
                 Ok(Some(Step::Yielded(value)))
             }
             Some(Pending::Switch { target, value }) => {
-                host.coroutine_mut(target).resume_value = value;
+                host.coroutine_mut(target)?.resume_value = value;
                 host.current = target;
                 Ok(None)
             }
@@ -403,7 +534,7 @@ impl Workflow {
     fn finish_current(&mut self) -> Result<Option<Step>> {
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.state = CoroutineState::Finished;
         coroutine.stack.clear();
         if current == 0 {
@@ -411,18 +542,19 @@ impl Workflow {
             return Ok(Some(Step::Finished(0)));
         }
         // A finished parent hands control further up, as greenlets do.
+        // Parents are created before their children, so the walk ends.
         let mut parent = coroutine.parent;
         while parent != 0
             && host.coroutine(parent).map(|c| c.state) == Some(CoroutineState::Finished)
         {
             parent = host.coroutine(parent).map_or(0, |c| c.parent);
         }
-        host.coroutine_mut(parent).resume_value = 0;
+        host.coroutine_mut(parent)?.resume_value = 0;
         host.current = parent;
         Ok(None)
     }
 
-    fn handles(&self) -> Handles {
+    pub(super) fn handles(&self) -> Handles {
         self.store.data().handles.expect("set at instantiation")
     }
 
@@ -432,9 +564,10 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished; there is nothing to snapshot");
         }
+        self.check_usable()?;
         let metadata = self.module.metadata().clone();
         let memories =
-            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages);
+            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages)?;
         let globals = state::capture_globals(&mut self.store, &self.instance, &metadata)?;
         let tables = state::capture_tables(&metadata)?;
         let host = self.store.data();
@@ -456,6 +589,35 @@ impl Workflow {
             },
         })
     }
+}
+
+/// Gives WASI clocks and a random generator that go through the journal.
+fn journal_inputs(wasi: &mut WasiCtxBuilder, journal: &SharedJournal) {
+    wasi.wall_clock(JournalledWallClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::WallClock::new(),
+    })
+    .monotonic_clock(JournalledMonotonicClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::MonotonicClock::new(),
+    })
+    .secure_random(JournalledRandom {
+        journal: journal.clone(),
+        random: wasmtime_wasi::random::thread_rng(),
+    });
+}
+
+/// The epochs a run may last under a time limit.
+fn deadline_ticks(time_limit: Option<std::time::Duration>) -> u64 {
+    match time_limit {
+        Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
+        None => NO_DEADLINE,
+    }
+}
+
+/// Whether a run was stopped by its deadline.
+fn is_interrupt(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
 }
 
 /// How a call into a coroutine ended.

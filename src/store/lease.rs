@@ -25,7 +25,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, bail};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{InstanceId, Shared, lock};
 
@@ -91,9 +91,7 @@ pub(super) const CLEAR_LEASE: &str = "
 pub(super) fn acquire(shared: &Arc<Mutex<Shared>>, instance: InstanceId) -> Result<Lease> {
     let lease = {
         let mut guard = lock(shared);
-        let tx = guard
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(&mut guard.conn)?;
         check_free(&tx, instance)?;
         let token = take(&tx, instance, None)?;
         tx.commit()?;
@@ -234,7 +232,7 @@ mod tests {
         assert!(alive(me, owner));
         assert!(!alive(me, "another-boot/1"));
         // Pids above the kernel's maximum (2^22) never exist.
-        assert!(!alive(u32::MAX - 1, &owner));
+        assert!(!alive(u32::MAX - 1, owner));
     }
 
     #[test]

@@ -19,10 +19,13 @@
 //! (`synchronous = FULL`) syncs the WAL at every commit for those who want
 //! versions to outlive power loss too.
 
+mod artifacts;
+mod history;
 mod lease;
 mod pages;
 mod policy;
 mod schema;
+mod values;
 mod versions;
 mod work;
 
@@ -34,6 +37,8 @@ use anyhow::{Context, Result, bail};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use artifacts::ArtifactKey;
+pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
 pub use versions::{Commit, Outcome, Prepared, VersionInfo, VersionKind};
@@ -57,9 +62,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Database {
     shared: Arc<Mutex<Shared>>,
-    /// Page names, locked on its own so that versions are prepared outside
-    /// the connection's lock; when both are needed, the connection first.
-    page_cache: Arc<Mutex<pages::PageCache>>,
     path: PathBuf,
 }
 
@@ -68,6 +70,12 @@ struct Shared {
     conn: Connection,
     /// Called at named points inside a commit; see [`Database::set_commit_hook`].
     commit_hook: Option<fn(&str)>,
+    /// Kept between commits so that its context is allocated once.
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The pages last committed, so that unchanged ones are not hashed again.
+    page_cache: pages::PageCache,
+    /// The key authenticating compiled artifacts, once looked up.
+    artifact_key: Option<Option<ArtifactKey>>,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
@@ -128,14 +136,18 @@ impl InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
-    /// The module it runs.
+    /// The module its head version runs (an upgrade moves it; older
+    /// versions may run older modules, see [`VersionInfo::module_hash`]).
     pub module_hash: ModuleHash,
     /// Where it is in its life.
     pub state: InstanceState,
     /// Its head (latest committed) version, if any.
     pub head: Option<u32>,
-    /// The value of its head version (yielded value or result).
+    /// The value of its head version (yielded value or result); only its
+    /// start when listed with [`Database::instances_shortened`].
     pub last_value: Option<Vec<u8>>,
+    /// The whole length of that value in bytes.
+    pub last_value_len: Option<u64>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
@@ -174,7 +186,9 @@ pub struct Stats {
     pub pages: u64,
     /// Their stored (compressed) size in bytes.
     pub page_bytes: u64,
-    /// References from versions to pages (a page each version holds).
+    /// Rows of the versions' page lists: a row per non-zero page in a full
+    /// list, a row per changed page in a list kept as the difference from
+    /// its parent's.
     pub page_refs: u64,
 }
 
@@ -192,8 +206,8 @@ pub struct GcReport {
 pub struct RemoveReport {
     /// Versions deleted.
     pub versions: u64,
-    /// Page references deleted; pages no other version uses are freed by
-    /// the next [`Database::gc`].
+    /// Page-list rows deleted (see [`Stats::page_refs`]); pages no other
+    /// version uses are freed by the next [`Database::gc`].
     pub page_refs: u64,
     /// Bytes of the deleted versions' own rows (state, value, reply).
     pub bytes: u64,
@@ -239,13 +253,17 @@ impl Database {
     }
 
     fn wrap(conn: Connection, path: PathBuf) -> Result<Self> {
+        let compressor = zstd::bulk::Compressor::new(pages::PAGE_ZSTD_LEVEL)
+            .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
         let shared = Shared {
             conn,
             commit_hook: None,
+            compressor,
+            page_cache: pages::PageCache::default(),
+            artifact_key: None,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
-            page_cache: Arc::default(),
             path,
         })
     }
@@ -316,36 +334,6 @@ impl Database {
         })
     }
 
-    /// The compiled artifact cached for module `hash` under the engine
-    /// `fingerprint` (which names everything that makes artifacts
-    /// incompatible: engine version, settings, instrumenter version).
-    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|s| {
-            Ok(s.conn
-                .prepare_cached(
-                    "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
-                )?
-                .query_row(params![hash, fingerprint], |r| r.get(0))
-                .optional()?)
-        })
-    }
-
-    /// Caches a compiled artifact of module `hash` (which must be stored)
-    /// under the engine `fingerprint`, replacing any earlier one.
-    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
-        self.with(|s| {
-            let tx = s.conn.transaction()?;
-            require_module(&tx, hash)?;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
-                 VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![hash, fingerprint, bytes])?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
     /// Creates an instance of the stored module `module_hash` with its WASI
     /// arguments (program name first) and the policy every run of it gets.
     /// It has no version until its first run is committed.
@@ -359,9 +347,7 @@ impl Database {
         w.strings(args)?;
         let policy = policy::encode(policy)?;
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             require_module(&tx, module_hash)?;
             tx.prepare_cached(
                 "INSERT INTO instances (module_hash, state, created, args, policy)
@@ -387,8 +373,8 @@ impl Database {
         self.with(|s| {
             let row = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} WHERE i.id = ?1"))?
-                .query_row([id], read_instance_row)
+                .prepare_cached(&format!("{} WHERE i.id = ?1", instance_query(None)))?
+                .query_row([id], |r| read_instance_row(r, None))
                 .optional()?;
             match row {
                 Some(row) => finish_instance(&s.conn, row),
@@ -399,11 +385,22 @@ impl Database {
 
     /// Every instance, by id.
     pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(None)
+    }
+
+    /// Like [`Database::instances`], with each last value cut to its first
+    /// `max` bytes (64 KiB at most): a listing reads that much of each,
+    /// however large it is.
+    pub fn instances_shortened(&self, max: usize) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
             let rows = s
                 .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} ORDER BY i.id"))?
-                .query_map([], read_instance_row)?
+                .prepare_cached(&format!("{} ORDER BY i.id", instance_query(limit)))?
+                .query_map([], |r| read_instance_row(r, limit))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
                 .map(|row| finish_instance(&s.conn, row))
@@ -415,9 +412,7 @@ impl Database {
     /// busy" while a live process holds its lease.
     pub fn remove_instance(&self, id: InstanceId) -> Result<RemoveReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = writing(&mut s.conn)?;
             lease::check_free(&tx, id)?;
             let report = tx.query_row(
                 "SELECT count(*),
@@ -451,10 +446,13 @@ impl Database {
     /// file system.
     pub fn gc(&self) -> Result<GcReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
+            let tx = writing(&mut s.conn)?;
+            // Every page a version holds is in its own rows or in those of
+            // an ancestor down to a full list, so the pages named in no
+            // row are held by no version. (`NULL`, a page that became
+            // zeros, must not reach NOT IN, which it would make unknown.)
+            let unused = "FROM pages
+                          WHERE id NOT IN (SELECT page FROM version_pages WHERE page IS NOT NULL)";
             let report = tx.query_row(
                 &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
                 [],
@@ -503,18 +501,31 @@ impl Database {
     }
 }
 
-const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy,
-           v.wake_at, v.timer, EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
-    FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
+/// The instances, the values of their heads (only their start, with a
+/// limit), their timers and whether a request is pending.
+fn instance_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
+                v.id, {}, length(v.value), v.value_zstd, v.wake_at, v.timer,
+                EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
+         FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
+        values::column("v.value", limit)
+    )
+}
 
-/// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
+/// The columns of [`instance_query`], before the parts that can fail.
 type InstanceRow = (
     (InstanceId, ModuleHash, String, Option<u32>, u64, Vec<u8>),
-    (Option<Vec<u8>>, Vec<u8>, Option<u64>, Option<String>, bool),
+    (Vec<u8>, Option<Result<(Vec<u8>, u64)>>),
+    (Option<u64>, Option<String>, bool),
 );
 
-fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
+fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<InstanceRow> {
+    let head_row: Option<i64> = r.get(7)?;
+    let last_value = match head_row {
+        Some(_) => Some(values::read(r, 8, limit)?),
+        None => None,
+    };
     Ok((
         (
             r.get(0)?,
@@ -524,15 +535,24 @@ fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
             r.get(4)?,
             r.get(5)?,
         ),
-        (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
+        (r.get(6)?, last_value),
+        (r.get(11)?, r.get(12)?, r.get(13)?),
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
     let (
         (id, module_hash, state, head, created_ms, args),
-        (last_value, policy, wake_at, timer, pending),
+        (policy, last_value),
+        (wake_at, timer, pending),
     ) = row;
+    let (last_value, last_value_len) = match last_value
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}"))?
+    {
+        Some((value, len)) => (Some(value), Some(len)),
+        None => (None, None),
+    };
     let timer = match (wake_at, timer.as_deref()) {
         (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
         (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
@@ -551,6 +571,7 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         state: InstanceState::parse(&state)?,
         head,
         last_value,
+        last_value_len,
         created_ms,
         args,
         policy,
@@ -558,6 +579,19 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         timer,
         pending,
     })
+}
+
+/// A transaction that writes: it takes the write lock when it begins
+/// (`BEGIN IMMEDIATE`), waiting for another writer up to the busy timeout.
+///
+/// A deferred transaction takes the lock only at its first write, and in
+/// WAL mode one that has read first cannot wait for it: if another
+/// process committed since its read began, SQLite fails it at once with
+/// `SQLITE_BUSY` (its snapshot is stale), busy timeout or not. Every
+/// transaction of the store that writes starts here; those that only read
+/// stay deferred, and never block a writer.
+pub(crate) fn writing(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 fn require_module(conn: &Connection, hash: &ModuleHash) -> Result<()> {
@@ -609,13 +643,37 @@ fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
         }
         Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
         Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
+        Some(ErrorCode::DatabaseBusy) => busy(path, &e),
+        Some(ErrorCode::DatabaseLocked) => {
+            anyhow::anyhow!("database {p} is locked by another connection of this process: {e}")
         }
         Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
         Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
         Some(_) => anyhow::anyhow!("database {p}: {e}"),
         None => e,
+    }
+}
+
+/// What `SQLITE_BUSY` meant, by its extended code. Every write begins as a
+/// writer and waits [`BUSY_TIMEOUT`] for the lock, so a plain one means
+/// another process held the lock all that time.
+fn busy(path: &Path, e: &anyhow::Error) -> anyhow::Error {
+    let extended = match e.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(failure, _)) => failure.extended_code,
+        _ => rusqlite::ffi::SQLITE_BUSY,
+    };
+    let p = path.display();
+    match extended {
+        rusqlite::ffi::SQLITE_BUSY_RECOVERY => {
+            anyhow::anyhow!("database {p} is being recovered by another process; try again")
+        }
+        rusqlite::ffi::SQLITE_BUSY_SNAPSHOT => anyhow::anyhow!(
+            "database {p} changed under a transaction that read it before writing: {e}"
+        ),
+        _ => anyhow::anyhow!(
+            "database {p} stayed locked by another process for {} s",
+            BUSY_TIMEOUT.as_secs()
+        ),
     }
 }
 

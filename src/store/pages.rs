@@ -1,11 +1,18 @@
-//! Content-addressed memory pages.
+//! Content-addressed memory pages, and the page list of each version.
 //!
 //! Each non-zero 64 KiB page is named by its BLAKE3 hash, stored once
-//! zstd-compressed in `pages`, and referenced by every version that holds
-//! it through `version_pages`, by the page's row id (8 bytes at most where
-//! the hash takes 32: a version lists every page it holds). All-zero pages
-//! are not stored at all: a memory's size and its list of references say
-//! where they are.
+//! zstd-compressed in `pages`, and referred to by its row id (8 bytes at
+//! most where the hash takes 32). All-zero pages are not stored at all: a
+//! memory's size and its page list say where they are.
+//!
+//! A version's page list (which page is at which place) is kept in
+//! `version_pages` either in full, a row per non-zero page, or as the
+//! difference from its parent's list: a row per place whose page changed,
+//! with no page (`NULL`) where it became all zeros. A version that changed
+//! 3 pages of a 256 MiB memory costs 3 rows, not 4,096. To keep a load
+//! bounded, a version stores its full list instead when the chain of
+//! differences down to the last full list would be longer than
+//! [`MAX_LIST_DEPTH`] versions, or hold more rows than the full list.
 //!
 //! Why BLAKE3: the name of a page must be collision-resistant (two pages
 //! with one name would silently corrupt a restore), and hashing is on the
@@ -14,395 +21,703 @@
 //! 64 KiB page fills exactly; SHA-256 is several times slower, and fast
 //! non-cryptographic hashes give no guarantee against collisions.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::InstanceId;
-use crate::snapshot::{MemoryImage, PAGE_SIZE, Page};
+use crate::snapshot::{MemoryImage, PAGE_SIZE, Page, PageData, PageSource, WeakPage};
 
 /// zstd level for pages: they are compressed on the path of a suspension,
 /// where speed matters more than the last few percent of size.
 pub(super) const PAGE_ZSTD_LEVEL: i32 = 1;
 
+/// The longest chain of page-list differences a load reads before it
+/// reaches a full list. A full list of a 256 MiB memory is about 4,096 rows;
+/// written once every 64 versions, it adds about 64 rows per version.
+pub(super) const MAX_LIST_DEPTH: u32 = 64;
+
+/// A version with this many non-zero pages or fewer is read at once even
+/// when it is loaded lazily: reading pages later opens a connection of
+/// their own, which costs about what reading a few dozen pages does.
+pub(super) const READ_AT_ONCE: usize = 32;
+
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
-/// One non-zero page of a version about to be committed: its name, and
-/// either the row id it is known to be stored under or its compressed
-/// contents, in case it is new.
-pub(super) struct PreparedPage {
-    pub memory: u32,
-    pub index: u32,
-    pub hash: [u8; 32],
-    pub data: Arc<[u8]>,
-    pub known: Option<i64>,
-    pub compressed: Option<Vec<u8>>,
+/// A page's place: (memory index, page index).
+pub(super) type PageKey = (u32, u32);
+
+/// A version's page list: the row id of the page at each place that is not
+/// all zeros, by place.
+pub(super) type PageList = BTreeMap<PageKey, i64>;
+
+/// A change from a parent's page list: the page now at a place, or `None`
+/// where the place became all zeros.
+pub(super) type ListChange = (PageKey, Option<i64>);
+
+/// A page of a snapshot being committed that the parent's list does not
+/// have as this very object: its place, its name, and the row id of the
+/// parent's page at that place, if any.
+pub(super) struct NamedPage<'a> {
+    pub key: PageKey,
+    pub page: &'a Page,
+    pub name: [u8; 32],
+    pub parent: Option<i64>,
 }
 
-/// A page's place: (memory index, page index).
-type PageKey = (u32, u32);
+/// How a version's page list is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ListShape {
+    /// 0: the rows are the full list; n: the rows are the changes from the
+    /// parent's list, whose own shape has depth n - 1.
+    pub depth: u32,
+    /// The rows of every difference from the last full list down to this
+    /// version's (0 for a full list): what a load reads on top of it.
+    pub chain_rows: u64,
+}
 
-/// How many pages a [`PageCache`] keeps over all instances (256 MiB): it
-/// shares them with the snapshots and workflows it saw, but keeps them
-/// alive after those are gone.
-const CACHE_PAGES: usize = 4096;
+/// One entry of a page list as the cache keeps it: the place, the row id,
+/// and the page object it was committed or loaded as, if known.
+struct Listed {
+    key: PageKey,
+    id: i64,
+    page: Option<WeakPage>,
+}
 
-/// The names of the pages last committed or loaded through one store
-/// handle, with their contents, by instance and (memory, page index); and,
-/// per instance, which names are known to be stored.
+/// What one store handle knows of the version of one instance it last
+/// committed or loaded: its page list, sorted by place, and the very page
+/// objects that list was committed or loaded as.
 ///
 /// From one suspension to the next a workflow usually changes few pages,
 /// and the snapshots of one workflow share the pages that did not change
-/// (see [`Page::data`]). A page that is the very one cached is named
-/// without reading it; one with equal contents after a comparison, which
-/// runs at memory speed, several times faster than hashing. Only pages that
-/// changed are hashed. A name is a pure function of the contents, so the
-/// cache can never be wrong, only miss (after a branch, or a commit that
-/// was rolled back). A service commits many instances in turn, so each
-/// keeps its own entries, up to [`CACHE_PAGES`] in all.
+/// (see [`PageData`]). A page that is the very object listed here, at the
+/// same place, is known to be stored under the listed row id: it is neither
+/// hashed nor looked up, and it is not a change. Pages are held weakly, so
+/// that the list of a large memory costs a few bytes a page and keeps no
+/// page alive. A commit whose parent is this version updates the list in
+/// place, at a cost proportional to the pages that changed. The cache is
+/// filled only after a transaction succeeded: the pages of a committed
+/// version are stored for as long as it exists.
 #[derive(Default)]
 pub(super) struct PageCache {
-    instances: HashMap<InstanceId, InstancePages>,
-    pages: usize,
-}
-
-/// What a [`PageCache`] knows of one instance.
-#[derive(Default)]
-struct InstancePages {
-    entries: HashMap<PageKey, ([u8; 32], Arc<[u8]>)>,
-    /// The version last committed or loaded, and the names and row ids of
-    /// its pages. Those pages are in the database for as long as that
-    /// version is: a commit whose parent is this version (checked inside
-    /// its transaction) need not look them up.
+    instance: Option<InstanceId>,
     version: Option<u32>,
-    stored: HashMap<[u8; 32], i64>,
+    shape: ListShape,
+    pages: Vec<Listed>,
 }
 
 impl PageCache {
-    /// The cached name of a page whose contents are unchanged.
-    fn cached_name(&self, instance: InstanceId, memory: u32, page: &Page) -> Option<[u8; 32]> {
-        let (hash, data) = self
-            .instances
-            .get(&instance)?
-            .entries
-            .get(&(memory, page.index))?;
-        (Arc::ptr_eq(data, &page.data) || *data == page.data).then_some(*hash)
+    /// Whether the cache is the list of `version` of `instance`.
+    pub(super) fn holds(&self, instance: InstanceId, version: u32) -> bool {
+        self.instance == Some(instance) && self.version == Some(version)
     }
 
-    /// The row id of a page known to be stored under `parent`.
-    fn known_id(&self, instance: InstanceId, parent: Option<u32>, hash: &[u8; 32]) -> Option<i64> {
-        let cached = self.instances.get(&instance)?;
-        if parent.is_none() || cached.version != parent {
-            return None;
-        }
-        cached.stored.get(hash).copied()
-    }
-
-    /// Records that `version` of `instance`, holding `pages` (memory, page
-    /// index, name, contents) stored under row ids `ids`, has just been
-    /// committed or read in a transaction: the instance's entries become
-    /// that version's pages.
-    pub(super) fn settle<'a>(
+    /// Records that `version` of `instance`, whose list is `list` with
+    /// `shape`, was just read; `pages` are the page objects it was loaded
+    /// as, in the list's order, if they are known.
+    pub(super) fn settle(
         &mut self,
         instance: InstanceId,
         version: u32,
-        pages: impl Iterator<Item = (u32, u32, [u8; 32], &'a Arc<[u8]>)>,
+        shape: ListShape,
+        list: &PageList,
+        pages: Option<Vec<WeakPage>>,
+    ) {
+        let mut pages = pages.map(Vec::into_iter);
+        self.instance = Some(instance);
+        self.version = Some(version);
+        self.shape = shape;
+        self.pages = list
+            .iter()
+            .map(|(&key, &id)| Listed {
+                key,
+                id,
+                page: pages.as_mut().and_then(Iterator::next),
+            })
+            .collect();
+    }
+
+    /// The shape of the cached list.
+    pub(super) fn shape(&self) -> ListShape {
+        self.shape
+    }
+
+    /// Makes the cache the list of `version` of `instance` (whose shape is
+    /// `shape`), committed as `plan` with the row ids `ids` of its named
+    /// pages, from the list `plan` was made against.
+    pub(super) fn commit(
+        &mut self,
+        instance: InstanceId,
+        version: u32,
+        shape: ListShape,
+        plan: &Plan,
         ids: &[i64],
     ) {
-        let pages: Vec<_> = pages.collect();
-        if let Some(old) = self.instances.remove(&instance) {
-            self.pages -= old.entries.len().min(self.pages);
-        }
-        self.make_room(pages.len());
-        let room = CACHE_PAGES.saturating_sub(self.pages);
-        let entries: HashMap<_, _> = pages
-            .iter()
-            .take(room)
-            .map(|&(memory, index, hash, data)| ((memory, index), (hash, Arc::clone(data))))
-            .collect();
-        let stored = pages.iter().map(|p| p.2).zip(ids.iter().copied()).collect();
-        self.pages += entries.len();
-        let cached = InstancePages {
-            entries,
-            version: Some(version),
-            stored,
-        };
-        self.instances.insert(instance, cached);
-    }
-
-    /// Forgets other instances until `more` pages fit (or none is left).
-    fn make_room(&mut self, more: usize) {
-        while self.pages + more > CACHE_PAGES {
-            let Some(&victim) = self.instances.keys().next() else {
-                return;
+        let changes = plan.named.len() + plan.removed.len();
+        if plan.against_cache && changes <= self.pages.len() / 8 {
+            for (p, &id) in plan.named.iter().zip(ids) {
+                let listed = Listed {
+                    key: p.key,
+                    id,
+                    page: Some(p.page.data.downgrade()),
+                };
+                match self.pages.binary_search_by_key(&p.key, |l| l.key) {
+                    Ok(at) => self.pages[at] = listed,
+                    Err(at) => self.pages.insert(at, listed),
+                }
+            }
+            for key in &plan.removed {
+                if let Ok(at) = self.pages.binary_search_by_key(key, |l| l.key) {
+                    self.pages.remove(at);
+                }
+            }
+        } else {
+            let base = match plan.against_cache {
+                true => std::mem::take(&mut self.pages),
+                false => Vec::new(),
             };
-            let removed = self
-                .instances
-                .remove(&victim)
-                .map_or(0, |c| c.entries.len());
-            self.pages -= removed.min(self.pages);
+            self.pages = merge(base, plan, ids);
         }
+        self.instance = Some(instance);
+        self.version = Some(version);
+        self.shape = shape;
     }
-}
 
-/// Names every non-zero page of `memories`, a snapshot of `instance`
-/// resumed from `parent`, and compresses those not known to be stored.
-/// The cache is locked only to look names up; hashing and compression run
-/// without it, so that several threads prepare versions at once.
-pub(super) fn prepare(
-    memories: &[MemoryImage],
-    instance: InstanceId,
-    parent: Option<u32>,
-    cache: &std::sync::Mutex<PageCache>,
-) -> Result<Vec<PreparedPage>> {
-    let looked_up: Vec<_> = {
-        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        memories
-            .iter()
-            .zip(0u32..)
-            .flat_map(|(m, memory)| m.pages.iter().map(move |page| (memory, page)))
-            .map(|(memory, page)| {
-                let hash = cache.cached_name(instance, memory, page);
-                let known = hash.and_then(|h| cache.known_id(instance, parent, &h));
-                (memory, page, hash, known)
-            })
+    /// The full list after `plan` with `ids`, as rows.
+    pub(super) fn full_rows(&self, plan: &Plan, ids: &[i64]) -> Vec<ListChange> {
+        let base = match plan.against_cache {
+            true => self
+                .pages
+                .iter()
+                .map(|l| Listed {
+                    key: l.key,
+                    id: l.id,
+                    page: None,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        merge(base, plan, ids)
+            .into_iter()
+            .map(|l| (l.key, Some(l.id)))
             .collect()
-    };
-    let mut prepared = Vec::with_capacity(looked_up.len());
-    for (memory, page, hash, known) in looked_up {
-        let hash = match hash {
-            Some(hash) => hash,
-            None if page.data[..] == ZERO_PAGE[..] => continue,
-            None => *blake3::hash(&page.data).as_bytes(),
-        };
-        let compressed = match known {
-            Some(_) => None,
-            None => Some(compress(&page.data)?),
-        };
-        prepared.push(PreparedPage {
-            memory,
-            index: page.index,
-            hash,
-            data: Arc::clone(&page.data),
-            known,
-            compressed,
-        });
     }
-    Ok(prepared)
 }
 
-/// zstd level [`PAGE_ZSTD_LEVEL`] of one page, with a compression context
-/// kept per thread.
-fn compress(data: &[u8]) -> Result<Vec<u8>> {
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(
-                zstd::bulk::Compressor::new(PAGE_ZSTD_LEVEL)
-                    .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?,
-            );
+/// `base` (sorted by place) with the named pages of `plan` stored under
+/// `ids` and its removed places applied.
+fn merge(base: Vec<Listed>, plan: &Plan, ids: &[i64]) -> Vec<Listed> {
+    let mut named = plan.named.iter().zip(ids).peekable();
+    let mut removed = plan.removed.iter().peekable();
+    let mut out = Vec::with_capacity(base.len() + plan.named.len());
+    let mut base = base.into_iter().peekable();
+    loop {
+        let next_named = named.peek().map(|(p, _)| p.key);
+        let next_base = base.peek().map(|l| l.key);
+        match (next_base, next_named) {
+            (None, None) => return out,
+            (Some(b), n) if n.is_none_or(|n| b < n) => {
+                let listed = base.next().expect("peeked");
+                if removed.next_if(|&&k| k == b).is_none() {
+                    out.push(listed);
+                }
+            }
+            (b, Some(n)) => {
+                if b == Some(n) {
+                    base.next();
+                }
+                let (p, &id) = named.next().expect("peeked");
+                out.push(Listed {
+                    key: n,
+                    id,
+                    page: Some(p.page.data.downgrade()),
+                });
+            }
+            (Some(_), None) => unreachable!("handled by the first arm"),
         }
-        let compressor = cell.as_mut().expect("set above");
-        compressor
-            .compress(data)
-            .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))
-    })
+    }
+}
+
+/// What a commit of a snapshot changes in its parent's page list.
+pub(super) struct Plan<'a> {
+    /// Pages that are not the parent's very page objects at their places,
+    /// by place: new, changed, or equal but copied.
+    pub named: Vec<NamedPage<'a>>,
+    /// Places the parent's list has and the snapshot holds as zeros.
+    pub removed: Vec<PageKey>,
+    /// The snapshot's non-zero pages.
+    pub pages: usize,
+    /// Whether it was made against the cached list (else against none).
+    against_cache: bool,
+}
+
+impl Plan<'_> {
+    /// The changes from the parent's list, by place, once the named pages
+    /// are stored under `ids`: a named page stored under the row id the
+    /// parent has at its place is no change.
+    pub(super) fn changes(&self, ids: &[i64]) -> Vec<ListChange> {
+        let mut named = self
+            .named
+            .iter()
+            .zip(ids)
+            .filter(|(p, id)| p.parent != Some(**id))
+            .map(|(p, &id)| (p.key, Some(id)))
+            .peekable();
+        let mut removed = self.removed.iter().map(|&k| (k, None)).peekable();
+        let mut out = Vec::new();
+        while let Some(next) = match (named.peek(), removed.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => removed.next(),
+            (Some(_), _) => named.next(),
+            (None, _) => removed.next(),
+        } {
+            out.push(next);
+        }
+        out
+    }
+}
+
+/// Compares `memories`, a snapshot whose parent's list is in `cache` (or
+/// which has no parent: `cache` is `None`), with that list, walking both in
+/// order of place. Pages that are the very objects listed are not read;
+/// others are named (hashed once per page object, or named by their store)
+/// after a check that they are not all zeros.
+pub(super) fn plan<'a>(memories: &'a [MemoryImage], cache: Option<&PageCache>) -> Result<Plan<'a>> {
+    let listed: &[Listed] = cache.map_or(&[], |c| &c.pages);
+    let mut listed = listed.iter().peekable();
+    let mut plan = Plan {
+        named: Vec::new(),
+        removed: Vec::new(),
+        pages: 0,
+        against_cache: cache.is_some(),
+    };
+    for (m, memory) in memories.iter().zip(0u32..) {
+        for page in &m.pages {
+            let key = (memory, page.index);
+            while let Some(gone) = listed.next_if(|l| l.key < key) {
+                plan.removed.push(gone.key);
+            }
+            let parent = listed.next_if(|l| l.key == key);
+            if parent.is_some_and(|l| l.page.as_ref().is_some_and(|w| w.is(&page.data))) {
+                plan.pages += 1;
+                continue;
+            }
+            if page.data.is_loaded() && page.data.bytes()? == &ZERO_PAGE[..] {
+                if let Some(l) = parent {
+                    plan.removed.push(l.key);
+                }
+                continue;
+            }
+            plan.pages += 1;
+            plan.named.push(NamedPage {
+                key,
+                page,
+                name: page.data.name()?,
+                parent: parent.map(|l| l.id),
+            });
+        }
+    }
+    plan.removed.extend(listed.map(|l| l.key));
+    Ok(plan)
 }
 
 /// Stores the pages not stored yet; returns the row id of every page and
-/// the bytes this added. A page already stored is not written again; those
-/// known to be stored are not even looked up.
-pub(super) fn store_missing(conn: &Connection, pages: &[PreparedPage]) -> Result<(Vec<i64>, u64)> {
+/// the bytes this added. A page already stored is neither compressed nor
+/// written again.
+pub(super) fn store_missing(
+    conn: &Connection,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    pages: &[NamedPage],
+) -> Result<(Vec<i64>, u64)> {
     let mut find = conn.prepare_cached("SELECT id FROM pages WHERE hash = ?1")?;
     let mut insert = conn.prepare_cached("INSERT INTO pages (hash, data) VALUES (?1, ?2)")?;
     let mut ids = Vec::with_capacity(pages.len());
     let mut added = 0;
     for p in pages {
-        let found = match p.known {
-            Some(id) => Some(id),
-            None => find.query_row([&p.hash], |r| r.get(0)).optional()?,
-        };
-        let id = match (found, &p.compressed) {
-            (Some(id), _) => id,
-            (None, Some(data)) => {
-                insert.execute(params![p.hash, data])?;
+        let found = find.query_row([&p.name], |r| r.get(0)).optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let data = compressor
+                    .compress(p.page.data.bytes()?)
+                    .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+                insert.execute(params![p.name, data])?;
                 added += data.len() as u64;
                 conn.last_insert_rowid()
             }
-            (None, None) => bail!("page {} of memory {} was not prepared", p.index, p.memory),
         };
         ids.push(id);
     }
     Ok((ids, added))
 }
 
-/// Records that version row `version` holds `pages`, stored under `ids`.
-pub(super) fn reference(
-    conn: &Connection,
-    version: i64,
-    pages: &[PreparedPage],
-    ids: &[i64],
-) -> Result<()> {
+/// How to store the list of a version whose parent's list has
+/// `parent_shape` (`None`: no parent), given its full list's length and the
+/// number of changes from the parent's.
+pub(super) fn choose_shape(parent: Option<ListShape>, full: usize, changes: usize) -> ListShape {
+    match parent {
+        Some(p)
+            if p.depth < MAX_LIST_DEPTH
+                && p.chain_rows.saturating_add(changes as u64) <= full as u64 =>
+        {
+            ListShape {
+                depth: p.depth + 1,
+                chain_rows: p.chain_rows + changes as u64,
+            }
+        }
+        _ => ListShape::default(),
+    }
+}
+
+/// Writes the rows of version row `version`'s list: `rows` are the full
+/// list or the changes, as its shape says.
+pub(super) fn write_list(conn: &Connection, version: i64, rows: &[ListChange]) -> Result<()> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO version_pages (version, memory, page_index, page) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for (p, id) in pages.iter().zip(ids) {
-        insert.execute(params![version, p.memory, p.index, id])?;
+    for ((memory, index), page) in rows {
+        insert.execute(params![version, memory, index, page])?;
     }
     Ok(())
 }
 
-/// Fills `memories` (sizes known, no pages yet) with the pages of version
-/// row `version`, checking each page against its name. Returns the names
-/// and row ids, memory by memory and page by page.
-pub(super) fn load(
+/// The page list of version `number` of `instance` and its shape, read from
+/// its rows and, for a difference, those of its ancestors down to the last
+/// full list.
+pub(super) fn read_list(
     conn: &Connection,
-    version: i64,
-    memories: &mut [MemoryImage],
-) -> Result<(Vec<[u8; 32]>, Vec<i64>)> {
-    let mut query = conn.prepare_cached(
-        "SELECT vp.memory, vp.page_index, vp.page, p.hash, p.data
-         FROM version_pages vp LEFT JOIN pages p ON p.id = vp.page
-         WHERE vp.version = ?1 ORDER BY vp.memory, vp.page_index",
-    )?;
-    let mut rows = query.query([version])?;
-    let mut decompressor =
-        zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
-    let (mut names, mut ids) = (Vec::new(), Vec::new());
-    while let Some(row) = rows.next()? {
-        let memory: u32 = row.get(0)?;
-        let index: u32 = row.get(1)?;
-        let id: i64 = row.get(2)?;
-        let (Some(hash), Some(stored)) = (
-            row.get::<_, Option<[u8; 32]>>(3)?,
-            row.get_ref(4)?.as_blob_or_null()?,
-        ) else {
-            bail!("page {index} of memory {memory} is missing");
-        };
-        let data = unpack(&mut decompressor, stored, &hash)
-            .with_context(|| format!("page {index} of memory {memory}"))?;
-        let Some(image) = memories.get_mut(memory as usize) else {
-            bail!("a page refers to memory {memory}, which the snapshot does not have");
-        };
-        image.pages.push(Page { index, data });
-        names.push(hash);
-        ids.push(id);
+    instance: InstanceId,
+    number: u32,
+) -> Result<(PageList, ListShape)> {
+    // The chain, newest first: each version of it with a depth above 0
+    // keeps its list as the difference from its parent's.
+    let chain: Vec<(i64, u32, Option<u32>, u32, u64)> = conn
+        .prepare_cached(
+            "WITH RECURSIVE chain (id, number, parent, depth, chain_rows) AS (
+                 SELECT id, number, parent, list_depth, list_chain_rows
+                 FROM versions WHERE instance = ?1 AND number = ?2
+                 UNION ALL
+                 SELECT v.id, v.number, v.parent, v.list_depth, v.list_chain_rows
+                 FROM chain c JOIN versions v ON v.instance = ?1 AND v.number = c.parent
+                 WHERE c.depth > 0)
+             SELECT id, number, parent, depth, chain_rows FROM chain",
+        )?
+        .query_map(params![instance, number], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let Some(&(_, _, _, depth, chain_rows)) = chain.first() else {
+        bail!("version {number} of instance {instance} not found");
+    };
+    // A broken chain (a missing ancestor, depths that do not count down)
+    // would silently give a wrong list.
+    let complete = chain.len() == depth as usize + 1
+        && chain
+            .iter()
+            .rev()
+            .zip(0u32..)
+            .all(|(&(_, _, _, d, _), expected)| d == expected);
+    if !complete {
+        bail!("the page list of version {number} refers to versions that are missing");
     }
-    Ok((names, ids))
+    let mut rows = conn
+        .prepare_cached("SELECT memory, page_index, page FROM version_pages WHERE version = ?1")?;
+    let mut list = PageList::new();
+    for &(id, _, _, _, _) in chain.iter().rev() {
+        let changes = rows.query_map([id], |r| {
+            Ok((
+                (r.get::<_, u32>(0)?, r.get::<_, u32>(1)?),
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        for change in changes {
+            match change? {
+                (key, Some(page)) => list.insert(key, page),
+                (key, None) => list.remove(&key),
+            };
+        }
+    }
+    Ok((list, ListShape { depth, chain_rows }))
 }
 
-/// Decompresses a stored page straight into the buffer it will be shared
-/// from, and checks it against its name.
+/// Fills `memories` (sizes known, no pages yet) with the pages of `list`,
+/// read now and checked against their names.
+pub(super) fn load(conn: &Connection, list: &PageList, memories: &mut [MemoryImage]) -> Result<()> {
+    let mut query = conn.prepare_cached("SELECT hash, data FROM pages WHERE id = ?1")?;
+    let mut decompressor =
+        zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+    for (&(memory, index), &id) in list {
+        let data = query
+            .query_row([id], |row| {
+                let hash: [u8; 32] = row.get(0)?;
+                let stored = row.get_ref(1)?.as_blob()?;
+                Ok(unpack(&mut decompressor, stored, &hash).map(|bytes| (bytes, hash)))
+            })
+            .optional()?
+            .with_context(|| format!("page {index} of memory {memory} is missing"))?
+            .with_context(|| format!("page {index} of memory {memory}"))?;
+        place(memories, memory, index, PageData::named(data.0, data.1))?;
+    }
+    Ok(())
+}
+
+/// Fills `memories` with the pages of `list` without reading them: each is
+/// read from `source` when it is first used.
+pub(super) fn load_lazily(
+    list: &PageList,
+    source: &Arc<LazyPages>,
+    memories: &mut [MemoryImage],
+) -> Result<()> {
+    for (i, &(memory, index)) in list.keys().enumerate() {
+        let source: Arc<dyn PageSource> = source.clone();
+        place(memories, memory, index, PageData::stored(source, i as i64))?;
+    }
+    Ok(())
+}
+
+fn place(memories: &mut [MemoryImage], memory: u32, index: u32, data: PageData) -> Result<()> {
+    let Some(image) = memories.get_mut(memory as usize) else {
+        bail!("a page refers to memory {memory}, which the snapshot does not have");
+    };
+    image.pages.push(Page { index, data });
+    Ok(())
+}
+
+/// Decompresses a stored page and checks it against its name.
 fn unpack(
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     stored: &[u8],
     hash: &[u8; 32],
-) -> Result<Arc<[u8]>> {
-    let mut data: Arc<[u8]> = Arc::from(&ZERO_PAGE[..]);
-    let buffer = Arc::get_mut(&mut data).expect("a new Arc is not shared");
+) -> Result<Box<[u8]>> {
+    let mut data = vec![0u8; PAGE_SIZE].into_boxed_slice();
+    unpack_into(decompressor, stored, hash, &mut data)?;
+    Ok(data)
+}
+
+fn unpack_into(
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+    stored: &[u8],
+    hash: &[u8; 32],
+    out: &mut [u8],
+) -> Result<()> {
     let len = decompressor
-        .decompress_to_buffer(stored, buffer)
+        .decompress_to_buffer(stored, out)
         .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
-    if len != PAGE_SIZE || blake3::hash(&data).as_bytes() != hash {
+    if len != PAGE_SIZE || blake3::hash(out).as_bytes() != hash {
         bail!("its contents do not match its hash");
     }
-    Ok(data)
+    Ok(())
+}
+
+/// The pages of one loaded version, read from the database when first
+/// used, through a read-only connection of their own: reading them never
+/// waits for the handle that loaded them, which may be committing (and
+/// asking for the names of these very pages) at the time.
+///
+/// The rows stay readable for as long as the version exists: pages are
+/// immutable and `gc` deletes only pages no version refers to.
+pub(super) struct LazyPages {
+    path: PathBuf,
+    instance: InstanceId,
+    version: u32,
+    /// By key: the page's place and row id.
+    pages: Vec<(PageKey, i64)>,
+    reader: Mutex<Option<Reader>>,
+}
+
+struct Reader {
+    conn: Connection,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl LazyPages {
+    pub(super) fn new(path: PathBuf, instance: InstanceId, version: u32, list: &PageList) -> Self {
+        LazyPages {
+            path,
+            instance,
+            version,
+            pages: list.iter().map(|(&key, &id)| (key, id)).collect(),
+            reader: Mutex::new(None),
+        }
+    }
+
+    fn with_reader<T>(&self, key: i64, f: impl FnOnce(&mut Reader, i64) -> Result<T>) -> Result<T> {
+        let &((memory, index), id) = usize::try_from(key)
+            .ok()
+            .and_then(|k| self.pages.get(k))
+            .expect("keys are positions in the list");
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let result = (|| {
+            if reader.is_none() {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(super::BUSY_TIMEOUT)?;
+                let decompressor = zstd::bulk::Decompressor::new()
+                    .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+                *reader = Some(Reader { conn, decompressor });
+            }
+            f(reader.as_mut().expect("opened above"), id)
+        })();
+        result.with_context(|| {
+            format!(
+                "version {} of instance {} is corrupt: page {index} of memory {memory}",
+                self.version, self.instance
+            )
+        })
+    }
+}
+
+impl PageSource for LazyPages {
+    fn fetch(&self, key: i64, out: &mut [u8]) -> Result<[u8; 32]> {
+        self.with_reader(key, |reader, id| {
+            let Reader { conn, decompressor } = reader;
+            conn.prepare_cached("SELECT hash, data FROM pages WHERE id = ?1")?
+                .query_row([id], |row| {
+                    let hash: [u8; 32] = row.get(0)?;
+                    let stored = row.get_ref(1)?.as_blob()?;
+                    Ok(unpack_into(decompressor, stored, &hash, out).map(|()| hash))
+                })
+                .optional()?
+                .context("it is missing")?
+        })
+    }
+
+    fn name(&self, key: i64) -> Result<[u8; 32]> {
+        self.with_reader(key, |reader, id| {
+            reader
+                .conn
+                .prepare_cached("SELECT hash FROM pages WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?
+                .context("it is missing")
+        })
+    }
+}
+
+/// The identities of the pages of a loaded snapshot, in the order of its
+/// page list.
+pub(super) fn loaded_pages(memories: &[MemoryImage]) -> Vec<WeakPage> {
+    memories
+        .iter()
+        .flat_map(|m| m.pages.iter().map(|p| p.data.downgrade()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    fn image(pages: Vec<(u32, Vec<u8>)>) -> MemoryImage {
-        MemoryImage {
-            page_count: pages.iter().map(|p| p.0 as u64 + 1).max().unwrap_or(0),
-            pages: pages
-                .into_iter()
-                .map(|(index, data)| Page {
-                    index,
-                    data: data.into(),
-                })
-                .collect(),
+    fn page(index: u32, data: &PageData) -> Page {
+        Page {
+            index,
+            data: data.clone(),
         }
+    }
+
+    fn memory(pages: Vec<Page>) -> Vec<MemoryImage> {
+        vec![MemoryImage {
+            page_count: 16,
+            pages,
+        }]
     }
 
     #[test]
     fn zero_pages_are_skipped_and_others_named_by_content() {
         let mut a = vec![0u8; PAGE_SIZE];
         a[PAGE_SIZE - 1] = 1;
-        let memories = vec![
-            image(vec![(0, vec![0; PAGE_SIZE]), (1, a.clone())]),
-            image(vec![(0, a)]),
-        ];
-        let cache = Mutex::new(PageCache::default());
-        let prepared = prepare(&memories, 1, None, &cache).unwrap();
-        assert_eq!(prepared.len(), 2);
-        assert_eq!((prepared[0].memory, prepared[0].index), (0, 1));
-        assert_eq!((prepared[1].memory, prepared[1].index), (1, 0));
-        assert_eq!(prepared[0].hash, prepared[1].hash);
-        assert!(prepared.iter().all(|p| p.compressed.is_some()));
+        let a = PageData::new(a);
+        let zero = PageData::new(vec![0; PAGE_SIZE]);
+        let mut memories = memory(vec![page(0, &zero), page(1, &a)]);
+        memories.push(MemoryImage {
+            page_count: 1,
+            pages: vec![page(0, &a)],
+        });
+        let plan = plan(&memories, None).unwrap();
+        assert_eq!(plan.pages, 2);
+        assert_eq!(plan.named[0].key, (0, 1));
+        assert_eq!(plan.named[1].key, (1, 0));
+        assert_eq!(plan.named[0].name, plan.named[1].name);
+        assert!(plan.removed.is_empty());
     }
 
+    /// The parent's very page objects are no change and are not named;
+    /// equal contents in another object are named, and are no change once
+    /// stored under the same row id; places gone are removed.
     #[test]
-    fn the_cache_names_unchanged_pages_and_knows_they_are_stored() {
-        let mut memories = vec![image(vec![
-            (0, vec![1; PAGE_SIZE]),
-            (1, vec![2; PAGE_SIZE]),
-        ])];
-        let cache = Mutex::new(PageCache::default());
-        let first = prepare(&memories, 1, None, &cache).unwrap();
-        let settled = |cache: &Mutex<PageCache>, pages: &[PreparedPage], version| {
-            let ids: Vec<i64> = (10..).take(pages.len()).collect();
-            let entries = pages.iter().map(|p| (p.memory, p.index, p.hash, &p.data));
-            cache.lock().unwrap().settle(1, version, entries, &ids);
-        };
-        settled(&cache, &first, 1);
-        Arc::make_mut(&mut memories[0].pages[0].data)[7] = 9;
-        let second = prepare(&memories, 1, Some(1), &cache).unwrap();
-        assert_eq!(
-            second[0].hash,
-            *blake3::hash(&memories[0].pages[0].data).as_bytes()
-        );
-        assert_ne!(second[0].hash, first[0].hash);
-        assert!(second[0].compressed.is_some() && second[0].known.is_none());
-        // The unchanged page is named from the cache and known stored.
-        assert_eq!(second[1].hash, first[1].hash);
-        assert_eq!(
-            (second[1].known, second[1].compressed.is_none()),
-            (Some(11), true)
-        );
-        // Not under another parent, nor for another instance.
-        assert!(
-            prepare(&memories, 1, Some(7), &cache).unwrap()[1]
-                .known
-                .is_none()
-        );
-        assert!(
-            prepare(&memories, 2, Some(1), &cache).unwrap()[1]
-                .known
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn the_cache_stays_within_its_budget() {
+    fn a_plan_changes_what_is_not_the_parents_very_page() {
+        let kept = PageData::new(vec![1; PAGE_SIZE]);
+        let copy = PageData::new(vec![2; PAGE_SIZE]);
+        let new = PageData::new(vec![3; PAGE_SIZE]);
+        let parent = memory(vec![
+            page(0, &kept),
+            page(1, &copy),
+            page(2, &kept),
+            page(5, &kept),
+        ]);
         let mut cache = PageCache::default();
-        let page: Arc<[u8]> = vec![1u8; PAGE_SIZE].into();
-        let per_instance = CACHE_PAGES / 2 + 1;
-        for instance in 1..=3 {
-            let entries = (0..per_instance as u32).map(|i| (0, i, [i as u8; 32], &page));
-            let ids = vec![0; per_instance];
-            cache.settle(instance, 1, entries, &ids);
-            assert!(cache.pages <= CACHE_PAGES, "{}", cache.pages);
-            assert!(cache.instances.contains_key(&instance));
+        let list: PageList = [((0, 0), 10), ((0, 1), 11), ((0, 2), 10), ((0, 5), 10)]
+            .into_iter()
+            .collect();
+        cache.settle(
+            1,
+            4,
+            ListShape::default(),
+            &list,
+            Some(loaded_pages(&parent)),
+        );
+        assert!(cache.holds(1, 4) && !cache.holds(1, 3) && !cache.holds(2, 4));
+        let same_contents = PageData::new(vec![2; PAGE_SIZE]);
+        let now = memory(vec![
+            page(0, &kept),
+            page(1, &same_contents),
+            page(3, &new),
+            page(5, &kept),
+        ]);
+        let plan = plan(&now, Some(&cache)).unwrap();
+        assert_eq!(plan.pages, 4);
+        let named: Vec<_> = plan.named.iter().map(|p| (p.key, p.parent)).collect();
+        assert_eq!(named, [((0, 1), Some(11)), ((0, 3), None)]);
+        assert_eq!(plan.removed, [(0, 2)]);
+        // Page 1 is found stored under its old row id: no change.
+        let ids = [11, 12];
+        assert_eq!(plan.changes(&ids), [((0, 2), None), ((0, 3), Some(12))]);
+        let full = cache.full_rows(&plan, &ids);
+        assert_eq!(
+            full,
+            [
+                ((0, 0), Some(10)),
+                ((0, 1), Some(11)),
+                ((0, 3), Some(12)),
+                ((0, 5), Some(10))
+            ]
+        );
+        cache.commit(1, 5, ListShape::default(), &plan, &ids);
+        assert!(cache.holds(1, 5));
+        // The next commit of the same snapshot changes nothing and names
+        // nothing: every page is now the very one listed.
+        let again = super::plan(&now, Some(&cache)).unwrap();
+        assert!(again.named.is_empty() && again.removed.is_empty());
+        assert_eq!(again.pages, 4);
+        assert_eq!(cache.full_rows(&again, &[]), full);
+    }
+
+    #[test]
+    fn a_full_list_bounds_every_chain() {
+        assert_eq!(choose_shape(None, 10, 10), ListShape::default());
+        let mut shape = ListShape::default();
+        for depth in 1..=MAX_LIST_DEPTH {
+            shape = choose_shape(Some(shape), 1000, 3);
+            assert_eq!(shape.depth, depth);
         }
+        assert_eq!(choose_shape(Some(shape), 1000, 3), ListShape::default());
+        // Changes that add up to more than a full list: a full list.
+        let shape = choose_shape(Some(ListShape::default()), 10, 6);
+        assert_eq!(shape.chain_rows, 6);
+        assert_eq!(choose_shape(Some(shape), 10, 5), ListShape::default());
     }
 
     #[test]

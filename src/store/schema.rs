@@ -6,13 +6,13 @@
 //! upgrade leaves the database at the version before it.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 /// The schema version this build writes, and the newest it can open.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The first schema.
 ///
@@ -122,6 +122,77 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ";
 
+/// A version's value and reply may be zstd-compressed (`value_zstd`,
+/// `reply_zstd`), and its snapshot no longer repeats the yielded value
+/// (see `store::values`). The rows of earlier versions keep both as they
+/// were, uncompressed, and read as before.
+const V4: &str = "
+ALTER TABLE versions ADD COLUMN value_zstd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN reply_zstd INTEGER NOT NULL DEFAULT 0;
+";
+
+/// A compiled artifact is kept with a MAC that authenticates it (see
+/// `store::artifacts`). Artifacts cached before have none and could never
+/// be used: they go.
+const V5: &str = "
+ALTER TABLE compiled ADD COLUMN mac BLOB;
+DELETE FROM compiled;
+";
+
+/// A version's page list may be kept as the difference from its parent's.
+///
+/// With a row for every non-zero page of every version, the lists grew
+/// with memory size: about 17 bytes a page a version, 70 KB per version of
+/// a 256 MiB workflow however few pages it changed. Now `list_depth` says
+/// how a version's rows are to be read: 0, they are its full list (every
+/// version of the earlier schemas, and every first version); n > 0, they
+/// are the changes from its parent's list (a `page` of `NULL` where a page
+/// became all zeros), and the parent's depth is n - 1. `list_chain_rows`
+/// counts the rows of the differences down to the last full list, which a
+/// commit keeps at or under the length of a full list (see
+/// `store::pages`). `version_pages.page` becomes nullable, which SQLite
+/// only allows by copying the table.
+const V6: &str = "
+ALTER TABLE versions ADD COLUMN list_depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN list_chain_rows INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE version_pages_v6 (
+    version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    memory     INTEGER NOT NULL,
+    page_index INTEGER NOT NULL,
+    page       INTEGER,
+    PRIMARY KEY (version, memory, page_index)
+) WITHOUT ROWID;
+INSERT INTO version_pages_v6 (version, memory, page_index, page)
+    SELECT version, memory, page_index, page FROM version_pages;
+DROP TABLE version_pages;
+ALTER TABLE version_pages_v6 RENAME TO version_pages;
+";
+
+/// Versions say how they came to be and keep what a replay needs:
+///
+/// - `origin`: `run` (a start or a resume), `restore` (a snapshot file
+///   loaded as a new instance), `update` (an update handler changed the
+///   parent's state; `handler` names it, `reply` holds its argument and
+///   `result` its result) or `upgrade` (the parent's state moved to new
+///   code by replay);
+/// - `inputs`: what the run or handler took from outside (clock readings,
+///   random bytes, host function answers, patches), in order, in the
+///   compact form of `runtime::journal::Inputs`; empty when it took
+///   nothing, NULL when it was not recorded (versions made before);
+/// - `module_hash`: the module the version runs, so that one instance's
+///   versions can span modules after an upgrade; `instances.module_hash`
+///   is the module of the head. Earlier versions get their instance's.
+const V7: &str = "
+ALTER TABLE versions ADD COLUMN origin TEXT NOT NULL DEFAULT 'run'
+    CHECK (origin IN ('run', 'restore', 'update', 'upgrade'));
+ALTER TABLE versions ADD COLUMN handler TEXT;
+ALTER TABLE versions ADD COLUMN result BLOB;
+ALTER TABLE versions ADD COLUMN inputs BLOB;
+ALTER TABLE versions ADD COLUMN module_hash BLOB REFERENCES modules(hash);
+UPDATE versions SET module_hash =
+    (SELECT module_hash FROM instances WHERE instances.id = versions.instance);
+";
+
 /// Durable timers and the work a service claims.
 ///
 /// - `versions.wake_at` / `versions.timer`: a suspension's timer, in
@@ -136,7 +207,7 @@ ALTER TABLE instances ADD COLUMN policy BLOB NOT NULL DEFAULT x'';
 ///   reply to a version, or a wake-up), recorded before it runs so that
 ///   any server can claim it, and deleted in the transaction that commits
 ///   its outcome.
-const V4: &str = "
+const V8: &str = "
 ALTER TABLE versions ADD COLUMN wake_at INTEGER;
 ALTER TABLE versions ADD COLUMN timer TEXT CHECK (timer IN ('sleep', 'deadline'));
 ALTER TABLE instances ADD COLUMN wake_at INTEGER;
@@ -171,7 +242,7 @@ pub fn check_not_newer(found: u32) -> Result<()> {
 /// transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = super::writing(conn)?;
         // Read again under the write lock: another process may have
         // migrated since we looked.
         let current = version(&tx)?;

@@ -1,12 +1,16 @@
 //! Versions: committing one in a single transaction, loading one back, and
 //! listing an instance's tree.
 
-use anyhow::{Result, bail};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::sync::Arc;
 
-use super::{Database, InstanceId, Lease, lease, now_ms, pages};
+use anyhow::{Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::history::{Origin, Provenance};
+use super::pages::ListShape;
+use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
 use crate::runtime::Timer;
-use crate::snapshot::{PAGE_SIZE, Snapshot, file};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
 #[derive(Clone, Copy, Debug)]
@@ -68,10 +72,16 @@ pub struct VersionInfo {
     pub parent: Option<u32>,
     /// A suspension or an end.
     pub kind: VersionKind,
-    /// The value yielded (suspension) or the result (finished).
+    /// The value yielded (suspension) or the result (finished); only its
+    /// start when listed with [`Database::versions_shortened`].
     pub value: Vec<u8>,
-    /// The reply it was resumed from its parent with.
+    /// The whole value's length in bytes.
+    pub value_len: u64,
+    /// The reply it was resumed from its parent with; only its start when
+    /// listed with [`Database::versions_shortened`].
     pub reply: Vec<u8>,
+    /// The whole reply's length in bytes.
+    pub reply_len: u64,
     /// When it was committed, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Total size of its memories in bytes (zeros included).
@@ -83,115 +93,77 @@ pub struct VersionInfo {
     pub exit_status: Option<i32>,
     /// The cause of a failed run.
     pub message: Option<String>,
+    /// How it came to be: a run, a restored file, an update, an upgrade.
+    pub origin: Origin,
+    /// The update handler that made it, for an update.
+    pub handler: Option<String>,
+    /// The module it runs (an upgrade's differs from its parent's).
+    pub module_hash: ModuleHash,
     /// A suspension's timer: when a sleep wakes, or a question's deadline.
     pub timer: Option<Timer>,
 }
 
-/// A version ready to be committed: everything about it that needs no
-/// database (its state encoded, its pages named, new ones compressed) is
-/// done, so that it can be prepared on any thread and committed with
-/// others in one transaction ([`Database::commit_batch`]).
-pub struct Prepared {
-    instance: InstanceId,
-    parent: Option<u32>,
+/// The columns of a version row that [`Outcome`] determines.
+struct Row<'a> {
     kind: VersionKind,
-    value: Vec<u8>,
-    reply: Vec<u8>,
+    value: &'a [u8],
     state: Option<Vec<u8>>,
-    module_hash: Option<crate::snapshot::ModuleHash>,
     memory_bytes: u64,
     exit_status: Option<i32>,
-    message: Option<String>,
-    timer: Option<Timer>,
-    pages: Vec<pages::PreparedPage>,
+    message: Option<&'a str>,
 }
 
-impl Prepared {
-    /// Gives the version a timer: when it wakes (a sleep) or times out (a
-    /// question with a deadline). Only a suspension has one.
-    pub fn set_timer(&mut self, timer: Option<Timer>) {
-        if self.kind == VersionKind::Suspended {
-            self.timer = timer;
-        }
-    }
-
-    /// The instance the version belongs to.
-    pub fn instance(&self) -> InstanceId {
-        self.instance
-    }
-
-    fn own_bytes(&self) -> u64 {
-        let state = self.state.as_ref().map_or(0, Vec::len);
-        let message = self.message.as_ref().map_or(0, String::len);
-        (state + self.value.len() + self.reply.len() + message) as u64
-    }
-}
-
-/// One version of a group commit, with the lease it is committed under.
-pub struct Commit {
-    /// The lease on the version's instance; it is released in the same
-    /// transaction when the commit succeeds.
-    pub lease: Lease,
-    /// The version.
-    pub prepared: Prepared,
-}
-
-impl Database {
-    /// Prepares the outcome of a run of the leased instance as a version:
-    /// `parent` is the version the run was resumed from (`None` only for
-    /// an instance's first run) and `reply` what it was resumed with.
-    pub fn prepare_version(
-        &self,
-        lease: &Lease,
-        parent: Option<u32>,
-        outcome: &Outcome,
-        reply: &[u8],
-    ) -> Result<Prepared> {
-        let instance = lease.instance;
-        let mut prepared = Prepared {
-            instance,
-            parent,
-            kind: VersionKind::Failed,
-            value: Vec::new(),
-            reply: reply.to_vec(),
-            state: None,
-            module_hash: None,
-            memory_bytes: 0,
-            exit_status: None,
-            message: None,
-            timer: None,
-            pages: Vec::new(),
-        };
-        match *outcome {
-            Outcome::Suspended(s) => {
-                prepared.kind = VersionKind::Suspended;
-                prepared.value = s.host.yielded.clone();
-                prepared.state = Some(file::encode_state(s)?);
-                prepared.module_hash = Some(s.module_hash);
-                prepared.memory_bytes = s
+impl<'a> Row<'a> {
+    fn of(outcome: &Outcome<'a>) -> Result<Self> {
+        Ok(match *outcome {
+            Outcome::Suspended(s) => Self {
+                kind: VersionKind::Suspended,
+                value: &s.host.yielded,
+                state: Some(file::encode_state(s)?),
+                memory_bytes: s
                     .memories
                     .iter()
                     .map(|m| m.page_count.saturating_mul(PAGE_SIZE as u64))
-                    .fold(0, u64::saturating_add);
-                prepared.pages = pages::prepare(&s.memories, instance, parent, &self.page_cache)?;
-            }
+                    .fold(0, u64::saturating_add),
+                exit_status: None,
+                message: None,
+            },
             Outcome::Finished {
                 exit_status,
                 result,
-            } => {
-                prepared.kind = VersionKind::Finished;
-                prepared.value = result.to_vec();
-                prepared.exit_status = exit_status;
-            }
-            Outcome::Failed { message } => prepared.message = Some(message.to_string()),
-        }
-        Ok(prepared)
+            } => Self {
+                kind: VersionKind::Finished,
+                value: result,
+                state: None,
+                memory_bytes: 0,
+                exit_status,
+                message: None,
+            },
+            Outcome::Failed { message } => Self {
+                kind: VersionKind::Failed,
+                value: &[],
+                state: None,
+                memory_bytes: 0,
+                exit_status: None,
+                message: Some(message),
+            },
+        })
     }
 
+    /// The bytes of its own row, with its value and reply as stored.
+    fn own_bytes(&self, value: &[u8], reply: &[u8]) -> u64 {
+        let state = self.state.as_ref().map_or(0, Vec::len);
+        let message = self.message.map_or(0, str::len);
+        (state + value.len() + reply.len() + message) as u64
+    }
+}
+
+impl Database {
     /// Commits the outcome of a run of the leased instance as its new head
     /// version, in one transaction, and returns its number. `parent` is the
     /// version the run was resumed from (`None` only for an instance's
-    /// first run) and `reply` what it was resumed with.
+    /// first run) and `reply` what it was resumed with. Its inputs are not
+    /// recorded; see [`Database::commit_version_from`].
     pub fn commit_version(
         &self,
         lease: &Lease,
@@ -199,25 +171,83 @@ impl Database {
         outcome: &Outcome,
         reply: &[u8],
     ) -> Result<u32> {
-        let prepared = self.prepare_version(lease, parent, outcome, reply)?;
-        self.commit_prepared(lease, prepared)
+        self.commit_version_from(lease, parent, outcome, reply, &Provenance::UNRECORDED_RUN)
+    }
+
+    /// [`Database::commit_version`], saying how the version came to be and
+    /// keeping what a replay of it needs. The version runs the module of
+    /// its snapshot; a finished or failed one, its parent's. Only an
+    /// upgrade may change module; the instance's module becomes the new
+    /// head's.
+    pub fn commit_version_from(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        provenance: &Provenance,
+    ) -> Result<u32> {
+        let version = NewVersion {
+            parent,
+            outcome,
+            reply,
+            provenance,
+            timer: None,
+        };
+        self.commit_new(lease, &version)
+    }
+
+    /// Prepares the outcome of a run of the leased instance as a version
+    /// to commit later, alone ([`Database::commit_prepared`]) or with
+    /// others in one transaction ([`Database::commit_batch`],
+    /// [`Database::write_batch`]): `parent` is the version the run was
+    /// resumed from (`None` only for an instance's first run), `reply` what
+    /// it was resumed with, and `inputs` what it took from outside
+    /// (encoded), if recorded.
+    pub fn prepare_version(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        inputs: Option<Vec<u8>>,
+    ) -> Result<Prepared> {
+        let outcome = match *outcome {
+            Outcome::Suspended(s) => Owned::Suspended(Box::new(s.clone())),
+            Outcome::Finished {
+                exit_status,
+                result,
+            } => Owned::Finished {
+                exit_status,
+                result: result.to_vec(),
+            },
+            Outcome::Failed { message } => Owned::Failed {
+                message: message.to_string(),
+            },
+        };
+        Ok(Prepared {
+            instance: lease.instance,
+            parent,
+            outcome,
+            reply: reply.to_vec(),
+            inputs,
+            timer: None,
+        })
     }
 
     /// Commits one prepared version under `lease`, which stays held.
     pub fn commit_prepared(&self, lease: &Lease, prepared: Prepared) -> Result<u32> {
-        let (number, ids) = self.with(|shared| {
-            let hook = hook_of(shared.commit_hook);
-            let tx = shared
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            hook("begin");
-            let committed = insert_prepared(&tx, lease, &prepared, false, &hook)?;
-            hook("before-commit");
-            tx.commit()?;
-            Ok(committed)
-        })?;
-        self.settle_committed(&prepared, number, &ids);
-        Ok(number)
+        if prepared.instance != lease.instance {
+            bail!(
+                "a version of instance {} cannot be committed under the lease on instance {}",
+                prepared.instance,
+                lease.instance
+            );
+        }
+        let outcome = prepared.outcome();
+        let provenance = prepared.provenance();
+        let version = prepared.as_new(&outcome, &provenance);
+        self.commit_new(lease, &version)
     }
 
     /// Group commit: many prepared versions, of different instances, in one
@@ -244,29 +274,63 @@ impl Database {
         }
     }
 
-    /// After a commit: the pages of the committed version are stored, and
-    /// named for the next commit of its instance.
-    pub(super) fn settle_committed(&self, version: &Prepared, number: u32, ids: &[i64]) {
-        if version.kind != VersionKind::Suspended {
-            return;
-        }
-        let pages = version
-            .pages
-            .iter()
-            .map(|p| (p.memory, p.index, p.hash, &p.data));
-        self.page_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .settle(version.instance, number, pages, ids);
+    /// Commits `version` of the leased instance alone, in one transaction.
+    fn commit_new(&self, lease: &Lease, version: &NewVersion) -> Result<u32> {
+        let outcome = version.outcome;
+        self.with(|shared| {
+            let Shared {
+                conn,
+                commit_hook,
+                compressor,
+                page_cache,
+                ..
+            } = shared;
+            let instance = lease.instance;
+            // The parent's list is read (or found cached) before the
+            // transaction begins, so that the write lock is held briefly.
+            let plan = plan_against_parent(conn, page_cache, instance, version.parent, outcome)?;
+            let hook = hook_of(*commit_hook);
+            let tx = super::writing(conn)?;
+            hook("begin");
+            let written =
+                insert_planned(&tx, compressor, page_cache, lease, version, &plan, &hook)?;
+            hook("before-commit");
+            tx.commit()?;
+            page_cache.commit(
+                instance,
+                written.number,
+                written.shape,
+                &plan,
+                &written.page_ids,
+            );
+            Ok(written.number)
+        })
     }
 
-    /// The snapshot of a suspension version.
+    /// The snapshot of a suspension version, every page read and checked
+    /// against its name.
     pub fn load_version(&self, instance: InstanceId, version: u32) -> Result<Snapshot> {
+        self.load(instance, version, false)
+    }
+
+    /// The snapshot of a suspension version of the leased instance, whose
+    /// pages are read from the database only when first used (their
+    /// contents are checked then): restoring it into a workflow that
+    /// touches ten pages of a large memory reads ten pages. The pages stay
+    /// readable while the version exists, which the lease guarantees for
+    /// as long as it is held. A version of a few non-zero pages is read at
+    /// once, like [`Database::load_version`].
+    pub fn load_version_lazily(&self, lease: &Lease, version: u32) -> Result<Snapshot> {
+        self.load(lease.instance, version, true)
+    }
+
+    fn load(&self, instance: InstanceId, version: u32, lazily: bool) -> Result<Snapshot> {
+        let path = self.path.clone();
         self.with(|s| {
             // One read transaction: a concurrent `rm` or `gc` cannot pull
             // pages out from under the load.
             let tx = s.conn.transaction()?;
-            let (id, kind, state) = find_version(&tx, instance, version)?;
+            let Found { kind, state, value } = find_version(&tx, instance, version)?;
             let Some(state) = state else {
                 bail!(
                     "version {version} of instance {instance} is the end of a run ({}); it has no snapshot",
@@ -277,21 +341,24 @@ impl Database {
                 anyhow::anyhow!("version {version} of instance {instance} is corrupt: {e:#}")
             };
             let mut snapshot = file::decode_state(&state).map_err(corrupt)?;
-            let (names, ids) = pages::load(&tx, id, &mut snapshot.memories).map_err(corrupt)?;
+            snapshot.host.yielded = value.map_err(corrupt)?;
+            let (list, shape) = pages::read_list(&tx, instance, version).map_err(corrupt)?;
+            // Reading pages later takes a connection of their own, which
+            // costs about what reading a few dozen pages now does.
+            if lazily && list.len() > pages::READ_AT_ONCE {
+                let source = Arc::new(pages::LazyPages::new(path, instance, version, &list));
+                pages::load_lazily(&list, &source, &mut snapshot.memories).map_err(corrupt)?;
+            } else {
+                pages::load(&tx, &list, &mut snapshot.memories).map_err(corrupt)?;
+            }
             for m in &snapshot.memories {
                 file::check_memory(m).map_err(corrupt)?;
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
-            let loaded = (0u32..)
-                .zip(&snapshot.memories)
-                .flat_map(|(memory, m)| m.pages.iter().map(move |page| (memory, page)))
-                .zip(names)
-                .map(|((memory, page), hash)| (memory, page.index, hash, &page.data));
-            self.page_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .settle(instance, version, loaded, &ids);
+            let loaded = pages::loaded_pages(&snapshot.memories);
+            s.page_cache
+                .settle(instance, version, shape, &list, Some(loaded));
             Ok(snapshot)
         })
     }
@@ -302,18 +369,16 @@ impl Database {
             let info = s
                 .conn
                 .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 AND number = ?2"
+                    "{} WHERE instance = ?1 AND number = ?2",
+                    version_query(None)
                 ))?
-                .query_row(params![instance, version], read_info)
+                .query_row(params![instance, version], |r| read_info(r, None))
                 .optional()?;
             match info {
                 Some(info) => info,
                 None => {
                     require_instance(&s.conn, instance)?;
-                    Err(super::Refused::NotFound(format!(
-                        "version {version} of instance {instance} not found"
-                    ))
-                    .into())
+                    bail!("version {version} of instance {instance} not found")
                 }
             }
         })
@@ -322,17 +387,198 @@ impl Database {
     /// Every version of an instance, by number (parents always come before
     /// their children), to draw its tree.
     pub fn versions(&self, instance: InstanceId) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, None)
+    }
+
+    /// Like [`Database::versions`], with each value and reply cut to its
+    /// first `max` bytes (64 KiB at most): a listing reads that much of
+    /// each, however large it is.
+    pub fn versions_shortened(&self, instance: InstanceId, max: usize) -> Result<Vec<VersionInfo>> {
+        self.list_versions(instance, Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_versions(
+        &self,
+        instance: InstanceId,
+        limit: Option<usize>,
+    ) -> Result<Vec<VersionInfo>> {
         self.with(|s| {
             require_instance(&s.conn, instance)?;
             s.conn
                 .prepare_cached(&format!(
-                    "{VERSION_QUERY} WHERE instance = ?1 ORDER BY number"
+                    "{} WHERE instance = ?1 ORDER BY number",
+                    version_query(limit)
                 ))?
-                .query_map([instance], read_info)?
+                .query_map([instance], |r| read_info(r, limit))?
                 .map(|r| r.map_err(anyhow::Error::from).and_then(|info| info))
                 .collect()
         })
     }
+}
+
+/// The columns [`read_info`] reads; with a limit, only the start of each
+/// value and reply.
+fn version_query(limit: Option<usize>) -> String {
+    format!(
+        "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
+                created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
+                module_hash, wake_at, timer
+         FROM versions",
+        values::column("value", limit),
+        values::column("reply", limit)
+    )
+}
+
+fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result<VersionInfo>> {
+    let kind: String = r.get(2)?;
+    let value = values::read(r, 3, limit)?;
+    let reply = values::read(r, 6, limit)?;
+    let created_ms = r.get(9)?;
+    let memory_bytes = r.get(10)?;
+    let stored_bytes = r.get(11)?;
+    let exit_status = r.get(12)?;
+    let message = r.get(13)?;
+    let origin: String = r.get(14)?;
+    let handler = r.get(15)?;
+    let module_hash = r.get(16)?;
+    let wake_at: Option<u64> = r.get(17)?;
+    let timer_kind: Option<String> = r.get(18)?;
+    let (number, parent) = (r.get(0)?, r.get(1)?);
+    Ok((|| {
+        let timer = match (wake_at, timer_kind.as_deref()) {
+            (Some(wake_at), Some("sleep")) => Some(Timer::Sleep { wake_at }),
+            (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+            (None, None) => None,
+            (_, other) => bail!("version {number} has an unknown timer {other:?}"),
+        };
+        let (value, value_len) = value?;
+        let (reply, reply_len) = reply?;
+        Ok(VersionInfo {
+            number,
+            parent,
+            kind: VersionKind::parse(&kind)?,
+            value,
+            value_len,
+            reply,
+            reply_len,
+            created_ms,
+            memory_bytes,
+            stored_bytes,
+            exit_status,
+            message,
+            origin: Origin::parse(&origin)?,
+            handler,
+            module_hash,
+            timer,
+        })
+    })())
+}
+
+/// A version about to be written, borrowed from its caller.
+pub(super) struct NewVersion<'a> {
+    pub parent: Option<u32>,
+    pub outcome: &'a Outcome<'a>,
+    pub reply: &'a [u8],
+    pub provenance: &'a Provenance<'a>,
+    pub timer: Option<Timer>,
+}
+
+/// What a run ended with, owned, in a [`Prepared`] version.
+enum Owned {
+    Suspended(Box<Snapshot>),
+    Finished {
+        exit_status: Option<i32>,
+        result: Vec<u8>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// A version ready to be committed, alone or with others in one
+/// transaction ([`Database::commit_batch`]): the outcome of a run, what it
+/// was resumed with, its inputs and its timer.
+pub struct Prepared {
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: Owned,
+    reply: Vec<u8>,
+    inputs: Option<Vec<u8>>,
+    timer: Option<Timer>,
+}
+
+impl Prepared {
+    /// Gives the version a timer: when it wakes (a sleep) or times out (a
+    /// question with a deadline). Only a suspension has one.
+    pub fn set_timer(&mut self, timer: Option<Timer>) {
+        if matches!(self.outcome, Owned::Suspended(_)) {
+            self.timer = timer;
+        }
+    }
+
+    /// The instance the version belongs to.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
+    }
+
+    fn outcome(&self) -> Outcome<'_> {
+        match &self.outcome {
+            Owned::Suspended(s) => Outcome::Suspended(s),
+            Owned::Finished {
+                exit_status,
+                result,
+            } => Outcome::Finished {
+                exit_status: *exit_status,
+                result,
+            },
+            Owned::Failed { message } => Outcome::Failed { message },
+        }
+    }
+
+    fn provenance(&self) -> Provenance<'_> {
+        Provenance {
+            inputs: self.inputs.as_deref(),
+            ..Provenance::UNRECORDED_RUN
+        }
+    }
+
+    /// The version to write, given its [`Prepared::outcome`] and
+    /// [`Prepared::provenance`].
+    pub(super) fn as_new<'a>(
+        &'a self,
+        outcome: &'a Outcome<'a>,
+        provenance: &'a Provenance<'a>,
+    ) -> NewVersion<'a> {
+        NewVersion {
+            parent: self.parent,
+            outcome,
+            reply: &self.reply,
+            provenance,
+            timer: self.timer,
+        }
+    }
+
+    /// The outcome and provenance to write, for [`Prepared::as_new`].
+    pub(super) fn parts(&self) -> (Outcome<'_>, Provenance<'_>) {
+        (self.outcome(), self.provenance())
+    }
+}
+
+/// One version of a group commit, with the lease it is committed under.
+pub struct Commit {
+    /// The lease on the version's instance; it is released in the same
+    /// transaction when the commit succeeds.
+    pub lease: Lease,
+    /// The version.
+    pub prepared: Prepared,
+}
+
+/// A version written inside a transaction, and what the page cache needs
+/// once that transaction has committed.
+pub(super) struct Written {
+    pub number: u32,
+    pub shape: ListShape,
+    pub page_ids: Vec<i64>,
 }
 
 /// Calls the commit hook, if one is set, at a named point.
@@ -344,87 +590,116 @@ pub(super) fn hook_of(hook: Option<fn(&str)>) -> impl Fn(&str) {
     }
 }
 
-/// Writes one prepared version inside a transaction: checks, pages,
-/// version row, page references, the instance's head, and, with
-/// `release`, the end of its pending request and of its lease. Returns the
-/// version's number and its pages' row ids.
-pub(super) fn insert_prepared(
+/// Compares the pages of `outcome` with the list of `parent` (cached when
+/// it was the last version committed or loaded through this handle, else
+/// read now and cached).
+pub(super) fn plan_against_parent<'a>(
     conn: &Connection,
-    lease: &Lease,
-    version: &Prepared,
-    release: bool,
-    hook: &dyn Fn(&str),
-) -> Result<(u32, Vec<i64>)> {
-    lease::check_held(conn, lease)?;
-    let instance = lease.instance;
-    if version.instance != instance {
-        bail!(
-            "a version of instance {} cannot be committed under the lease on instance {instance}",
-            version.instance
-        );
+    page_cache: &mut pages::PageCache,
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: &'a Outcome<'a>,
+) -> Result<pages::Plan<'a>> {
+    let memories = match outcome {
+        Outcome::Suspended(s) => &s.memories[..],
+        _ => &[],
+    };
+    if let Some(parent) = parent
+        && !page_cache.holds(instance, parent)
+    {
+        let (list, shape) = pages::read_list(conn, instance, parent)?;
+        page_cache.settle(instance, parent, shape, &list, None);
     }
-    if let Some(module) = &version.module_hash {
-        check_module(conn, instance, module)?;
-    }
-    check_parent(conn, instance, version.parent)?;
-    let (page_ids, page_bytes) = pages::store_missing(conn, &version.pages)?;
-    hook("pages");
-    let number = next_number(conn, instance)?;
-    let stored = page_bytes + version.own_bytes();
-    let id = insert_version(conn, instance, number, version, stored)?;
-    pages::reference(conn, id, &version.pages, &page_ids)?;
-    hook("version");
-    conn.prepare_cached("UPDATE instances SET head = ?2, state = ?3, wake_at = ?4 WHERE id = ?1")?
-        .execute(params![
-            instance,
-            number,
-            version.kind.as_str(),
-            version.timer.map(Timer::wake_at)
-        ])?;
-    if release {
-        super::work::finish_request(conn, lease)?;
-    }
-    Ok((number, page_ids))
+    pages::plan(memories, parent.map(|_| &*page_cache))
 }
 
-const VERSION_QUERY: &str = "
-    SELECT number, parent, kind, value, reply, created, memory_bytes, stored_bytes,
-           exit_status, message, wake_at, timer
-    FROM versions";
+/// Writes `version`, planned as `plan` against the cached list of its
+/// parent, inside a transaction: checks, pages, version row, page list,
+/// provenance and the instance's head. The caller commits and then updates
+/// the page cache with what this returns.
+pub(super) fn insert_planned(
+    tx: &Connection,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    page_cache: &pages::PageCache,
+    lease: &Lease,
+    version: &NewVersion,
+    plan: &pages::Plan,
+    hook: &dyn Fn(&str),
+) -> Result<Written> {
+    let instance = lease.instance;
+    let parent = version.parent;
+    let row = Row::of(version.outcome)?;
+    lease::check_held(tx, lease)?;
+    check_parent(tx, instance, parent)?;
+    let module = module_of(
+        tx,
+        instance,
+        parent,
+        version.outcome,
+        version.provenance.origin,
+    )?;
+    let (page_ids, page_bytes) = pages::store_missing(tx, compressor, &plan.named)?;
+    hook("pages");
+    let changes = plan.changes(&page_ids);
+    let parent_shape = parent.map(|_| page_cache.shape());
+    let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
+    let rows = match shape.depth {
+        0 => page_cache.full_rows(plan, &page_ids),
+        _ => changes,
+    };
+    let number = next_number(tx, instance)?;
+    let value = values::pack(compressor, row.value)?;
+    let reply = values::pack(compressor, version.reply)?;
+    let stored = page_bytes + row.own_bytes(&value.0, &reply.0);
+    // An update or an upgrade leaves the workflow waiting in the call its
+    // parent waits in: with the parent's timer, unless given one.
+    let inherits = matches!(version.provenance.origin, Origin::Update | Origin::Upgrade);
+    let timer = match (row.kind, version.timer, parent) {
+        (VersionKind::Suspended, Some(timer), _) => Some(timer),
+        (VersionKind::Suspended, None, Some(parent)) if inherits => timer_of(tx, instance, parent)?,
+        _ => None,
+    };
+    let id = insert_version(
+        tx,
+        instance,
+        number,
+        parent,
+        &row,
+        (&value, &reply),
+        stored,
+        shape,
+        timer,
+    )?;
+    record_provenance(tx, id, version.provenance, &module)?;
+    pages::write_list(tx, id, &rows)?;
+    hook("version");
+    tx.prepare_cached(
+        "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4, wake_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        instance,
+        number,
+        row.kind.as_str(),
+        module,
+        timer.map(Timer::wake_at)
+    ])?;
+    Ok(Written {
+        number,
+        shape,
+        page_ids,
+    })
+}
 
-fn read_info(r: &rusqlite::Row) -> rusqlite::Result<Result<VersionInfo>> {
-    let kind: String = r.get(2)?;
-    let info = VersionInfo {
-        number: r.get(0)?,
-        parent: r.get(1)?,
-        kind: VersionKind::Suspended,
-        value: r.get(3)?,
-        reply: r.get(4)?,
-        created_ms: r.get(5)?,
-        memory_bytes: r.get(6)?,
-        stored_bytes: r.get(7)?,
-        exit_status: r.get(8)?,
-        message: r.get(9)?,
-        timer: None,
-    };
-    let wake_at: Option<u64> = r.get(10)?;
-    let timer_kind: Option<String> = r.get(11)?;
-    let timer = match (wake_at, timer_kind.as_deref()) {
-        (Some(wake_at), Some("sleep")) => Ok(Some(Timer::Sleep { wake_at })),
-        (Some(wake_at), Some("deadline")) => Ok(Some(Timer::Deadline { wake_at })),
-        (None, None) => Ok(None),
-        (_, other) => Err(anyhow::anyhow!(
-            "version {} has an unknown timer {other:?}",
-            info.number
-        )),
-    };
-    Ok(VersionKind::parse(&kind).and_then(|kind| {
-        Ok(VersionInfo {
-            kind,
-            timer: timer?,
-            ..info
-        })
-    }))
+/// The timer of `version` of `instance`, if it has one.
+fn timer_of(conn: &Connection, instance: InstanceId, version: u32) -> Result<Option<Timer>> {
+    let (wake_at, kind): (Option<u64>, Option<String>) = conn
+        .prepare_cached("SELECT wake_at, timer FROM versions WHERE instance = ?1 AND number = ?2")?
+        .query_row(params![instance, version], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (wake_at, kind.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
+    })
 }
 
 fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
@@ -432,25 +707,37 @@ fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
         .prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?
         .exists([instance])?;
     if !found {
-        return Err(super::Refused::NotFound(format!("instance {instance} not found")).into());
+        bail!("instance {instance} not found");
     }
     Ok(())
 }
 
-/// The row id, kind and state blob of a version.
-fn find_version(
-    conn: &Connection,
-    instance: InstanceId,
-    version: u32,
-) -> Result<(i64, VersionKind, Option<Vec<u8>>)> {
-    let row: Option<(i64, String, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT id, kind, state FROM versions WHERE instance = ?1 AND number = ?2")?
+/// A version's row, as [`find_version`] reads it.
+struct Found {
+    kind: VersionKind,
+    /// The state blob of a suspension.
+    state: Option<Vec<u8>>,
+    /// Its value, or why it cannot be read.
+    value: Result<Vec<u8>>,
+}
+
+fn find_version(conn: &Connection, instance: InstanceId, version: u32) -> Result<Found> {
+    let row = conn
+        .prepare_cached(
+            "SELECT kind, state, value, length(value), value_zstd FROM versions
+             WHERE instance = ?1 AND number = ?2",
+        )?
         .query_row(params![instance, version], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            let value = values::read(r, 2, None)?.map(|(value, _)| value);
+            Ok((r.get::<_, String>(0)?, r.get(1)?, value))
         })
         .optional()?;
     match row {
-        Some((id, kind, state)) => Ok((id, VersionKind::parse(&kind)?, state)),
+        Some((kind, state, value)) => Ok(Found {
+            kind: VersionKind::parse(&kind)?,
+            state,
+            value,
+        }),
         None => {
             require_instance(conn, instance)?;
             bail!("version {version} of instance {instance} not found")
@@ -458,22 +745,62 @@ fn find_version(
     }
 }
 
-/// A snapshot must come from the module its instance runs.
-fn check_module(
+/// The module a new version runs: its snapshot's. A version runs its
+/// parent's module (the first one, its instance's), unless it is an
+/// upgrade, which moves to its snapshot's; an end of a run has no
+/// snapshot and runs the module that ran.
+fn module_of(
     conn: &Connection,
     instance: InstanceId,
-    snapshot_module: &crate::snapshot::ModuleHash,
-) -> Result<()> {
-    let module: [u8; 32] = conn
-        .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
-        .query_row([instance], |r| r.get(0))?;
-    if module != *snapshot_module {
+    parent: Option<u32>,
+    outcome: &Outcome,
+    origin: Origin,
+) -> Result<ModuleHash> {
+    let ran: ModuleHash = match parent {
+        Some(p) => conn
+            .prepare_cached(
+                "SELECT coalesce(v.module_hash, i.module_hash)
+                 FROM versions v JOIN instances i ON i.id = v.instance
+                 WHERE v.instance = ?1 AND v.number = ?2",
+            )?
+            .query_row(params![instance, p], |r| r.get(0))?,
+        None => conn
+            .prepare_cached("SELECT module_hash FROM instances WHERE id = ?1")?
+            .query_row([instance], |r| r.get(0))?,
+    };
+    let Outcome::Suspended(s) = outcome else {
+        return Ok(ran);
+    };
+    if s.module_hash != ran && origin != Origin::Upgrade {
         bail!(
-            "the snapshot is of module {}, but instance {instance} runs module {}",
-            super::hex(snapshot_module),
-            super::hex(&module)
+            "the snapshot is of module {}, but {} of instance {instance} runs module {}",
+            super::hex(&s.module_hash),
+            parent.map_or("the first version".to_string(), |p| format!("version {p}")),
+            super::hex(&ran)
         );
     }
+    Ok(s.module_hash)
+}
+
+/// Writes how version row `id` came to be, and its module.
+fn record_provenance(
+    conn: &Connection,
+    id: i64,
+    provenance: &Provenance,
+    module: &ModuleHash,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE versions SET origin = ?2, handler = ?3, result = ?4, inputs = ?5, module_hash = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        provenance.origin.as_str(),
+        provenance.handler,
+        provenance.result,
+        provenance.inputs,
+        module
+    ])?;
     Ok(())
 }
 
@@ -482,7 +809,7 @@ fn check_module(
 fn check_parent(conn: &Connection, instance: InstanceId, parent: Option<u32>) -> Result<()> {
     match parent {
         Some(p) => {
-            let (_, kind, _) = find_version(conn, instance, p)?;
+            let kind = find_version(conn, instance, p)?.kind;
             if kind != VersionKind::Suspended {
                 bail!(
                     "version {p} of instance {instance} is the end of a run ({}); it cannot be resumed",
@@ -512,37 +839,46 @@ fn next_number(conn: &Connection, instance: InstanceId) -> Result<u32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn insert_version(
     conn: &Connection,
     instance: InstanceId,
     number: u32,
-    version: &Prepared,
+    parent: Option<u32>,
+    row: &Row,
+    (value, reply): (&values::Packed, &values::Packed),
     stored_bytes: u64,
+    list: ListShape,
+    timer: Option<Timer>,
 ) -> Result<i64> {
-    let timer_kind = version.timer.map(|t| match t {
+    let timer_kind = timer.map(|t| match t {
         Timer::Sleep { .. } => "sleep",
         Timer::Deadline { .. } => "deadline",
     });
     conn.prepare_cached(
-        "INSERT INTO versions (instance, number, parent, kind, value, reply, created,
-                               memory_bytes, stored_bytes, state, exit_status, message,
-                               wake_at, timer)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
+                               reply_zstd, created, memory_bytes, stored_bytes, state,
+                               exit_status, message, list_depth, list_chain_rows, wake_at, timer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         instance,
         number,
-        version.parent,
-        version.kind.as_str(),
-        version.value,
-        version.reply,
+        parent,
+        row.kind.as_str(),
+        value.0,
+        value.1,
+        reply.0,
+        reply.1,
         now_ms(),
-        version.memory_bytes,
+        row.memory_bytes,
         stored_bytes,
-        version.state,
-        version.exit_status,
-        version.message,
-        version.timer.map(Timer::wake_at),
+        row.state,
+        row.exit_status,
+        row.message,
+        list.depth,
+        list.chain_rows,
+        timer.map(Timer::wake_at),
         timer_kind,
     ])?;
     Ok(conn.last_insert_rowid())

@@ -35,7 +35,7 @@
 //!    ran are all runnable at once, claimed in the order they fell due.
 
 use anyhow::Result;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use std::time::Duration;
 
@@ -143,9 +143,7 @@ impl Database {
         branch: bool,
     ) -> Result<Option<u32>> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = super::writing(&mut s.conn)?;
             let version = check_request(&tx, instance, request, branch)?;
             insert_request(&tx, instance, request, version)?;
             tx.commit()?;
@@ -208,11 +206,16 @@ impl Database {
         } = batch;
         let now = now_ms();
         let expires = now.saturating_add(ttl.as_millis() as u64);
-        let (done, committed) = self.with(|shared| {
-            let hook = super::versions::hook_of(shared.commit_hook);
-            let mut tx = shared
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (mut done, committed) = self.with(|shared| {
+            let super::Shared {
+                conn,
+                commit_hook,
+                compressor,
+                page_cache,
+                ..
+            } = shared;
+            let hook = super::versions::hook_of(*commit_hook);
+            let mut tx = super::writing(conn)?;
             hook("begin");
             let mut done = BatchDone::default();
             for (instance, request, branch) in &requests {
@@ -221,17 +224,51 @@ impl Database {
                     .and_then(|version| insert_request(&sp, *instance, request, version));
                 done.requests.push(finish_savepoint(sp, result)?);
             }
+            let parts: Vec<_> = commits.iter().map(|c| c.prepared.parts()).collect();
+            // The page cache holds one instance's list: only the last plan
+            // made against it may update it, once the transaction commits.
+            let mut last = None;
             let mut committed = Vec::with_capacity(commits.len());
-            for commit in &commits {
+            for (commit, (outcome, provenance)) in commits.iter().zip(&parts) {
+                let version = commit.prepared.as_new(outcome, provenance);
+                let instance = commit.lease.instance;
+                last = None;
                 let sp = tx.savepoint()?;
-                let result = super::versions::insert_prepared(
-                    &sp,
-                    &commit.lease,
-                    &commit.prepared,
-                    true,
-                    &hook,
-                );
-                committed.push(finish_savepoint(sp, result)?);
+                let result = (|| {
+                    if commit.prepared.instance() != instance {
+                        anyhow::bail!(
+                            "a version of instance {} cannot be committed under the lease on instance {instance}",
+                            commit.prepared.instance()
+                        );
+                    }
+                    let plan = super::versions::plan_against_parent(
+                        &sp,
+                        page_cache,
+                        instance,
+                        version.parent,
+                        outcome,
+                    )?;
+                    let written = super::versions::insert_planned(
+                        &sp,
+                        compressor,
+                        page_cache,
+                        &commit.lease,
+                        &version,
+                        &plan,
+                        &hook,
+                    )?;
+                    finish_request(&sp, &commit.lease)?;
+                    Ok((plan, written))
+                })();
+                let result = finish_savepoint(sp, result)?;
+                committed.push(match result {
+                    Ok((plan, written)) => {
+                        let number = written.number;
+                        last = Some((instance, plan, written));
+                        Ok(number)
+                    }
+                    Err(e) => Err(e),
+                });
             }
             if renew {
                 done.renewed = tx
@@ -250,6 +287,9 @@ impl Database {
             }
             hook("before-commit");
             tx.commit()?;
+            if let Some((instance, plan, written)) = last {
+                page_cache.commit(instance, written.number, written.shape, &plan, &written.page_ids);
+            }
             done.claims = taken
                 .into_iter()
                 .map(|(instance, token, work)| Claim {
@@ -259,13 +299,8 @@ impl Database {
                 .collect();
             Ok((done, committed))
         })?;
-        let mut done = done;
         for (commit, result) in commits.into_iter().zip(committed) {
-            done.commits.push(result.map(|(number, ids)| {
-                self.settle_committed(&commit.prepared, number, &ids);
-                commit.lease.forget();
-                number
-            }));
+            done.commits.push(result.inspect(|_| commit.lease.forget()));
         }
         Ok(done)
     }

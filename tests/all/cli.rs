@@ -7,17 +7,23 @@ use std::process::{Command, Output};
 
 use crate::guests::{LANGUAGES, built};
 
-pub(crate) fn wasnap(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasnap"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .output()
-        .unwrap()
+/// The wasnap binary, with the artifact key of a user of the tests (so
+/// that they never touch the real user's configuration).
+pub fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasnap"));
+    command.env(
+        "XDG_CONFIG_HOME",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/config"),
+    );
+    command
+}
+
+pub fn wasnap(db: &Path, args: &[&str]) -> Output {
+    command().arg("--db").arg(db).args(args).output().unwrap()
 }
 
 /// Runs a command that must succeed; returns its stdout.
-pub(crate) fn ok(db: &Path, args: &[&str]) -> String {
+pub fn ok(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(
         output.status.success(),
@@ -28,7 +34,7 @@ pub(crate) fn ok(db: &Path, args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its one-line error.
-pub(crate) fn fails(db: &Path, args: &[&str]) -> String {
+pub fn fails(db: &Path, args: &[&str]) -> String {
     let output = wasnap(db, args);
     assert!(!output.status.success(), "wasnap {args:?} succeeded");
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -37,14 +43,14 @@ pub(crate) fn fails(db: &Path, args: &[&str]) -> String {
     errors[0].to_string()
 }
 
-fn guest(name: &str) -> String {
+pub fn guest(name: &str) -> String {
     format!(
         "{}/guest-workflows/wat/{name}.wat",
         env!("CARGO_MANIFEST_DIR")
     )
 }
 
-pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf) {
+pub fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wasnap.db");
     (dir, db)
@@ -117,7 +123,7 @@ fn inspect_shows_every_coroutine_stack() {
 /// What the database holds, as the listings show it: instances, and
 /// every version of each (a write changes SQLite's file header even when
 /// it changes no content, so bytes are not compared).
-fn content(db: &Path) -> String {
+pub fn content(db: &Path) -> String {
     let mut all = ok(db, &["ls", "--json"]);
     for line in all.clone().lines() {
         let id = line
@@ -337,4 +343,19 @@ fn sleeps_and_deadlines_one_process_per_step() {
     let log = ok(&db, &["log", "1"]);
     assert!(log.contains("sleeps until"), "{log}");
     assert!(log.contains("(deadline "), "{log}");
+}
+
+/// `--version` says how this machine finds changed pages and restores
+/// memories, as the library found out.
+#[test]
+fn version_says_how_memory_pages_are_handled() {
+    let (_dir, db) = scratch();
+    let line = ok(&db, &["--version"]);
+    let expected = format!(
+        "wasnap {} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        wasnap::runtime::support()
+    );
+    assert_eq!(line, expected);
+    assert!(line.contains("changed pages: "), "{line}");
 }

@@ -117,6 +117,8 @@ fn greenlet_in_every_language() {
         let v1 = v1.unwrap();
         let pickled = v1.memories.iter().flat_map(|m| &m.pages).any(|page| {
             page.data
+                .bytes()
+                .unwrap()
                 .windows(b"special-g-stack".len())
                 .any(|w| w == b"special-g-stack")
         });

@@ -1,18 +1,29 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
+mod artifacts;
 mod asyncified;
 mod binaryen;
 mod browser;
 mod cli;
 mod demos;
+mod diff;
 mod errors;
+mod forged;
+mod forgery;
 mod fuzz;
 mod guests;
+mod handlers;
 mod harness;
 mod instrument;
 mod interpreters;
 mod limits;
+mod output;
+mod paging;
 mod real_programs;
+mod runaway;
 mod serve;
 mod smith;
 mod store;
+mod upgrade;
+mod wasi;
+mod writers;

@@ -253,15 +253,12 @@ fn values(service: &Service, id: u64) -> Vec<(u64, Option<u64>, String, String)>
         .collect()
 }
 
+/// A thread's HTTP answer: status and body.
+type Answer = std::thread::JoinHandle<std::io::Result<(u16, Vec<u8>)>>;
+
 /// An instance of `waits.wat` whose next run takes `ms` milliseconds,
 /// requested from a thread: the instance, and the thread's answer.
-fn long_run(
-    service: &Service,
-    ms: u32,
-) -> (
-    u64,
-    std::thread::JoinHandle<std::io::Result<(u16, Vec<u8>)>>,
-) {
+fn long_run(service: &Service, ms: u32) -> (u64, Answer) {
     let module = service.upload(&fixture("waits.wat"));
     let id = id(&service.start_instance(&module));
     let address = service.address;

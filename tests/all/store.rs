@@ -16,7 +16,8 @@ use wasnap::snapshot::{
     TableImage,
 };
 use wasnap::store::{
-    Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION, VersionKind,
+    ArtifactKey, Database, Durability, GcReport, InstanceState, Outcome, SCHEMA_VERSION,
+    VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -212,7 +213,10 @@ fn a_version_costs_what_changed() {
     // Step 1 stores 16 pages; step 2 restores page 1 to its base form (a
     // new page) and stamps page 2; every later step stamps one new page.
     assert_eq!(stats.pages, u64::from(PAGES) + 100);
-    assert_eq!(stats.page_refs, 100 * u64::from(PAGES));
+    // Each version changes 2 pages from its parent: its list is those
+    // changes, until they would add up to more than the 16
+    // rows of a full list, which version 1 and then one version in 9 keep.
+    assert_eq!(stats.page_refs, 12 * u64::from(PAGES) + 88 * 2);
     let versions = store.versions(id).unwrap();
     let first = versions[0].stored_bytes;
     let later = versions[50].stored_bytes;
@@ -248,7 +252,6 @@ const STAMPING: &str = r#"
 /// stores and loads back is exact.
 #[test]
 fn unchanged_pages_are_shared_and_versions_exact() {
-    use std::sync::Arc;
     use wasnap::{Engine, Settings, Step};
 
     let wasm = wat::parse_str(STAMPING).unwrap();
@@ -278,8 +281,8 @@ fn unchanged_pages_are_shared_and_versions_exact() {
     // Step 3 wrote page 2 only: pages 0 and 1 are the very ones of step 2.
     let (before, after) = (&snapshots[1].memories[0], &snapshots[2].memories[0]);
     assert_eq!(after.pages.len(), 3);
-    assert!(Arc::ptr_eq(&before.pages[0].data, &after.pages[0].data));
-    assert!(Arc::ptr_eq(&before.pages[1].data, &after.pages[1].data));
+    assert!(before.pages[0].data.same(&after.pages[0].data));
+    assert!(before.pages[1].data.same(&after.pages[1].data));
 
     // Restore the head from the store and step on: the pages it did not
     // write are shared with the loaded version.
@@ -290,7 +293,7 @@ fn unchanged_pages_are_shared_and_versions_exact() {
     let s = workflow.snapshot().unwrap();
     assert_eq!(s.memories[0].pages.len(), 4);
     for (old, new) in loaded.memories[0].pages.iter().zip(&s.memories[0].pages) {
-        assert!(Arc::ptr_eq(&old.data, &new.data));
+        assert!(old.data.same(&new.data));
     }
     let v4 = store
         .commit_version(&lease, Some(3), &Outcome::Suspended(&s), b"")
@@ -349,7 +352,10 @@ fn captures_find_every_written_page() {
     assert_eq!(restored.run().unwrap(), Step::Yielded(Vec::new()));
     let second = restored.snapshot().unwrap();
     assert_eq!(indices(&second), [4, 5]);
-    assert_eq!(&second.memories[0].pages[0].data[..4], &8u32.to_le_bytes());
+    assert_eq!(
+        &second.memories[0].pages[0].data.bytes().unwrap()[..4],
+        &8u32.to_le_bytes()
+    );
     assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
     assert_eq!(workflow.snapshot().unwrap().memories, second.memories);
 }
@@ -383,7 +389,8 @@ fn gc_and_rm_report_what_they_free() {
     let before = store.stats().unwrap();
     let removed = store.remove_instance(id).unwrap();
     assert_eq!(removed.versions, 10);
-    assert_eq!(removed.page_refs, 10 * u64::from(PAGES));
+    // Full lists for versions 1 and 10, 2 changes for each between.
+    assert_eq!(removed.page_refs, 2 * u64::from(PAGES) + 8 * 2);
     assert!(removed.bytes > 0);
     let gc = store.gc().unwrap();
     // `other` holds step 1's 16 pages; steps 2..=10 added the base form of
@@ -411,6 +418,7 @@ fn gc_and_rm_report_what_they_free() {
 fn modules_and_compiled_artifacts() {
     let (_dir, path) = temp_db();
     let store = Database::open(&path).unwrap();
+    store.set_artifact_key(Some(ArtifactKey::generate().unwrap()));
     let hash = store.put_module(MODULE).unwrap();
     assert_eq!(hash, *blake3::hash(MODULE).as_bytes());
     assert_eq!(store.put_module(MODULE).unwrap(), hash);
@@ -586,6 +594,88 @@ fn schema_is_versioned() {
     }
 }
 
+/// Rewrites a database of instance `id`'s `versions` in the layout of
+/// schema version 3: every version lists all its pages, by id, and the
+/// columns of later schemas (page list shapes, compressed values, artifact
+/// MACs, provenance, timers and requests) do not exist. Values must be ones that were stored uncompressed.
+pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
+    let store = Database::open(path).unwrap();
+    let snapshots: Vec<Snapshot> = (1..=versions)
+        .map(|n| store.load_version(id, n).unwrap())
+        .collect();
+    drop(store);
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE version_pages;
+         CREATE TABLE version_pages (
+             version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+             memory     INTEGER NOT NULL,
+             page_index INTEGER NOT NULL,
+             page       INTEGER NOT NULL,
+             PRIMARY KEY (version, memory, page_index)) WITHOUT ROWID;
+         ALTER TABLE versions DROP COLUMN list_depth;
+         ALTER TABLE versions DROP COLUMN list_chain_rows;
+         ALTER TABLE versions DROP COLUMN value_zstd;
+         ALTER TABLE versions DROP COLUMN reply_zstd;
+         ALTER TABLE compiled DROP COLUMN mac;
+         ALTER TABLE versions DROP COLUMN origin;
+         ALTER TABLE versions DROP COLUMN handler;
+         ALTER TABLE versions DROP COLUMN result;
+         ALTER TABLE versions DROP COLUMN inputs;
+         ALTER TABLE versions DROP COLUMN module_hash;
+         DROP INDEX instances_by_wake_at;
+         DROP TABLE requests;
+         ALTER TABLE instances DROP COLUMN wake_at;
+         ALTER TABLE instances DROP COLUMN lease_expires;
+         ALTER TABLE versions DROP COLUMN wake_at;
+         ALTER TABLE versions DROP COLUMN timer;",
+    )
+    .unwrap();
+    for (n, snapshot) in (1u32..).zip(&snapshots) {
+        for (memory, image) in (0u32..).zip(&snapshot.memories) {
+            for page in &image.pages {
+                let hash = *blake3::hash(page.data.bytes().unwrap()).as_bytes();
+                conn.execute(
+                    "INSERT INTO version_pages (version, memory, page_index, page)
+                     SELECT v.id, ?3, ?4, p.id FROM versions v, pages p
+                     WHERE v.instance = ?1 AND v.number = ?2 AND p.hash = ?5",
+                    rusqlite::params![id, n, memory, page.index, hash],
+                )
+                .unwrap();
+            }
+        }
+    }
+    conn.pragma_update(None, "user_version", 3).unwrap();
+}
+
+/// A database of schema version 3 (every version listed all its pages) is
+/// upgraded when opened: its versions load the same, and new versions
+/// keep their lists as differences.
+#[test]
+fn a_version_3_database_is_upgraded() {
+    let (_dir, path) = temp_db();
+    let store = Database::open(&path).unwrap();
+    let hash = store.put_module(MODULE).unwrap();
+    let id = store
+        .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+        .unwrap();
+    commit_chain(&store, id, 1..=3);
+    drop(store);
+    downgrade_to_schema_3(&path, id, 3);
+    let store = Database::open(&path).unwrap();
+    for n in 1..=3 {
+        assert_eq!(store.load_version(id, n).unwrap(), step(n));
+    }
+    assert_eq!(store.stats().unwrap().page_refs, 3 * u64::from(PAGES));
+    assert_eq!(store.gc().unwrap(), GcReport::default());
+    commit_chain(&store, id, 4..=5);
+    assert_eq!(store.load_version(id, 5).unwrap(), step(5));
+    assert_eq!(
+        store.stats().unwrap().page_refs,
+        3 * u64::from(PAGES) + 2 + 2
+    );
+}
+
 /// A database of schema version 1 (versions referred to pages by hash,
 /// instances had no policy) is upgraded when opened, and loads the same
 /// versions.
@@ -598,8 +688,13 @@ fn a_version_1_database_is_upgraded() {
         .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
         .unwrap();
     commit_chain(&store, id, 1..=3);
-    let stats = store.stats().unwrap();
     drop(store);
+    downgrade_to_schema_3(&path, id, 3);
+    let stats = Database::open_read_only(&path)
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    assert!(stats.contains("has schema version 3"), "{stats}");
     // Back to the layout of version 1.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
@@ -621,12 +716,6 @@ fn a_version_1_database_is_upgraded() {
          ALTER TABLE pages_v1 RENAME TO pages;
          ALTER TABLE version_pages_v1 RENAME TO version_pages;
          ALTER TABLE instances DROP COLUMN policy;
-         DROP INDEX instances_by_wake_at;
-         DROP TABLE requests;
-         ALTER TABLE instances DROP COLUMN wake_at;
-         ALTER TABLE instances DROP COLUMN lease_expires;
-         ALTER TABLE versions DROP COLUMN wake_at;
-         ALTER TABLE versions DROP COLUMN timer;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -635,10 +724,75 @@ fn a_version_1_database_is_upgraded() {
     for n in 1..=3 {
         assert_eq!(store.load_version(id, n).unwrap(), step(n));
     }
-    assert_eq!(store.stats().unwrap(), stats);
+    assert_eq!(store.stats().unwrap().page_refs, 3 * u64::from(PAGES));
     assert_eq!(store.gc().unwrap(), GcReport::default());
     commit_chain(&store, id, 4..=5);
     assert_eq!(store.load_version(id, 5).unwrap(), step(5));
+}
+
+/// Page lists kept as differences: long chains (past the bound on their
+/// length), branches, and pages that become zeros and come back all load
+/// exactly, and the lists cost rows per change, not per page.
+#[test]
+fn page_lists_are_differences_that_load_exactly() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=150);
+    let lease = store.lease(id).unwrap();
+    // Branches from old versions: 151 from 10, then 152 from 151.
+    store
+        .commit_version(&lease, Some(10), &Outcome::Suspended(&step(151)), b"")
+        .unwrap();
+    store
+        .commit_version(&lease, Some(151), &Outcome::Suspended(&step(152)), b"")
+        .unwrap();
+    // Page 3 becomes zeros, then comes back.
+    let mut holes = step(153);
+    holes.memories[0].pages.remove(3);
+    store
+        .commit_version(&lease, Some(152), &Outcome::Suspended(&holes), b"")
+        .unwrap();
+    store
+        .commit_version(&lease, Some(153), &Outcome::Suspended(&step(154)), b"")
+        .unwrap();
+    drop(lease);
+    // Another handle, with nothing cached, reads every version back.
+    let other = Database::open(store.path()).unwrap();
+    for n in (1..=152).chain([154]) {
+        assert_eq!(other.load_version(id, n).unwrap(), step(n), "version {n}");
+    }
+    assert_eq!(other.load_version(id, 153).unwrap(), holes);
+    // Full lists of 16 rows whenever the changes since the last one (2
+    // rows a version) would pass 16: one version in 9.
+    let rows = other.stats().unwrap().page_refs;
+    assert!(rows < 154 * u64::from(PAGES) / 4, "{rows} rows");
+    assert_eq!(other.gc().unwrap(), GcReport::default());
+}
+
+/// `gc` frees the pages no version holds any more, with lists that say a
+/// page became zeros.
+#[test]
+fn gc_frees_pages_with_zeroed_places_listed() {
+    let (_dir, store, id) = store_with_instance();
+    commit_chain(&store, id, 1..=1);
+    let lease = store.lease(id).unwrap();
+    let mut holes = step(2);
+    holes.memories[0].pages.remove(5);
+    store
+        .commit_version(&lease, Some(1), &Outcome::Suspended(&holes), b"")
+        .unwrap();
+    drop(lease);
+    let hash = store.put_module(MODULE).unwrap();
+    let other = store
+        .create_instance(&hash, &[], &Policy::default())
+        .unwrap();
+    commit_chain(&store, other, 1..=3);
+    store.remove_instance(other).unwrap();
+    // Of instance 2's pages only step 3's stamped page 3 is held by no
+    // version of instance 1. (Instance 1's list of version 2 says that
+    // page 5 became zeros: a NULL that must not make `gc` free nothing.)
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.pages, 1);
+    assert_eq!(store.load_version(id, 2).unwrap(), holes);
 }
 
 #[test]
