@@ -27,6 +27,7 @@ mod resume;
 mod rm;
 mod run;
 mod script;
+mod serve;
 mod session;
 mod show;
 mod snapshot;
@@ -65,6 +66,7 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Serve(serve::Serve),
     Query(query::Query),
     Update(update::Update),
     Diff(diff::Diff),
@@ -132,6 +134,7 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Serve(c) => c.execute(&db),
             Command::Query(c) => c.execute(&db),
             Command::Update(c) => c.execute(&db),
             Command::Diff(c) => c.execute(&db),

@@ -14,6 +14,12 @@
 //! used from one machine (SQLite's WAL needs shared memory), so pids are
 //! comparable. Elsewhere no such check exists and a lease is treated as
 //! held until released.
+//!
+//! A lease may also carry an expiry (`lease_expires`, milliseconds since
+//! the Unix epoch): the leases a service claims expire unless renewed (see
+//! [`super::work`]), so that a holder that hangs, or that runs on another
+//! machine where no pid check reaches, loses them. A lease without one is
+//! held for as long as its holder lives.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
@@ -36,6 +42,12 @@ impl Lease {
     /// The instance this lease is on.
     pub fn instance(&self) -> InstanceId {
         self.instance
+    }
+
+    /// Marks the lease as given up by a transaction that already cleared
+    /// it (a group commit), so that dropping it does nothing.
+    pub(super) fn forget(mut self) {
+        self.released = true;
     }
 
     /// Gives the lease up now, reporting a failure to do so (dropping it
@@ -64,34 +76,62 @@ impl std::fmt::Debug for Lease {
 
 fn release(shared: &Arc<Mutex<Shared>>, instance: InstanceId, token: i64) -> Result<()> {
     let shared = lock(shared);
-    shared.conn.execute(
-        "UPDATE instances SET lease_pid = NULL, lease_owner = NULL, lease_token = NULL
-         WHERE id = ?1 AND lease_token = ?2",
-        params![instance, token],
-    )?;
+    shared.conn.execute(CLEAR_LEASE, params![instance, token])?;
     Ok(())
 }
+
+/// Clears the lease `?2` on instance `?1`, if it is still the one held.
+pub(super) const CLEAR_LEASE: &str = "
+    UPDATE instances SET lease_pid = NULL, lease_owner = NULL, lease_token = NULL,
+                         lease_expires = NULL
+    WHERE id = ?1 AND lease_token = ?2";
 
 /// Takes the lease on `instance` for this process, or fails with
 /// "instance N is busy" while a live process holds it.
 pub(super) fn acquire(shared: &Arc<Mutex<Shared>>, instance: InstanceId) -> Result<Lease> {
-    let token = random_token();
-    {
+    let lease = {
         let mut guard = lock(shared);
         let tx = super::writing(&mut guard.conn)?;
         check_free(&tx, instance)?;
-        tx.execute(
-            "UPDATE instances SET lease_pid = ?2, lease_owner = ?3, lease_token = ?4 WHERE id = ?1",
-            params![instance, std::process::id(), own_identity(), token],
-        )?;
+        let token = take(&tx, instance, None)?;
         tx.commit()?;
-    }
-    Ok(Lease {
+        token
+    };
+    Ok(held(shared, instance, lease))
+}
+
+/// Writes a new lease of this process on `instance` (free: checked by the
+/// caller, in the same transaction), expiring at `expires` if given.
+/// Returns its token.
+pub(super) fn take(
+    conn: &rusqlite::Connection,
+    instance: InstanceId,
+    expires: Option<u64>,
+) -> Result<i64> {
+    let token = random_token();
+    conn.prepare_cached(
+        "UPDATE instances SET lease_pid = ?2, lease_owner = ?3, lease_token = ?4,
+                              lease_expires = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        instance,
+        std::process::id(),
+        own_identity(),
+        token,
+        expires
+    ])?;
+    Ok(token)
+}
+
+/// The handle of a lease written by [`take`].
+pub(super) fn held(shared: &Arc<Mutex<Shared>>, instance: InstanceId, token: i64) -> Lease {
+    Lease {
         shared: Arc::clone(shared),
         instance,
         token,
         released: false,
-    })
+    }
 }
 
 /// Fails unless `instance` exists and no live process holds its lease.
@@ -104,15 +144,28 @@ pub(super) fn check_free(conn: &rusqlite::Connection, instance: InstanceId) -> R
 
 /// The pid of the live process holding the lease on `instance`, if any.
 pub(super) fn holder(conn: &rusqlite::Connection, instance: InstanceId) -> Result<Option<u32>> {
-    let row: Option<(Option<u32>, Option<String>)> = conn
-        .prepare_cached("SELECT lease_pid, lease_owner FROM instances WHERE id = ?1")?
-        .query_row([instance], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(Option<u32>, Option<String>, Option<u64>)> = conn
+        .prepare_cached(
+            "SELECT lease_pid, lease_owner, lease_expires FROM instances WHERE id = ?1",
+        )?
+        .query_row([instance], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     match row {
-        None => bail!("instance {instance} not found"),
-        Some((Some(pid), Some(owner))) if alive(pid, &owner) => Ok(Some(pid)),
-        Some(_) => Ok(None),
+        None => Err(super::Refused::NotFound(format!("instance {instance} not found")).into()),
+        Some((pid, owner, expires)) => Ok(live_holder(pid, owner.as_deref(), expires)),
     }
+}
+
+/// The pid holding a lease with these columns, if the lease still holds:
+/// its holder lives and it has not expired.
+pub(super) fn live_holder(
+    pid: Option<u32>,
+    owner: Option<&str>,
+    expires: Option<u64>,
+) -> Option<u32> {
+    let (pid, owner) = (pid?, owner?);
+    let expired = expires.is_some_and(|at| at <= super::now_ms());
+    (!expired && alive(pid, owner)).then_some(pid)
 }
 
 /// Fails unless `lease` is still the one recorded for its instance.
@@ -140,9 +193,11 @@ fn random_token() -> i64 {
     h.finish() as i64
 }
 
-/// What names this process among all processes that ever used the file.
-fn own_identity() -> String {
-    identity(std::process::id()).unwrap_or_default()
+/// What names this process among all processes that ever used the file
+/// (read once: it does not change while the process lives).
+pub(super) fn own_identity() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| identity(std::process::id()).unwrap_or_default())
 }
 
 fn alive(pid: u32, owner: &str) -> bool {
@@ -174,10 +229,10 @@ mod tests {
         let me = std::process::id();
         let owner = own_identity();
         assert!(!owner.is_empty());
-        assert!(alive(me, &owner));
+        assert!(alive(me, owner));
         assert!(!alive(me, "another-boot/1"));
         // Pids above the kernel's maximum (2^22) never exist.
-        assert!(!alive(u32::MAX - 1, &owner));
+        assert!(!alive(u32::MAX - 1, owner));
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod policy;
 mod schema;
 mod values;
 mod versions;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,9 +41,11 @@ pub use artifacts::ArtifactKey;
 pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
-pub use versions::{Outcome, VersionInfo, VersionKind};
+pub use versions::{Commit, Outcome, Prepared, VersionInfo, VersionKind};
+pub(crate) use work::sleeping_message;
+pub use work::{Batch, BatchDone, Claim, Refused, Request, Work};
 
-use crate::runtime::Policy;
+use crate::runtime::{Policy, Timer};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
@@ -153,6 +156,23 @@ pub struct InstanceInfo {
     pub policy: Policy,
     /// The pid of the live process holding its lease, if one does.
     pub leased_by: Option<u32>,
+    /// The head version's timer, when it has one: when a sleep wakes, or
+    /// a question's deadline.
+    pub timer: Option<Timer>,
+    /// Whether a run of it is requested and not yet committed (see
+    /// [`Database::request`]).
+    pub pending: bool,
+}
+
+/// One stored module, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Its content hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
 }
 
 /// Counts of what a database holds.
@@ -284,6 +304,25 @@ impl Database {
         Ok(hash)
     }
 
+    /// Every stored module, oldest first.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>> {
+        self.with(|s| {
+            s.conn
+                .prepare_cached(
+                    "SELECT hash, length(bytes), created FROM modules ORDER BY created, hash",
+                )?
+                .query_map([], |r| {
+                    Ok(ModuleInfo {
+                        hash: r.get(0)?,
+                        bytes: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Into::into)
+        })
+    }
+
     /// The original bytes of the module with content hash `hash`.
     pub fn module(&self, hash: &ModuleHash) -> Result<Vec<u8>> {
         self.with(|s| {
@@ -339,7 +378,7 @@ impl Database {
                 .optional()?;
             match row {
                 Some(row) => finish_instance(&s.conn, row),
-                None => bail!("instance {id} not found"),
+                None => Err(Refused::NotFound(format!("instance {id} not found")).into()),
             }
         })
     }
@@ -462,12 +501,13 @@ impl Database {
     }
 }
 
-/// The instances and the values of their heads (only their start, with a
-/// limit).
+/// The instances, the values of their heads (only their start, with a
+/// limit), their timers and whether a request is pending.
 fn instance_query(limit: Option<usize>) -> String {
     format!(
         "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
-                v.id, {}, length(v.value), v.value_zstd
+                v.id, {}, length(v.value), v.value_zstd, v.wake_at, v.timer,
+                EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
          FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
         values::column("v.value", limit)
     )
@@ -475,14 +515,9 @@ fn instance_query(limit: Option<usize>) -> String {
 
 /// The columns of [`instance_query`], before the parts that can fail.
 type InstanceRow = (
-    InstanceId,
-    ModuleHash,
-    String,
-    Option<u32>,
-    u64,
-    Vec<u8>,
-    Vec<u8>,
-    Option<Result<(Vec<u8>, u64)>>,
+    (InstanceId, ModuleHash, String, Option<u32>, u64, Vec<u8>),
+    (Vec<u8>, Option<Result<(Vec<u8>, u64)>>),
+    (Option<u64>, Option<String>, bool),
 );
 
 fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<InstanceRow> {
@@ -492,25 +527,36 @@ fn read_instance_row(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Resul
         None => None,
     };
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        last_value,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ),
+        (r.get(6)?, last_value),
+        (r.get(11)?, r.get(12)?, r.get(13)?),
     ))
 }
 
 fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, policy, last_value) = row;
+    let (
+        (id, module_hash, state, head, created_ms, args),
+        (policy, last_value),
+        (wake_at, timer, pending),
+    ) = row;
     let (last_value, last_value_len) = match last_value
         .transpose()
         .map_err(|e| anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}"))?
     {
         Some((value, len)) => (Some(value), Some(len)),
         None => (None, None),
+    };
+    let timer = match (wake_at, timer.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
     };
     let mut r = Reader::new(&args);
     let args = r
@@ -530,6 +576,8 @@ fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> 
         args,
         policy,
         leased_by: lease::holder(conn, id)?,
+        timer,
+        pending,
     })
 }
 

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Each entry migrates from its index to its index + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The first schema.
 ///
@@ -191,6 +191,35 @@ ALTER TABLE versions ADD COLUMN inputs BLOB;
 ALTER TABLE versions ADD COLUMN module_hash BLOB REFERENCES modules(hash);
 UPDATE versions SET module_hash =
     (SELECT module_hash FROM instances WHERE instances.id = versions.instance);
+";
+
+/// Durable timers and the work a service claims.
+///
+/// - `versions.wake_at` / `versions.timer`: a suspension's timer, in
+///   milliseconds since the Unix epoch: when a `sleep` wakes (`'sleep'`) or
+///   a question asked with `yield_timeout` times out (`'deadline'`).
+/// - `instances.wake_at`: the head version's timer, copied when the head
+///   moves, so that due instances are found through an index.
+/// - `instances.lease_expires`: a service's leases expire unless renewed,
+///   so that the leases of a server on another machine, which no pid check
+///   can see die, are taken over too. NULL: held while the holder lives.
+/// - `requests`: at most one pending run per instance (its first run, a
+///   reply to a version, or a wake-up), recorded before it runs so that
+///   any server can claim it, and deleted in the transaction that commits
+///   its outcome.
+const V8: &str = "
+ALTER TABLE versions ADD COLUMN wake_at INTEGER;
+ALTER TABLE versions ADD COLUMN timer TEXT CHECK (timer IN ('sleep', 'deadline'));
+ALTER TABLE instances ADD COLUMN wake_at INTEGER;
+ALTER TABLE instances ADD COLUMN lease_expires INTEGER;
+CREATE INDEX instances_by_wake_at ON instances (wake_at) WHERE wake_at IS NOT NULL;
+CREATE TABLE requests (
+    instance INTEGER PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    version  INTEGER,
+    reply    BLOB NOT NULL,
+    wake     INTEGER NOT NULL CHECK (wake IN (0, 1)),
+    created  INTEGER NOT NULL
+);
 ";
 
 /// Reads the schema version; this is also the first read of the file, so

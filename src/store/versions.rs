@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::history::{Origin, Provenance};
 use super::pages::ListShape;
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
+use crate::runtime::Timer;
 use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -98,6 +99,8 @@ pub struct VersionInfo {
     pub handler: Option<String>,
     /// The module it runs (an upgrade's differs from its parent's).
     pub module_hash: ModuleHash,
+    /// A suspension's timer: when a sleep wakes, or a question's deadline.
+    pub timer: Option<Timer>,
 }
 
 /// The columns of a version row that [`Outcome`] determines.
@@ -184,7 +187,96 @@ impl Database {
         reply: &[u8],
         provenance: &Provenance,
     ) -> Result<u32> {
-        let row = Row::of(outcome)?;
+        let version = NewVersion {
+            parent,
+            outcome,
+            reply,
+            provenance,
+            timer: None,
+        };
+        self.commit_new(lease, &version)
+    }
+
+    /// Prepares the outcome of a run of the leased instance as a version
+    /// to commit later, alone ([`Database::commit_prepared`]) or with
+    /// others in one transaction ([`Database::commit_batch`],
+    /// [`Database::write_batch`]): `parent` is the version the run was
+    /// resumed from (`None` only for an instance's first run), `reply` what
+    /// it was resumed with, and `inputs` what it took from outside
+    /// (encoded), if recorded.
+    pub fn prepare_version(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        inputs: Option<Vec<u8>>,
+    ) -> Result<Prepared> {
+        let outcome = match *outcome {
+            Outcome::Suspended(s) => Owned::Suspended(Box::new(s.clone())),
+            Outcome::Finished {
+                exit_status,
+                result,
+            } => Owned::Finished {
+                exit_status,
+                result: result.to_vec(),
+            },
+            Outcome::Failed { message } => Owned::Failed {
+                message: message.to_string(),
+            },
+        };
+        Ok(Prepared {
+            instance: lease.instance,
+            parent,
+            outcome,
+            reply: reply.to_vec(),
+            inputs,
+            timer: None,
+        })
+    }
+
+    /// Commits one prepared version under `lease`, which stays held.
+    pub fn commit_prepared(&self, lease: &Lease, prepared: Prepared) -> Result<u32> {
+        if prepared.instance != lease.instance {
+            bail!(
+                "a version of instance {} cannot be committed under the lease on instance {}",
+                prepared.instance,
+                lease.instance
+            );
+        }
+        let outcome = prepared.outcome();
+        let provenance = prepared.provenance();
+        let version = prepared.as_new(&outcome, &provenance);
+        self.commit_new(lease, &version)
+    }
+
+    /// Group commit: many prepared versions, of different instances, in one
+    /// transaction (one write of the log, one lock), each under its lease.
+    /// Each version succeeds or fails on its own, with the result
+    /// [`Database::commit_version`] would give; a version that is
+    /// committed also ends its instance's pending request, if any, and
+    /// releases its lease, in the same transaction. See
+    /// [`Database::write_batch`], which can also record requests and claim
+    /// work in that transaction.
+    pub fn commit_batch(&self, batch: Vec<Commit>) -> Vec<Result<u32>> {
+        let count = batch.len();
+        match self.write_batch(super::Batch {
+            commits: batch,
+            ..Default::default()
+        }) {
+            Ok(done) => done.commits,
+            Err(e) => {
+                let message = format!("{e:#}");
+                (0..count)
+                    .map(|_| Err(anyhow::anyhow!("{message}")))
+                    .collect()
+            }
+        }
+    }
+
+    /// Commits `version` of the leased instance alone, in one transaction.
+    fn commit_new(&self, lease: &Lease, version: &NewVersion) -> Result<u32> {
+        let outcome = version.outcome;
         self.with(|shared| {
             let Shared {
                 conn,
@@ -194,65 +286,24 @@ impl Database {
                 ..
             } = shared;
             let instance = lease.instance;
-            let memories = match outcome {
-                Outcome::Suspended(s) => &s.memories[..],
-                _ => &[],
-            };
-            // The parent's list, which the snapshot's pages are compared
-            // with: cached when the parent was the last version committed
-            // or loaded through this handle, else read now.
-            if let Some(parent) = parent
-                && !page_cache.holds(instance, parent)
-            {
-                let (list, shape) = pages::read_list(conn, instance, parent)?;
-                page_cache.settle(instance, parent, shape, &list, None);
-            }
-            let plan = pages::plan(memories, parent.map(|_| &*page_cache))?;
-            let hook_fn = *commit_hook;
-            let hook = |stage: &str| {
-                if let Some(h) = hook_fn {
-                    h(stage)
-                }
-            };
+            // The parent's list is read (or found cached) before the
+            // transaction begins, so that the write lock is held briefly.
+            let plan = plan_against_parent(conn, page_cache, instance, version.parent, outcome)?;
+            let hook = hook_of(*commit_hook);
             let tx = super::writing(conn)?;
             hook("begin");
-            lease::check_held(&tx, lease)?;
-            check_parent(&tx, instance, parent)?;
-            let module = module_of(&tx, instance, parent, outcome, provenance.origin)?;
-            let (page_ids, page_bytes) = pages::store_missing(&tx, compressor, &plan.named)?;
-            hook("pages");
-            let changes = plan.changes(&page_ids);
-            let parent_shape = parent.map(|_| page_cache.shape());
-            let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
-            let rows = match shape.depth {
-                0 => page_cache.full_rows(&plan, &page_ids),
-                _ => changes,
-            };
-            let number = next_number(&tx, instance)?;
-            let value = values::pack(compressor, row.value)?;
-            let reply = values::pack(compressor, reply)?;
-            let stored = page_bytes + row.own_bytes(&value.0, &reply.0);
-            let id = insert_version(
-                &tx,
-                instance,
-                number,
-                parent,
-                &row,
-                (&value, &reply),
-                stored,
-                shape,
-            )?;
-            record_provenance(&tx, id, provenance, &module)?;
-            pages::write_list(&tx, id, &rows)?;
-            hook("version");
-            tx.prepare_cached(
-                "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4 WHERE id = ?1",
-            )?
-            .execute(params![instance, number, row.kind.as_str(), module])?;
+            let written =
+                insert_planned(&tx, compressor, page_cache, lease, version, &plan, &hook)?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.commit(instance, number, shape, &plan, &page_ids);
-            Ok(number)
+            page_cache.commit(
+                instance,
+                written.number,
+                written.shape,
+                &plan,
+                &written.page_ids,
+            );
+            Ok(written.number)
         })
     }
 
@@ -371,7 +422,7 @@ fn version_query(limit: Option<usize>) -> String {
     format!(
         "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
                 created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
-                module_hash
+                module_hash, wake_at, timer
          FROM versions",
         values::column("value", limit),
         values::column("reply", limit)
@@ -390,8 +441,16 @@ fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result
     let origin: String = r.get(14)?;
     let handler = r.get(15)?;
     let module_hash = r.get(16)?;
+    let wake_at: Option<u64> = r.get(17)?;
+    let timer_kind: Option<String> = r.get(18)?;
     let (number, parent) = (r.get(0)?, r.get(1)?);
     Ok((|| {
+        let timer = match (wake_at, timer_kind.as_deref()) {
+            (Some(wake_at), Some("sleep")) => Some(Timer::Sleep { wake_at }),
+            (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+            (None, None) => None,
+            (_, other) => bail!("version {number} has an unknown timer {other:?}"),
+        };
         let (value, value_len) = value?;
         let (reply, reply_len) = reply?;
         Ok(VersionInfo {
@@ -410,8 +469,237 @@ fn read_info(r: &rusqlite::Row, limit: Option<usize>) -> rusqlite::Result<Result
             origin: Origin::parse(&origin)?,
             handler,
             module_hash,
+            timer,
         })
     })())
+}
+
+/// A version about to be written, borrowed from its caller.
+pub(super) struct NewVersion<'a> {
+    pub parent: Option<u32>,
+    pub outcome: &'a Outcome<'a>,
+    pub reply: &'a [u8],
+    pub provenance: &'a Provenance<'a>,
+    pub timer: Option<Timer>,
+}
+
+/// What a run ended with, owned, in a [`Prepared`] version.
+enum Owned {
+    Suspended(Box<Snapshot>),
+    Finished {
+        exit_status: Option<i32>,
+        result: Vec<u8>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// A version ready to be committed, alone or with others in one
+/// transaction ([`Database::commit_batch`]): the outcome of a run, what it
+/// was resumed with, its inputs and its timer.
+pub struct Prepared {
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: Owned,
+    reply: Vec<u8>,
+    inputs: Option<Vec<u8>>,
+    timer: Option<Timer>,
+}
+
+impl Prepared {
+    /// Gives the version a timer: when it wakes (a sleep) or times out (a
+    /// question with a deadline). Only a suspension has one.
+    pub fn set_timer(&mut self, timer: Option<Timer>) {
+        if matches!(self.outcome, Owned::Suspended(_)) {
+            self.timer = timer;
+        }
+    }
+
+    /// The instance the version belongs to.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
+    }
+
+    fn outcome(&self) -> Outcome<'_> {
+        match &self.outcome {
+            Owned::Suspended(s) => Outcome::Suspended(s),
+            Owned::Finished {
+                exit_status,
+                result,
+            } => Outcome::Finished {
+                exit_status: *exit_status,
+                result,
+            },
+            Owned::Failed { message } => Outcome::Failed { message },
+        }
+    }
+
+    fn provenance(&self) -> Provenance<'_> {
+        Provenance {
+            inputs: self.inputs.as_deref(),
+            ..Provenance::UNRECORDED_RUN
+        }
+    }
+
+    /// The version to write, given its [`Prepared::outcome`] and
+    /// [`Prepared::provenance`].
+    pub(super) fn as_new<'a>(
+        &'a self,
+        outcome: &'a Outcome<'a>,
+        provenance: &'a Provenance<'a>,
+    ) -> NewVersion<'a> {
+        NewVersion {
+            parent: self.parent,
+            outcome,
+            reply: &self.reply,
+            provenance,
+            timer: self.timer,
+        }
+    }
+
+    /// The outcome and provenance to write, for [`Prepared::as_new`].
+    pub(super) fn parts(&self) -> (Outcome<'_>, Provenance<'_>) {
+        (self.outcome(), self.provenance())
+    }
+}
+
+/// One version of a group commit, with the lease it is committed under.
+pub struct Commit {
+    /// The lease on the version's instance; it is released in the same
+    /// transaction when the commit succeeds.
+    pub lease: Lease,
+    /// The version.
+    pub prepared: Prepared,
+}
+
+/// A version written inside a transaction, and what the page cache needs
+/// once that transaction has committed.
+pub(super) struct Written {
+    pub number: u32,
+    pub shape: ListShape,
+    pub page_ids: Vec<i64>,
+}
+
+/// Calls the commit hook, if one is set, at a named point.
+pub(super) fn hook_of(hook: Option<fn(&str)>) -> impl Fn(&str) {
+    move |stage: &str| {
+        if let Some(h) = hook {
+            h(stage)
+        }
+    }
+}
+
+/// Compares the pages of `outcome` with the list of `parent` (cached when
+/// it was the last version committed or loaded through this handle, else
+/// read now and cached).
+pub(super) fn plan_against_parent<'a>(
+    conn: &Connection,
+    page_cache: &mut pages::PageCache,
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: &'a Outcome<'a>,
+) -> Result<pages::Plan<'a>> {
+    let memories = match outcome {
+        Outcome::Suspended(s) => &s.memories[..],
+        _ => &[],
+    };
+    if let Some(parent) = parent
+        && !page_cache.holds(instance, parent)
+    {
+        let (list, shape) = pages::read_list(conn, instance, parent)?;
+        page_cache.settle(instance, parent, shape, &list, None);
+    }
+    pages::plan(memories, parent.map(|_| &*page_cache))
+}
+
+/// Writes `version`, planned as `plan` against the cached list of its
+/// parent, inside a transaction: checks, pages, version row, page list,
+/// provenance and the instance's head. The caller commits and then updates
+/// the page cache with what this returns.
+pub(super) fn insert_planned(
+    tx: &Connection,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    page_cache: &pages::PageCache,
+    lease: &Lease,
+    version: &NewVersion,
+    plan: &pages::Plan,
+    hook: &dyn Fn(&str),
+) -> Result<Written> {
+    let instance = lease.instance;
+    let parent = version.parent;
+    let row = Row::of(version.outcome)?;
+    lease::check_held(tx, lease)?;
+    check_parent(tx, instance, parent)?;
+    let module = module_of(
+        tx,
+        instance,
+        parent,
+        version.outcome,
+        version.provenance.origin,
+    )?;
+    let (page_ids, page_bytes) = pages::store_missing(tx, compressor, &plan.named)?;
+    hook("pages");
+    let changes = plan.changes(&page_ids);
+    let parent_shape = parent.map(|_| page_cache.shape());
+    let shape = pages::choose_shape(parent_shape, plan.pages, changes.len());
+    let rows = match shape.depth {
+        0 => page_cache.full_rows(plan, &page_ids),
+        _ => changes,
+    };
+    let number = next_number(tx, instance)?;
+    let value = values::pack(compressor, row.value)?;
+    let reply = values::pack(compressor, version.reply)?;
+    let stored = page_bytes + row.own_bytes(&value.0, &reply.0);
+    // An update or an upgrade leaves the workflow waiting in the call its
+    // parent waits in: with the parent's timer, unless given one.
+    let inherits = matches!(version.provenance.origin, Origin::Update | Origin::Upgrade);
+    let timer = match (row.kind, version.timer, parent) {
+        (VersionKind::Suspended, Some(timer), _) => Some(timer),
+        (VersionKind::Suspended, None, Some(parent)) if inherits => timer_of(tx, instance, parent)?,
+        _ => None,
+    };
+    let id = insert_version(
+        tx,
+        instance,
+        number,
+        parent,
+        &row,
+        (&value, &reply),
+        stored,
+        shape,
+        timer,
+    )?;
+    record_provenance(tx, id, version.provenance, &module)?;
+    pages::write_list(tx, id, &rows)?;
+    hook("version");
+    tx.prepare_cached(
+        "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4, wake_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        instance,
+        number,
+        row.kind.as_str(),
+        module,
+        timer.map(Timer::wake_at)
+    ])?;
+    Ok(Written {
+        number,
+        shape,
+        page_ids,
+    })
+}
+
+/// The timer of `version` of `instance`, if it has one.
+fn timer_of(conn: &Connection, instance: InstanceId, version: u32) -> Result<Option<Timer>> {
+    let (wake_at, kind): (Option<u64>, Option<String>) = conn
+        .prepare_cached("SELECT wake_at, timer FROM versions WHERE instance = ?1 AND number = ?2")?
+        .query_row(params![instance, version], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (wake_at, kind.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
+    })
 }
 
 fn require_instance(conn: &Connection, instance: InstanceId) -> Result<()> {
@@ -561,12 +849,17 @@ fn insert_version(
     (value, reply): (&values::Packed, &values::Packed),
     stored_bytes: u64,
     list: ListShape,
+    timer: Option<Timer>,
 ) -> Result<i64> {
+    let timer_kind = timer.map(|t| match t {
+        Timer::Sleep { .. } => "sleep",
+        Timer::Deadline { .. } => "deadline",
+    });
     conn.prepare_cached(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
-                               exit_status, message, list_depth, list_chain_rows)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                               exit_status, message, list_depth, list_chain_rows, wake_at, timer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         instance,
@@ -585,6 +878,8 @@ fn insert_version(
         row.message,
         list.depth,
         list.chain_rows,
+        timer.map(Timer::wake_at),
+        timer_kind,
     ])?;
     Ok(conn.last_insert_rowid())
 }

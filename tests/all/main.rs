@@ -3,6 +3,7 @@
 mod artifacts;
 mod asyncified;
 mod binaryen;
+mod browser;
 mod cli;
 mod demos;
 mod diff;
@@ -22,6 +23,7 @@ mod real_programs;
 mod robustness;
 mod runaway;
 mod runtimes;
+mod serve;
 mod smith;
 mod stack;
 mod stdin;
