@@ -18,11 +18,13 @@ pub struct Serve {
     /// How many workflows run at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
+    #[command(flatten)]
+    engine: super::session::EngineArgs,
 }
 
 impl Serve {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
-        let executor = super::session::open(db)?;
+        let executor = super::session::open(db, &self.engine)?;
         let options = ServeOptions {
             listen: self.listen,
             workers: usize::from(self.workers),

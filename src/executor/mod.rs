@@ -423,7 +423,7 @@ impl Executor {
         if module_hash(&wasm) != snapshot.module_hash {
             bail!("the snapshot file's module does not match its snapshot");
         }
-        let executor = self.in_mode_of(&snapshot)?;
+        let executor = self.in_mode_of(snapshot)?;
         let module = executor.engine.load(&wasm)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())

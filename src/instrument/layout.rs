@@ -240,7 +240,7 @@ fn construct(
     Construct {
         start,
         base: height.saturating_sub(params + is_if as usize) as u32,
-        has_entry: !(opens_region && !is_if),
+        has_entry: !opens_region || is_if,
     }
 }
 
