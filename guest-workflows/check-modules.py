@@ -33,12 +33,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-ABI = {  # name -> (params, results), all i32
+ABI = {  # name -> (params, results): pointers, lengths and ids are i32
     "yield": (("i32", "i32"), ("i32",)),
     "reply": (("i32", "i32"), ("i32",)),
     "spawn": (("i32", "i32", "i32", "i32"), ("i32",)),
     "switch": (("i32", "i32"), ("i32",)),
     "current": ((), ("i32",)),
+    "sleep": (("i64",), ()),                       # milliseconds
+    "yield_timeout": (("i32", "i32", "i64"), ("i32",)),
     "respond": (("i32", "i32"), ()),
     "patched": (("i32", "i32"), ("i32",)),
 }
@@ -274,7 +276,8 @@ def check(path, data, demo=None):
         elif m["globals"][sp] != ("i32", 1):
             problems.append("__stack_pointer is not a mutable i32")
 
-    needs = {"approval": {"yield", "reply", "respond"}, "deploy": {"yield", "reply", "respond"},
+    needs = {"approval": {"yield", "reply", "respond"},
+             "deploy": {"yield", "reply", "respond", "sleep", "yield_timeout"},
              "greenlet": {"yield", "spawn", "switch"}}.get(demo, set())
     for name in sorted(needs - wasnap_imports):
         problems.append(f"the {demo} demo must import wasnap.{name}")

@@ -6,7 +6,7 @@
 //! started (each to its first suspension); then worker processes share
 //! them out: each worker takes an instance no one holds
 //! ([`Database::lease_any`]), resumes its head once and commits the
-//! outcome ([`Executor::resume_leased`]), releases it, and takes the next,
+//! outcome ([`Executor::resume_leased`], which releases it), and takes the next,
 //! until every instance has finished. A step is that one resume: `steps`
 //! per instance. Afterwards every instance must hold exactly `steps + 1`
 //! versions in one line (each the child of the one before, the last
@@ -105,8 +105,7 @@ pub fn work(db: &str, durability: Durability) -> Result<()> {
             continue;
         };
         let reply = lease.instance().to_le_bytes();
-        executor.resume_leased(&lease, None, &reply, &RunOptions::default())?;
-        lease.release()?;
+        executor.resume_leased(lease, None, &reply, &RunOptions::default())?;
         println!("step {start} {}", micros());
     }
 }

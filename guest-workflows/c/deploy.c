@@ -3,6 +3,10 @@
 #include "wasnap.h"
 
 #define MAX_MACHINES 9
+/* Approve within 3 days, else the question goes to the release manager. */
+#define APPROVAL_DEADLINE_MS (3LL * 24 * 60 * 60 * 1000)
+/* The maintenance window opens 2 s after the approval. */
+#define MAINTENANCE_WINDOW_MS 2000
 
 static int machines = 3;  /* changed by `wasnap update ID machines --arg N` */
 static int deployed = 0;  /* machines done so far */
@@ -37,10 +41,22 @@ static int ask(const char *question, const char *expected) {
 int main(void) {
     char msg[64];
     printf("building release\n");
-    if (!ask("waiting for approval", "yes")) {
+    snprintf(status, sizeof status, "%s", "waiting for approval [yes/no]");
+    char *answer = wasnap_yield_str_timeout(status, APPROVAL_DEADLINE_MS);
+    if (!answer) {
+        printf("no answer within 3 days: escalating\n");
+        snprintf(status, sizeof status, "%s", "waiting for approval from the release manager [yes/no]");
+        answer = wasnap_yield_str(status);
+    }
+    int approved = strcmp(answer, "yes") == 0;
+    free(answer);
+    if (!approved) {
         printf("deployment not approved\n");
         return 0;
     }
+    printf("waiting for the maintenance window\n");
+    snprintf(status, sizeof status, "%s", "waiting for the maintenance window");
+    wasnap_sleep(MAINTENANCE_WINDOW_MS);
     for (int k = 1; k <= machines; k++) {
         snprintf(msg, sizeof msg, "deploying to machine-%d", k);
         if (ask(msg, "fail")) {

@@ -41,6 +41,12 @@ WASNAP_IMPORT("spawn") int32_t wasnap_raw_spawn(int32_t func, int32_t arg, void 
 WASNAP_IMPORT("switch") int32_t wasnap_raw_switch(int32_t id, int32_t value);
 /* Id of the running coroutine (0 = main). */
 WASNAP_IMPORT("current") int32_t wasnap_current(void);
+/* Suspend until ms milliseconds from now (a durable timer: a service wakes
+ * the workflow then, even after a restart). */
+WASNAP_IMPORT("sleep") void wasnap_raw_sleep(int64_t ms);
+/* A question with a deadline: like yield, and if no reply arrives within ms
+ * milliseconds the workflow is continued anyway and this returns -1. */
+WASNAP_IMPORT("yield_timeout") int32_t wasnap_raw_yield_timeout(const void *ptr, int32_t len, int64_t ms);
 /* In a query or update handler: the handler's result becomes [ptr, ptr+len). */
 WASNAP_IMPORT("respond") void wasnap_raw_respond(const void *ptr, int32_t len);
 /* 1 when the code should take the patch named [ptr, ptr+len) (see below). */
@@ -74,6 +80,26 @@ static inline char *wasnap_yield_str(const char *s) {
 static inline void wasnap_suspend(void) {
     fflush(stdout);
     (void)wasnap_raw_yield(NULL, 0);
+}
+
+/* Sleep for ms milliseconds: the workflow is suspended meanwhile. */
+static inline void wasnap_sleep(int64_t ms) {
+    fflush(stdout);
+    wasnap_raw_sleep(ms);
+}
+
+/* Yield a string and wait at most ms milliseconds for the reply: returns it
+ * as a malloc'd NUL-terminated string that the caller frees, or NULL when
+ * the deadline passed without one. */
+static inline char *wasnap_yield_str_timeout(const char *s, int64_t ms) {
+    fflush(stdout);
+    int32_t n = wasnap_raw_yield_timeout(s, (int32_t)strlen(s), ms);
+    if (n < 0) return NULL;
+    char *reply = malloc((size_t)n + 1);
+    if (!reply) abort();
+    int32_t got = n > 0 ? wasnap_raw_reply(reply, n) : 0;
+    reply[got] = '\0';
+    return reply;
 }
 
 /* 1 when yielding s is answered with exactly `expected`. */

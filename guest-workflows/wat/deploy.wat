@@ -1,6 +1,7 @@
 ;; The deploy workflow (see ../deploy.expected.md), written by hand against
-;; the wasnap ABI: build, wait for approval, roll out to 3 machines one step
-;; at a time, and roll back the machines already done if one fails. The
+;; the wasnap ABI: build, ask for approval with a deadline (escalate when it
+;; passes), sleep until the maintenance window, roll out to 3 machines one
+;; step at a time, and roll back the machines already done if one fails. The
 ;; query `status` says what it waits for and how far it is; the update
 ;; `machines` changes how many machines it rolls out to (1 to 9).
 (module
@@ -9,6 +10,9 @@
   (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
   (import "wasnap" "reply" (func $reply (param i32 i32) (result i32)))
   (import "wasnap" "respond" (func $respond (param i32 i32)))
+  (import "wasnap" "sleep" (func $sleep (param i64)))
+  (import "wasnap" "yield_timeout"
+    (func $yield_timeout (param i32 i32 i64) (result i32)))
 
   (memory (export "memory") 1)
 
@@ -18,13 +22,17 @@
   (global $deployed (mut i32) (i32.const 0))
   (global $status_ptr (mut i32) (i32.const 160))
   (global $status_len (mut i32) (i32.const 16))
+  ;; Approve within 3 days, else the question goes to the release manager.
+  (global $approval_deadline_ms i64 (i64.const 259200000))
+  ;; The maintenance window opens 2 s after the approval.
+  (global $maintenance_window_ms i64 (i64.const 2000))
 
   ;; 64..72: one iovec for fd_write; 72..76: its byte count.
   ;; 96..128: the latest reply (only short replies can match anything).
   (data (i32.const 128) "yes")
   (data (i32.const 136) "fail")
   (data (i32.const 160) "building release\n")                     ;; 17
-  (data (i32.const 192) "waiting for approval")                   ;; 20
+  (data (i32.const 192) "waiting for approval [yes/no]")          ;; 29
   (data (i32.const 224) "deployment not approved\n")              ;; 24
   (data (i32.const 256) "deploying to machine-?")                 ;; 22, digit at 277
   (data (i32.const 288) "rolling back machine-?")                 ;; 22, digit at 309
@@ -34,6 +42,9 @@
   (data (i32.const 416) " (? of ? machines done)")                ;; 23, digits at 418, 423
   (data (i32.const 448) "machines = ?")                           ;; 12, digit at 459
   (data (i32.const 464) "refused: give 1 to 9, no fewer than the machines done") ;; 53
+  (data (i32.const 1024) "no answer within 3 days: escalating\n") ;; 36
+  (data (i32.const 1072) "waiting for approval from the release manager [yes/no]") ;; 54
+  (data (i32.const 1136) "waiting for the maintenance window\n")  ;; 35 (34 as a status)
   ;; 512..640: the status text a query composes; 640..648: an update's argument.
 
   (func $set_status (param $ptr i32) (param $len i32)
@@ -95,12 +106,21 @@
   (func $run (export "run")
     (local $len i32) (local $k i32) (local $j i32)
     (call $print (i32.const 160) (i32.const 17))
-    (call $set_status (i32.const 192) (i32.const 20))
-    (local.set $len (call $yield (i32.const 192) (i32.const 20)))
+    (call $set_status (i32.const 192) (i32.const 29))
+    (local.set $len
+      (call $yield_timeout (i32.const 192) (i32.const 29) (global.get $approval_deadline_ms)))
+    (if (i32.lt_s (local.get $len) (i32.const 0))
+      (then
+        (call $print (i32.const 1024) (i32.const 36))
+        (call $set_status (i32.const 1072) (i32.const 54))
+        (local.set $len (call $yield (i32.const 1072) (i32.const 54)))))
     (if (i32.eqz (call $reply_is (local.get $len) (i32.const 128) (i32.const 3)))
       (then
         (call $print (i32.const 224) (i32.const 24))
         (return)))
+    (call $print (i32.const 1136) (i32.const 35))
+    (call $set_status (i32.const 1136) (i32.const 34))
+    (call $sleep (global.get $maintenance_window_ms))
     (local.set $k (i32.const 1))
     (loop $rollout
       (local.set $len (call $yield_machine (i32.const 256) (local.get $k)))

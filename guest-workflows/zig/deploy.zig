@@ -6,6 +6,10 @@ const wasnap = @import("wasnap.zig");
 pub const panic = wasnap.panic;
 
 const max_machines = 9;
+/// Approve within 3 days, else the question goes to the release manager.
+const approval_deadline_ms: i64 = 3 * 24 * 60 * 60 * 1000;
+/// The maintenance window opens 2 s after the approval.
+const maintenance_window_ms: i64 = 2000;
 
 /// Changed by `wasnap update ID machines --arg N`.
 var machines: u32 = 3;
@@ -32,19 +36,35 @@ export fn update_machines() void {
     wasnap.respond(std.fmt.bufPrint(&buf, "machines = {d}", .{n}) catch buf[0..]);
 }
 
+fn setStatus(text: []const u8) void {
+    @memcpy(status_buf[0..text.len], text);
+    status = status_buf[0..text.len];
+}
+
 fn ask(question: []const u8, comptime expected: []const u8) bool {
-    @memcpy(status_buf[0..question.len], question);
-    status = status_buf[0..question.len];
+    setStatus(question);
     return wasnap.ask(question, expected);
 }
 
 pub fn main() void {
     var msg: [64]u8 = undefined;
     wasnap.write("building release\n");
-    if (!ask("waiting for approval", "yes")) {
+    var answer_buf: [4]u8 = undefined;
+    const first = "waiting for approval [yes/no]";
+    setStatus(first);
+    const answer = wasnap.yieldTimeout(first, approval_deadline_ms, &answer_buf) orelse blk: {
+        wasnap.write("no answer within 3 days: escalating\n");
+        const second = "waiting for approval from the release manager [yes/no]";
+        setStatus(second);
+        break :blk wasnap.yieldValue(second, &answer_buf);
+    };
+    if (!std.mem.eql(u8, answer, "yes")) {
         wasnap.write("deployment not approved\n");
         return;
     }
+    wasnap.write("waiting for the maintenance window\n");
+    setStatus("waiting for the maintenance window");
+    wasnap.sleep(maintenance_window_ms);
     var k: u32 = 1;
     while (k <= machines) : (k += 1) {
         const step = std.fmt.bufPrint(&msg, "deploying to machine-{d}", .{k}) catch unreachable;

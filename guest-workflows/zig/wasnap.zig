@@ -23,6 +23,11 @@ pub const raw = struct {
     pub extern "wasnap" fn @"switch"(id: i32, value: i32) i32;
     /// Id of the running coroutine.
     pub extern "wasnap" fn current() i32;
+    /// Suspend until `ms` milliseconds from now (a durable timer).
+    pub extern "wasnap" fn sleep(ms: i64) void;
+    /// Like `yield`, with a deadline: returns the reply's length, or -1 when
+    /// `ms` milliseconds passed without a reply.
+    pub extern "wasnap" fn yield_timeout(ptr: [*]const u8, len: usize, ms: i64) i32;
     /// In a query or update handler: the handler's result becomes [ptr, ptr+len).
     pub extern "wasnap" fn respond(ptr: [*]const u8, len: usize) void;
     /// 1 when the code should take the patch named [ptr, ptr+len) (see `patched`).
@@ -113,6 +118,24 @@ pub fn yieldAlloc(allocator: std.mem.Allocator, value: []const u8) ![]u8 {
     if (len == 0) return buf;
     const got: usize = @intCast(@max(raw.reply(buf.ptr, len), 0));
     return buf[0..@min(got, len)];
+}
+
+/// Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+/// the saved version, that a service fires even after a restart.
+pub fn sleep(ms: i64) void {
+    raw.sleep(ms);
+}
+
+/// A question with a deadline: publishes `value` and waits at most `ms`
+/// milliseconds for the reply, copied into `reply_buf` (truncated to its
+/// size); null when the deadline passed first.
+pub fn yieldTimeout(value: []const u8, ms: i64, reply_buf: []u8) ?[]u8 {
+    const n = raw.yield_timeout(value.ptr, value.len, ms);
+    if (n < 0) return null;
+    const want = @min(@as(usize, @intCast(n)), reply_buf.len);
+    if (want == 0) return reply_buf[0..0];
+    const got: usize = @intCast(@max(raw.reply(reply_buf.ptr, want), 0));
+    return reply_buf[0..@min(got, want)];
 }
 
 /// True when yielding `value` is answered with exactly `expected`.

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::json;
 use super::show::{PREVIEW_BYTES, shown};
-use wasnap::runtime::short_hash;
+use wasnap::runtime::{Timer, short_hash, utc_text};
 use wasnap::store::{InstanceId, Origin, VersionInfo, VersionKind};
 
 /// Show an instance's version tree.
@@ -67,12 +67,18 @@ impl Log {
 
 fn describe(v: &VersionInfo, head: Option<u32>, full: bool) -> String {
     let mut text = format!("v{}", v.number);
-    match v.kind {
-        VersionKind::Suspended => {
-            text += &format!(" yielded {}", shown(&v.value, v.value_len, full).quoted())
+    match (v.kind, v.timer) {
+        (VersionKind::Suspended, Some(Timer::Sleep { wake_at })) => {
+            text += &format!(" sleeps until {}", utc_text(wake_at))
         }
-        VersionKind::Finished => text += " finished",
-        VersionKind::Failed => {
+        (VersionKind::Suspended, timer) => {
+            text += &format!(" yielded {}", shown(&v.value, v.value_len, full).quoted());
+            if let Some(timer) = timer {
+                text += &format!(" (deadline {})", utc_text(timer.wake_at()));
+            }
+        }
+        (VersionKind::Finished, _) => text += " finished",
+        (VersionKind::Failed, _) => {
             text += &format!(
                 " failed: {}",
                 v.message.as_deref().unwrap_or("unknown cause")
@@ -144,6 +150,10 @@ fn version_json(v: &VersionInfo, full: bool) -> String {
         (
             "message".to_string(),
             v.message.as_deref().map_or("null".into(), json::string),
+        ),
+        (
+            "wake_at".to_string(),
+            json::number(v.timer.map(Timer::wake_at)),
         ),
     ]);
     json::object(&fields)

@@ -28,6 +28,7 @@ mod resume;
 mod rm;
 mod run;
 mod script;
+mod serve;
 mod session;
 mod show;
 mod snapshot;
@@ -68,6 +69,7 @@ enum Command {
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
     Migrate(migrate::Migrate),
+    Serve(serve::Serve),
     Query(query::Query),
     Update(update::Update),
     Diff(diff::Diff),
@@ -136,6 +138,7 @@ impl Cli {
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
             Command::Migrate(c) => c.execute(),
+            Command::Serve(c) => c.execute(&db),
             Command::Query(c) => c.execute(&db),
             Command::Update(c) => c.execute(&db),
             Command::Diff(c) => c.execute(&db),

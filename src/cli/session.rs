@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use wasnap::Engine;
 use wasnap::executor::{Ended, Executor, Report};
-use wasnap::runtime::{Directory, Policy};
+use wasnap::runtime::{Directory, Policy, Timer, utc_text};
 use wasnap::store::Database;
 
 /// Opens (or creates) the database with an engine as `engine` says.
@@ -156,7 +156,17 @@ pub(super) fn report(report: &Report) -> Result<()> {
     match &report.ended {
         Ended::Suspended { value } => {
             print_value(value)?;
-            note!("wasnap: instance {instance} suspended at version {version}");
+            match report.timer {
+                Some(Timer::Sleep { wake_at }) => note!(
+                    "wasnap: instance {instance} sleeps at version {version} until {}",
+                    utc_text(wake_at)
+                ),
+                Some(Timer::Deadline { wake_at }) => note!(
+                    "wasnap: instance {instance} suspended at version {version}, waiting for a reply until {}",
+                    utc_text(wake_at)
+                ),
+                None => note!("wasnap: instance {instance} suspended at version {version}"),
+            }
         }
         Ended::Finished { exit_status } => {
             let status = match exit_status {

@@ -85,6 +85,7 @@ impl Executor {
                 ended: Ended::Suspended {
                     value: snapshot.host.yielded.clone(),
                 },
+                timer: None,
             },
             result,
         })

@@ -89,11 +89,19 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The guest ABI's suspending imports: `wasnap.yield` and `wasnap.switch`;
-    /// any function that can reach one of them may suspend.
+    /// The guest ABI's suspending imports: `wasnap.yield`, `wasnap.switch`,
+    /// `wasnap.sleep` and `wasnap.yield_timeout`; any function that can
+    /// reach one of them may suspend.
     fn default() -> Self {
         Options {
-            suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
+            suspending_imports: [
+                "wasnap.yield",
+                "wasnap.switch",
+                "wasnap.sleep",
+                "wasnap.yield_timeout",
+            ]
+            .map(String::from)
+            .to_vec(),
             suspending_functions: Vec::new(),
             stdin_suspends: false,
         }

@@ -17,6 +17,7 @@ use wasmtime::{Caller, Global, Linker, Memory, Table};
 use wasmtime::{Result, bail};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+use super::Timer;
 use super::journal::{Journal, SharedJournal};
 use super::unwinder::{Loan, Unwinder};
 use crate::instrument::STATE_REWINDING;
@@ -37,6 +38,11 @@ pub(crate) struct HostState {
     pub reply: Vec<u8>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The timer of the pending suspension (`sleep`, `yield_timeout`).
+    pub timer: Option<Timer>,
+    /// Set when the workflow is continued by its timer rather than a
+    /// reply: a pending `yield_timeout` then returns -1.
+    pub woken: bool,
     /// The inputs this workflow took from outside, or the recorded ones a
     /// replay hands back.
     pub journal: SharedJournal,
@@ -117,9 +123,14 @@ pub(crate) struct Handles {
 /// Why the guest is unwinding.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// `yield`, or an embedder's suspending function (named `import`):
-    /// suspend the whole workflow, publishing a value.
-    Yield { import: String, value: Vec<u8> },
+    /// `yield`, `sleep`, `yield_timeout`, or an embedder's suspending
+    /// function (named `import`): suspend the whole workflow, publishing a
+    /// value, with the timer of `sleep` and `yield_timeout`.
+    Yield {
+        import: String,
+        value: Vec<u8>,
+        timer: Option<Timer>,
+    },
     /// `switch`: run another coroutine.
     Switch { target: u32, value: u32 },
 }
@@ -194,6 +205,7 @@ pub(crate) fn is_rewinding(caller: &mut Caller<'_, HostState>, import: &str) -> 
         let pending = Pending::Yield {
             import: host.suspended_in.clone(),
             value: host.yielded.clone(),
+            timer: host.timer,
         };
         start_unwind(caller, pending)?;
     }
@@ -242,6 +254,8 @@ pub(crate) fn guest_range(memory: &[u8], ptr: i32, len: i32) -> Result<std::ops:
 /// Defines the `wasnap` imports.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap("wasnap", "yield", wasnap_yield)?;
+    linker.func_wrap("wasnap", "sleep", wasnap_sleep)?;
+    linker.func_wrap("wasnap", "yield_timeout", wasnap_yield_timeout)?;
     linker.func_wrap("wasnap", "reply", wasnap_reply)?;
     linker.func_wrap("wasnap", "spawn", wasnap_spawn)?;
     linker.func_wrap("wasnap", "switch", wasnap_switch)?;
@@ -263,6 +277,57 @@ fn wasnap_yield(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result
     let pending = Pending::Yield {
         import: "wasnap.yield".into(),
         value,
+        timer: None,
+    };
+    start_unwind(&mut caller, pending)?;
+    Ok(0)
+}
+
+/// `sleep(ms)`: suspends with a timer `ms` from now and no value; when the
+/// workflow is continued (its timer fired, or it was woken early) it
+/// returns. A reply sent with the wake-up is readable with `reply`.
+fn wasnap_sleep(mut caller: Caller<'_, HostState>, ms: i64) -> Result<()> {
+    if is_rewinding(&mut caller, "wasnap.sleep")? {
+        return Ok(());
+    }
+    check_may_suspend(&caller, "wasnap.sleep")?;
+    let pending = Pending::Yield {
+        import: "wasnap.sleep".into(),
+        value: Vec::new(),
+        timer: Some(Timer::Sleep {
+            wake_at: super::clock::after_ms(ms),
+        }),
+    };
+    start_unwind(&mut caller, pending)
+}
+
+/// `yield_timeout(ptr, len, ms)`: a question with a deadline. Publishes
+/// the bytes like `yield` and suspends until a reply arrives (it returns
+/// the reply's length) or `ms` from now, when its timer fires and it
+/// returns -1.
+fn wasnap_yield_timeout(
+    mut caller: Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    ms: i64,
+) -> Result<i32> {
+    if is_rewinding(&mut caller, "wasnap.yield_timeout")? {
+        let host = caller.data();
+        return Ok(if host.woken {
+            -1
+        } else {
+            host.reply.len() as i32
+        });
+    }
+    check_may_suspend(&caller, "wasnap.yield_timeout")?;
+    let memory = guest_memory(&mut caller, "wasnap.yield_timeout")?;
+    let value = memory[guest_range(memory, ptr, len)?].to_vec();
+    let pending = Pending::Yield {
+        import: "wasnap.yield_timeout".into(),
+        value,
+        timer: Some(Timer::Deadline {
+            wake_at: super::clock::after_ms(ms),
+        }),
     };
     start_unwind(&mut caller, pending)?;
     Ok(0)

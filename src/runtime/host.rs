@@ -185,6 +185,7 @@ impl HostFunction {
                     let pending = Pending::Yield {
                         import: import.clone(),
                         value,
+                        timer: None,
                     };
                     abi::start_unwind(&mut caller, pending)?;
                 }

@@ -11,6 +11,7 @@
 
 mod abi;
 mod artifact;
+mod clock;
 mod handler;
 mod host;
 pub mod journal;
@@ -37,6 +38,7 @@ use crate::instrument::{self, Metadata, Options};
 use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
 pub use abi::LimitReached;
+pub use clock::{duration_text, now_ms, utc_text};
 pub use handler::HandlerKind;
 pub use host::{Decision, Handler, HostCall};
 pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
@@ -419,6 +421,12 @@ impl Engine {
         format!("wasmtime-48-{}", &hash.to_hex()[..32])
     }
 
+    /// The module with content hash `hash` if this engine has loaded it
+    /// already.
+    pub fn cached(&self, hash: &ModuleHash) -> Option<Module> {
+        self.inner.modules.lock().unwrap().get(hash).cloned()
+    }
+
     /// Instruments and compiles `wasm` (or returns the cached result).
     pub fn load(&self, wasm: &[u8]) -> Result<Module> {
         // SAFETY: there is no artifact.
@@ -692,6 +700,38 @@ impl EngineBuilder {
             );
         }
         Engine::build(self.options, self.host_functions, self.max_wasm_stack)
+    }
+}
+
+/// A suspension's timer: when a suspended workflow wants to run again
+/// without waiting for anyone. Times are milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// `wasnap.sleep`: it waits for this time, not for a reply.
+    Sleep {
+        /// When it wakes.
+        wake_at: u64,
+    },
+    /// `wasnap.yield_timeout`: a question that waits for a reply until this
+    /// time, when it times out.
+    Deadline {
+        /// When it times out.
+        wake_at: u64,
+    },
+}
+
+impl Timer {
+    /// When the timer fires, in milliseconds since the Unix epoch.
+    pub fn wake_at(self) -> u64 {
+        match self {
+            Timer::Sleep { wake_at } | Timer::Deadline { wake_at } => wake_at,
+        }
+    }
+
+    /// Whether the suspension waits for a reply (a question with a
+    /// deadline) rather than for time alone (a sleep).
+    pub fn expects_reply(self) -> bool {
+        matches!(self, Timer::Deadline { .. })
     }
 }
 

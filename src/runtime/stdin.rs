@@ -73,6 +73,7 @@ fn read_stdin(
         let pending = Pending::Yield {
             import: WASI_READ_IMPORT.into(),
             value: Vec::new(),
+            timer: None,
         };
         abi::start_unwind(caller, pending)?;
         return Ok(ERRNO_SUCCESS);

@@ -31,7 +31,9 @@ const NO_DEADLINE: u64 = u64::MAX / 2;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The workflow called `yield` with this value and is suspended; it can
-    /// be snapshotted, sent a reply, and run again.
+    /// be snapshotted, sent a reply, and run again. `sleep` and
+    /// `yield_timeout` suspend the same way, with a timer
+    /// ([`Workflow::timer`]); `sleep`'s value is empty.
     Yielded(Vec<u8>),
     /// The workflow's main function returned, or it called WASI `proc_exit`
     /// with this status (0 when it returned).
@@ -179,6 +181,8 @@ impl Workflow {
             reply: Vec::new(),
             args,
             env,
+            timer: None,
+            woken: false,
             journal,
             handler: None,
             loan: None,
@@ -237,7 +241,26 @@ impl Workflow {
     /// Sets what the pending `yield` returns (its length) and what
     /// `wasnap.reply` copies out when the workflow runs again.
     pub fn send(&mut self, reply: &[u8]) {
-        self.store.data_mut().reply = reply.to_vec();
+        let host = self.store.data_mut();
+        host.reply = reply.to_vec();
+        host.woken = false;
+    }
+
+    /// Continues the workflow as its timer firing rather than with a
+    /// reply: a pending `sleep` returns, a pending `yield_timeout` returns
+    /// -1 (it timed out). A plain `yield` returns 0, as with an empty reply.
+    pub fn wake(&mut self) {
+        let host = self.store.data_mut();
+        host.reply.clear();
+        host.woken = true;
+    }
+
+    /// The timer of the suspension [`Workflow::run`] last stopped at: when
+    /// a `sleep` wakes, or a `yield_timeout` times out. `None` for a plain
+    /// `yield` (and for a workflow restored from a snapshot, which does not
+    /// carry it: the store keeps it with the version).
+    pub fn timer(&self) -> Option<super::Timer> {
+        self.store.data().timer
     }
 
     /// The value of the last `yield`.
@@ -510,10 +533,16 @@ impl Workflow {
         coroutine.stack_pointer = stack_pointer;
         coroutine.state = CoroutineState::Suspended;
         match host.pending.take() {
-            Some(Pending::Yield { import, value }) => {
+            Some(Pending::Yield {
+                import,
+                value,
+                timer,
+            }) => {
                 host.suspended_in = import;
                 host.yielded = value.clone();
                 host.reply.clear();
+                host.timer = timer;
+                host.woken = false;
                 Ok(Some(Step::Yielded(value)))
             }
             Some(Pending::Switch { target, value }) => {

@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 
 use super::history::Provenance;
 use super::sql::{Begin, Dialect, params};
-use super::versions::{self, NewVersion, Row};
+use super::versions::{self, NewVersion};
 use super::{Database, InstanceId, Outcome, VersionKind, now_ms, pages, policy};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::Writer;
@@ -139,7 +139,6 @@ impl Database {
                         message: version.message.as_deref().unwrap_or_default(),
                     },
                 };
-                let row = Row::of(&outcome)?;
                 if let Some(parent) = version.parent
                     && !cache.holds(id, parent)
                 {
@@ -164,14 +163,14 @@ impl Database {
                     instance: id,
                     parent: version.parent,
                     outcome: &outcome,
-                    row: &row,
                     reply: &version.reply,
                     provenance: &provenance,
+                    timer: version.timer,
                     stamp: Some(version),
                 };
-                let (number, ids, shape) =
+                let written =
                     versions::write(&mut *tx, &mut s.compressor, &cache, &plan, &new, &|_| {})?;
-                cache.commit(id, number, shape, &plan, &ids);
+                cache.commit(id, written.number, written.shape, &plan, &written.page_ids);
             }
             tx.commit()?;
             Ok(Some(list.len() as u64))

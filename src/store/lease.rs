@@ -2,7 +2,8 @@
 //!
 //! A lease is columns of the instance's row: the holder's pid, an owner
 //! string that names that very process, a random token that names the
-//! lease itself, and (PostgreSQL) when it expires. It is taken in a write
+//! lease itself, and when it expires (`lease_expires`, milliseconds since
+//! the Unix epoch by the database's clock; NULL: never by itself). It is taken in a write
 //! transaction that locks the row, so two takers are serialised, and every
 //! commit checks, under the same lock, that its lease's token is still the
 //! one recorded.
@@ -17,13 +18,15 @@
 //!   exists in this boot and started at that time: a pid reused by an
 //!   unrelated process does not keep the lease, and a reboot frees every
 //!   lease. Elsewhere no such check exists and a lease is treated as held
-//!   until released.
+//!   until released. The leases a service claims also expire unless
+//!   renewed (see [`super::work`]), so that a holder that hangs loses them.
 //! - PostgreSQL: the holder may run on any machine, where no pid can be
 //!   checked. Its lease expires [`Database::set_lease_ttl`] after it was
 //!   taken or last renewed, by the database's clock; a thread of the
 //!   holder renews it every third of that while the lease lives. A holder
 //!   that dies, or stops for longer than that, loses the lease to the
-//!   next taker, and its commits fail from then on.
+//!   next taker, and its commits fail from then on. The leases a service
+//!   claims are renewed by the service itself, all at once.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +58,13 @@ impl Lease {
     /// The instance this lease is on.
     pub fn instance(&self) -> InstanceId {
         self.instance
+    }
+
+    /// Marks the lease as given up by a transaction that already cleared
+    /// it (a group commit), so that dropping it does nothing.
+    pub(super) fn forget(mut self) {
+        self.stop_renewing();
+        self.released = true;
     }
 
     /// Whether the lease is known to be lost: it expired, and another
@@ -153,14 +163,15 @@ fn renew(shared: &Mutex<Shared>, instance: InstanceId, token: i64, ttl: Duration
 
 fn release(shared: &Mutex<Shared>, instance: InstanceId, token: i64) -> Result<()> {
     let mut shared = lock(shared);
-    shared.conn.execute(
-        "UPDATE instances SET lease_pid = NULL, lease_owner = NULL, lease_token = NULL,
-                              lease_expires = NULL
-         WHERE id = ?1 AND lease_token = ?2",
-        params![instance, token],
-    )?;
+    shared.conn.execute(CLEAR_LEASE, params![instance, token])?;
     Ok(())
 }
+
+/// Clears the lease `?2` on instance `?1`, if it is still the one held.
+pub(super) const CLEAR_LEASE: &str = "
+    UPDATE instances SET lease_pid = NULL, lease_owner = NULL, lease_token = NULL,
+                         lease_expires = NULL
+    WHERE id = ?1 AND lease_token = ?2";
 
 /// Takes the lease on `instance` for this process, or fails with
 /// "instance N is busy" while another holder has it.
@@ -171,7 +182,7 @@ pub(super) fn acquire(db: &Database, instance: InstanceId) -> Result<Lease> {
         let dialect = s.conn.dialect();
         let mut tx = s.conn.transaction(Begin::Write)?;
         check_free(&mut *tx, instance)?;
-        take(&mut *tx, dialect, instance, token, ttl)?;
+        take(&mut *tx, instance, token, expiring(dialect, ttl))?;
         tx.commit()?;
         Ok(ttl)
     })?;
@@ -216,7 +227,7 @@ pub(super) fn acquire_any(db: &Database, state: InstanceState) -> Result<Option<
                 owner: row.get(2)?,
                 expires: row.get(3)?,
             };
-            if holder.live_pid(row.get(4)?).is_none() {
+            if holder.live_pid(row.get(4)?, dialect).is_none() {
                 free = Some(row.get::<InstanceId>(0)?);
                 break;
             }
@@ -224,44 +235,44 @@ pub(super) fn acquire_any(db: &Database, state: InstanceState) -> Result<Option<
         let Some(instance) = free else {
             return Ok(None);
         };
-        take(&mut *tx, dialect, instance, token, ttl)?;
+        take(&mut *tx, instance, token, expiring(dialect, ttl))?;
         tx.commit()?;
         Ok(Some((instance, ttl)))
     })?;
     Ok(taken.map(|(instance, ttl)| new_lease(db, instance, token, ttl)))
 }
 
+/// How long a lease taken with [`acquire`] lasts unless renewed: `ttl` on
+/// PostgreSQL, as long as its holder lives on SQLite.
+fn expiring(dialect: Dialect, ttl: Duration) -> Option<Duration> {
+    (dialect == Dialect::Postgres).then_some(ttl)
+}
+
 /// Records the lease `token` on `instance` (whose row the transaction has
-/// locked and found free).
+/// locked and found free), expiring `ttl` from now by the database's clock
+/// if given.
 pub(super) fn take(
     conn: &mut dyn Connection,
-    dialect: Dialect,
     instance: InstanceId,
     token: i64,
-    ttl: Duration,
+    ttl: Option<Duration>,
 ) -> Result<()> {
-    let expires = match dialect {
-        Dialect::Sqlite => "NULL".to_string(),
-        Dialect::Postgres => format!("{} + ?5", dialect.now_ms()),
-    };
     let sql = format!(
         "UPDATE instances SET lease_pid = ?2, lease_owner = ?3, lease_token = ?4,
-                              lease_expires = {expires}
-         WHERE id = ?1"
+                              lease_expires = {} + ?5
+         WHERE id = ?1",
+        conn.dialect().now_ms()
     );
-    let (pid, owner) = (std::process::id(), own_identity());
-    match dialect {
-        Dialect::Sqlite => conn.execute(&sql, params![instance, pid, &owner, token])?,
-        Dialect::Postgres => conn.execute(
-            &sql,
-            params![instance, pid, &owner, token, ttl.as_millis() as i64],
-        )?,
-    };
+    let ttl = ttl.map(|t| t.as_millis() as i64);
+    conn.execute(
+        &sql,
+        params![instance, std::process::id(), own_identity(), token, ttl],
+    )?;
     Ok(())
 }
 
-/// The [`Lease`] for a token just recorded, renewed while it lives where
-/// leases expire.
+/// The [`Lease`] for a token just recorded by [`acquire`], renewed while it
+/// lives where leases expire.
 pub(super) fn new_lease(db: &Database, instance: InstanceId, token: i64, ttl: Duration) -> Lease {
     let renewer = db
         .is_postgres()
@@ -271,6 +282,18 @@ pub(super) fn new_lease(db: &Database, instance: InstanceId, token: i64, ttl: Du
         instance,
         token,
         renewer,
+        released: false,
+    }
+}
+
+/// The [`Lease`] for a token a service claimed: it renews its claims
+/// itself ([`Database::write_batch`]), all at once.
+pub(super) fn claimed(shared: &Arc<Mutex<Shared>>, instance: InstanceId, token: i64) -> Lease {
+    Lease {
+        shared: Arc::clone(shared),
+        instance,
+        token,
+        renewer: None,
         released: false,
     }
 }
@@ -285,22 +308,30 @@ pub(super) struct Holder {
 
 impl Holder {
     /// The holder's pid while the lease is held, judged at `now` (the
-    /// database's clock).
-    pub(super) fn live_pid(&self, now: i64) -> Option<u32> {
+    /// database's clock): it has not expired and, on SQLite, where every
+    /// holder runs on this machine, its process lives.
+    pub(super) fn live_pid(&self, now: i64, dialect: Dialect) -> Option<u32> {
         let (Some(pid), Some(owner)) = (self.pid, &self.owner) else {
             return None;
         };
-        let held = match self.expires {
-            Some(expires) => expires > now,
-            None => alive(pid, owner),
-        };
-        held.then_some(pid)
+        let expired = self.expires.is_some_and(|expires| expires <= now);
+        let gone = dialect == Dialect::Sqlite && !alive(pid, owner);
+        (!expired && !gone).then_some(pid)
     }
 }
 
 /// Fails unless `instance` exists and no one holds its lease; locks its
 /// row until the transaction ends.
 pub(super) fn check_free(conn: &mut dyn Connection, instance: InstanceId) -> Result<()> {
+    if holder(conn, instance)?.is_some() {
+        bail!("instance {instance} is busy");
+    }
+    Ok(())
+}
+
+/// The pid of the holder of the lease on `instance` while it is held;
+/// locks its row until the transaction ends.
+pub(super) fn holder(conn: &mut dyn Connection, instance: InstanceId) -> Result<Option<u32>> {
     let dialect = conn.dialect();
     let sql = format!(
         "SELECT lease_pid, lease_owner, lease_expires, {} FROM instances WHERE id = ?1{}",
@@ -308,17 +339,14 @@ pub(super) fn check_free(conn: &mut dyn Connection, instance: InstanceId) -> Res
         dialect.for_update()
     );
     let Some(mut row) = conn.query_opt(&sql, params![instance])? else {
-        bail!("instance {instance} not found");
+        return Err(super::Refused::NotFound(format!("instance {instance} not found")).into());
     };
     let holder = Holder {
         pid: row.get(0)?,
         owner: row.get(1)?,
         expires: row.get(2)?,
     };
-    if holder.live_pid(row.get(3)?).is_some() {
-        bail!("instance {instance} is busy");
-    }
-    Ok(())
+    Ok(holder.live_pid(row.get(3)?, dialect))
 }
 
 /// Fails unless `lease` is still the one recorded for its instance; locks
@@ -340,7 +368,7 @@ pub(super) fn check_held(conn: &mut dyn Connection, lease: &Lease) -> Result<()>
     }
 }
 
-fn random_token() -> i64 {
+pub(super) fn random_token() -> i64 {
     // RandomState is seeded from the OS per process and per call; mixing in
     // the time makes tokens of one process differ too.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -352,9 +380,11 @@ fn random_token() -> i64 {
     h.finish() as i64
 }
 
-/// What names this process among all processes that ever used the file.
-fn own_identity() -> String {
-    identity(std::process::id()).unwrap_or_default()
+/// What names this process among all processes that ever used the
+/// database (read once: it does not change while the process lives).
+pub(super) fn own_identity() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| identity(std::process::id()).unwrap_or_default())
 }
 
 fn alive(pid: u32, owner: &str) -> bool {
@@ -386,10 +416,10 @@ mod tests {
         let me = std::process::id();
         let owner = own_identity();
         assert!(!owner.is_empty());
-        assert!(alive(me, &owner));
+        assert!(alive(me, owner));
         assert!(!alive(me, "another-boot/1"));
         // Pids above the kernel's maximum (2^22) never exist.
-        assert!(!alive(u32::MAX - 1, &owner));
+        assert!(!alive(u32::MAX - 1, owner));
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod sql;
 mod sqlite;
 mod values;
 mod versions;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,9 +64,11 @@ pub use copy::CopyReport;
 pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
-pub use versions::{Outcome, VersionInfo, VersionKind};
+pub use versions::{Commit, Outcome, Prepared, VersionInfo, VersionKind};
+pub(crate) use work::sleeping_message;
+pub use work::{Batch, BatchDone, Claim, Refused, Request, Work};
 
-use crate::runtime::Policy;
+use crate::runtime::{Policy, Timer};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
@@ -222,6 +225,23 @@ pub struct InstanceInfo {
     /// The pid of the process holding its lease, if one does (on
     /// PostgreSQL, a process on whichever machine its worker runs).
     pub leased_by: Option<u32>,
+    /// The head version's timer, when it has one: when a sleep wakes, or
+    /// a question's deadline.
+    pub timer: Option<Timer>,
+    /// Whether a run of it is requested and not yet committed (see
+    /// [`Database::request`]).
+    pub pending: bool,
+}
+
+/// One stored module, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Its content hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
 }
 
 /// Counts of what a database holds.
@@ -382,6 +402,26 @@ impl Database {
         Ok(hash)
     }
 
+    /// Every stored module, oldest first.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>> {
+        self.with(|s| {
+            s.conn
+                .query(
+                    "SELECT hash, length(bytes), created FROM modules ORDER BY created, hash",
+                    &[],
+                )?
+                .into_iter()
+                .map(|mut r| {
+                    Ok(ModuleInfo {
+                        hash: r.get(0)?,
+                        bytes: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// The original bytes of the module with content hash `hash`.
     pub fn module(&self, hash: &ModuleHash) -> Result<Vec<u8>> {
         self.with(|s| {
@@ -452,8 +492,8 @@ impl Database {
         self.with(|s| {
             let sql = format!("{} WHERE i.id = ?1", instance_query(s.conn.dialect(), None));
             match s.conn.query_opt(&sql, params![id])? {
-                Some(row) => read_instance(row, None),
-                None => bail!("instance {id} not found"),
+                Some(row) => read_instance(row, None, s.conn.dialect()),
+                None => Err(Refused::NotFound(format!("instance {id} not found")).into()),
             }
         })
     }
@@ -472,11 +512,12 @@ impl Database {
 
     fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
-            let sql = format!("{} ORDER BY i.id", instance_query(s.conn.dialect(), limit));
+            let dialect = s.conn.dialect();
+            let sql = format!("{} ORDER BY i.id", instance_query(dialect, limit));
             s.conn
                 .query(&sql, &[])?
                 .into_iter()
-                .map(|row| read_instance(row, limit))
+                .map(|row| read_instance(row, limit, dialect))
                 .collect()
         })
     }
@@ -589,19 +630,22 @@ fn connect(location: &Location, writable: bool) -> Result<Box<dyn Connection>> {
 }
 
 /// The instances with the values of their heads (only their start, with a
-/// limit), and whether their leases are held (by the database's clock).
+/// limit), whether their leases are held (by the database's clock), their
+/// timers and whether a request is pending.
 fn instance_query(dialect: Dialect, limit: Option<usize>) -> String {
     format!(
         "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
                 i.lease_pid, i.lease_owner, i.lease_expires, {now},
-                v.id, {value}, length(v.value), v.value_zstd
+                v.id, {value}, length(v.value), v.value_zstd, v.wake_at, v.timer,
+                CASE WHEN EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
+                     THEN 1 ELSE 0 END
          FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
         now = dialect.now_ms(),
         value = values::column("v.value", limit)
     )
 }
 
-fn read_instance(mut row: Row, limit: Option<usize>) -> Result<InstanceInfo> {
+fn read_instance(mut row: Row, limit: Option<usize>, dialect: Dialect) -> Result<InstanceInfo> {
     let id: InstanceId = row.get(0)?;
     let args: Vec<u8> = row.get(5)?;
     let head_row: Option<i64> = row.get(11)?;
@@ -613,6 +657,14 @@ fn read_instance(mut row: Row, limit: Option<usize>) -> Result<InstanceInfo> {
             (Some(value), Some(len))
         }
         None => (None, None),
+    };
+    let wake_at: Option<u64> = row.get(15)?;
+    let timer: Option<String> = row.get(16)?;
+    let pending: bool = row.get(17)?;
+    let timer = match (wake_at, timer.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
     };
     let mut r = Reader::new(&args);
     let args = r
@@ -637,7 +689,9 @@ fn read_instance(mut row: Row, limit: Option<usize>) -> Result<InstanceInfo> {
         created_ms: row.get(4)?,
         args,
         policy,
-        leased_by: holder.live_pid(now),
+        leased_by: holder.live_pid(now, dialect),
+        timer,
+        pending,
     })
 }
 

@@ -240,18 +240,51 @@ UPDATE versions SET module_hash =
     (SELECT module_hash FROM instances WHERE instances.id = versions.instance);
 ";
 
-/// Leases may expire: a holder that cannot be seen from where the lease
-/// is checked (a worker on another machine) renews its lease while it
-/// runs, and one that stopped renewing loses it when `lease_expires` (the
-/// database's clock, in milliseconds) has passed. NULL: a lease that lasts
-/// as long as its holder's process (SQLite's).
+/// Durable timers and the work a service claims.
+///
+/// - `versions.wake_at` / `versions.timer`: a suspension's timer, in
+///   milliseconds since the Unix epoch: when a `sleep` wakes (`'sleep'`) or
+///   a question asked with `yield_timeout` times out (`'deadline'`).
+/// - `instances.wake_at`: the head version's timer, copied when the head
+///   moves, so that due instances are found through an index.
+/// - `instances.lease_expires`: leases may expire, by the database's
+///   clock: a service's leases unless renewed, and on PostgreSQL every
+///   lease, so that the leases of a holder on another machine, which no
+///   pid check can see die, are taken over too. NULL: held while the
+///   holder lives (SQLite).
+/// - `requests`: at most one pending run per instance (its first run, a
+///   reply to a version, or a wake-up), recorded before it runs so that
+///   any server can claim it, and deleted in the transaction that commits
+///   its outcome.
 const V8_SQLITE: &str = "
+ALTER TABLE versions ADD COLUMN wake_at INTEGER;
+ALTER TABLE versions ADD COLUMN timer TEXT CHECK (timer IN ('sleep', 'deadline'));
+ALTER TABLE instances ADD COLUMN wake_at INTEGER;
 ALTER TABLE instances ADD COLUMN lease_expires INTEGER;
+CREATE INDEX instances_by_wake_at ON instances (wake_at) WHERE wake_at IS NOT NULL;
+CREATE TABLE requests (
+    instance INTEGER PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    version  INTEGER,
+    reply    BLOB NOT NULL,
+    wake     INTEGER NOT NULL CHECK (wake IN (0, 1)),
+    created  INTEGER NOT NULL
+);
 ";
 
 /// See [`V8_SQLITE`].
 const V8_POSTGRES: &str = "
+ALTER TABLE versions ADD COLUMN wake_at BIGINT;
+ALTER TABLE versions ADD COLUMN timer TEXT CHECK (timer IN ('sleep', 'deadline'));
+ALTER TABLE instances ADD COLUMN wake_at BIGINT;
 ALTER TABLE instances ADD COLUMN lease_expires BIGINT;
+CREATE INDEX instances_by_wake_at ON instances (wake_at) WHERE wake_at IS NOT NULL;
+CREATE TABLE requests (
+    instance BIGINT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    version  BIGINT,
+    reply    BYTEA NOT NULL,
+    wake     BIGINT NOT NULL CHECK (wake IN (0, 1)),
+    created  BIGINT NOT NULL
+);
 ";
 
 /// The version [`POSTGRES_BASELINE`] brings a new PostgreSQL database to.

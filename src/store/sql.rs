@@ -298,6 +298,27 @@ impl<'c> dyn Connection + 'c {
         Ok(!self.query(sql, params)?.is_empty())
     }
 
+    /// Runs `f` inside a savepoint of the transaction in progress: what it
+    /// did is kept when it succeeds and undone when it fails. Its error is
+    /// returned as the inner result, so that the transaction goes on; an
+    /// error of the savepoint itself is the outer one.
+    pub(super) fn savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Result<T>> {
+        self.batch("SAVEPOINT item")?;
+        match f(self) {
+            Ok(value) => {
+                self.batch("RELEASE SAVEPOINT item")?;
+                Ok(Ok(value))
+            }
+            Err(e) => {
+                self.batch("ROLLBACK TO SAVEPOINT item; RELEASE SAVEPOINT item")?;
+                Ok(Err(e))
+            }
+        }
+    }
+
     /// Begins a transaction, rolled back unless [`Tx::commit`] is called.
     pub(super) fn transaction(&mut self, how: Begin) -> Result<Tx<'_>> {
         self.begin(how)?;

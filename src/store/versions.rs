@@ -9,6 +9,7 @@ use super::history::{Origin, Provenance};
 use super::pages::ListShape;
 use super::sql::{Begin, Connection, Row as SqlRow, params};
 use super::{Database, InstanceId, Lease, Shared, lease, now_ms, pages, values};
+use crate::runtime::Timer;
 use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot, file};
 
 /// How a run from a version (or from the start) ended.
@@ -98,6 +99,8 @@ pub struct VersionInfo {
     pub handler: Option<String>,
     /// The module it runs (an upgrade's differs from its parent's).
     pub module_hash: ModuleHash,
+    /// A suspension's timer: when a sleep wakes, or a question's deadline.
+    pub timer: Option<Timer>,
 }
 
 /// The columns of a version row that [`Outcome`] determines.
@@ -184,7 +187,98 @@ impl Database {
         reply: &[u8],
         provenance: &Provenance,
     ) -> Result<u32> {
-        let row = Row::of(outcome)?;
+        let version = NewVersion {
+            instance: lease.instance,
+            parent,
+            outcome,
+            reply,
+            provenance,
+            timer: None,
+            stamp: None,
+        };
+        self.commit_new(lease, &version)
+    }
+
+    /// Prepares the outcome of a run of the leased instance as a version
+    /// to commit later, alone ([`Database::commit_prepared`]) or with
+    /// others in one transaction ([`Database::commit_batch`],
+    /// [`Database::write_batch`]): `parent` is the version the run was
+    /// resumed from (`None` only for an instance's first run), `reply` what
+    /// it was resumed with, and `inputs` what it took from outside
+    /// (encoded), if recorded.
+    pub fn prepare_version(
+        &self,
+        lease: &Lease,
+        parent: Option<u32>,
+        outcome: &Outcome,
+        reply: &[u8],
+        inputs: Option<Vec<u8>>,
+    ) -> Result<Prepared> {
+        let outcome = match *outcome {
+            Outcome::Suspended(s) => Owned::Suspended(Box::new(s.clone())),
+            Outcome::Finished {
+                exit_status,
+                result,
+            } => Owned::Finished {
+                exit_status,
+                result: result.to_vec(),
+            },
+            Outcome::Failed { message } => Owned::Failed {
+                message: message.to_string(),
+            },
+        };
+        Ok(Prepared {
+            instance: lease.instance,
+            parent,
+            outcome,
+            reply: reply.to_vec(),
+            inputs,
+            timer: None,
+        })
+    }
+
+    /// Commits one prepared version under `lease`, which stays held.
+    pub fn commit_prepared(&self, lease: &Lease, prepared: Prepared) -> Result<u32> {
+        if prepared.instance != lease.instance {
+            bail!(
+                "a version of instance {} cannot be committed under the lease on instance {}",
+                prepared.instance,
+                lease.instance
+            );
+        }
+        let outcome = prepared.outcome();
+        let provenance = prepared.provenance();
+        let version = prepared.as_new(&outcome, &provenance);
+        self.commit_new(lease, &version)
+    }
+
+    /// Group commit: many prepared versions, of different instances, in one
+    /// transaction (one write of the log, one lock), each under its lease.
+    /// Each version succeeds or fails on its own, with the result
+    /// [`Database::commit_version`] would give; a version that is
+    /// committed also ends its instance's pending request, if any, and
+    /// releases its lease, in the same transaction. See
+    /// [`Database::write_batch`], which can also record requests and claim
+    /// work in that transaction.
+    pub fn commit_batch(&self, batch: Vec<Commit>) -> Vec<Result<u32>> {
+        let count = batch.len();
+        match self.write_batch(super::Batch {
+            commits: batch,
+            ..Default::default()
+        }) {
+            Ok(done) => done.commits,
+            Err(e) => {
+                let message = format!("{e:#}");
+                (0..count)
+                    .map(|_| Err(anyhow::anyhow!("{message}")))
+                    .collect()
+            }
+        }
+    }
+
+    /// Commits `version` of the leased instance alone, in one transaction.
+    fn commit_new(&self, lease: &Lease, version: &NewVersion) -> Result<u32> {
+        let outcome = version.outcome;
         self.with(|shared| {
             let Shared {
                 conn,
@@ -194,45 +288,25 @@ impl Database {
                 ..
             } = shared;
             let instance = lease.instance;
-            let memories = match outcome {
-                Outcome::Suspended(s) => &s.memories[..],
-                _ => &[],
-            };
-            // The parent's list, which the snapshot's pages are compared
-            // with: cached when the parent was the last version committed
-            // or loaded through this handle, else read now.
-            if let Some(parent) = parent
-                && !page_cache.holds(instance, parent)
-            {
-                let (list, shape) = pages::read_list(&mut **conn, instance, parent)?;
-                page_cache.settle(instance, parent, shape, &list, None);
-            }
-            let plan = pages::plan(memories, parent.map(|_| &*page_cache))?;
-            let hook_fn = *commit_hook;
-            let hook = |stage: &str| {
-                if let Some(h) = hook_fn {
-                    h(stage)
-                }
-            };
+            // The parent's list is read (or found cached) before the
+            // transaction begins, so that the write lock is held briefly.
+            let plan =
+                plan_against_parent(&mut **conn, page_cache, instance, version.parent, outcome)?;
+            let hook = hook_of(*commit_hook);
             let mut tx = conn.transaction(Begin::Write)?;
             hook("begin");
-            lease::check_held(&mut *tx, lease)?;
-            pages::exclude_gc(&mut *tx)?;
-            let new = NewVersion {
-                instance,
-                parent,
-                outcome,
-                row: &row,
-                reply,
-                provenance,
-                stamp: None,
-            };
-            let (number, page_ids, shape) =
-                write(&mut *tx, compressor, page_cache, &plan, &new, &hook)?;
+            let written =
+                insert_planned(&mut *tx, compressor, page_cache, lease, version, &plan, &hook)?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.commit(instance, number, shape, &plan, &page_ids);
-            Ok(number)
+            page_cache.commit(
+                instance,
+                written.number,
+                written.shape,
+                &plan,
+                &written.page_ids,
+            );
+            Ok(written.number)
         })
     }
 
@@ -350,10 +424,12 @@ pub(super) struct NewVersion<'a> {
     pub instance: InstanceId,
     pub parent: Option<u32>,
     pub outcome: &'a Outcome<'a>,
-    pub row: &'a Row<'a>,
     pub reply: &'a [u8],
     /// How it came to be.
     pub provenance: &'a Provenance<'a>,
+    /// A suspension's timer; `None` for an update or an upgrade inherits
+    /// its parent's.
+    pub timer: Option<Timer>,
     /// What the version recorded in the database it is copied from; `None`
     /// for a new version.
     pub stamp: Option<&'a VersionInfo>,
@@ -370,8 +446,9 @@ pub(super) fn write(
     plan: &pages::Plan,
     new: &NewVersion,
     hook: &dyn Fn(&str),
-) -> Result<(u32, Vec<i64>, ListShape)> {
+) -> Result<Written> {
     let instance = new.instance;
+    let row = Row::of(new.outcome)?;
     check_parent(tx, instance, new.parent)?;
     let origin = new.provenance.origin;
     let module = module_of(tx, instance, new.parent, new.outcome, origin)?;
@@ -385,7 +462,7 @@ pub(super) fn write(
         _ => changes,
     };
     let number = next_number(tx, instance)?;
-    let value = values::pack(compressor, new.row.value)?;
+    let value = values::pack(compressor, row.value)?;
     let reply = values::pack(compressor, new.reply)?;
     let (created, stored) = match new.stamp {
         Some(info) if info.number != number => bail!(
@@ -393,31 +470,47 @@ pub(super) fn write(
             info.number
         ),
         Some(info) => (info.created_ms, info.stored_bytes),
-        None => (now_ms(), page_bytes + new.row.own_bytes(&value.0, &reply.0)),
+        None => (now_ms(), page_bytes + row.own_bytes(&value.0, &reply.0)),
     };
+    // An update or an upgrade leaves the workflow waiting in the call its
+    // parent waits in: with the parent's timer, unless given one. A copy
+    // keeps the timer it had.
+    let inherits = matches!(origin, Origin::Update | Origin::Upgrade);
+    let timer = match (new.stamp, row.kind, new.timer, new.parent) {
+        (Some(info), ..) => info.timer,
+        (None, VersionKind::Suspended, Some(timer), _) => Some(timer),
+        (None, VersionKind::Suspended, None, Some(parent)) if inherits => {
+            timer_of(tx, instance, parent)?
+        }
+        _ => None,
+    };
+    let timer_kind = timer.map(|t| match t {
+        Timer::Sleep { .. } => "sleep",
+        Timer::Deadline { .. } => "deadline",
+    });
     let id = tx.query_value::<i64>(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
                                exit_status, message, list_depth, list_chain_rows, origin,
-                               handler, result, inputs, module_hash)
+                               handler, result, inputs, module_hash, wake_at, timer)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21)
+                 ?18, ?19, ?20, ?21, ?22, ?23)
          RETURNING id",
         params![
             instance,
             number,
             new.parent,
-            new.row.kind.as_str(),
+            row.kind.as_str(),
             &*value.0,
             value.1,
             &*reply.0,
             reply.1,
             created,
-            new.row.memory_bytes,
+            row.memory_bytes,
             stored,
-            new.row.state.as_ref(),
-            new.row.exit_status,
-            new.row.message,
+            row.state.as_ref(),
+            row.exit_status,
+            row.message,
             shape.depth,
             shape.chain_rows,
             origin.as_str(),
@@ -425,15 +518,27 @@ pub(super) fn write(
             new.provenance.result,
             new.provenance.inputs,
             &module,
+            timer.map(Timer::wake_at),
+            timer_kind,
         ],
     )?;
     pages::write_list(tx, id, &rows)?;
     hook("version");
     tx.execute(
-        "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4 WHERE id = ?1",
-        params![instance, number, new.row.kind.as_str(), &module],
+        "UPDATE instances SET head = ?2, state = ?3, module_hash = ?4, wake_at = ?5 WHERE id = ?1",
+        params![
+            instance,
+            number,
+            row.kind.as_str(),
+            &module,
+            timer.map(Timer::wake_at)
+        ],
     )?;
-    Ok((number, page_ids, shape))
+    Ok(Written {
+        number,
+        shape,
+        page_ids,
+    })
 }
 
 /// The columns [`read_info`] reads; with a limit, only the start of each
@@ -442,7 +547,7 @@ fn version_query(limit: Option<usize>) -> String {
     format!(
         "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
                 created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
-                module_hash
+                module_hash, wake_at, timer
          FROM versions",
         values::column("value", limit),
         values::column("reply", limit)
@@ -468,7 +573,186 @@ fn read_info(mut r: SqlRow, limit: Option<usize>) -> Result<VersionInfo> {
         origin: Origin::parse(&r.get::<String>(14)?)?,
         handler: r.get(15)?,
         module_hash: r.get(16)?,
+        timer: read_timer(&mut r, 17)?,
     })
+}
+
+/// The timer in columns `wake_at` (at `first`) and `timer` (after it).
+fn read_timer(r: &mut SqlRow, first: usize) -> Result<Option<Timer>> {
+    let wake_at: Option<u64> = r.get(first)?;
+    let kind: Option<String> = r.get(first + 1)?;
+    Ok(match (wake_at, kind.as_deref()) {
+        (Some(wake_at), Some("sleep")) => Some(Timer::Sleep { wake_at }),
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (None, None) => None,
+        (_, other) => bail!("a version has an unknown timer {other:?}"),
+    })
+}
+
+/// What a run ended with, owned, in a [`Prepared`] version.
+enum Owned {
+    Suspended(Box<Snapshot>),
+    Finished {
+        exit_status: Option<i32>,
+        result: Vec<u8>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// A version ready to be committed, alone or with others in one
+/// transaction ([`Database::commit_batch`]): the outcome of a run, what it
+/// was resumed with, its inputs and its timer.
+pub struct Prepared {
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: Owned,
+    reply: Vec<u8>,
+    inputs: Option<Vec<u8>>,
+    timer: Option<Timer>,
+}
+
+impl Prepared {
+    /// Gives the version a timer: when it wakes (a sleep) or times out (a
+    /// question with a deadline). Only a suspension has one.
+    pub fn set_timer(&mut self, timer: Option<Timer>) {
+        if matches!(self.outcome, Owned::Suspended(_)) {
+            self.timer = timer;
+        }
+    }
+
+    /// The instance the version belongs to.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
+    }
+
+    fn outcome(&self) -> Outcome<'_> {
+        match &self.outcome {
+            Owned::Suspended(s) => Outcome::Suspended(s),
+            Owned::Finished {
+                exit_status,
+                result,
+            } => Outcome::Finished {
+                exit_status: *exit_status,
+                result,
+            },
+            Owned::Failed { message } => Outcome::Failed { message },
+        }
+    }
+
+    fn provenance(&self) -> Provenance<'_> {
+        Provenance {
+            inputs: self.inputs.as_deref(),
+            ..Provenance::UNRECORDED_RUN
+        }
+    }
+
+    /// The version to write, given its [`Prepared::outcome`] and
+    /// [`Prepared::provenance`].
+    pub(super) fn as_new<'a>(
+        &'a self,
+        outcome: &'a Outcome<'a>,
+        provenance: &'a Provenance<'a>,
+    ) -> NewVersion<'a> {
+        NewVersion {
+            instance: self.instance,
+            parent: self.parent,
+            outcome,
+            reply: &self.reply,
+            provenance,
+            timer: self.timer,
+            stamp: None,
+        }
+    }
+
+    /// The outcome and provenance to write, for [`Prepared::as_new`].
+    pub(super) fn parts(&self) -> (Outcome<'_>, Provenance<'_>) {
+        (self.outcome(), self.provenance())
+    }
+}
+
+/// One version of a group commit, with the lease it is committed under.
+pub struct Commit {
+    /// The lease on the version's instance; it is released in the same
+    /// transaction when the commit succeeds.
+    pub lease: Lease,
+    /// The version.
+    pub prepared: Prepared,
+}
+
+/// A version written inside a transaction, and what the page cache needs
+/// once that transaction has committed.
+pub(super) struct Written {
+    pub number: u32,
+    pub shape: ListShape,
+    pub page_ids: Vec<i64>,
+}
+
+/// Calls the commit hook, if one is set, at a named point.
+pub(super) fn hook_of(hook: Option<fn(&str)>) -> impl Fn(&str) {
+    move |stage: &str| {
+        if let Some(h) = hook {
+            h(stage)
+        }
+    }
+}
+
+/// Compares the pages of `outcome` with the list of `parent` (cached when
+/// it was the last version committed or loaded through this handle, else
+/// read now and cached).
+pub(super) fn plan_against_parent<'a>(
+    conn: &mut dyn Connection,
+    page_cache: &mut pages::PageCache,
+    instance: InstanceId,
+    parent: Option<u32>,
+    outcome: &'a Outcome<'a>,
+) -> Result<pages::Plan<'a>> {
+    let memories = match outcome {
+        Outcome::Suspended(s) => &s.memories[..],
+        _ => &[],
+    };
+    if let Some(parent) = parent
+        && !page_cache.holds(instance, parent)
+    {
+        let (list, shape) = pages::read_list(conn, instance, parent)?;
+        page_cache.settle(instance, parent, shape, &list, None);
+    }
+    pages::plan(memories, parent.map(|_| &*page_cache))
+}
+
+/// Writes `version`, planned as `plan` against the cached list of its
+/// parent, inside a transaction, under `lease` (checked, and its row locked
+/// until the transaction ends). The caller commits and then updates the
+/// page cache with what this returns.
+pub(super) fn insert_planned(
+    tx: &mut dyn Connection,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    page_cache: &pages::PageCache,
+    lease: &Lease,
+    version: &NewVersion,
+    plan: &pages::Plan,
+    hook: &dyn Fn(&str),
+) -> Result<Written> {
+    if version.instance != lease.instance {
+        bail!(
+            "a version of instance {} cannot be committed under the lease on instance {}",
+            version.instance,
+            lease.instance
+        );
+    }
+    lease::check_held(tx, lease)?;
+    pages::exclude_gc(tx)?;
+    write(tx, compressor, page_cache, plan, version, hook)
+}
+
+/// The timer of `version` of `instance`, if it has one.
+fn timer_of(conn: &mut dyn Connection, instance: InstanceId, version: u32) -> Result<Option<Timer>> {
+    let mut row = conn.query_one(
+        "SELECT wake_at, timer FROM versions WHERE instance = ?1 AND number = ?2",
+        params![instance, version],
+    )?;
+    read_timer(&mut row, 0)
 }
 
 fn require_instance(conn: &mut dyn Connection, instance: InstanceId) -> Result<()> {

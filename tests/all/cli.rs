@@ -422,6 +422,59 @@ fn an_unreachable_postgres_is_named() {
     assert!(!error.contains("secret"), "{error}");
 }
 
+/// Timers on the command line: `ls` shows when a sleep wakes, `resume`
+/// before then says so and changes nothing, `--now` wakes it early; a
+/// question with a deadline is answered as any other, and `--now` lets
+/// its deadline pass.
+#[test]
+fn sleeps_and_deadlines_one_process_per_step() {
+    let (_dir, db) = scratch();
+    let waits = format!(
+        "{}/tests/fixtures/serve/waits.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert_eq!(ok(&db, &["run", &waits]), "command?\n");
+    let slept = wasnap(&db, &["resume", "1", "--send", "sleep 3600000"]);
+    assert!(slept.status.success());
+    let said = String::from_utf8_lossy(&slept.stderr);
+    assert!(said.contains("sleeps at version 2 until"), "{said}");
+    let listed = ok(&db, &["ls"]);
+    assert!(listed.contains("sleeping"), "{listed}");
+    assert!(
+        listed.contains("wakes") && listed.contains("in 59m"),
+        "{listed}"
+    );
+    let json = ok(&db, &["ls", "--json"]);
+    assert!(json.contains(r#""state":"sleeping""#), "{json}");
+    assert!(!json.contains(r#""wake_at":null"#), "{json}");
+
+    let early = fails(&db, &["resume", "1"]);
+    assert!(
+        early.contains("sleeps until") && early.contains("(in 59m"),
+        "{early}"
+    );
+    assert!(early.contains("wake it early"), "{early}");
+    assert!(!ok(&db, &["log", "1"]).contains("v3"));
+    assert_eq!(ok(&db, &["resume", "1", "--now"]), "command?\n");
+
+    // A question with a deadline: answered before it...
+    assert_eq!(
+        ok(&db, &["resume", "1", "--send", "ask 3600000"]),
+        "answer within a deadline?\n"
+    );
+    assert!(ok(&db, &["ls"]).contains("deadline"));
+    assert_eq!(ok(&db, &["resume", "1", "--send", "here"]), "command?\n");
+    // ...or not: --now lets the deadline pass.
+    ok(&db, &["resume", "1", "--send", "ask 3600000"]);
+    assert_eq!(ok(&db, &["resume", "1", "--now"]), "timed out\n");
+    // A plain question has no timer to fire.
+    let plain = fails(&db, &["resume", "1", "--now"]);
+    assert!(plain.contains("no timer"), "{plain}");
+    let log = ok(&db, &["log", "1"]);
+    assert!(log.contains("sleeps until"), "{log}");
+    assert!(log.contains("(deadline "), "{log}");
+}
+
 /// `--version` says how this machine finds changed pages and restores
 /// memories, as the library found out.
 #[test]

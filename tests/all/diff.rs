@@ -10,6 +10,7 @@ fn diff_names_changed_memory_and_frames() {
     ok(&db, &["run", &built("c", "deploy")]);
     ok(&db, &["update", "1", "machines", "--arg", "5"]);
     ok(&db, &["resume", "1", "--send", "yes"]);
+    ok(&db, &["resume", "1", "--now"]);
     let update = ok(&db, &["diff", "1@1", "1@2"]);
     assert!(update.starts_with("--- 1@1\n+++ 1@2\n"), "{update}");
     assert!(
@@ -21,9 +22,9 @@ fn diff_names_changed_memory_and_frames() {
         !update.contains("coroutine"),
         "an update changes no frame: {update}"
     );
-    let step = ok(&db, &["diff", "1@2", "1@3"]);
+    let step = ok(&db, &["diff", "1@3", "1@4"]);
     assert!(
-        step.contains("value: \"waiting for approval\" -> \"deploying to machine-1\""),
+        step.contains("value: \"\" -> \"deploying to machine-1\""),
         "{step}"
     );
     assert!(step.contains("coroutine 0\n  frame "), "{step}");

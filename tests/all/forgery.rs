@@ -21,7 +21,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use arbitrary::{Result as Drawn, Unstructured};
-use wasnap::instrument::FRAME_HEADER_SIZE;
+use wasmparser::ValType;
+use wasnap::instrument::{FRAME_HEADER_SIZE, Metadata};
 use wasnap::runtime::Captured;
 use wasnap::snapshot::{CoroutineState, GlobalValue, PAGE_SIZE, Page, TableImage, file};
 use wasnap::{Engine, Module, Output, Settings, Snapshot, Step};
@@ -145,7 +146,11 @@ fn check(engine: &Engine, module: &Module, forged: &Snapshot) -> Result<Verdict,
     let again = workflow
         .rewind_and_suspend_again()
         .map_err(|e| format!("accepted, but the rewind failed: {e:#}"))?;
-    let differences = differences(&same_state(&snapshot), &same_state(&again));
+    let metadata = module.metadata();
+    let differences = differences(
+        &same_state(&snapshot, metadata),
+        &same_state(&again, metadata),
+    );
     if !differences.is_empty() {
         return Err(format!(
             "accepted, but the rewind ended in another state: {}",
@@ -159,15 +164,46 @@ fn check(engine: &Engine, module: &Module, forged: &Snapshot) -> Result<Verdict,
 }
 
 /// A snapshot as the state it describes: a page of zeros listed or left
-/// out is the same memory.
-fn same_state(snapshot: &Snapshot) -> Snapshot {
+/// out is the same memory, and a frame's bytes that hold none of its call
+/// site's values (a function's frames are as large as its largest call
+/// site's) are no state at all.
+fn same_state(snapshot: &Snapshot, metadata: &Metadata) -> Snapshot {
     let mut normal = snapshot.clone();
     for memory in &mut normal.memories {
         memory
             .pages
             .retain(|page| page.data.bytes().unwrap().iter().any(|&b| b != 0));
     }
+    for coroutine in &mut normal.coroutines {
+        let Ok(frames) = metadata.saved_frames(&coroutine.stack) else {
+            continue;
+        };
+        let base = coroutine.stack.as_ptr() as usize;
+        let mut unused = Vec::new();
+        for frame in frames {
+            let start = frame.bytes.as_ptr() as usize - base;
+            let mut used = vec![false; frame.bytes.len()];
+            for value in &frame.site.saved {
+                let at = value.offset as usize;
+                let end = (at + value_size(value.ty)).min(used.len());
+                used[at.min(end)..end].fill(true);
+            }
+            unused.extend((0..used.len()).filter(|&i| !used[i]).map(|i| start + i));
+        }
+        for at in unused {
+            coroutine.stack[at] = 0;
+        }
+    }
     normal
+}
+
+/// Bytes a saved value of type `ty` takes in a frame.
+fn value_size(ty: ValType) -> usize {
+    match ty {
+        ValType::I32 | ValType::F32 => 4,
+        ValType::V128 => 16,
+        _ => 8,
+    }
 }
 
 /// What differs between two snapshots, page contents left out.

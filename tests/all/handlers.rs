@@ -22,12 +22,12 @@ fn deploy_is_queried_and_updated_while_it_waits_in_every_language() {
         let deploy = built(language, "deploy");
         assert_eq!(
             ok(&db, &["run", &deploy]),
-            "building release\nwaiting for approval\n"
+            "building release\nwaiting for approval [yes/no]\n"
         );
         // A query changes nothing.
         assert_eq!(
             ok(&db, &["query", "1", "status"]),
-            "waiting for approval (0 of 3 machines done)\n",
+            "waiting for approval [yes/no] (0 of 3 machines done)\n",
             "{language}"
         );
         assert_eq!(versions(&db), 1, "{language}: a query committed something");
@@ -39,27 +39,36 @@ fn deploy_is_queried_and_updated_while_it_waits_in_every_language() {
         );
         let log = ok(&db, &["log", "1"]);
         assert!(
-            log.contains("v2 yielded \"waiting for approval\"") && log.contains("machines"),
+            log.contains("v2 yielded \"waiting for approval [yes/no]\"")
+                && log.contains("machines"),
             "{language}: {log}"
         );
         // The old version is as it was; the head has 4 machines.
         assert_eq!(
             ok(&db, &["query", "1@1", "status"]),
-            "waiting for approval (0 of 3 machines done)\n"
+            "waiting for approval [yes/no] (0 of 3 machines done)\n"
         );
         assert_eq!(
             ok(&db, &["query", "1", "status"]),
-            "waiting for approval (0 of 4 machines done)\n"
+            "waiting for approval [yes/no] (0 of 4 machines done)\n"
         );
         let refused = ok(&db, &["update", "1", "machines", "--arg", "0"]);
         assert!(refused.starts_with("refused"), "{language}: {refused}");
         let mut out = ok(&db, &["resume", "1", "--send", "yes"]);
+        // The maintenance window's timer, woken early; it keeps the update.
+        assert_eq!(
+            ok(&db, &["query", "1", "status"]),
+            "waiting for the maintenance window (0 of 4 machines done)\n",
+            "{language}"
+        );
+        out += &ok(&db, &["resume", "1", "--now"]);
         for _ in 0..4 {
             out += &ok(&db, &["resume", "1", "--send", "ok"]);
         }
         assert_eq!(
             out,
-            "deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\n\
+            "waiting for the maintenance window\n\
+             deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\n\
              deploying to machine-4\ndeployed to 4 machines\n",
             "{language}"
         );

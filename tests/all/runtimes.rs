@@ -13,7 +13,7 @@ use wasnap::snapshot::file;
 use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
-use crate::guests::{DEPLOY_SCENARIOS, built};
+use crate::guests::{UNTIMED_DEPLOY_SCENARIOS, built};
 
 /// A runtime module, and its compiled artifact, made once for all the
 /// steps of all the tests (as the command line keeps it in its database).
@@ -169,7 +169,7 @@ fn deploy_in_javascript() {
         for language in LANGUAGES {
             let runtime = runtime(language);
             let script = demo(language, "deploy");
-            for (replies, expected) in DEPLOY_SCENARIOS {
+            for (replies, expected) in UNTIMED_DEPLOY_SCENARIOS {
                 assert_eq!(
                     runtime.run_with_replies(&script, replies),
                     expected,
@@ -226,7 +226,7 @@ fn deploy_scripts_every_step_a_new_process() {
         for reply in ["yes", "ok", "ok", "fail", "", ""] {
             out += &run(&["resume", "1", "--send", reply]);
         }
-        assert_eq!(out, DEPLOY_SCENARIOS[1].1, "{language}");
+        assert_eq!(out, UNTIMED_DEPLOY_SCENARIOS[1].1, "{language}");
         // Version 2 waits at machine 1: another answer there.
         assert_eq!(
             run(&["resume", "1@2", "--send", "fail"]),

@@ -665,7 +665,7 @@ fn schema_is_versioned_on_postgres() {
 /// Rewrites a database of instance `id`'s `versions` in the layout of
 /// schema version 3: every version lists all its pages, by id, and the
 /// columns of later schemas (page list shapes, compressed values, artifact
-/// MACs) do not exist. Values must be ones that were stored uncompressed.
+/// MACs, provenance, timers and requests) do not exist. Values must be ones that were stored uncompressed.
 pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
     let store = Database::open(path).unwrap();
     let snapshots: Vec<Snapshot> = (1..=versions)
@@ -691,7 +691,12 @@ pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
          ALTER TABLE versions DROP COLUMN result;
          ALTER TABLE versions DROP COLUMN inputs;
          ALTER TABLE versions DROP COLUMN module_hash;
-         ALTER TABLE instances DROP COLUMN lease_expires;",
+         DROP INDEX instances_by_wake_at;
+         DROP TABLE requests;
+         ALTER TABLE instances DROP COLUMN wake_at;
+         ALTER TABLE instances DROP COLUMN lease_expires;
+         ALTER TABLE versions DROP COLUMN wake_at;
+         ALTER TABLE versions DROP COLUMN timer;",
     )
     .unwrap();
     for (n, snapshot) in (1u32..).zip(&snapshots) {

@@ -47,6 +47,12 @@ declare function rawRespond(ptr: usize, len: i32): void;
 @external("wasnap", "patched")
 declare function rawPatched(ptr: usize, len: i32): i32;
 
+@external("wasnap", "sleep")
+declare function rawSleep(ms: i64): void;
+
+@external("wasnap", "yield_timeout")
+declare function rawYieldTimeout(ptr: usize, len: i32, ms: i64): i32;
+
 @external("wasi_snapshot_preview1", "fd_write")
 declare function fd_write(fd: i32, iovs: usize, iovsLen: i32, nwritten: usize): i32;
 
@@ -97,6 +103,21 @@ function readReply(len: i32): string {
 export function yieldStr(value: string): string {
   const bytes = String.UTF8.encode(value);
   return readReply(rawYield(changetype<usize>(bytes), bytes.byteLength));
+}
+
+/** Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+ * the saved version, that a service fires even after a restart. */
+export function sleep(ms: i64): void {
+  rawSleep(ms);
+}
+
+/** A question with a deadline: publishes `value` and waits at most `ms`
+ * milliseconds for the reply; null when the deadline passed first. */
+export function yieldStrTimeout(value: string, ms: i64): string | null {
+  const bytes = String.UTF8.encode(value);
+  const len = rawYieldTimeout(changetype<usize>(bytes), bytes.byteLength, ms);
+  if (len < 0) return null;
+  return readReply(len);
 }
 
 // ---- Queries and updates ----

@@ -50,6 +50,11 @@ pub mod raw {
         pub fn switch(id: i32, value: i32) -> i32;
         /// Id of the running coroutine.
         pub fn current() -> i32;
+        /// Suspend until `ms` milliseconds from now (a durable timer).
+        pub fn sleep(ms: i64);
+        /// Like `yield`, with a deadline: returns the reply's length, or -1
+        /// when `ms` milliseconds passed without a reply.
+        pub fn yield_timeout(ptr: i32, len: i32, ms: i64) -> i32;
         /// In a query or update handler: the handler's result becomes
         /// [ptr, ptr+len).
         pub fn respond(ptr: i32, len: i32);
@@ -81,6 +86,11 @@ pub fn yield_bytes(value: &[u8]) -> Vec<u8> {
     flush_stdout();
     // SAFETY: the host reads [ptr, ptr+len) of our memory, which `value` is.
     let len = unsafe { raw::yield_(addr(value.as_ptr()), value.len() as i32) };
+    take_reply(len)
+}
+
+/// Copies out the reply of `len` bytes the workflow was resumed with.
+fn take_reply(len: i32) -> Vec<u8> {
     let mut reply = Vec::with_capacity(len.max(0) as usize);
     if len > 0 {
         // SAFETY: the host writes at most `len` bytes, the capacity we hold.
@@ -92,14 +102,34 @@ pub fn yield_bytes(value: &[u8]) -> Vec<u8> {
     reply
 }
 
-/// [`yield_bytes`] for text: the reply is decoded as UTF-8 (invalid bytes
-/// become U+FFFD).
-pub fn yield_str(value: &str) -> String {
-    let reply = yield_bytes(value.as_bytes());
-    match String::from_utf8(reply) {
+fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
+}
+
+/// Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+/// the saved version, that a service fires even after a restart.
+pub fn sleep_ms(ms: i64) {
+    flush_stdout();
+    // SAFETY: no memory is passed.
+    unsafe { raw::sleep(ms) };
+}
+
+/// A question with a deadline: publishes `value` and waits at most `ms`
+/// milliseconds for the reply; `None` when the deadline passed first.
+pub fn yield_str_timeout(value: &str, ms: i64) -> Option<String> {
+    flush_stdout();
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `value` is.
+    let len = unsafe { raw::yield_timeout(addr(value.as_ptr()), value.len() as i32, ms) };
+    (len >= 0).then(|| lossy(take_reply(len)))
+}
+
+/// [`yield_bytes`] for text: the reply is decoded as UTF-8 (invalid bytes
+/// become U+FFFD).
+pub fn yield_str(value: &str) -> String {
+    lossy(yield_bytes(value.as_bytes()))
 }
 
 /// A bare suspension (greenlet's `root.switch()`): an empty value, which the

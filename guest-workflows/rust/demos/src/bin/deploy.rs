@@ -1,8 +1,12 @@
 //! The deploy workflow of ../../../../deploy.expected.md, with a `status`
 //! query and a `machines` update (how many machines to roll out to).
-use wasnap_guest::{Shared, yield_str};
+use wasnap_guest::{Shared, sleep_ms, yield_str, yield_str_timeout};
 
 const MAX_MACHINES: u32 = 9;
+/// Approve within 3 days, else the question goes to the release manager.
+const APPROVAL_DEADLINE_MS: i64 = 3 * 24 * 60 * 60 * 1000;
+/// The maintenance window opens 2 s after the approval.
+const MAINTENANCE_WINDOW_MS: i64 = 2000;
 
 /// Changed by `wasnap update ID machines --arg N`.
 static MACHINES: Shared<u32> = Shared::new(3);
@@ -33,10 +37,19 @@ fn ask(question: String) -> String {
 fn main() {
     STATUS.set("building release".into());
     println!("building release");
-    if ask("waiting for approval".into()) != "yes" {
+    let first = "waiting for approval [yes/no]";
+    STATUS.set(first.into());
+    let answer = yield_str_timeout(first, APPROVAL_DEADLINE_MS).unwrap_or_else(|| {
+        println!("no answer within 3 days: escalating");
+        ask("waiting for approval from the release manager [yes/no]".into())
+    });
+    if answer != "yes" {
         println!("deployment not approved");
         return;
     }
+    println!("waiting for the maintenance window");
+    STATUS.set("waiting for the maintenance window".into());
+    sleep_ms(MAINTENANCE_WINDOW_MS);
     let mut k = 1;
     while k <= MACHINES.get() {
         if ask(format!("deploying to machine-{k}")) == "fail" {
