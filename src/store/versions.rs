@@ -295,8 +295,9 @@ impl Database {
             let hook = hook_of(*commit_hook);
             let mut tx = conn.transaction(Begin::Write)?;
             hook("begin");
-            let written =
-                insert_planned(&mut *tx, compressor, page_cache, lease, version, &plan, &hook)?;
+            let written = insert_planned(
+                &mut *tx, compressor, page_cache, lease, version, &plan, &hook,
+            )?;
             hook("before-commit");
             tx.commit()?;
             page_cache.commit(
@@ -747,7 +748,11 @@ pub(super) fn insert_planned(
 }
 
 /// The timer of `version` of `instance`, if it has one.
-fn timer_of(conn: &mut dyn Connection, instance: InstanceId, version: u32) -> Result<Option<Timer>> {
+fn timer_of(
+    conn: &mut dyn Connection,
+    instance: InstanceId,
+    version: u32,
+) -> Result<Option<Timer>> {
     let mut row = conn.query_one(
         "SELECT wake_at, timer FROM versions WHERE instance = ?1 AND number = ?2",
         params![instance, version],

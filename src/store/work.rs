@@ -287,7 +287,13 @@ impl Database {
             hook("before-commit");
             tx.commit()?;
             if let Some((instance, plan, written)) = last {
-                page_cache.commit(instance, written.number, written.shape, &plan, &written.page_ids);
+                page_cache.commit(
+                    instance,
+                    written.number,
+                    written.shape,
+                    &plan,
+                    &written.page_ids,
+                );
             }
             done.claims = taken
                 .into_iter()
@@ -349,8 +355,10 @@ fn check_request(
     // First, as it locks the instance's row (PostgreSQL) until the request
     // is recorded: two requests for one instance are serialised.
     let held = lease::holder(conn, instance)?.is_some();
-    let head: Option<u32> =
-        conn.query_value("SELECT head FROM instances WHERE id = ?1", params![instance])?;
+    let head: Option<u32> = conn.query_value(
+        "SELECT head FROM instances WHERE id = ?1",
+        params![instance],
+    )?;
     let pending = conn.exists(
         "SELECT 1 FROM requests WHERE instance = ?1",
         params![instance],

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::backends::{Backend, TestDb, on_both_backends};
 use super::guests::built;
 
 /// A `wasnap serve` process on a database of its own.
@@ -225,10 +226,12 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/serve/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn database() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wasnap.db");
-    (dir, db)
+/// A fresh database of `backend`, kept while the first is, and what
+/// `--db` takes to open it.
+fn database(backend: Backend) -> (TestDb, PathBuf) {
+    let db = TestDb::new(backend);
+    let location = db.location().to_path_buf();
+    (db, location)
 }
 
 fn id(instance: &Value) -> u64 {
@@ -277,7 +280,7 @@ fn long_run(service: &Service, ms: u32) -> (u64, Answer) {
 
 #[test]
 fn approval_demo_through_the_api() {
-    let (_dir, db) = database();
+    let (_dir, db) = database(Backend::Sqlite);
     let service = Service::start(&db);
     let module = service.upload(&built("c", "approval"));
     let first = service.start_instance(&module);
@@ -414,7 +417,7 @@ fn approval_demo_through_the_api() {
 /// deadline passes.
 #[test]
 fn deploy_demo_through_the_api() {
-    let (_dir, db) = database();
+    let (_dir, db) = database(Backend::Sqlite);
     let service = Service::start(&db);
     let module = service.upload(&built("rust", "deploy"));
     let first = service.start_instance(&module);
@@ -471,11 +474,11 @@ fn deploy_demo_through_the_api() {
     service.terminate();
 }
 
+on_both_backends! {
 /// Timers that fall due while no server runs are run at once when one
 /// starts, in the order they fell due.
-#[test]
-fn overdue_timers_run_after_a_restart_in_order() {
-    let (_dir, db) = database();
+fn overdue_timers_run_after_a_restart_in_order(backend: Backend) {
+    let (_dir, db) = database(backend);
     let service = Service::start(&db);
     let module = service.upload(&fixture("waits.wat"));
     let mut ids = Vec::new();
@@ -517,12 +520,15 @@ fn overdue_timers_run_after_a_restart_in_order() {
     assert!(commits.is_sorted(), "{woke:?}");
     service.terminate();
 }
+}
 
+on_both_backends! {
 /// A server killed in the middle of a run: the next one takes its lease
-/// over and runs the recorded request, once; nothing half-written.
-#[test]
-fn a_crashed_servers_work_is_taken_over() {
-    let (_dir, db) = database();
+/// over (once its process is gone on SQLite; once the lease expired, on
+/// PostgreSQL, where no pid can be checked) and runs the recorded request,
+/// once; nothing half-written.
+fn a_crashed_servers_work_is_taken_over(backend: Backend) {
+    let (_dir, db) = database(backend);
     let service = Service::start(&db);
     let (id, answer) = long_run(&service, 3000);
     std::thread::sleep(Duration::from_millis(300));
@@ -550,12 +556,13 @@ fn a_crashed_servers_work_is_taken_over() {
     assert_eq!(tree[1].1, Some(1));
     service.terminate();
 }
+}
 
+on_both_backends! {
 /// Two people answer the same question at once: one advances the
 /// instance, the other gets 409, and only one version is committed.
-#[test]
-fn two_answers_to_one_question_conflict() {
-    let (_dir, db) = database();
+fn two_answers_to_one_question_conflict(backend: Backend) {
+    let (_dir, db) = database(backend);
     let service = Service::start(&db);
     let module = service.upload(&built("wat", "approval"));
     let instance = service.start_instance(&module);
@@ -584,12 +591,13 @@ fn two_answers_to_one_question_conflict() {
     assert_eq!(tree.len(), 3, "{tree:?}");
     service.terminate();
 }
+}
 
+on_both_backends! {
 /// SIGTERM while a run is in progress: the run finishes and commits, then
 /// the server exits cleanly.
-#[test]
-fn shutdown_lets_the_run_in_progress_finish() {
-    let (_dir, db) = database();
+fn shutdown_lets_the_run_in_progress_finish(backend: Backend) {
+    let (_dir, db) = database(backend);
     let service = Service::start(&db);
     let (id, answer) = long_run(&service, 1500);
     let (ok, said) = service.terminate();
@@ -603,4 +611,46 @@ fn shutdown_lets_the_run_in_progress_finish() {
         .unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[1].value, b"command?");
+}
+}
+
+/// Several servers on one PostgreSQL database (as on several machines):
+/// every timer fires once, in one of them, and requests sent to any of
+/// them run once.
+#[test]
+fn servers_sharing_a_database_fire_each_timer_once() {
+    let (_db, db) = database(Backend::Postgres);
+    let servers: Vec<Service> = (0..3).map(|_| Service::start(&db)).collect();
+    let module = servers[0].upload(&fixture("waits.wat"));
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let server = &servers[n % servers.len()];
+        let instance = id(&server.start_instance(&module));
+        let (status, slept) = server.resume(
+            instance,
+            json!({ "version": 1, "reply": format!("sleep {}", 300 + 50 * n) }),
+        );
+        assert_eq!(
+            (status, &slept["state"]),
+            (200, &json!("sleeping")),
+            "{slept}"
+        );
+        ids.push(instance);
+    }
+    for (n, instance) in ids.iter().enumerate() {
+        let server = &servers[(n + 1) % servers.len()];
+        server.wait_for(*instance, Duration::from_secs(30), |i| i["head"] == 3);
+    }
+    // Time for a second firing, were there one.
+    std::thread::sleep(Duration::from_secs(2));
+    for instance in &ids {
+        let tree = values(&servers[0], *instance);
+        assert_eq!(tree.len(), 3, "instance {instance}: {tree:?}");
+        assert_eq!(tree[2].1, Some(2), "instance {instance}: {tree:?}");
+        assert_eq!(tree[2].3, "command?", "instance {instance}: {tree:?}");
+    }
+    for server in servers {
+        let (ok, said) = server.terminate();
+        assert!(ok, "{said}");
+    }
 }
