@@ -8,14 +8,16 @@
 //! inputs, the module it runs, every module stored along). Each
 //! suspension is loaded from the source (which checks every page against
 //! its name) and written as a commit would write it, so the target stores
-//! its pages once, deduplicated against what it holds already.
+//! its pages once, deduplicated against what it holds already. A run a
+//! service was asked for and had not committed yet (a pending request) is
+//! copied too, so that a server on the target runs it.
 
 use anyhow::{Result, bail};
 
 use super::history::Provenance;
 use super::sql::{Begin, Dialect, params};
 use super::versions::{self, NewVersion};
-use super::{Database, InstanceId, Outcome, VersionKind, now_ms, pages, policy};
+use super::{Database, InstanceId, Outcome, VersionKind, now_ms, pages, policy, work};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::Writer;
 
@@ -77,6 +79,7 @@ impl Database {
             .map(|hash| Ok((*hash, source.module(hash)?)))
             .collect::<Result<_>>()?;
         let recorded = source.recorded(id)?;
+        let pending = source.pending_request(id)?;
         let mut args = Writer::default();
         args.strings(&info.args)?;
         let policy = policy::encode(&info.policy)?;
@@ -171,6 +174,9 @@ impl Database {
                 let written =
                     versions::write(&mut *tx, &mut s.compressor, &cache, &plan, &new, &|_| {})?;
                 cache.commit(id, written.number, written.shape, &plan, &written.page_ids);
+            }
+            if let Some(request) = &pending {
+                work::insert_request(&mut *tx, id, request, request.version)?;
             }
             tx.commit()?;
             Ok(Some(list.len() as u64))

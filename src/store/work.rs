@@ -326,7 +326,7 @@ impl Database {
 }
 
 /// Records a checked request; returns the version it resumes.
-fn insert_request(
+pub(super) fn insert_request(
     conn: &mut dyn Connection,
     instance: InstanceId,
     request: &Request,

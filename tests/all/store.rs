@@ -19,8 +19,8 @@ use wasnap::snapshot::{
     TableImage,
 };
 use wasnap::store::{
-    ArtifactKey, Database, Durability, GcReport, InstanceState, Lease, Outcome, SCHEMA_VERSION,
-    VersionKind,
+    ArtifactKey, Database, Durability, GcReport, InstanceState, Lease, Outcome, Request,
+    SCHEMA_VERSION, VersionKind,
 };
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -1042,6 +1042,19 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
         .unwrap();
     commit_chain(&source, third, 1..=2);
     assert_eq!((first, empty, third), (1, 3, 4));
+    // Runs a service was asked for and had not done yet go along.
+    let answer = Request {
+        version: Some(2),
+        reply: b"go on".to_vec(),
+        wake: false,
+    };
+    source.request(empty, &Request::default(), false).unwrap();
+    source.request(third, &answer, false).unwrap();
+    let pending = |db: &Database| [first, empty, third].map(|id| db.pending_request(id).unwrap());
+    assert_eq!(
+        pending(&source),
+        [None, Some(Request::default()), Some(answer)]
+    );
 
     let postgres = TestDb::new(Backend::Postgres);
     let target = Database::open(postgres.location()).unwrap();
@@ -1051,6 +1064,7 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
         (3, 9, 0)
     );
     assert_eq!(everything(&target), everything(&source));
+    assert_eq!(pending(&target), pending(&source));
     // Pages are stored once in the target too.
     assert_eq!(target.stats().unwrap(), source.stats().unwrap());
 
@@ -1074,6 +1088,7 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
     let returned = Database::open(back.location()).unwrap();
     returned.copy_from(&target).unwrap();
     assert_eq!(everything(&returned), everything(&target));
+    assert_eq!(pending(&returned), pending(&target));
 }
 
 /// An instance whose id the target holds already for another instance
