@@ -1,15 +1,20 @@
 //! Instrumentation: how long it takes, how much code it adds, how long
 //! wasmtime takes to compile the result, and what it costs at run time
 //! when no suspension is taken, next to the original module and to
-//! Binaryen's `wasm-opt --asyncify -O` on the same inputs.
+//! Binaryen's `wasm-opt --asyncify -O2` on the same inputs.
 //!
 //! The guests are built by `scripts/build-bench-guests` into
 //! `target/bench-guests/`: a compute kernel that calls `wasnap.yield` from
 //! its hot loop, in C (`compute`) and in Rust (`rust-compute`); SQLite
 //! running an analytics job whose progress handler calls it (`sqlite`);
-//! and a Rust workflow parsing JSON records with serde_json and matching
-//! them with regex (`json`). Without them this bench says so and measures
-//! nothing.
+//! Lua 5.4 and QuickJS-ng running their `hot` scripts, whose interpreted
+//! loops reach `wasnap.yield` through the interpreter's native-function
+//! pointers every 2,000 iterations (`lua`, `quickjs`); and a Rust workflow
+//! parsing JSON records with serde_json and matching them with regex
+//! (`json`). Without them this bench says so and measures nothing.
+//!
+//! `WASNAP_BENCH_GUESTS=lua,quickjs` measures only those guests;
+//! `WASNAP_BENCH_ROUNDS` sets the number of paired rounds (15).
 //!
 //! Every variant runs in plain wasmtime, on the same engine, with a host
 //! whose `wasnap.yield` returns 0 at once: nothing ever unwinds, so the run
@@ -22,8 +27,8 @@
 //!   functions that are on the stack when the guest suspends (what a user
 //!   who knows the program can declare, as with Binaryen's
 //!   `asyncify-onlylist`); only for guests that have such a list;
-//! - `asyncify`: `wasm-opt --asyncify -O` of it;
-//! - `wasm-opt-O`: `wasm-opt -O` of it, to tell Binaryen's optimiser apart
+//! - `asyncify`: `wasm-opt --asyncify -O2` of it;
+//! - `wasm-opt-O2`: `wasm-opt -O2` of it, to tell Binaryen's optimiser apart
 //!   from Asyncify's cost.
 
 use std::hint::black_box;
@@ -37,7 +42,30 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasnap::instrument::{Options, instrument};
 
-const GUESTS: &[&str] = &["compute", "sqlite", "rust-compute", "json"];
+/// Each guest, by file name, with the arguments it runs with.
+const GUESTS: &[(&str, &[&str])] = &[
+    ("compute", &[]),
+    ("sqlite", &[]),
+    ("lua", &["hot"]),
+    ("quickjs", &["hot"]),
+    ("rust-compute", &[]),
+    ("json", &[]),
+];
+
+/// The guests `WASNAP_BENCH_GUESTS` (comma-separated names) selects; all
+/// when it is not set.
+fn selected_guests() -> Vec<(&'static str, &'static [&'static str])> {
+    let wanted = std::env::var("WASNAP_BENCH_GUESTS").ok();
+    GUESTS
+        .iter()
+        .filter(|(name, _)| {
+            wanted
+                .as_deref()
+                .is_none_or(|list| list.split(',').any(|w| w.trim() == *name))
+        })
+        .copied()
+        .collect()
+}
 
 /// For each guest, the functions that can be on its stack when it suspends:
 /// SQLite's progress handler is called from the virtual machine's loop,
@@ -79,12 +107,20 @@ fn code_size(wasm: &[u8]) -> usize {
     0
 }
 
+/// A guest module and the arguments it runs with (after its name).
+struct Guest<'a> {
+    name: &'a str,
+    args: &'a [&'a str],
+}
+
 /// Runs a WASI command to its end with a never-suspending `wasnap.yield`,
 /// and returns what it printed.
-fn run(engine: &Engine, linker: &Linker<WasiP1Ctx>, module: &Module) -> Vec<u8> {
+fn run(engine: &Engine, linker: &Linker<WasiP1Ctx>, guest: &Guest, module: &Module) -> Vec<u8> {
     let stdout = MemoryOutputPipe::new(usize::MAX);
     let wasi = wasmtime_wasi::WasiCtxBuilder::new()
         .stdout(stdout.clone())
+        .arg(guest.name)
+        .args(guest.args)
         .build_p1();
     let mut store = Store::new(engine, wasi);
     let instance = linker.instantiate(&mut store, module).unwrap();
@@ -116,17 +152,22 @@ fn instrumentation(c: &mut Criterion) {
     linker
         .func_wrap("wasnap", "yield", |_ptr: i32, _len: i32| -> i32 { 0 })
         .unwrap();
+    // Never called: every reply is empty. The interpreters import it.
+    linker
+        .func_wrap("wasnap", "reply", |_ptr: i32, _cap: i32| -> i32 { 0 })
+        .unwrap();
     let options = Options::default();
 
-    for guest in GUESTS {
+    for (guest, args) in selected_guests() {
         let read = |suffix: &str| std::fs::read(dir.join(format!("{guest}{suffix}.wasm"))).unwrap();
+        let target = Guest { name: guest, args };
         let original = read("");
         let instrumented = instrument(&original, &options).unwrap().wasm;
         let mut variants = vec![
             ("original", original.clone()),
             ("wasnap", instrumented),
             ("asyncify", read(".asyncify")),
-            ("wasm-opt-O", read(".opt")),
+            ("wasm-opt-O2", read(".opt")),
         ];
         if let Some(only) = only_functions(guest) {
             variants.insert(
@@ -164,11 +205,11 @@ fn instrumentation(c: &mut Criterion) {
             .iter()
             .map(|(name, wasm)| (*name, Module::new(&engine, wasm).unwrap()))
             .collect();
-        let expected = run(&engine, &linker, &compiled[0].1);
+        let expected = run(&engine, &linker, &target, &compiled[0].1);
         eprint!("{}", String::from_utf8_lossy(&expected));
         for (name, module) in &compiled[1..] {
             assert_eq!(
-                run(&engine, &linker, module),
+                run(&engine, &linker, &target, module),
                 expected,
                 "{guest}: the {name} variant prints something else"
             );
@@ -177,11 +218,11 @@ fn instrumentation(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("instrument_run/{guest}"));
         for (name, module) in &compiled {
             group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| black_box(run(&engine, &linker, module)))
+                b.iter(|| black_box(run(&engine, &linker, &target, module)))
             });
         }
         group.finish();
-        paired_runs(guest, &engine, &linker, &compiled);
+        paired_runs(&target, &engine, &linker, &compiled);
     }
 }
 
@@ -192,11 +233,12 @@ fn instrumentation(c: &mut Criterion) {
 /// taken minutes apart. Written to `target/bench-instrument/paired.tsv`
 /// (guest, variant, median ratio, rounds) for `scripts/bench-ratios`.
 fn paired_runs(
-    guest: &str,
+    target: &Guest,
     engine: &Engine,
     linker: &Linker<WasiP1Ctx>,
     compiled: &[(&str, Module)],
 ) {
+    let guest = target.name;
     let rounds: usize = std::env::var("WASNAP_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -207,7 +249,7 @@ fn paired_runs(
             .iter()
             .map(|(_, module)| {
                 let start = Instant::now();
-                black_box(run(engine, linker, module));
+                black_box(run(engine, linker, target, module));
                 start.elapsed().as_secs_f64()
             })
             .collect();

@@ -10,17 +10,24 @@
 //!   same compiled module.
 //!
 //! The breakdown benches (`capture`, `encode`, `decode`, `restore_run`)
-//! show where the time goes.
+//! show where the time goes; restores are measured filling the memory
+//! eagerly and lazily (`MemoryRestore`).
 //!
 //! Memories of 1, 16, 64 and 256 MiB with 0%, 1%, 25% and 100% non-zero
 //! pages. By default a reduced matrix runs; `WASNAP_BENCH_FULL=1` runs all
-//! sixteen. `scripts/bench-ratios` turns criterion's results into the
-//! ratio tables of docs/PERFORMANCE.md.
+//! sixteen. Besides criterion's medians, `paired` measures each ratio in
+//! `WASNAP_BENCH_ROUNDS` paired rounds (see `paired.rs`), written with the
+//! file sizes to `target/bench-snapshot/paired.tsv`. `scripts/bench-ratios`
+//! turns both into the tables of docs/PERFORMANCE.md.
+
+#[path = "paired.rs"]
+mod paired;
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wasnap::runtime::MemoryRestore;
 use wasnap::snapshot::{PAGE_SIZE, file};
 use wasnap::{Engine, Module, Settings, Snapshot, Step, Workflow};
 
@@ -134,7 +141,7 @@ fn mirror(snapshot: &Snapshot) -> (Vec<u8>, Vec<usize>) {
     let mut memory = vec![0u8; image.page_count as usize * PAGE_SIZE];
     for page in &image.pages {
         let start = page.index as usize * PAGE_SIZE;
-        memory[start..start + PAGE_SIZE].copy_from_slice(&page.data);
+        memory[start..start + PAGE_SIZE].copy_from_slice(page.data.bytes().unwrap());
     }
     let indices = image.pages.iter().map(|p| p.index as usize).collect();
     (memory, indices)
@@ -201,14 +208,85 @@ fn snapshot_and_restore(c: &mut Criterion) {
             b.iter(|| black_box(file::decode(&bytes).unwrap()))
         });
         group.bench_function(id("restore_run"), |b| {
-            b.iter(|| {
-                let mut workflow = s.engine.restore(&s.module, &s.snapshot).unwrap();
-                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
-                black_box(workflow)
-            })
+            b.iter(|| black_box(restore_and_run(&s, MemoryRestore::Eager)))
         });
+        if wasnap::runtime::support().fill_on_demand {
+            group.bench_function(id("restore_run_lazy"), |b| {
+                b.iter(|| black_box(restore_and_run(&s, MemoryRestore::Lazy)))
+            });
+        }
         group.finish();
     }
+}
+
+/// Restores the suspended workflow, filling its memory as `how` says, and
+/// runs it to its next yield.
+fn restore_and_run(s: &Suspended, how: MemoryRestore) -> Workflow {
+    let settings = Settings::default().memory_restore(how);
+    let mut workflow = s
+        .engine
+        .restore_with(&s.module, &s.snapshot, settings)
+        .unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    workflow
+}
+
+/// Each case's ratios in paired rounds: snapshot against memcpy + zstd-1,
+/// and restore (eager and lazy) against instantiation.
+fn paired_rounds(_: &mut Criterion) {
+    if !paired::selected("paired") {
+        return;
+    }
+    let rounds = paired::rounds();
+    let lazy = wasnap::runtime::support().fill_on_demand;
+    let mut rows = Vec::new();
+    for (mib, percent) in matrix() {
+        let mut s = suspended(mib, percent);
+        let (memory, indices) = mirror(&s.snapshot);
+        let file_bytes = file::encode(&s.snapshot, None).unwrap().len();
+        let reference_bytes = reference_snapshot(&memory, &indices).len();
+        let t = {
+            let workflow = &mut s.workflow;
+            let mut wasnap = || {
+                let snapshot = workflow.snapshot().unwrap();
+                black_box(file::encode(&snapshot, None).unwrap());
+            };
+            let mut reference = || {
+                black_box(reference_snapshot(&memory, &indices));
+            };
+            paired::run(rounds, &mut [&mut wasnap, &mut reference])
+        };
+        let case = label(mib, percent);
+        let row = paired::line(&format!("snapshot/{case}"), &t[0], &t[1]);
+        eprintln!("{row}\t{file_bytes}\t{reference_bytes}");
+        rows.push(format!("{row}\t{file_bytes}\t{reference_bytes}"));
+
+        let mut eager = || drop(black_box(restore_and_run(&s, MemoryRestore::Eager)));
+        let mut instantiate = || {
+            drop(black_box(
+                s.engine.start(&s.module, Settings::default()).unwrap(),
+            ))
+        };
+        let t = if lazy {
+            let mut lazy = || drop(black_box(restore_and_run(&s, MemoryRestore::Lazy)));
+            paired::run(rounds, &mut [&mut eager, &mut instantiate, &mut lazy])
+        } else {
+            paired::run(rounds, &mut [&mut eager, &mut instantiate])
+        };
+        for (name, times) in [
+            ("restore", &t[0]),
+            ("restore-lazy", t.get(2).unwrap_or(&t[0])),
+        ] {
+            if name == "restore-lazy" && !lazy {
+                continue;
+            }
+            let row = paired::line(&format!("{name}/{case}"), times, &t[1]);
+            eprintln!("{row}");
+            rows.push(format!("{row}\t\t"));
+        }
+    }
+    let header = format!("case\t{}\tfile_bytes\treference_bytes", paired::COLUMNS);
+    paired::write("bench-snapshot", "paired.tsv", &header, &rows);
 }
 
 fn config() -> Criterion {
@@ -222,6 +300,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = snapshot_and_restore
+    targets = snapshot_and_restore, paired_rounds
 }
 criterion_main!(benches);

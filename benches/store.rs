@@ -18,17 +18,34 @@
 //!   `commit_version` (durable); the reference is `run` + `snapshot` (an
 //!   in-memory snapshot, no store). Also with 10,000 other instances
 //!   stored, and with `Durability::Power`.
+//! - `inputs` (the replay journal): a workflow that reads the wall clock
+//!   1,000 times and draws 16 random bytes 100 times per step; one step is
+//!   `run` to the next yield + taking and encoding its recorded inputs, as
+//!   the executor does before a commit. The reference is the same step
+//!   with recording off (`Settings::recording(false)`).
 //! - `detect`: the two ways of finding the changed pages of a 16 MiB memory
 //!   without help from the kernel: comparing each page with the copy kept
-//!   from the last snapshot (what wasnap does), and hashing every page.
+//!   from the last snapshot (wasnap's fallback), and hashing every page.
+//! - `paired_versions`: the time per version of 16, 64 and 256 MiB
+//!   memories changing the same 3 pages, in paired rounds (`paired.rs`),
+//!   against each other and against the reference; written to
+//!   `target/bench-store/versions.tsv`.
+//! - `lazy_resume`: a 16 MiB workflow, every page written, loaded from the
+//!   store and restored, then run to a yield that rewrites N pages:
+//!   restoring its memory lazily against eagerly, in paired rounds, with
+//!   the pages each read; written to `target/bench-store/resume.tsv`.
+
+#[path = "paired.rs"]
+mod paired;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wasnap::runtime::MemoryRestore;
 use wasnap::snapshot::{PAGE_SIZE, Page};
-use wasnap::store::{Database, Durability, Lease, Outcome};
+use wasnap::store::{Database, Durability, Lease, Outcome, Provenance};
 use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
 
 /// A guest that grows its memory to `mib` MiB and writes every page with a
@@ -40,6 +57,12 @@ use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
 /// other byte masked to zero: zstd compresses it to a bit over half, like
 /// typical heap data.
 fn guest(mib: u32, changed: u32) -> Vec<u8> {
+    stepping_guest(mib, &format!("(i32.const {changed})"))
+}
+
+/// The guest of [`guest`], rewriting as many pages per step as the WAT
+/// expression `per_step` says (`$reply` holds the length of the reply).
+fn stepping_guest(mib: u32, per_step: &str) -> Vec<u8> {
     let pages = mib * 16;
     let wat = format!(
         r#"
@@ -62,7 +85,7 @@ fn guest(mib: u32, changed: u32) -> Vec<u8> {
           (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
           (local.get $end)))))
   (func (export "run")
-    (local $i i32) (local $step i64) (local $next i32)
+    (local $i i32) (local $step i64) (local $next i32) (local $reply i32)
     (drop (memory.grow (i32.const {grow})))
     (block $done
       (loop $pages
@@ -71,12 +94,12 @@ fn guest(mib: u32, changed: u32) -> Vec<u8> {
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $pages)))
     (loop $steps
-      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (local.set $reply (call $yield (i32.const 0) (i32.const 0)))
       (local.set $step (i64.add (local.get $step) (i64.const 1)))
       (local.set $i (i32.const 0))
       (block $done
         (loop $changes
-          (br_if $done (i32.ge_u (local.get $i) (i32.const {changed})))
+          (br_if $done (i32.ge_u (local.get $i) {per_step}))
           (call $fill (local.get $next) (i64.mul (local.get $step) (i64.const 0x10001)))
           (local.set $next (i32.rem_u (i32.add (local.get $next) (i32.const 1)) (i32.const {pages})))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -168,14 +191,21 @@ impl Stepping {
     fn step(&mut self) -> Snapshot {
         self.workflow.send(b"");
         assert_eq!(self.workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        // As the executor commits a run: with the inputs it recorded.
+        let inputs = self.workflow.take_inputs().encode();
         let snapshot = self.workflow.snapshot().unwrap();
+        let provenance = Provenance {
+            inputs: Some(&inputs),
+            ..Provenance::UNRECORDED_RUN
+        };
         self.head = self
             .store
-            .commit_version(
+            .commit_version_from(
                 &self.lease,
                 Some(self.head),
                 &Outcome::Suspended(&snapshot),
                 &[],
+                &provenance,
             )
             .unwrap();
         snapshot
@@ -205,7 +235,7 @@ fn changed_bytes(before: &Snapshot, now: &Snapshot) -> Vec<u8> {
     let mut out = Vec::new();
     for page in &now.memories[0].pages {
         if old.get(&page.index).is_none_or(|o| o.data != page.data) {
-            out.extend_from_slice(&page.data);
+            out.extend_from_slice(page.data.bytes().unwrap());
         }
     }
     out
@@ -226,9 +256,9 @@ fn database_bytes(path: &Path) -> u64 {
 }
 
 /// Memory sizes (MiB) and pages changed per step of the incremental
-/// benchmark: 1% of 16 MiB, then the same pages in a memory four times as
-/// large.
-const INCREMENTAL: &[(u32, u32)] = &[(16, 3), (64, 3)];
+/// benchmark: 1% of 16 MiB, then the same pages in memories four and
+/// sixteen times as large.
+const INCREMENTAL: &[(u32, u32)] = &[(16, 3), (64, 3), (256, 3)];
 
 fn label(mib: u32, changed: u32) -> String {
     format!("{mib}MiB-{changed}pages")
@@ -250,7 +280,7 @@ fn steps() -> u32 {
 fn incremental_versions(c: &mut Criterion) {
     let engine = Engine::new().unwrap();
     let mut group = c.benchmark_group("version");
-    for &(mib, changed) in INCREMENTAL {
+    for &(mib, changed) in &INCREMENTAL[..2] {
         let id = |name: &str| BenchmarkId::new(name, label(mib, changed));
         let mut s = Stepping::new(&engine, mib, changed, Durability::Process);
         group.bench_function(id("wasnap"), |b| b.iter(|| black_box(s.step())));
@@ -270,10 +300,8 @@ fn incremental_versions(c: &mut Criterion) {
 /// Steps a fresh database `WASNAP_BENCH_STEPS` times and records the time
 /// and the growth per version next to the reference's.
 fn growth(_: &mut Criterion) {
-    // Not a criterion benchmark, so criterion's filter does not reach it:
-    // skip it when a filter is given that does not name it.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    if filter.is_some_and(|f| !"growth".contains(f.as_str()) && !f.contains("growth")) {
+    // Not a criterion benchmark, so criterion's filter does not reach it.
+    if !paired::selected("growth") {
         return;
     }
     let engine = Engine::new().unwrap();
@@ -412,6 +440,126 @@ fn change_detection(c: &mut Criterion) {
     group.finish();
 }
 
+/// Time per version of each memory size, in paired rounds: each size
+/// against 16 MiB (the cost of memory size itself) and against the
+/// reference (zstd-1 of the 3 changed pages).
+fn paired_versions(_: &mut Criterion) {
+    if !paired::selected("paired_versions") {
+        return;
+    }
+    let engine = Engine::new().unwrap();
+    let mut steppers: Vec<Stepping> = INCREMENTAL
+        .iter()
+        .map(|&(mib, changed)| Stepping::new(&engine, mib, changed, Durability::Process))
+        .collect();
+    let before = steppers[0].step();
+    let after = steppers[0].step();
+    let changed = changed_bytes(&before, &after);
+    let times = {
+        let [small, medium, large] = steppers.as_mut_slice() else {
+            unreachable!("three sizes");
+        };
+        let mut small = || drop(black_box(small.step()));
+        let mut medium = || drop(black_box(medium.step()));
+        let mut large = || drop(black_box(large.step()));
+        let mut reference = || drop(black_box(zstd::bulk::compress(&changed, 1).unwrap()));
+        paired::run(
+            paired::rounds(),
+            &mut [&mut small, &mut medium, &mut large, &mut reference],
+        )
+    };
+    let reference = times.last().unwrap();
+    let mut rows = Vec::new();
+    for (i, &(mib, changed)) in INCREMENTAL.iter().enumerate() {
+        let case = label(mib, changed);
+        rows.push(paired::line(
+            &format!("{case}/reference"),
+            &times[i],
+            reference,
+        ));
+        if i > 0 {
+            let base = label(INCREMENTAL[0].0, INCREMENTAL[0].1);
+            rows.push(paired::line(
+                &format!("{case}/{base}"),
+                &times[i],
+                &times[0],
+            ));
+        }
+    }
+    rows.iter().for_each(|r| eprintln!("{r}"));
+    paired::write(
+        "bench-store",
+        "versions.tsv",
+        &format!("case\t{}", paired::COLUMNS),
+        &rows,
+    );
+}
+
+/// A guest that grows its memory to `mib` MiB and writes every page, then
+/// at each yield rewrites as many pages as its reply has bytes (the next
+/// ones, round-robin), with a pattern seeded by the step number.
+fn touching_guest(mib: u32) -> Vec<u8> {
+    stepping_guest(mib, "(local.get $reply)")
+}
+
+/// Pages touched by the run after a resume, in the lazy-resume benchmark.
+const TOUCHED: &[usize] = &[1, 10, 32, 64, 128, 256];
+
+/// Resume from the store of a 16 MiB workflow whose every page is
+/// written, touching N pages: load + restore + run + snapshot, its memory
+/// filled lazily against eagerly, in paired rounds.
+fn lazy_resume(_: &mut Criterion) {
+    if !paired::selected("lazy_resume") || !wasnap::runtime::support().fill_on_demand {
+        return;
+    }
+    let engine = Engine::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Database::open(dir.path().join("wasnap.db")).unwrap();
+    let wasm = touching_guest(16);
+    let module = engine.load(&wasm).unwrap();
+    let hash = store.put_module(&wasm).unwrap();
+    let id = store
+        .create_instance(&hash, &["bench".into()], &Policy::default())
+        .unwrap();
+    let lease = store.lease(id).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let first = workflow.snapshot().unwrap();
+    let head = store
+        .commit_version(&lease, None, &Outcome::Suspended(&first), &[])
+        .unwrap();
+    drop((workflow, first));
+    let resume = |touch: usize, how: MemoryRestore| -> usize {
+        let snapshot = store.load_version_lazily(&lease, head).unwrap();
+        let settings = Settings::default().memory_restore(how);
+        let mut workflow = engine.restore_with(&module, &snapshot, settings).unwrap();
+        workflow.send(&vec![0; touch]);
+        assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        black_box(workflow.snapshot().unwrap());
+        let pages = &snapshot.memories[0].pages;
+        pages.iter().filter(|p| p.data.is_loaded()).count()
+    };
+    let mut rows = Vec::new();
+    for &touch in TOUCHED {
+        let mut read = 0;
+        let times = {
+            let mut lazy = || read = resume(touch, MemoryRestore::Lazy);
+            let mut eager = || {
+                resume(touch, MemoryRestore::Eager);
+            };
+            paired::run(paired::rounds(), &mut [&mut lazy, &mut eager])
+        };
+        let row = format!(
+            "{}\t{read}",
+            paired::line(&format!("{touch}"), &times[0], &times[1])
+        );
+        eprintln!("lazy/eager, {touch} pages touched: {row}");
+        rows.push(row);
+    }
+    let header = format!("touched\t{}\tpages_read_lazily", paired::COLUMNS);
+    paired::write("bench-store", "resume.tsv", &header, &rows);
+}
+
 fn config() -> Criterion {
     // A shared two-core machine: short runs, compared as ratios.
     Criterion::default()
@@ -420,9 +568,50 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+/// A workflow that, before each yield, reads the wall clock 1,000 times and
+/// draws 16 random bytes 100 times.
+const INPUT_HEAVY: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (local $i i32)
+    (loop $steps
+      (local.set $i (i32.const 0))
+      (loop $reads
+        (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 64)))
+        (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 10)))
+          (then (drop (call $random (i32.const 128) (i32.const 16)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $reads (i32.lt_u (local.get $i) (i32.const 1000))))
+      (drop (call $yield (i32.const 0) (i32.const 0)))
+      (br $steps))))
+"#;
+
+fn input_recording(c: &mut Criterion) {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wat::parse_str(INPUT_HEAVY).unwrap()).unwrap();
+    let mut group = c.benchmark_group("inputs");
+    for (name, recording) in [("wasnap", true), ("reference", false)] {
+        let settings = Settings::default().recording(recording);
+        let mut workflow = engine.start(&module, settings).unwrap();
+        group.bench_function(BenchmarkId::new(name, "1000-clock-reads"), |b| {
+            b.iter(|| {
+                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+                black_box(workflow.take_inputs().encode())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = incremental_versions, growth, suspension_throughput, change_detection
+    targets = incremental_versions, growth, suspension_throughput, input_recording,
+              change_detection, paired_versions, lazy_resume
 }
 criterion_main!(benches);

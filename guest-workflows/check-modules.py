@@ -9,16 +9,19 @@ Usage: check-modules.py OUT_DIR      (checks OUT_DIR/<language>/<name>.wasm)
 
 For every module:
   * imports come only from `wasnap` and `wasi_snapshot_preview1`, and from
-    `wasnap` only the five ABI functions, each with its exact type;
+    `wasnap` only the ABI functions, each with its exact type;
   * it defines memory 0 (all ABI pointers point into it);
-  * it exports `_start` or `run`, of type () -> ().
+  * it exports `_start` or `run`, of type () -> ();
+  * every export named `query_NAME` or `update_NAME` (a handler) is a
+    function of type () -> (), and a module with handlers imports `respond`.
 For every module that imports `spawn`:
   * table 0 exists and holds a function of type (i32) -> () (a coroutine
     entry point: spawn runs table0[func](arg));
   * a mutable i32 global `__stack_pointer` is named (name section or export),
     since the engine sets it to the top of a coroutine's own stack.
 By demo name:
-  * approval, deploy: import `yield` and `reply`;
+  * approval, deploy: import `yield`, `reply` and `respond`, export the
+    query handler `query_status`, and deploy the update `update_machines`;
   * greenlet: imports `yield`, `spawn`, `switch`, and the bytes
     `special-g-stack` are nowhere in the module, so that finding them in a
     snapshot proves that g's stack was saved.
@@ -30,12 +33,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-ABI = {  # name -> (params, results), all i32
+ABI = {  # name -> (params, results): pointers, lengths and ids are i32
     "yield": (("i32", "i32"), ("i32",)),
     "reply": (("i32", "i32"), ("i32",)),
     "spawn": (("i32", "i32", "i32", "i32"), ("i32",)),
     "switch": (("i32", "i32"), ("i32",)),
     "current": ((), ("i32",)),
+    "sleep": (("i64",), ()),                       # milliseconds
+    "yield_timeout": (("i32", "i32", "i64"), ("i32",)),
+    "respond": (("i32", "i32"), ()),
+    "patched": (("i32", "i32"), ("i32",)),
 }
 ALLOWED_MODULES = {"wasnap", "wasi_snapshot_preview1"}
 VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
@@ -245,6 +252,14 @@ def check(path, data, demo=None):
         if kind != 0 or m["types"][m["funcs"][idx]] != ((), ()):
             problems.append(f"export {entry[0]} is not a function of type () -> ()")
 
+    handlers = sorted(n for n in m["exports"] if n.startswith(("query_", "update_")))
+    for name in handlers:
+        kind, idx = m["exports"][name]
+        if kind != 0 or m["types"][m["funcs"][idx]] != ((), ()):
+            problems.append(f"handler {name} is not a function of type () -> ()")
+    if handlers and "respond" not in wasnap_imports:
+        problems.append(f"exports handlers ({', '.join(handlers)}) but does not import wasnap.respond")
+
     if "spawn" in wasnap_imports:
         if not m["tables"] or m["tables"][0] != "funcref":
             problems.append("imports spawn but has no funcref table 0")
@@ -261,10 +276,15 @@ def check(path, data, demo=None):
         elif m["globals"][sp] != ("i32", 1):
             problems.append("__stack_pointer is not a mutable i32")
 
-    needs = {"approval": {"yield", "reply"}, "deploy": {"yield", "reply"},
+    needs = {"approval": {"yield", "reply", "respond"},
+             "deploy": {"yield", "reply", "respond", "sleep", "yield_timeout"},
              "greenlet": {"yield", "spawn", "switch"}}.get(demo, set())
     for name in sorted(needs - wasnap_imports):
         problems.append(f"the {demo} demo must import wasnap.{name}")
+    wanted = {"approval": ["query_status"], "deploy": ["query_status", "update_machines"]}
+    for name in wanted.get(demo, []):
+        if name not in handlers:
+            problems.append(f"the {demo} demo must export the handler {name}")
     if demo == "greenlet" and b"special-g-stack" in data:
         problems.append("contains the bytes special-g-stack: they must be built on g's stack at run time")
     return problems, entry[0] if entry else "-", sorted(wasnap_imports)

@@ -22,7 +22,7 @@ const binaryen = (await import(join(here, "assemblyscript/node_modules/binaryen/
 const PAGE = 65536;
 const UNWIND_PAGES = 4; // room for one unwound stack
 const STACK_POINTER = "__stack_pointer";
-const SUSPENDING = "wasnap.yield,wasnap.switch";
+const SUSPENDING = "wasnap.yield,wasnap.switch,wasnap.sleep,wasnap.yield_timeout";
 
 // ---- Instrumentation: export what the host must reach, then Asyncify. ----
 function instrument(bytes) {
@@ -105,6 +105,15 @@ class Workflow {
         suspend({ kind: "yield", value: mem().slice(ptr, ptr + len) });
         return 0;
       },
+      sleep(_ms) { // the timer: every step here fires it at once
+        if (rewound()) return;
+        suspend({ kind: "yield", value: new Uint8Array(0) });
+      },
+      yield_timeout(ptr, len, _ms) { // -1 when resumed by its timer
+        if (rewound()) return self.woken ? -1 : self.coroutines.get(self.current).resume;
+        suspend({ kind: "yield", value: mem().slice(ptr, ptr + len) });
+        return 0;
+      },
       reply(ptr, cap) {
         const n = Math.min(cap, self.reply.length);
         mem().set(self.reply.subarray(0, n), ptr);
@@ -123,6 +132,11 @@ class Workflow {
         return 0;
       },
       current() { return self.current; },
+      respond(ptr, len) {
+        if (!self.handling) throw new Error("respond called outside a handler");
+        self.result = mem().slice(ptr, ptr + len);
+      },
+      patched() { return 1; }, // never replaying here: always the new path
     };
     const text = new TextDecoder();
     const wasi = {
@@ -165,8 +179,11 @@ class Workflow {
   set sp(v) { if (this.mod.stackPointer && v !== null) this.x[this.mod.stackPointer].value = v; }
 
   // Run until the workflow yields (returns the value) or ends (returns null).
+  // A reply of WAKE continues it as its timer firing.
   step(reply) {
     if (this.finished) throw new Error("the workflow has ended");
+    this.woken = reply === WAKE;
+    if (this.woken) reply = undefined;
     this.reply = reply ?? new Uint8Array(0);
     this.coroutines.get(this.current).resume = this.reply.length;
     for (;;) {
@@ -216,6 +233,21 @@ class Workflow {
     }
   }
 
+  // Call the handler export `query_NAME`/`update_NAME` on the suspended
+  // state, with the shadow stack where main left it; returns its result.
+  handle(exportName, arg) {
+    const saved = this.sp;
+    const main = this.coroutines.get(0);
+    if (main.started && main.sp !== null) this.sp = main.sp;
+    const reply = this.reply;
+    Object.assign(this, { reply: enc(arg), handling: true, result: new Uint8Array(0) });
+    try { this.x[exportName](); } finally {
+      Object.assign(this, { reply, handling: false });
+      this.sp = saved;
+    }
+    return dec(this.result);
+  }
+
   snapshot() {
     return {
       memory: new Uint8Array(this.x.memory.buffer).slice(),
@@ -239,6 +271,7 @@ class Workflow {
 }
 
 // ---- The scenarios ----
+const WAKE = Symbol("the timer fires");
 const enc = (s) => new TextEncoder().encode(s);
 const dec = (b) => new TextDecoder().decode(b);
 
@@ -265,10 +298,12 @@ function approval(mod) {
   const out = [];
   const v = runSteps(mod, out, null, [undefined, enc("true"), undefined]);
   const v2 = v[1]; // waiting at "ask boss for permission"
+  out.push(`status: ${Workflow.restore(mod, v2, out).handle("query_status", "")}\n`);
   runSteps(mod, out, v2, [enc("false"), undefined]);
   return out.join("");
 }
-const APPROVAL = "do something\nask boss for permission\ndo another after approved\ndo another after rejected\n";
+const APPROVAL = "do something\nask boss for permission\ndo another after approved\n"
+  + "status: ask boss for permission\ndo another after rejected\n";
 
 function greenlet(mod) {
   const out = [];
@@ -290,10 +325,11 @@ function deployScenarios() {
   const md = readFileSync(join(here, "deploy.expected.md"), "utf8");
   const scenarios = [];
   for (const section of md.split(/^### /m).slice(1)) {
-    const m = section.match(/^(.*)\(replies: ([^)]*)\)/);
+    const m = section.split("\n")[0].match(/^(.*?)\(replies: (.*)\)\s*$/);
     if (!m) continue;
     const blocks = [...section.matchAll(/```\n([\s\S]*?)```/g)];
-    const replies = m[2].split(",").map((r) => r.trim()).map((r) => (r === "-" ? undefined : enc(r)));
+    const replies = m[2].split(",").map((r) => r.trim())
+      .map((r) => (r === "-" ? undefined : r === "(timer)" ? WAKE : enc(r)));
     scenarios.push({ name: m[1].trim(), replies, expected: blocks[blocks.length - 1][1] });
   }
   return scenarios;
@@ -304,6 +340,23 @@ function deploy(mod, scenario) {
   runSteps(mod, out, null, [...scenario.replies], true);
   return out.join("");
 }
+
+// While it waits for approval, the deploy is changed to 4 machines (an
+// update: a new snapshot of the same suspension), then approved; its
+// maintenance window's timer fires.
+function deployUpdated(mod) {
+  const out = [];
+  const [waiting] = runSteps(mod, out, null, []);
+  const w = Workflow.restore(mod, waiting, out);
+  out.push(`update: ${w.handle("update_machines", "4")}\n`);
+  out.push(`status: ${w.handle("query_status", "")}\n`);
+  runSteps(mod, out, w.snapshot(), [enc("yes"), WAKE, ...["ok", "ok", "ok", "ok"].map(enc)], true);
+  return out.join("");
+}
+const DEPLOY_UPDATED = "building release\nwaiting for approval [yes/no]\nupdate: machines = 4\n"
+  + "status: waiting for approval [yes/no] (0 of 4 machines done)\n"
+  + "waiting for the maintenance window\n"
+  + [1, 2, 3, 4].map((k) => `deploying to machine-${k}\n`).join("") + "deployed to 4 machines\n";
 
 // ---- Main ----
 const [outDir, ...only] = process.argv.slice(2);
@@ -330,6 +383,7 @@ for (const lang of languages) {
   run(`${lang}/deploy`, () => {
     const mod = load("deploy");
     for (const s of deployScenarios()) check(`${lang}/deploy: ${s.name}`, deploy(mod, s), s.expected);
+    check(`${lang}/deploy: updated to 4 machines while waiting`, deployUpdated(mod), DEPLOY_UPDATED);
   });
 }
 if (failures) { console.log(`reference-host: ${failures} failure(s)`); process.exit(1); }

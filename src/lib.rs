@@ -43,9 +43,11 @@
 pub mod executor;
 pub mod instrument;
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod snapshot;
 pub mod store;
 
 pub use executor::Executor;
-pub use runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow};
+pub use runtime::{Engine, Module, Output, Policy, Settings, Step, Timer, Workflow};
 pub use snapshot::Snapshot;

@@ -1,11 +1,25 @@
-/* The article's approval workflow. */
+/* The article's approval workflow, with a `status` query. */
 #include "wasnap.h"
 
+/* What the workflow is waiting for, for `wasnap query ID status`. */
+static const char *status = "starting";
+
+static char *step(const char *question) {
+    status = question;
+    return wasnap_yield_str(question);
+}
+
+WASNAP_QUERY(status) { wasnap_respond_str(status); }
+
 int main(void) {
-    free(wasnap_yield_str("do something"));
-    if (wasnap_ask("ask boss for permission", "true"))
-        free(wasnap_yield_str("do another after approved"));
+    free(step("do something"));
+    char *answer = step("ask boss for permission");
+    int approved = strcmp(answer, "true") == 0;
+    free(answer);
+    if (approved)
+        free(step("do another after approved"));
     else
-        free(wasnap_yield_str("do another after rejected"));
+        free(step("do another after rejected"));
+    status = "done";
     return 0;
 }

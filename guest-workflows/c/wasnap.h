@@ -41,6 +41,16 @@ WASNAP_IMPORT("spawn") int32_t wasnap_raw_spawn(int32_t func, int32_t arg, void 
 WASNAP_IMPORT("switch") int32_t wasnap_raw_switch(int32_t id, int32_t value);
 /* Id of the running coroutine (0 = main). */
 WASNAP_IMPORT("current") int32_t wasnap_current(void);
+/* Suspend until ms milliseconds from now (a durable timer: a service wakes
+ * the workflow then, even after a restart). */
+WASNAP_IMPORT("sleep") void wasnap_raw_sleep(int64_t ms);
+/* A question with a deadline: like yield, and if no reply arrives within ms
+ * milliseconds the workflow is continued anyway and this returns -1. */
+WASNAP_IMPORT("yield_timeout") int32_t wasnap_raw_yield_timeout(const void *ptr, int32_t len, int64_t ms);
+/* In a query or update handler: the handler's result becomes [ptr, ptr+len). */
+WASNAP_IMPORT("respond") void wasnap_raw_respond(const void *ptr, int32_t len);
+/* 1 when the code should take the patch named [ptr, ptr+len) (see below). */
+WASNAP_IMPORT("patched") int32_t wasnap_raw_patched(const void *ptr, int32_t len);
 
 /* ---- Yielding ---- */
 
@@ -72,12 +82,91 @@ static inline void wasnap_suspend(void) {
     (void)wasnap_raw_yield(NULL, 0);
 }
 
+/* Sleep for ms milliseconds: the workflow is suspended meanwhile. */
+static inline void wasnap_sleep(int64_t ms) {
+    fflush(stdout);
+    wasnap_raw_sleep(ms);
+}
+
+/* Yield a string and wait at most ms milliseconds for the reply: returns it
+ * as a malloc'd NUL-terminated string that the caller frees, or NULL when
+ * the deadline passed without one. */
+static inline char *wasnap_yield_str_timeout(const char *s, int64_t ms) {
+    fflush(stdout);
+    int32_t n = wasnap_raw_yield_timeout(s, (int32_t)strlen(s), ms);
+    if (n < 0) return NULL;
+    char *reply = malloc((size_t)n + 1);
+    if (!reply) abort();
+    int32_t got = n > 0 ? wasnap_raw_reply(reply, n) : 0;
+    reply[got] = '\0';
+    return reply;
+}
+
 /* 1 when yielding s is answered with exactly `expected`. */
 static inline int wasnap_ask(const char *s, const char *expected) {
     char *reply = wasnap_yield_str(s);
     int same = strcmp(reply, expected) == 0;
     free(reply);
     return same;
+}
+
+/* ---- Queries and updates ----
+ *
+ * A handler is an exported function of no arguments, run on the suspended
+ * workflow's state (`wasnap query` / `wasnap update`): it reads its argument
+ * with wasnap_arg() and answers with wasnap_respond(). It must not yield,
+ * switch or spawn. The workflow's locals live in its suspended frames, not
+ * in memory, so keep what handlers read or change in static variables:
+ *
+ *     static int machines = 3;
+ *     WASNAP_QUERY(status) { wasnap_respond_str(status_text); }
+ *     WASNAP_UPDATE(machines) { char *a = wasnap_arg(); machines = atoi(a); free(a); }
+ */
+#define WASNAP_QUERY(name) \
+    __attribute__((export_name("query_" #name))) void wasnap_query_##name(void)
+#define WASNAP_UPDATE(name) \
+    __attribute__((export_name("update_" #name))) void wasnap_update_##name(void)
+
+/* The handler's argument as a malloc'd NUL-terminated string (the caller
+ * frees it); empty when there is none. */
+static inline char *wasnap_arg(void) {
+    size_t cap = 64;
+    for (;;) {
+        char *arg = malloc(cap + 1);
+        if (!arg) abort();
+        int32_t got = wasnap_raw_reply(arg, (int32_t)cap);
+        if (got < 0) got = 0;
+        if ((size_t)got < cap) {
+            arg[got] = '\0';
+            return arg;
+        }
+        free(arg); /* it may be longer: ask again with more room */
+        cap *= 4;
+    }
+}
+
+/* The handler's result. */
+static inline void wasnap_respond(const void *data, size_t len) {
+    wasnap_raw_respond(data, (int32_t)len);
+}
+
+static inline void wasnap_respond_str(const char *s) {
+    wasnap_raw_respond(s, (int32_t)strlen(s));
+}
+
+/* ---- Upgrades: telling replayed steps from new ones ----
+ *
+ * `wasnap upgrade` moves a waiting instance to new code by replaying its
+ * recorded history on it. Code that changes what an already recorded step
+ * did would not replay; write the change as
+ *
+ *     if (wasnap_patched("notify-on-start")) { new behaviour } else { old }
+ *
+ * wasnap_patched is 1 when running normally (and that is recorded), and
+ * while replaying 1 only where the recorded run took the patch too: old
+ * histories keep the old path, everything after them takes the new one. */
+static inline int wasnap_patched(const char *id) {
+    return wasnap_raw_patched(id, (int32_t)strlen(id)) != 0;
 }
 
 /* ---- Coroutines ---- */

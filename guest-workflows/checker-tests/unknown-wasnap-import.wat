@@ -1,5 +1,5 @@
-;; expect: imports wasnap.sleep, which is not in the ABI
+;; expect: imports wasnap.wait, which is not in the ABI
 (module
-  (import "wasnap" "sleep" (func (param i32) (result i32)))
+  (import "wasnap" "wait" (func (param i32) (result i32)))
   (memory 1)
   (func (export "run")))

@@ -1,14 +1,26 @@
-//! The article's approval workflow.
+//! The article's approval workflow, with a `status` query.
 const wasnap = @import("wasnap.zig");
 
 pub const panic = wasnap.panic;
 
+/// What the workflow waits for, for `wasnap query ID status`.
+var status: []const u8 = "starting";
+
+export fn query_status() void {
+    wasnap.respond(status);
+}
+
+fn ask(question: []const u8, comptime expected: []const u8) bool {
+    status = question;
+    return wasnap.ask(question, expected);
+}
+
 pub fn main() void {
-    var reply: [0]u8 = undefined;
-    _ = wasnap.yieldValue("do something", &reply);
-    if (wasnap.ask("ask boss for permission", "true")) {
-        _ = wasnap.yieldValue("do another after approved", &reply);
+    _ = ask("do something", "");
+    if (ask("ask boss for permission", "true")) {
+        _ = ask("do another after approved", "");
     } else {
-        _ = wasnap.yieldValue("do another after rejected", &reply);
+        _ = ask("do another after rejected", "");
     }
+    status = "done";
 }

@@ -23,7 +23,48 @@ pub const raw = struct {
     pub extern "wasnap" fn @"switch"(id: i32, value: i32) i32;
     /// Id of the running coroutine.
     pub extern "wasnap" fn current() i32;
+    /// Suspend until `ms` milliseconds from now (a durable timer).
+    pub extern "wasnap" fn sleep(ms: i64) void;
+    /// Like `yield`, with a deadline: returns the reply's length, or -1 when
+    /// `ms` milliseconds passed without a reply.
+    pub extern "wasnap" fn yield_timeout(ptr: [*]const u8, len: usize, ms: i64) i32;
+    /// In a query or update handler: the handler's result becomes [ptr, ptr+len).
+    pub extern "wasnap" fn respond(ptr: [*]const u8, len: usize) void;
+    /// 1 when the code should take the patch named [ptr, ptr+len) (see `patched`).
+    pub extern "wasnap" fn patched(ptr: [*]const u8, len: usize) i32;
 };
+
+// ---- Queries and updates ----
+//
+// A handler is an exported function of no arguments, run on the suspended
+// workflow's state (`wasnap query` / `wasnap update`); it must not yield,
+// switch or spawn. The workflow's locals live in its suspended frames, not
+// in memory, so keep what handlers read or change in container-level vars:
+//
+//     var status: []const u8 = "starting";
+//     export fn query_status() void { wasnap.respond(status); }
+//
+// (build with -rdynamic, so that the exports are kept).
+
+/// In a handler: its argument, copied into `buf` (truncated to its size).
+pub fn handlerArg(buf: []u8) []u8 {
+    const got: usize = @intCast(@max(raw.reply(buf.ptr, buf.len), 0));
+    return buf[0..@min(got, buf.len)];
+}
+
+/// In a handler: its result.
+pub fn respond(bytes: []const u8) void {
+    raw.respond(bytes.ptr, bytes.len);
+}
+
+/// Whether the code should take the patch named `id`, for changes that
+/// `wasnap upgrade` must replay: true when running normally (and that is
+/// recorded), and while replaying true only where the recorded run took the
+/// patch too. Old histories keep the old path; everything after them takes
+/// the new one: `if (wasnap.patched("notify-on-start")) notify();`
+pub fn patched(id: []const u8) bool {
+    return raw.patched(id.ptr, id.len) != 0;
+}
 
 /// A panic handler for workflows: the message goes to stderr and the module
 /// traps, so the engine reports the workflow as failed. It spares the module
@@ -77,6 +118,24 @@ pub fn yieldAlloc(allocator: std.mem.Allocator, value: []const u8) ![]u8 {
     if (len == 0) return buf;
     const got: usize = @intCast(@max(raw.reply(buf.ptr, len), 0));
     return buf[0..@min(got, len)];
+}
+
+/// Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+/// the saved version, that a service fires even after a restart.
+pub fn sleep(ms: i64) void {
+    raw.sleep(ms);
+}
+
+/// A question with a deadline: publishes `value` and waits at most `ms`
+/// milliseconds for the reply, copied into `reply_buf` (truncated to its
+/// size); null when the deadline passed first.
+pub fn yieldTimeout(value: []const u8, ms: i64, reply_buf: []u8) ?[]u8 {
+    const n = raw.yield_timeout(value.ptr, value.len, ms);
+    if (n < 0) return null;
+    const want = @min(@as(usize, @intCast(n)), reply_buf.len);
+    if (want == 0) return reply_buf[0..0];
+    const got: usize = @intCast(@max(raw.reply(reply_buf.ptr, want), 0));
+    return reply_buf[0..@min(got, want)];
 }
 
 /// True when yielding `value` is answered with exactly `expected`.

@@ -13,9 +13,10 @@ impl Gc {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let store = super::open_existing(db)?;
         let report = store.gc()?;
-        eprintln!(
+        note!(
             "wasnap: freed {} pages, {} bytes",
-            report.pages, report.bytes
+            report.pages,
+            report.bytes
         );
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! `wasnap inspect INSTANCE[@VERSION]`
+//! `wasnap inspect INSTANCE[@VERSION] [--full]`
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -10,6 +11,7 @@ use wasnap::snapshot::file;
 use wasnap::snapshot::inspect::{CoroutineView, inspect};
 
 use super::Target;
+use super::show::shown;
 
 /// Show a suspended version: every coroutine's call stack with its saved
 /// locals, memory use, and the snapshot's size.
@@ -17,6 +19,9 @@ use super::Target;
 pub struct Inspect {
     /// `INSTANCE` (its head version) or `INSTANCE@VERSION`.
     target: Target,
+    /// Show the yielded value whole (otherwise its first 64 bytes).
+    #[arg(long)]
+    full: bool,
 }
 
 impl Inspect {
@@ -29,30 +34,37 @@ impl Inspect {
         let wasm = store.module(&snapshot.module_hash)?;
         let metadata = instrument(&wasm, &Options::default())?.metadata;
         let inspection = inspect(&snapshot, &metadata)?;
-        println!(
-            "instance {instance} version {version}: suspended in {} with value {:?}",
+        let value = &inspection.yielded;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "instance {instance} version {version}: suspended in {} with value {}",
             inspection.suspended_in,
-            String::from_utf8_lossy(&inspection.yielded)
-        );
+            shown(value, value.len() as u64, self.full).quoted()
+        )?;
         for coroutine in &inspection.coroutines {
-            print_coroutine(coroutine);
+            print_coroutine(&mut out, coroutine)?;
         }
         for (index, memory) in inspection.memories.iter().enumerate() {
-            println!(
+            writeln!(
+                out,
                 "memory {index}: {} of {} pages in use ({} of {} bytes are on non-zero pages)",
                 memory.pages_in_use,
                 memory.page_count,
                 memory.pages_in_use * wasnap::snapshot::PAGE_SIZE,
                 memory.bytes()
-            );
+            )?;
         }
         let compressed = file::encode(&snapshot, None)?.len();
-        println!("snapshot: {compressed} bytes compressed (module not included)");
+        writeln!(
+            out,
+            "snapshot: {compressed} bytes compressed (module not included)"
+        )?;
         Ok(())
     }
 }
 
-fn print_coroutine(coroutine: &CoroutineView) {
+fn print_coroutine(out: &mut impl Write, coroutine: &CoroutineView) -> Result<()> {
     let state = match coroutine.state {
         CoroutineState::Fresh => "not started",
         CoroutineState::Suspended => "suspended",
@@ -68,23 +80,26 @@ fn print_coroutine(coroutine: &CoroutineView) {
     } else {
         format!("coroutine {}", coroutine.id)
     };
-    println!(
+    writeln!(
+        out,
         "{name} (parent {}, {state}{running}, stack pointer {:#x}, {} stack bytes)",
         coroutine.parent, coroutine.stack_pointer, coroutine.stack_bytes
-    );
+    )?;
     for (depth, frame) in coroutine.frames.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "  #{depth} {} at code offset {:#x}",
             frame.display_name(),
             frame.code_offset
-        );
+        )?;
         let values: Vec<String> = frame
             .values
             .iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
         if !values.is_empty() {
-            println!("       {}", values.join(" "));
+            writeln!(out, "       {}", values.join(" "))?;
         }
     }
+    Ok(())
 }

@@ -39,7 +39,7 @@ impl Instrument {
             instrument(&wasm, &options).with_context(|| format!("{}", self.module.display()))?;
         std::fs::write(&self.output, &output.wasm)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
-        eprintln!(
+        note!(
             "wasnap: instrumented {} of the module's functions; wrote {} ({} bytes)",
             output.metadata.frames.len(),
             self.output.display(),

@@ -20,16 +20,11 @@ pub fn string(text: &str) -> String {
     out
 }
 
-/// Bytes as a JSON string (lossy UTF-8).
-pub fn bytes(bytes: &[u8]) -> String {
-    string(&String::from_utf8_lossy(bytes))
-}
-
 /// An object from `(key, already-encoded value)` pairs.
-pub fn object(fields: &[(&str, String)]) -> String {
+pub fn object<K: AsRef<str>>(fields: &[(K, String)]) -> String {
     let body: Vec<String> = fields
         .iter()
-        .map(|(k, v)| format!("{}:{}", string(k), v))
+        .map(|(k, v)| format!("{}:{}", string(k.as_ref()), v))
         .collect();
     format!("{{{}}}", body.join(","))
 }

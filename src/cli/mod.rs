@@ -5,19 +5,35 @@
 //! nothing), as does the guest's own stdout; what wasnap says about the run
 //! goes to stderr. Errors are one line naming the cause, with exit status 1.
 
+mod diff;
+/// A line on stderr about the run. A closed stderr is no reason to fail,
+/// nor to panic as `eprintln!` does.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod gc;
 mod inspect;
 mod instrument;
 mod json;
 mod log;
 mod ls;
+mod migrate;
+mod query;
 mod restore;
 mod resume;
 mod rm;
 mod run;
 mod script;
+mod serve;
 mod session;
+mod show;
 mod snapshot;
+mod update;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,14 +41,15 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use wasnap::store::{Database, InstanceId};
+use wasnap::store::{Database, InstanceId, Location};
 
 /// wasnap: run WebAssembly workflows that suspend, survive the process, and
 /// continue from any saved version.
 #[derive(Parser, Debug)]
 #[command(name = "wasnap", version, about, long_about = None)]
 pub struct Cli {
-    /// The SQLite database holding modules, instances and versions.
+    /// The database holding modules, instances and versions: a SQLite
+    /// file, or a PostgreSQL URL (postgres://USER@HOST/DB).
     #[arg(long, global = true, env = "WASNAP_DB", default_value = "wasnap.db")]
     db: PathBuf,
     #[command(subcommand)]
@@ -51,21 +68,59 @@ enum Command {
     Rm(rm::Rm),
     Gc(gc::Gc),
     Instrument(instrument::Instrument),
+    Migrate(migrate::Migrate),
+    Serve(serve::Serve),
+    Query(query::Query),
+    Update(update::Update),
+    Diff(diff::Diff),
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Parses the command line, runs the command, and reports an error as one
 /// line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.execute() {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output stopped (`wasnap log 1 | head`): what is
+        // left unprinted was not wanted.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
-            eprintln!("wasnap: error: {}", wasnap::executor::one_line(&error));
+            note!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. `--version` also says which of the kernel's
+/// ways to track and fill memory pages this process uses (probed only
+/// then: it costs a few system calls).
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let asks_version = std::env::args().any(|a| a == "--version" || a == "-V");
+    let mut command = Cli::command();
+    if asks_version {
+        let version = format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            wasnap::runtime::support()
+        );
+        // The process ends right after printing it.
+        let version: &'static str = Box::leak(version.into_boxed_str());
+        command = command.version(version);
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 impl Cli {
@@ -82,6 +137,12 @@ impl Cli {
             Command::Rm(c) => c.execute(&db),
             Command::Gc(c) => c.execute(&db),
             Command::Instrument(c) => c.execute(),
+            Command::Migrate(c) => c.execute(),
+            Command::Serve(c) => c.execute(&db),
+            Command::Query(c) => c.execute(&db),
+            Command::Update(c) => c.execute(&db),
+            Command::Diff(c) => c.execute(&db),
+            Command::Upgrade(c) => c.execute(&db),
         }
     }
 }
@@ -126,13 +187,22 @@ impl Target {
 
 /// Opens an existing database for reading.
 fn open_existing(db: &std::path::Path) -> Result<Database> {
-    if !db.exists() {
+    let location = Location::of_path(db);
+    if let Location::Sqlite(path) = &location {
+        require_file(path)?;
+    }
+    Database::open_at(location)
+}
+
+/// Fails unless a SQLite database exists at `path`.
+fn require_file(path: &std::path::Path) -> Result<()> {
+    if !path.exists() {
         bail!(
             "no database at {} (run a workflow first, or pass --db)",
-            db.display()
+            path.display()
         );
     }
-    Database::open(db)
+    Ok(())
 }
 
 /// Reads a module file: binary Wasm, or WAT text for a `.wat` file.

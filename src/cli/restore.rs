@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use wasnap::executor::RunOptions;
+use wasnap::snapshot::file;
 
 use super::session::{self, EngineArgs, PolicyArgs};
 
@@ -26,6 +27,10 @@ impl Restore {
     pub(super) fn execute(self, db: &Path) -> Result<()> {
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("cannot read {}", self.file.display()))?;
+        // A file that cannot be read as a snapshot is refused before the
+        // database is opened (or created).
+        let (snapshot, wasm) =
+            file::decode(&bytes).with_context(|| format!("{}", self.file.display()))?;
         let executor = session::open(db, &self.engine)?;
         let options = RunOptions {
             policy: self.policy.policy(),
@@ -33,9 +38,9 @@ impl Restore {
         };
         let reply = self.send.unwrap_or_default();
         let restored = executor
-            .restore(&bytes, reply.as_bytes(), &options)
+            .restore_decoded(&snapshot, wasm, reply.as_bytes(), &options)
             .with_context(|| format!("{}", self.file.display()))?;
-        eprintln!(
+        note!(
             "wasnap: restored {} as instance {} version {}",
             self.file.display(),
             restored.report.instance,

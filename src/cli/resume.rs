@@ -14,6 +14,10 @@ use super::session::{self, EngineArgs, PolicyArgs};
 /// `INSTANCE` alone resumes whatever its head is when this command takes the
 /// instance's lease; `INSTANCE@VERSION` resumes exactly that version, so a
 /// reply always reaches the question it was meant for.
+///
+/// A sleeping instance is resumed once its wake-up time has come; `--now`
+/// wakes it early. A question asked with a deadline is answered with
+/// `--send`; `--now` lets its deadline pass at once.
 #[derive(Args, Debug)]
 pub struct Resume {
     /// `INSTANCE` (its head version) or `INSTANCE@VERSION`.
@@ -24,6 +28,10 @@ pub struct Resume {
     /// Send the contents of a file as the reply.
     #[arg(long, value_name = "PATH")]
     send_file: Option<PathBuf>,
+    /// Fire the version's timer now: wake a sleep early, or let a
+    /// question's deadline pass.
+    #[arg(long)]
+    now: bool,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -36,6 +44,7 @@ impl Resume {
         let executor = session::open_existing(db, &self.engine)?;
         let options = RunOptions {
             policy: self.policy.policy(),
+            wake: self.now,
             ..RunOptions::default()
         };
         let target = self.target;

@@ -20,9 +20,12 @@ impl Rm {
         let store = super::open_existing(db)?;
         let removed = store.remove_instance(self.instance)?;
         let freed = store.gc()?;
-        eprintln!(
+        note!(
             "wasnap: removed instance {} and its {} versions; freed {} pages ({} bytes)",
-            self.instance, removed.versions, freed.pages, freed.bytes
+            self.instance,
+            removed.versions,
+            freed.pages,
+            freed.bytes
         );
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! `wasnap run MODULE.wasm|SCRIPT.js [--stdin MODE] [LIMITS AND GRANTS] [-- ARGS...]`
+//! `wasnap run MODULE.wasm|SCRIPT.js|SCRIPT.py [--stdin MODE] [LIMITS AND GRANTS] [-- ARGS...]`
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ use super::session::{self, EngineArgs, PolicyArgs};
 #[derive(Args, Debug)]
 pub struct Run {
     /// The workflow: a module (`.wasm`, or `.wat` text), or a script
-    /// (`.js`) for the JavaScript runtime.
+    /// (`.js`, `.py`) for the JavaScript or Python runtime.
     module: PathBuf,
     /// What reads of standard input do: find its end (`empty`), or
     /// suspend the workflow when nothing is buffered (`suspend`); the
@@ -48,7 +48,8 @@ impl Run {
                 (super::read_module(&self.module)?, args)
             }
         };
-        let executor = session::open(db, &self.engine)?.with_stdin_suspending(self.stdin == Stdin::Suspend)?;
+        let executor =
+            session::open(db, &self.engine)?.with_stdin_suspending(self.stdin == Stdin::Suspend)?;
         // Instrumented and compiled before anything is stored, so a module
         // that cannot run leaves the database as it was.
         let module = executor
@@ -58,7 +59,10 @@ impl Run {
             policy: self.policy.policy(),
             ..RunOptions::default()
         };
-        session::report(&executor.start(&module, &args, &options)?)
+        let report = executor
+            .start(&module, &args, &options)
+            .with_context(|| format!("{}", self.module.display()))?;
+        session::report(&report)
     }
 }
 

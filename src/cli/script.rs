@@ -101,8 +101,8 @@ impl Language {
 /// The WASI arguments that run `script` with its own `args`: the script's
 /// file name (the program name), then `--source NAME SOURCE`.
 pub(super) fn arguments(script: &Path, args: Vec<String>) -> Result<Vec<String>> {
-    let source = std::fs::read(script)
-        .with_context(|| format!("cannot read {}", script.display()))?;
+    let source =
+        std::fs::read(script).with_context(|| format!("cannot read {}", script.display()))?;
     let source = String::from_utf8(source)
         .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", script.display()))?;
     let name = script

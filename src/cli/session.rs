@@ -7,33 +7,37 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use wasnap::Engine;
 use wasnap::executor::{Ended, Executor, Report};
-use wasnap::runtime::{Directory, Policy};
+use wasnap::runtime::{Directory, Policy, Timer, utc_text};
+use wasnap::store::Database;
 
-/// Opens (or creates) the database, with the engine the flags ask for.
+/// Opens (or creates) the database with an engine as `engine` says.
 pub(super) fn open(db: &Path, engine: &EngineArgs) -> Result<Executor> {
-    Ok(Executor::new(engine.engine()?, wasnap::store::Database::open(db)?))
+    Ok(Executor::new(engine.engine()?, Database::open(db)?))
 }
 
-/// Opens an existing database, with the engine the flags ask for.
+/// Opens an existing database with an engine as `engine` says.
 pub(super) fn open_existing(db: &Path, engine: &EngineArgs) -> Result<Executor> {
     Ok(Executor::new(engine.engine()?, super::open_existing(db)?))
 }
 
-/// How the engine runs this command's workflow; not kept with an instance.
+/// How the engine that runs the workflow is set up; not stored with the
+/// instance.
 #[derive(Args, Debug, Default)]
 pub(super) struct EngineArgs {
-    /// The most native stack the workflow's Wasm code may use (512KiB,
-    /// 4MiB; default wasmtime's 512KiB). Deeper recursion is a failed run.
+    /// The most native stack the workflow's Wasm code may use (8MiB by
+    /// default); deeper recursion fails the run.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_wasm_stack: Option<u64>,
 }
 
 impl EngineArgs {
-    fn engine(&self) -> Result<wasnap::Engine> {
-        let mut builder = wasnap::Engine::builder();
+    fn engine(&self) -> Result<Engine> {
+        let mut builder = Engine::builder();
         if let Some(bytes) = self.max_wasm_stack {
-            builder = builder.max_wasm_stack(usize::try_from(bytes)?);
+            let bytes = usize::try_from(bytes).context("--max-wasm-stack is too large")?;
+            builder = builder.max_wasm_stack(bytes);
         }
         builder.build()
     }
@@ -152,17 +156,27 @@ pub(super) fn report(report: &Report) -> Result<()> {
     match &report.ended {
         Ended::Suspended { value } => {
             print_value(value)?;
-            eprintln!("wasnap: instance {instance} suspended at version {version}");
+            match report.timer {
+                Some(Timer::Sleep { wake_at }) => note!(
+                    "wasnap: instance {instance} sleeps at version {version} until {}",
+                    utc_text(wake_at)
+                ),
+                Some(Timer::Deadline { wake_at }) => note!(
+                    "wasnap: instance {instance} suspended at version {version}, waiting for a reply until {}",
+                    utc_text(wake_at)
+                ),
+                None => note!("wasnap: instance {instance} suspended at version {version}"),
+            }
         }
         Ended::Finished { exit_status } => {
             let status = match exit_status {
                 0 => String::new(),
                 status => format!(" with exit status {status}"),
             };
-            eprintln!("wasnap: instance {instance} finished{status} at version {version}");
+            note!("wasnap: instance {instance} finished{status} at version {version}");
         }
         Ended::Failed { message } => {
-            eprintln!("wasnap: instance {instance} failed at version {version}");
+            note!("wasnap: instance {instance} failed at version {version}");
             bail!("{message}");
         }
     }
@@ -170,7 +184,7 @@ pub(super) fn report(report: &Report) -> Result<()> {
 }
 
 /// A yielded value as a line on stdout; an empty one prints nothing.
-fn print_value(value: &[u8]) -> Result<()> {
+pub(super) fn print_value(value: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     if !value.is_empty() {
         stdout.write_all(value)?;

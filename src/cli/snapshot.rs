@@ -32,7 +32,7 @@ impl SnapshotCommand {
             .with_context(|| format!("cannot write {}", partial.display()))?;
         std::fs::rename(&partial, &self.output)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
-        eprintln!(
+        note!(
             "wasnap: wrote instance {} version {version} to {} ({} bytes)",
             self.target.instance,
             self.output.display(),

@@ -7,7 +7,16 @@
 //! Executor::start(module, args)     a new instance, run to its first suspension
 //! Executor::resume(instance, at)    from its head or any suspended version
 //! Executor::restore(file)           a snapshot file as a new instance
+//! Executor::query(instance, name)   a query handler on a version; commits nothing
+//! Executor::update(instance, name)  an update handler on the head; a new version
+//! Executor::upgrade(instance, new)  the head moved to new code, by replay
+//! Executor::diff(instance, a, b)    what changed between two versions
 //! ```
+//!
+//! Every run records the inputs it took from outside (clocks, random
+//! bytes, host function answers, patches; see
+//! [`journal`](crate::runtime::journal)) with the version it commits, so
+//! that an upgrade can replay the instance's history on new code.
 //!
 //! Each of these takes the instance's lease, runs the workflow to its next
 //! suspension or end, and commits the outcome as one version whose parent
@@ -45,11 +54,27 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::runtime::{Engine, Module, Output, Policy, Settings, Step, Workflow, module_hash};
+mod diff;
+mod handlers;
+mod live;
+mod upgrade;
+
+pub use diff::Diffed;
+pub use handlers::Updated;
+pub use live::LiveWorkflows;
+pub use upgrade::{Divergence, Upgrade, UpgradeOptions, UpgradeReport};
+
+use crate::runtime::{
+    Engine, Module, Output, Policy, Settings, Step, Timer, UnreadablePage, Workflow, module_hash,
+    now_ms,
+};
 use crate::snapshot::{ModuleHash, Snapshot, Stdin, file};
-use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
+use crate::store::{
+    Batch, Claim, Commit, Database, InstanceId, Lease, Origin, Outcome, Prepared, Provenance,
+    Refused, Request, VersionKind, Work,
+};
 
 /// Runs a database's workflow instances and commits every outcome as a
 /// version. Cheap to clone and safe to share between threads.
@@ -57,12 +82,14 @@ use crate::store::{Database, InstanceId, Lease, Outcome, VersionKind};
 pub struct Executor {
     engine: Engine,
     database: Database,
+    live: Option<LiveWorkflows>,
 }
 
 /// How one run ended, as committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
-    /// The workflow yielded this value and waits for a reply.
+    /// The workflow yielded this value and waits for a reply (or slept:
+    /// an empty value, and the report's timer).
     Suspended {
         /// The yielded bytes.
         value: Vec<u8>,
@@ -91,10 +118,13 @@ pub struct Report {
     pub parent: Option<u32>,
     /// How the run ended.
     pub ended: Ended,
+    /// The suspension's timer: when a `sleep` wakes, or when a question
+    /// asked with `yield_timeout` times out.
+    pub timer: Option<Timer>,
 }
 
-/// How a run is made: where the workflow's stdout goes, and limits or
-/// grants of this run's own.
+/// How a run is made: where the workflow's stdout goes, limits or grants
+/// of this run's own, and whether a timer fires.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// For a new instance, the policy it keeps for every later run; for a
@@ -103,6 +133,11 @@ pub struct RunOptions {
     pub policy: Policy,
     /// Where the workflow's WASI stdout goes.
     pub stdout: Output,
+    /// Resume as the version's timer firing, whether it is due or not: a
+    /// sleep wakes, a question with a deadline times out (its
+    /// `yield_timeout` returns -1). Without it, a resume is a reply, and a
+    /// sleep that is not due yet is refused.
+    pub wake: bool,
 }
 
 /// A snapshot file loaded as a new instance and resumed.
@@ -114,16 +149,54 @@ pub struct Restored {
     pub report: Report,
 }
 
+/// A run that has ended and whose outcome is prepared but not committed:
+/// a service commits many of them at once ([`Executor::commit_runs`]).
+pub struct Ran {
+    lease: Lease,
+    prepared: Prepared,
+    parent: Option<u32>,
+    ended: Ended,
+    timer: Option<Timer>,
+    /// The workflow, while it is suspended: kept live after the commit.
+    workflow: Option<Workflow>,
+}
+
+impl Ran {
+    /// The instance that ran.
+    pub fn instance(&self) -> InstanceId {
+        self.lease.instance()
+    }
+
+    /// The lease it ran under, to renew while the commit waits.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
 impl Executor {
     /// Joins an engine with a database.
     pub fn new(engine: Engine, database: Database) -> Executor {
-        Executor { engine, database }
+        Executor {
+            engine,
+            database,
+            live: None,
+        }
     }
 
-    /// Opens (or creates) the SQLite database at `path`, with a default
-    /// engine.
+    /// Opens (or creates) the database at `path`, a SQLite file or a
+    /// PostgreSQL URL (see [`Database::open`]), with a default engine.
     pub fn open(path: impl AsRef<Path>) -> Result<Executor> {
         Ok(Executor::new(Engine::new()?, Database::open(path)?))
+    }
+
+    /// Keeps up to `capacity` suspended workflows in memory after their
+    /// versions are committed, so that resuming the version an instance
+    /// just committed skips loading and restoring it. For a long-lived
+    /// process that resumes the same instances again and again (a
+    /// service); what is committed is the same either way.
+    pub fn keep_live(mut self, capacity: usize) -> Executor {
+        self.live = Some(LiveWorkflows::new(capacity));
+        self
     }
 
     /// The engine.
@@ -167,9 +240,16 @@ impl Executor {
     /// this engine left in the database before, or compiled now (and the
     /// artifact kept for next time).
     pub fn module(&self, hash: &ModuleHash) -> Result<Module> {
+        if let Some(module) = self.engine.cached(hash) {
+            return Ok(module);
+        }
         let wasm = self.database.module(hash)?;
         let artifact = self.database.compiled(hash, &self.engine.fingerprint())?;
-        let module = self.engine.load_with_artifact(&wasm, artifact.as_deref())?;
+        // SAFETY: the database hands back only artifacts it authenticated
+        // with this user's key, which no database holds: bytes that
+        // `Module::serialize` wrote for this module in a process of this
+        // user (see `store::ArtifactKey`).
+        let module = unsafe { self.engine.load_with_artifact(&wasm, artifact.as_deref()) }?;
         if artifact.is_none() {
             self.keep_artifact(&module)?;
         }
@@ -210,14 +290,16 @@ impl Executor {
             .database
             .create_instance(module, args, &options.policy)?;
         let lease = self.database.lease(instance)?;
-        self.run_and_commit(&lease, &mut workflow, None, &[])
+        self.run_and_commit(lease, workflow.run(), workflow, None, &[])
     }
 
     /// Resumes `instance` from `version`, or from its head when `version` is
     /// `None` (whatever the head is when the lease is taken), with `reply`
-    /// as what the pending call returns. Resuming a version that already has
-    /// children starts a branch. The instance's policy applies, overridden
-    /// by `options.policy` for this run.
+    /// as what the pending call returns (or as its timer firing, with
+    /// `options.wake`). Resuming a version that already has children
+    /// starts a branch. The instance's policy applies, overridden by
+    /// `options.policy` for this run. A sleep that is not due is refused
+    /// unless woken ([`RunOptions::wake`]).
     pub fn resume(
         &self,
         instance: InstanceId,
@@ -226,13 +308,89 @@ impl Executor {
         options: &RunOptions,
     ) -> Result<Report> {
         let lease = self.database.lease(instance)?;
-        let info = self.database.instance(instance)?;
+        self.resume_leased(lease, version, reply, options)
+    }
+
+    /// Resumes the instance `lease` is on, as [`Executor::resume`] does,
+    /// under that lease: how a worker that took an instance with
+    /// [`Database::lease_any`] runs it. The lease is released when it returns.
+    pub fn resume_leased(
+        &self,
+        lease: Lease,
+        version: Option<u32>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Report> {
+        let instance = lease.instance();
         let version = match version {
             Some(version) => version,
-            None => info
-                .head
-                .with_context(|| format!("instance {instance} has no version yet"))?,
+            None => self.head(instance)?,
         };
+        let mut workflow = self.resumable(instance, version, Some(&lease), options)?;
+        match options.wake {
+            true => workflow.wake(),
+            false => workflow.send(reply),
+        }
+        let step = workflow.run();
+        self.run_and_commit(lease, step, workflow, Some(version), reply)
+    }
+
+    /// The workflow of suspended `version` of `instance`, ready to be sent
+    /// its reply or woken: taken live from memory when it is there, else
+    /// restored (lazily under `lease`, see [`Executor::restore_version`]).
+    /// Checks the version's timer against `options.wake`.
+    fn resumable(
+        &self,
+        instance: InstanceId,
+        version: u32,
+        lease: Option<&Lease>,
+        options: &RunOptions,
+    ) -> Result<Workflow> {
+        let info = self.database.version(instance, version)?;
+        if info.kind != VersionKind::Suspended {
+            bail!(
+                "version {version} of instance {instance} is {}: there is nothing to resume (resume an earlier version with INSTANCE@VERSION)",
+                info.kind.as_str()
+            );
+        }
+        match info.timer {
+            Some(Timer::Sleep { wake_at }) if !options.wake && wake_at > now_ms() => {
+                return Err(Refused::Conflict(crate::store::sleeping_message(
+                    instance, version, wake_at,
+                ))
+                .into());
+            }
+            None if options.wake => {
+                return Err(Refused::Conflict(format!(
+                    "version {version} of instance {instance} waits for a reply: it has no timer to wake"
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        let default_run =
+            options.policy == Policy::default() && matches!(options.stdout, Output::Inherit);
+        if let Some(live) = &self.live
+            && default_run
+            && let Some(workflow) = live.take(instance, version)
+        {
+            return Ok(workflow);
+        }
+        self.restore_version(instance, version, lease, options)
+    }
+
+    /// A suspended version restored into a new workflow, with the
+    /// instance's policy overridden by `options`. Under a `lease` its pages
+    /// are read when the run first touches them (the lease keeps them from
+    /// being removed meanwhile); without one, all at once.
+    fn restore_version(
+        &self,
+        instance: InstanceId,
+        version: u32,
+        lease: Option<&Lease>,
+        options: &RunOptions,
+    ) -> Result<Workflow> {
+        let info = self.database.instance(instance)?;
         let kind = self.database.version(instance, version)?.kind;
         if kind != VersionKind::Suspended {
             bail!(
@@ -240,15 +398,18 @@ impl Executor {
                 kind.as_str()
             );
         }
-        let snapshot = self.database.load_version(instance, version)?;
+        // Pages are read from the database when the run first touches
+        // them: a resume costs what the run touches, not the memory's size.
+        let snapshot = match lease {
+            Some(lease) => self.database.load_version_lazily(lease, version)?,
+            None => self.database.load_version(instance, version)?,
+        };
         let executor = self.in_mode_of(&snapshot)?;
         let module = executor.module(&snapshot.module_hash)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(info.policy.overridden_by(&options.policy));
-        let mut workflow = executor.engine.restore_with(&module, &snapshot, settings)?;
-        workflow.send(reply);
-        self.run_and_commit(&lease, &mut workflow, Some(version), reply)
+        executor.engine.restore_with(&module, &snapshot, settings)
     }
 
     /// Loads a snapshot file (one written with its module) as a new
@@ -257,82 +418,302 @@ impl Executor {
     /// database is written.
     pub fn restore(&self, file: &[u8], reply: &[u8], options: &RunOptions) -> Result<Restored> {
         let (snapshot, wasm) = file::decode(file)?;
+        self.restore_decoded(&snapshot, wasm, reply, options)
+    }
+
+    /// [`Executor::restore`] of a file already decoded with
+    /// [`file::decode`] (and so known to be well-formed before the database
+    /// was opened).
+    pub fn restore_decoded(
+        &self,
+        snapshot: &Snapshot,
+        wasm: Option<Vec<u8>>,
+        reply: &[u8],
+        options: &RunOptions,
+    ) -> Result<Restored> {
         let Some(wasm) = wasm else {
             bail!("the snapshot file holds no module, so it cannot be restored on its own");
         };
         if module_hash(&wasm) != snapshot.module_hash {
             bail!("the snapshot file's module does not match its snapshot");
         }
-        let executor = self.in_mode_of(&snapshot)?;
+        let executor = self.in_mode_of(snapshot)?;
         let module = executor.engine.load(&wasm)?;
         let settings = Settings::default()
             .stdout(options.stdout.clone())
             .policy(options.policy.clone());
-        let mut workflow = executor.engine.restore_with(&module, &snapshot, settings)?;
+        let mut workflow = executor.engine.restore_with(&module, snapshot, settings)?;
         let hash = self.database.put_module(&wasm)?;
         executor.keep_artifact(&module)?;
         let instance =
             self.database
                 .create_instance(&hash, &snapshot.host.args, &options.policy)?;
         let lease = self.database.lease(instance)?;
-        let first =
-            self.database
-                .commit_version(&lease, None, &Outcome::Suspended(&snapshot), &[])?;
-        workflow.send(reply);
-        let report = self.run_and_commit(&lease, &mut workflow, Some(first), reply)?;
+        let provenance = Provenance {
+            origin: Origin::Restore,
+            ..Provenance::UNRECORDED_RUN
+        };
+        let first = self.database.commit_version_from(
+            &lease,
+            None,
+            &Outcome::Suspended(snapshot),
+            &[],
+            &provenance,
+        )?;
+        match options.wake {
+            true => workflow.wake(),
+            false => workflow.send(reply),
+        }
+        let step = workflow.run();
+        let report = self.run_and_commit(lease, step, workflow, Some(first), reply)?;
         Ok(Restored { first, report })
     }
 
-    /// Runs the workflow to its next suspension or end and commits the
-    /// outcome as a child of `parent`.
+    /// Commits the outcome of a run as a child of `parent`, under `lease`.
     fn run_and_commit(
         &self,
-        lease: &Lease,
-        workflow: &mut Workflow,
+        lease: Lease,
+        step: Result<Step>,
+        workflow: Workflow,
         parent: Option<u32>,
         reply: &[u8],
     ) -> Result<Report> {
-        let commit =
-            |outcome: &Outcome| self.database.commit_version(lease, parent, outcome, reply);
-        let (version, ended) = match workflow.run() {
+        let ran = self.prepare(lease, step, workflow, parent, reply)?;
+        let number = self.database.commit_prepared(&ran.lease, ran.prepared)?;
+        if let (Some(live), Some(workflow)) = (&self.live, ran.workflow) {
+            live.put(ran.lease.instance(), number, workflow);
+        }
+        Ok(Report {
+            instance: ran.lease.instance(),
+            version: number,
+            parent: ran.parent,
+            ended: ran.ended,
+            timer: ran.timer,
+        })
+    }
+
+    /// Prepares the outcome of a run (a snapshot of a suspension, with the
+    /// inputs the run took) for a commit.
+    fn prepare(
+        &self,
+        lease: Lease,
+        step: Result<Step>,
+        mut workflow: Workflow,
+        parent: Option<u32>,
+        reply: &[u8],
+    ) -> Result<Ran> {
+        let inputs = workflow.take_inputs().encode();
+        let prepare = |outcome: &Outcome| {
+            self.database
+                .prepare_version(&lease, parent, outcome, reply, Some(inputs.clone()))
+        };
+        let (prepared, ended, timer, live) = match step {
             Ok(Step::Yielded(value)) => {
                 let snapshot = workflow.snapshot()?;
-                let version = commit(&Outcome::Suspended(&snapshot))?;
-                (version, Ended::Suspended { value })
+                let timer = workflow.timer();
+                let mut prepared = prepare(&Outcome::Suspended(&snapshot))?;
+                prepared.set_timer(timer);
+                (prepared, Ended::Suspended { value }, timer, Some(workflow))
             }
             Ok(Step::Finished(exit_status)) => {
                 let outcome = Outcome::Finished {
                     exit_status: Some(exit_status),
                     result: &[],
                 };
-                (commit(&outcome)?, Ended::Finished { exit_status })
+                (
+                    prepare(&outcome)?,
+                    Ended::Finished { exit_status },
+                    None,
+                    None,
+                )
+            }
+            // The database could not give a page of the version resumed
+            // from: the run did not fail, the database did, and no version
+            // records it.
+            Err(error) if error.is::<UnreadablePage>() => return Err(error),
+            Err(error) => {
+                let message = one_line(&error);
+                let prepared = prepare(&Outcome::Failed { message: &message })?;
+                (prepared, Ended::Failed { message }, None, None)
+            }
+        };
+        Ok(Ran {
+            lease,
+            prepared,
+            parent,
+            ended,
+            timer,
+            workflow: live,
+        })
+    }
+
+    /// Runs claimed work ([`Database::claim`]) to its next suspension or
+    /// end and prepares its outcome, to be committed with others by
+    /// [`Executor::commit_runs`]. Work that cannot even start (its module
+    /// or version cannot be loaded, a request that no longer fits) ends as
+    /// a failed version too, so that it is not claimed again and again.
+    pub fn run_claim(&self, claim: Claim, stdout: &Output) -> Result<Ran> {
+        let Claim { lease, work } = claim;
+        let instance = lease.instance();
+        let options = RunOptions {
+            stdout: stdout.clone(),
+            ..RunOptions::default()
+        };
+        let (parent, reply, wake) = match work {
+            Work::Requested(Request {
+                version,
+                reply,
+                wake,
+            }) => (version, reply, wake),
+            Work::TimerDue { version, .. } => (Some(version), Vec::new(), true),
+        };
+        // A request was checked when it was recorded, and a due timer is
+        // the head's: a live workflow at that version needs no more checks.
+        let live = parent.and_then(|v| self.live.as_ref()?.take(instance, v));
+        let started = match (parent, live) {
+            (_, Some(mut workflow)) => {
+                match wake {
+                    true => workflow.wake(),
+                    false => workflow.send(&reply),
+                }
+                Ok(workflow)
+            }
+            (None, None) => self.first_workflow(instance, &options),
+            (Some(version), None) => {
+                let options = RunOptions { wake, ..options };
+                self.resumable(instance, version, Some(&lease), &options)
+                    .map(|mut w| {
+                        match wake {
+                            true => w.wake(),
+                            false => w.send(&reply),
+                        }
+                        w
+                    })
+            }
+        };
+        match started {
+            Ok(mut workflow) => {
+                let step = workflow.run();
+                self.prepare(lease, step, workflow, parent, &reply)
             }
             Err(error) => {
                 let message = one_line(&error);
-                let version = commit(&Outcome::Failed { message: &message })?;
-                (version, Ended::Failed { message })
+                let outcome = Outcome::Failed { message: &message };
+                let prepared = self
+                    .database
+                    .prepare_version(&lease, parent, &outcome, &reply, None)?;
+                Ok(Ran {
+                    lease,
+                    prepared,
+                    parent,
+                    ended: Ended::Failed { message },
+                    timer: None,
+                    workflow: None,
+                })
             }
-        };
-        Ok(Report {
-            instance: lease.instance(),
-            version,
-            parent,
-            ended,
+        }
+    }
+
+    /// A new workflow for the first run of `instance`, which exists with
+    /// its arguments and policy.
+    fn first_workflow(&self, instance: InstanceId, options: &RunOptions) -> Result<Workflow> {
+        let info = self.database.instance(instance)?;
+        let module = self.module(&info.module_hash)?;
+        let settings = Settings::default()
+            .args(info.args.iter().cloned())
+            .stdout(options.stdout.clone())
+            .policy(info.policy.clone());
+        self.engine.start(&module, settings)
+    }
+
+    /// One transaction of a service ([`Database::write_batch`]): records
+    /// requests, commits the outcomes of finished runs (each ending its
+    /// request and releasing its lease), renews leases, and claims new
+    /// work. Suspended workflows are kept live (see
+    /// [`Executor::keep_live`]) once their versions are committed.
+    pub fn write_round(&self, round: Round) -> Result<RoundDone> {
+        let mut rest = Vec::with_capacity(round.runs.len());
+        let mut commits = Vec::with_capacity(round.runs.len());
+        for ran in round.runs {
+            let instance = ran.lease.instance();
+            commits.push(Commit {
+                lease: ran.lease,
+                prepared: ran.prepared,
+            });
+            rest.push((instance, ran.parent, ran.ended, ran.timer, ran.workflow));
+        }
+        let done = self.database.write_batch(Batch {
+            requests: round.requests,
+            commits,
+            renew: round.renew,
+            claim: round.claim,
+            ttl: round.ttl,
+        })?;
+        let reports = done
+            .commits
+            .into_iter()
+            .zip(rest)
+            .map(|(number, (instance, parent, ended, timer, workflow))| {
+                let version = number?;
+                if let (Some(live), Some(workflow)) = (&self.live, workflow) {
+                    live.put(instance, version, workflow);
+                }
+                Ok(Report {
+                    instance,
+                    version,
+                    parent,
+                    ended,
+                    timer,
+                })
+            })
+            .collect();
+        Ok(RoundDone {
+            requests: done.requests,
+            reports,
+            claims: done.claims,
         })
     }
 }
 
+/// What [`Executor::write_round`] writes in one transaction.
+#[derive(Default)]
+pub struct Round {
+    /// Requests to record: instance, request, branch allowed.
+    pub requests: Vec<(InstanceId, Request, bool)>,
+    /// Finished runs to commit.
+    pub runs: Vec<Ran>,
+    /// Renew the leases of this process's runs in progress.
+    pub renew: bool,
+    /// Claim up to this many runnable instances.
+    pub claim: usize,
+    /// How long renewed and claimed leases last.
+    pub ttl: std::time::Duration,
+}
+
+/// What [`Executor::write_round`] did, item by item.
+pub struct RoundDone {
+    /// For each request: the version it resumes, or why it was refused.
+    pub requests: Vec<Result<Option<u32>>>,
+    /// For each run: what it committed, or why it could not.
+    pub reports: Vec<Result<Report>>,
+    /// New work claimed.
+    pub claims: Vec<Claim>,
+}
+
 /// An error and its causes on one line, each cause once: how errors are
-/// shown and how a failed version records its cause.
+/// shown and how a failed version records its cause. A trap's Wasm
+/// backtrace (many lines, the frames of the guest) is left out: the trap's
+/// cause follows it in the chain.
 pub fn one_line(error: &anyhow::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace";
     let mut line = String::new();
-    for (i, cause) in error.chain().enumerate() {
+    for cause in error.chain() {
         let text = cause.to_string();
         let first = text.lines().next().unwrap_or_default().trim();
-        if i > 0 {
-            if line.contains(first) {
-                continue;
-            }
+        if first.starts_with(BACKTRACE) || (!line.is_empty() && line.contains(first)) {
+            continue;
+        }
+        if !line.is_empty() {
             line += ": ";
         }
         line += first;

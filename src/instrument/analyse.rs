@@ -19,11 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use wasmparser::{
-    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FunctionBody, GlobalType,
-    KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType, TypeRef, ValidPayload,
-    Validator, ValidatorResources, WasmFeatures,
+    ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType, FuncValidatorAllocations,
+    FunctionBody, GlobalType, KnownCustom, MemoryType, Name, Operator, Parser, Payload, TableType,
+    TypeRef, ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
 use super::Options;
@@ -63,6 +63,16 @@ pub(crate) struct Analysis<'a> {
     pub export_names: HashSet<String>,
     /// Whether any code writes a table at run time.
     pub writes_tables: bool,
+    /// `module.name` of each imported function, by function index.
+    pub imported_functions: Vec<String>,
+    /// The exported functions' indices, by export name.
+    pub exported_functions: BTreeMap<String, u32>,
+    /// What table 0 holds after instantiation, when that is known.
+    pub table0_functions: Option<BTreeMap<u32, u32>>,
+    /// Whether a suspending import can be called indirectly (a reference
+    /// to it can be taken), so that an indirect call may be the first to
+    /// see an unwind start.
+    pub suspending_import_in_table: bool,
 }
 
 impl Analysis<'_> {
@@ -130,16 +140,19 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         function_names: BTreeMap::new(),
         export_names: HashSet::new(),
         writes_tables: false,
+        imported_functions: Vec::new(),
+        exported_functions: BTreeMap::new(),
+        table0_functions: Some(BTreeMap::new()),
+        suspending_import_in_table: false,
     };
     let mut graph = CallGraph::default();
+    let mut validation_allocations = FuncValidatorAllocations::default();
     let mut import_names: Vec<(String, String)> = Vec::new();
     let mut global_names: HashMap<u32, String> = HashMap::new();
 
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.context("the module is not valid WebAssembly")?;
-        let valid = validator
-            .payload(&payload)
-            .map_err(|e| anyhow!("the module is not valid WebAssembly: {e}"))?;
+        let payload = payload.map_err(invalid)?;
+        let valid = validator.payload(&payload).map_err(invalid)?;
         match payload {
             Payload::TypeSection(reader) => {
                 for group in reader.into_iter_err_on_gc_types().map(|g| g.map(Some)) {
@@ -162,6 +175,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                         }
                         TypeRef::Memory(ty) => module.memories.push(ty),
                         TypeRef::Table(ty) => {
+                            if module.tables.is_empty() {
+                                module.table0_functions = None;
+                            }
                             graph.open_tables.insert(module.tables.len() as u32);
                             module.tables.push(ty);
                         }
@@ -208,6 +224,9 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                     match export.kind {
                         ExternalKind::Func => {
                             graph.referenceable.insert(export.index);
+                            module
+                                .exported_functions
+                                .insert(export.name.to_string(), export.index);
                         }
                         ExternalKind::Table => {
                             graph.open_tables.insert(export.index);
@@ -223,6 +242,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
             Payload::ElementSection(reader) => {
                 for element in reader {
                     let element = element?;
+                    fill_table0(&mut module.table0_functions, &element)?;
                     let table = match element.kind {
                         ElementKind::Active { table_index, .. } => Some(table_index.unwrap_or(0)),
                         _ => None,
@@ -234,8 +254,8 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
                 let ValidPayload::Func(func, _) = valid else {
                     unreachable!("the validator hands out every function body")
                 };
-                let index = func.index;
-                graph.scan_body(index, &body)?;
+                validation_allocations = validate_body(&func, &body, validation_allocations)?;
+                graph.scan_body(func.index, &body)?;
                 module.bodies.push((body, func));
             }
             Payload::CustomSection(reader) => {
@@ -259,6 +279,10 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         ));
     }
 
+    module.imported_functions = import_names
+        .iter()
+        .map(|(m, n)| format!("{m}.{n}"))
+        .collect();
     let suspending_imports: Vec<bool> = import_names
         .iter()
         .map(|(m, n)| options.is_suspending(m, n))
@@ -277,7 +301,92 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
     }
     module.stack_pointer_global = find_stack_pointer(&module, &global_names);
     module.writes_tables = graph.writes_tables;
+    module.suspending_import_in_table = (0..module.imported_funcs)
+        .any(|f| suspending_imports[f as usize] && graph.referenceable.contains(&f));
     Ok(module)
+}
+
+/// Records what an active element segment for table 0 puts where, or
+/// forgets table 0's contents when the segment's offset is not a constant.
+fn fill_table0(
+    table0: &mut Option<BTreeMap<u32, u32>>,
+    element: &wasmparser::Element,
+) -> Result<()> {
+    let ElementKind::Active {
+        table_index,
+        offset_expr,
+    } = &element.kind
+    else {
+        return Ok(());
+    };
+    if table_index.unwrap_or(0) != 0 {
+        return Ok(());
+    }
+    let mut ops = offset_expr.get_operators_reader();
+    let offset = match (ops.read()?, ops.read()?) {
+        (Operator::I32Const { value }, Operator::End) => u64::from(value as u32),
+        (Operator::I64Const { value }, Operator::End) => value as u64,
+        _ => {
+            *table0 = None;
+            return Ok(());
+        }
+    };
+    let Some(slots) = table0 else {
+        return Ok(());
+    };
+    let functions: Vec<Option<u32>> = match element.items.clone() {
+        ElementItems::Functions(reader) => reader
+            .into_iter()
+            .map(|f| f.map(Some))
+            .collect::<Result<_, _>>()?,
+        ElementItems::Expressions(_, expressions) => expressions
+            .into_iter()
+            .map(|expression| {
+                let mut function = None;
+                for op in expression?.get_operators_reader() {
+                    if let Operator::RefFunc { function_index } = op? {
+                        function = Some(function_index);
+                    }
+                }
+                Ok(function)
+            })
+            .collect::<Result<_>>()?,
+    };
+    for (slot, function) in (offset..).zip(functions) {
+        let Ok(slot) = u32::try_from(slot) else {
+            break;
+        };
+        match function {
+            Some(function) => slots.insert(slot, function),
+            None => slots.remove(&slot),
+        };
+    }
+    Ok(())
+}
+
+/// Validates a function body in full, before anything reads it: the
+/// analysis and the rewrite index types, functions and locals by what the
+/// body says, which only validation makes safe. Returns the validator's
+/// allocations for the next body.
+fn validate_body(
+    func: &FuncToValidate<ValidatorResources>,
+    body: &FunctionBody<'_>,
+    allocations: FuncValidatorAllocations,
+) -> Result<FuncValidatorAllocations> {
+    let mut validator = FuncToValidate {
+        resources: func.resources.clone(),
+        index: func.index,
+        ty: func.ty,
+        features: func.features,
+    }
+    .into_validator(allocations);
+    validator.validate(body).map_err(invalid)?;
+    Ok(validator.into_allocations())
+}
+
+/// The one-line error for a module the validator refuses.
+fn invalid(error: wasmparser::BinaryReaderError) -> anyhow::Error {
+    anyhow!("the module is not valid WebAssembly: {error}")
 }
 
 /// Gives a component its own error rather than a parse failure.

@@ -9,6 +9,7 @@
 //! table under a reserved name). Nothing is renumbered: what the module had
 //! keeps its index, additions come after it.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::{Result, anyhow, bail};
@@ -21,9 +22,7 @@ use wasm_encoder::{
 use wasmparser::{Parser, Payload};
 
 use super::analyse::Analysis;
-use super::rewrite::{
-    Additions, FrameHelper, FrameHelpers, NewTypes, frame_helper_body, guard_calls, rewrite,
-};
+use super::rewrite::{Additions, NewTypes, guard_calls, rewrite};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -66,41 +65,44 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         data_global: module.globals.len() as u32 + 1,
         stack_memory: module.memories.len() as u32,
         grow_function: function_count,
-        push_frame: function_count + 1,
-        pop_frame: function_count + 2,
+        finish_frame: function_count + 1,
+        reserve: function_count + 2,
     };
     // Signatures of the runtime functions, in the order of `RuntimeTypes`.
     let first_new_type = module.types.len() as u32;
     let runtime_types = RuntimeTypes(std::array::from_fn(|k| first_new_type + k as u32));
     let mut new_types = NewTypes::new(first_new_type + RUNTIME_TYPES.len() as u32);
-    let mut helpers = FrameHelpers::new(function_count + RUNTIME_FUNCTIONS.len() as u32);
 
     let mut metadata = Metadata {
         memory_count: module.memories.len() as u32,
         global_count: module.globals.len() as u32,
         table_count: module.tables.len() as u32,
         stack_pointer_global: module.stack_pointer_global,
-        initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
         writes_tables: module.writes_tables,
         function_names: module.function_names.clone(),
+        imported_functions: module.imported_functions.clone(),
+        exported_functions: module.exported_functions.clone(),
+        table0_functions: module.table0_functions.clone(),
         ..Metadata::default()
     };
     let mut code = CodeSection::new();
+    // Hints the input gives stay valid for the bodies copied as they were.
+    let mut branch_hints = input_branch_hints(wasm);
     let bodies = std::mem::take(&mut module.bodies);
     for (body, func) in bodies {
         let index = func.index;
+        if module.can_suspend[index as usize] || module.unnarrowed.is_some() {
+            branch_hints.remove(&index);
+        }
         if module.can_suspend[index as usize] {
-            let rewritten = rewrite(
-                &module,
-                index,
-                &body,
-                func,
-                &additions,
-                &mut new_types,
-                &mut helpers,
-            )?;
+            let rewritten = rewrite(&module, index, &body, func, &additions, &mut new_types)?;
             code.function(&rewritten.body);
             metadata.frames.insert(index, rewritten.layout);
+            let unlikely = rewritten
+                .cold_branches
+                .into_iter()
+                .map(|offset| (offset, false));
+            branch_hints.insert(index, unlikely.collect());
         } else if let Some(could_suspend) = &module.unnarrowed
             && could_suspend[index as usize]
         {
@@ -109,21 +111,24 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
             code.raw(&wasm[body.range()]);
         }
     }
-    for function in runtime_function_bodies(&additions) {
+    for function in runtime_function_bodies(&additions, largest_frame(&metadata)) {
         code.function(&function);
-    }
-    for helper in &helpers.helpers {
-        code.function(&frame_helper_body(helper, additions.stack_memory));
     }
 
     let push = |output: &mut wasm_encoder::Module, id: u8, data: Option<&[u8]>| -> Result<()> {
         match id {
             1 => output.section(&types_section(data, runtime_types, &new_types)?),
-            3 => output.section(&functions_section(data, runtime_types, &helpers.helpers)?),
+            3 => output.section(&functions_section(data, runtime_types)?),
             5 => output.section(&memories_section(data)?),
             6 => output.section(&globals_section(data)?),
             7 => output.section(&reserved_exports(data, &module, Some(&additions))?),
-            10 => output.section(&code),
+            10 => {
+                if !branch_hints.is_empty() {
+                    output.section(&branch_hint_section(&branch_hints));
+                }
+                output.section(&code)
+            }
+            0 if custom_section_name(data) == Some(BRANCH_HINT_SECTION) => output,
             _ => output.section(&RawSection {
                 id,
                 data: data.unwrap_or_default(),
@@ -175,10 +180,64 @@ fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
             function_names: module.function_names.clone(),
             writes_tables: module.writes_tables,
             binaryen: true,
-            initial_pages_of_memory0: module.memories.first().map_or(0, |m| m.initial),
+            imported_functions: module.imported_functions.clone(),
+            exported_functions: module.exported_functions.clone(),
+            table0_functions: module.table0_functions.clone(),
             ..Metadata::default()
         },
     })
+}
+
+/// The custom section of the branch-hinting proposal, which wasnap's
+/// engine reads: it tells the compiler which side of a branch is cold.
+const BRANCH_HINT_SECTION: &str = "metadata.code.branch_hint";
+
+/// The branch hints of the input, by function: (offset, taken).
+fn input_branch_hints(wasm: &[u8]) -> BTreeMap<u32, Vec<(u32, bool)>> {
+    let mut hints = BTreeMap::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let Ok(Payload::CustomSection(reader)) = payload else {
+            continue;
+        };
+        let wasmparser::KnownCustom::BranchHints(section) = reader.as_known() else {
+            continue;
+        };
+        // Hints are advice: a malformed section is dropped, not an error.
+        let parsed: wasmparser::Result<Vec<_>> = section
+            .into_iter()
+            .map(|function| {
+                let function = function?;
+                let hints: wasmparser::Result<Vec<_>> = function
+                    .hints
+                    .into_iter()
+                    .map(|hint| hint.map(|h| (h.func_offset, h.taken)))
+                    .collect();
+                Ok((function.func, hints?))
+            })
+            .collect();
+        hints = parsed.map(BTreeMap::from_iter).unwrap_or_default();
+    }
+    hints
+}
+
+fn branch_hint_section(hints: &BTreeMap<u32, Vec<(u32, bool)>>) -> wasm_encoder::BranchHints {
+    let mut section = wasm_encoder::BranchHints::new();
+    for (&function, hints) in hints {
+        let hints: Vec<_> = hints
+            .iter()
+            .map(|&(offset, taken)| wasm_encoder::BranchHint {
+                branch_func_offset: offset,
+                branch_hint_value: u32::from(taken),
+            })
+            .collect();
+        section.function_hints(function, hints);
+    }
+    section
+}
+
+/// The name of a custom section, from its contents.
+fn custom_section_name(data: Option<&[u8]>) -> Option<&str> {
+    wasmparser::BinaryReader::new(data?, 0).read_string().ok()
 }
 
 fn rank_of(id: u8) -> usize {
@@ -250,35 +309,31 @@ fn types_section(
 }
 
 /// The signatures the runtime functions use, as (params, results).
-const RUNTIME_TYPES: [(&[ValType], &[ValType]); 5] = [
+const RUNTIME_TYPES: [(&[ValType], &[ValType]); 4] = [
     (&[ValType::I32], &[]),
     (&[], &[]),
     (&[], &[ValType::I32]),
-    (&[ValType::I32, ValType::I32, ValType::I32], &[ValType::I32]),
-    (&[ValType::I32], &[ValType::I32]),
+    (&[ValType::I32, ValType::I32, ValType::I32], &[]),
 ];
 
 /// The type indices of [`RUNTIME_TYPES`] in the output.
 #[derive(Clone, Copy)]
-struct RuntimeTypes([u32; 5]);
+struct RuntimeTypes([u32; 4]);
 
-fn functions_section(
-    data: Option<&[u8]>,
-    runtime_types: RuntimeTypes,
-    helpers: &[FrameHelper],
-) -> Result<FunctionSection> {
+fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result<FunctionSection> {
     let mut section = FunctionSection::new();
     if let Some(data) = data {
         let existing = reader(data, wasmparser::FunctionSectionReader::new)?;
         RoundtripReencoder.parse_function_section(&mut section, existing)?;
     }
-    let [takes_i32, plain, returns_i32, push_frame, pop_frame] = runtime_types.0;
-    // In the order of RUNTIME_FUNCTIONS: grow_stack, push_frame, pop_frame,
-    // start_unwind, stop_unwind, start_rewind, stop_rewind, get_state.
+    let [takes_i32, plain, returns_i32, finish_frame] = runtime_types.0;
+    // In the order of RUNTIME_FUNCTIONS: grow_stack, finish_frame,
+    // reserve, start_unwind, stop_unwind, start_rewind, stop_rewind,
+    // get_state.
     let types = [
         takes_i32,
-        push_frame,
-        pop_frame,
+        finish_frame,
+        plain,
         takes_i32,
         plain,
         takes_i32,
@@ -287,9 +342,6 @@ fn functions_section(
     ];
     for ty in types {
         section.function(ty);
-    }
-    for helper in helpers {
-        section.function(helper.type_index);
     }
     Ok(section)
 }
@@ -386,9 +438,17 @@ fn reserved_exports(
     Ok(section)
 }
 
-/// `grow_stack`, `push_frame`, `pop_frame` and the five
+/// The size of the largest frame any call site pushes, header included:
+/// the room `reserve` keeps above `pos`, so that a call site can store its
+/// values before it calls anything.
+fn largest_frame(metadata: &Metadata) -> u32 {
+    let sizes = metadata.frames.values().flat_map(|f| &f.call_sites);
+    sizes.map(|site| site.size).max().unwrap_or(0) + FRAME_HEADER_SIZE
+}
+
+/// `grow_stack`, `finish_frame`, `reserve` and the five
 /// Binaryen-compatible `asyncify_*` functions.
-fn runtime_function_bodies(additions: &Additions) -> Vec<Function> {
+fn runtime_function_bodies(additions: &Additions, largest_frame: u32) -> Vec<Function> {
     let memory = additions.stack_memory;
     let at = |offset: u64| MemArg {
         offset,
@@ -444,58 +504,49 @@ fn runtime_function_bodies(additions: &Additions) -> Vec<Function> {
         Instruction::I32Shl,
         Instruction::I32Store(at(4)),
     ];
-    // push_frame(size, function, call_index) -> address: reserve the frame
-    // (growing the stack memory if needed), write its header after the
-    // values, move `pos` past it.
-    let push_frame = vec![
+    // reserve(): make room for the largest frame above `pos`.
+    let reserve = vec![
         Instruction::GlobalGet(data),
         Instruction::I32Load(at(0)),
-        Instruction::LocalTee(3),
-        Instruction::LocalGet(0),
+        Instruction::I32Const(largest_frame as i32),
         Instruction::I32Add,
-        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
-        Instruction::I32Add,
-        Instruction::LocalTee(4),
+        Instruction::LocalTee(0),
         Instruction::GlobalGet(data),
         Instruction::I32Load(at(4)),
         Instruction::I32GtU,
         Instruction::If(BlockType::Empty),
-        Instruction::LocalGet(4),
+        Instruction::LocalGet(0),
         Instruction::Call(additions.grow_function),
         Instruction::End,
-        Instruction::LocalGet(3),
-        Instruction::LocalGet(0),
-        Instruction::I32Add,
-        Instruction::LocalGet(1),
-        Instruction::I32Store(at(0)),
-        Instruction::LocalGet(3),
-        Instruction::LocalGet(0),
-        Instruction::I32Add,
-        Instruction::LocalGet(2),
-        Instruction::I32Store(at(4)),
-        Instruction::GlobalGet(data),
-        Instruction::LocalGet(4),
-        Instruction::I32Store(at(0)),
-        Instruction::LocalGet(3),
     ];
-    // pop_frame(size) -> address: move `pos` down past the frame on top.
-    let pop_frame = vec![
-        Instruction::GlobalGet(data),
+    // finish_frame(size, function, call_index): the values are stored at
+    // `pos`; write the header after them, move `pos` past it, and keep
+    // room for the next frame.
+    let finish_frame = vec![
         Instruction::GlobalGet(data),
         Instruction::I32Load(at(0)),
         Instruction::LocalGet(0),
-        Instruction::I32Sub,
-        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
-        Instruction::I32Sub,
-        Instruction::LocalTee(1),
-        Instruction::I32Store(at(0)),
+        Instruction::I32Add,
+        Instruction::LocalTee(3),
         Instruction::LocalGet(1),
+        Instruction::I32Store(at(0)),
+        Instruction::LocalGet(3),
+        Instruction::LocalGet(2),
+        Instruction::I32Store(at(4)),
+        Instruction::GlobalGet(data),
+        Instruction::LocalGet(3),
+        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
+        Instruction::I32Add,
+        Instruction::I32Store(at(0)),
+        Instruction::Call(additions.reserve),
     ];
+    let mut start_unwind = set_state(STATE_UNWINDING, true);
+    start_unwind.push(Instruction::Call(additions.reserve));
     let bodies = [
         (grow, vec![(1, ValType::I32)]),
-        (push_frame, vec![(2, ValType::I32)]),
-        (pop_frame, vec![(1, ValType::I32)]),
-        (set_state(STATE_UNWINDING, true), vec![]),
+        (finish_frame, vec![(1, ValType::I32)]),
+        (reserve, vec![(1, ValType::I32)]),
+        (start_unwind, vec![]),
         (set_state(STATE_NORMAL, false), vec![]),
         (set_state(STATE_REWINDING, true), vec![]),
         (set_state(STATE_NORMAL, false), vec![]),

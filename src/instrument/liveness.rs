@@ -18,22 +18,22 @@ use wasmparser::Operator;
 
 /// A set of local indices.
 #[derive(Clone, PartialEq, Eq)]
-struct LocalSet(Vec<u64>);
+pub(crate) struct LocalSet(Vec<u64>);
 
 impl LocalSet {
-    fn new(locals: usize) -> Self {
+    pub fn new(locals: usize) -> Self {
         LocalSet(vec![0; locals.div_ceil(64)])
     }
 
-    fn insert(&mut self, local: u32) {
+    pub fn insert(&mut self, local: u32) {
         self.0[local as usize / 64] |= 1 << (local % 64);
     }
 
-    fn contains(&self, local: u32) -> bool {
+    pub fn contains(&self, local: u32) -> bool {
         self.0[local as usize / 64] & (1 << (local % 64)) != 0
     }
 
-    fn union_with(&mut self, other: &LocalSet) {
+    pub fn union_with(&mut self, other: &LocalSet) {
         for (word, other) in self.0.iter_mut().zip(&other.0) {
             *word |= other;
         }

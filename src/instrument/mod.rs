@@ -28,13 +28,16 @@
 //! `end` moves, so an unwind never overflows.
 //!
 //! Each frame is `{values..., function: u32, call_index: u32}`: the values
-//! that call site saves, packed in the order its [`CallSite`] gives, then a
-//! header at the end, so that a frame can be popped from the top without
-//! knowing its size in advance. The innermost activation is written first
-//! (lowest address); the outermost is on top.
+//! that call site saves, at the offsets its [`CallSite`] gives (every frame
+//! of one function has the same size; what a call site does not save is
+//! zero), then a header at the end, so that a frame can be popped from the
+//! top knowing only the function's frame size. The innermost activation is
+//! written first (lowest address); the outermost is on top.
 
 mod analyse;
 mod emit;
+mod frames;
+mod layout;
 mod liveness;
 mod rewrite;
 
@@ -43,9 +46,11 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use wasmparser::ValType;
 
+pub use frames::SavedFrame;
+
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
-pub const INSTRUMENTER_VERSION: u32 = 2;
+pub const INSTRUMENTER_VERSION: u32 = 3;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
@@ -84,11 +89,19 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The guest ABI's suspending imports: `wasnap.yield` and `wasnap.switch`;
-    /// any function that can reach one of them may suspend.
+    /// The guest ABI's suspending imports: `wasnap.yield`, `wasnap.switch`,
+    /// `wasnap.sleep` and `wasnap.yield_timeout`; any function that can
+    /// reach one of them may suspend.
     fn default() -> Self {
         Options {
-            suspending_imports: vec!["wasnap.yield".into(), "wasnap.switch".into()],
+            suspending_imports: [
+                "wasnap.yield",
+                "wasnap.switch",
+                "wasnap.sleep",
+                "wasnap.yield_timeout",
+            ]
+            .map(String::from)
+            .to_vec(),
             suspending_functions: Vec::new(),
             stdin_suspends: false,
         }
@@ -222,8 +235,6 @@ pub struct Metadata {
     /// --asyncify` and was only given the exports above: its frames are
     /// Binaryen's, driven through its exported `asyncify_*` functions.
     pub binaryen: bool,
-    /// The initial size of memory 0 in Wasm pages (0 without a memory).
-    pub initial_pages_of_memory0: u64,
     /// Whether any code writes a table at run time (`table.set`,
     /// `table.grow`, `table.fill`, `table.copy`, `table.init`).
     pub writes_tables: bool,
@@ -234,6 +245,17 @@ pub struct Metadata {
     pub frames: BTreeMap<u32, FrameLayout>,
     /// Function names from the name section, by function index.
     pub function_names: BTreeMap<u32, String>,
+    /// `module.name` of each imported function, by function index (imports
+    /// come first in the function index space): what a call site's
+    /// [`CallSite::callee`] below this count calls.
+    pub imported_functions: Vec<String>,
+    /// The exported functions' indices, by export name.
+    pub exported_functions: BTreeMap<String, u32>,
+    /// The function in each slot of table 0 that the module's active
+    /// element segments fill at instantiation, by slot; `None` when that
+    /// cannot be known without instantiating (a segment's offset is not a
+    /// constant). Other slots are null.
+    pub table0_functions: Option<BTreeMap<u32, u32>>,
 }
 
 /// How one instrumented function saves its frames.
@@ -273,11 +295,17 @@ pub struct CallSite {
     pub code_offset: usize,
     /// The function called, for a direct call.
     pub callee: Option<u32>,
-    /// Size in bytes of the saved values, header excluded.
+    /// The table called through, for a `call_indirect`; the element index
+    /// it calls is then the saved operand at the greatest height.
+    pub table: Option<u32>,
+    /// Size in bytes of the frame's values, header excluded: the same for
+    /// every call site of a function.
     pub size: u32,
-    /// The saved values, in the order and at the offsets they are stored:
-    /// the original locals live after the call, then the operand stack up
-    /// to and including the call's arguments.
+    /// The saved values, by offset: the original locals live after the
+    /// call, the operand stack below the call's operands, and the operands
+    /// the call is made again with on the way back (every argument of a
+    /// call that may reach a suspending import, and the table index of an
+    /// indirect call).
     pub saved: Vec<SavedLocal>,
 }
 

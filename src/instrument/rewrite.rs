@@ -7,46 +7,54 @@
 //! height `h` of type `T` lives in a "slot" local dedicated to `(h, T)`.
 //! Runs of ordinary instructions between suspendable items become
 //! *segments* that load the slots they consume, run unchanged on the real
-//! stack, and store what they leave.
+//! stack, and store what they leave. The compiler turns these locals back
+//! into plain values: the slots cost nothing by themselves.
 //!
 //! **Unwinding.** After each suspending call, if the state says unwinding,
-//! the call site pushes a frame holding only what is live there (the
-//! original locals live after the call, found by [`super::liveness`], and
-//! the operand slots up to the call's arguments) and returns:
+//! the call site stores what is live there into a frame and returns. What
+//! is live is the original locals live after the call (found by
+//! [`super::liveness`]) and the operand slots below the call's operands,
+//! and, to make the same call again on the way back, the operands the call
+//! needs again (see [`layout`]). Every value has a fixed place in the
+//! function's frames ([`layout`]):
 //!
 //! ```wat
 //! ;; before                      ;; after (call index 0)
 //! local.get 0                    local.get 0  i32.const 1  i32.add
 //! i32.const 1                    local.set $slot0_i32            ;; segment
 //! i32.add                        ...
-//! call $sleep ;; suspends        local.get $slot0_i32
-//! local.get 2                    call $sleep
-//! i32.add                        (if (i32.eq (global.get $state) (i32.const 1))
-//!                                  (then (local.set $pos (call $push_frame
-//!                                          (i32.const 8) (i32.const $f) (i32.const 0)))
-//!                                        (call $store_2_i32 (local.get $pos)
-//!                                          (local.get 2) (local.get $slot0_i32))
+//! call $f     ;; can suspend     i32.const 0  local.set $slot1_i32
+//! local.get 2                    local.get $slot1_i32
+//! i32.add                        call $f
+//!                                (if (i32.eq (global.get $state) (i32.const 1))
+//!                                  (then (local.set $pos (i32.load (global.get $data)))
+//!                                        (i32.store offset=0 (local.get $pos) (local.get 2))
+//!                                        (i32.store offset=4 (local.get $pos) (local.get $slot0_i32))
+//!                                        (call $finish_frame (i32.const 8) (i32.const $f) (i32.const 0))
 //!                                        (return (i32.const 0))))
-//!                                local.set $slot0_i32  ...
+//!                                local.set $slot1_i32  ...
 //! ```
 //!
-//! The values of a frame are grouped by type, and each group is stored
-//! (and loaded back) by one call to a small helper, which keeps the code a
-//! call site adds to about two bytes per saved value.
+//! The values are stored before anything is called, so that none of them
+//! has to survive a call on that path; `finish_frame` then writes the
+//! frame's header and keeps room for the next frame.
 //!
 //! Saving only live values at the call site, instead of every local in one
 //! shared epilogue, is what keeps instrumented code fast: a shared save
 //! reads every local on a path reachable from every call, so a compiler
 //! must keep every local alive everywhere.
 //!
-//! **Rewinding.** The function's prologue reads the call index from the
-//! frame on top of the stack. Every suspendable region (the function body,
-//! a block or loop body, an `if` arm) starts with a *dispatch* that, while
-//! rewinding, branches straight to the item holding that call: each item
-//! is wrapped in an entry block, and a call item also in a landing block
-//! that pops its frame and restores what was saved before falling into the
-//! call. Ordinary code never runs while rewinding, and the restored values
-//! only join the normal path right at the call:
+//! **Rewinding.** The function's prologue pops the frame on top of the
+//! stack and restores the values that have not changed since the function
+//! started. Every suspendable region (the function body, a block or loop
+//! body, an `if` arm) starts with a *dispatch* that, while rewinding,
+//! branches straight to the item holding the call the function was
+//! suspended in (its index is in the frame's header): each item is wrapped
+//! in an entry block, and a call item (or a construct with values to
+//! restore) also in a landing block that restores what [`layout`] says
+//! it restores there before falling into the item. Ordinary code never
+//! runs while rewinding, and the restored values only join the normal
+//! path right at the item:
 //!
 //! ```wat
 //! block $entry1                      ;; item 1: a loop holding calls 1..3
@@ -54,11 +62,11 @@
 //!     block $landing0
 //!       (if (i32.eq (global.get $state) (i32.const 2))
 //!         (then (br_table $landing0 $entry1 $entry1 $entry1
-//!                 (local.get $rewind_index))))
+//!                 (call index from the frame))))
 //!       ...segment...
 //!       br $entry0
 //!     end
-//!     ...pop frame 0, restore what call 0 saved...
+//!     ...restore what call 0 saved and no construct restores...
 //!   end
 //!   ...call 0...
 //!   ...segment...
@@ -68,6 +76,10 @@
 //!
 //! A suspendable `if` becomes a block around its arms whose condition,
 //! while rewinding, is "the call is in the `then` arm".
+//!
+//! Every `if` that only unwinding or rewinding enters gets a branch hint
+//! (the branch-hinting proposal's custom section), so that the compiler
+//! lays the normal path out without that code.
 //!
 //! Code outside suspendable constructs, and functions that cannot suspend,
 //! are left exactly as they were.
@@ -83,6 +95,7 @@ use wasmparser::{
 };
 
 use super::analyse::Analysis;
+use super::layout::{self, Plan, RestorePoint, SitePlan, Value, byte_size};
 use super::liveness::live_after;
 use super::{
     CallSite, FRAME_HEADER_SIZE, FrameLayout, LocalOrigin, STATE_REWINDING, STATE_UNWINDING,
@@ -99,13 +112,13 @@ pub(crate) struct Additions {
     pub stack_memory: u32,
     /// `grow_stack(needed_end: i32)`: makes room up to `needed_end`.
     pub grow_function: u32,
-    /// `push_frame(size, function, call_index) -> address`: reserves a
-    /// frame of `size` bytes plus its header, writes the header, and
-    /// returns where the saved values go.
-    pub push_frame: u32,
-    /// `pop_frame(size) -> address`: pops the frame on top of the stack,
-    /// whose values take `size` bytes, and returns where they are.
-    pub pop_frame: u32,
+    /// `finish_frame(size, function, call_index)`: writes the header of
+    /// the frame whose `size` bytes of values were just stored at `pos`,
+    /// moves `pos` past it, and keeps room for the largest frame after it.
+    pub finish_frame: u32,
+    /// `reserve()`: makes room for the largest frame above `pos`, before
+    /// the first frame of an unwind is stored.
+    pub reserve: u32,
 }
 
 /// Function types the rewritten code needs for multi-value blocks; they are
@@ -146,90 +159,13 @@ impl NewTypes {
     }
 }
 
-/// The most values one frame helper moves.
-const MAX_HELPER_VALUES: usize = 16;
-
-/// A function that stores a run of same-typed values at an address of the
-/// stack memory, or loads them back. Call sites save and restore their
-/// frames through these: about two bytes per value instead of nine for an
-/// inline `local.get` / `store`, which matters when a program has
-/// thousands of suspending call sites.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FrameHelper {
-    /// `store(address, values...)`, else `load(address) -> values...`.
-    pub store: bool,
-    /// The values' type.
-    pub ty: ValType,
-    /// How many values.
-    pub count: u32,
-    /// Its function type's index.
-    pub type_index: u32,
-}
-
-/// The frame helpers the rewritten functions use, appended to the module
-/// after the runtime functions in order of first use.
-pub(crate) struct FrameHelpers {
-    first_index: u32,
-    pub helpers: Vec<FrameHelper>,
-}
-
-impl FrameHelpers {
-    pub fn new(first_index: u32) -> Self {
-        FrameHelpers {
-            first_index,
-            helpers: Vec::new(),
-        }
-    }
-
-    /// The function index of the helper that stores (or loads) `count`
-    /// values of type `ty`.
-    fn index(&mut self, store: bool, ty: ValType, count: usize, types: &mut NewTypes) -> u32 {
-        let found = self
-            .helpers
-            .iter()
-            .position(|h| h.store == store && h.ty == ty && h.count as usize == count);
-        let position = found.unwrap_or_else(|| {
-            let values = vec![ty; count];
-            let type_index = if store {
-                types.function_type(&[&[ValType::I32], values.as_slice()].concat(), &[])
-            } else {
-                types.function_type(&[ValType::I32], &values)
-            };
-            self.helpers.push(FrameHelper {
-                store,
-                ty,
-                count: count as u32,
-                type_index,
-            });
-            self.helpers.len() - 1
-        });
-        self.first_index + position as u32
-    }
-}
-
-/// The body of a frame helper: values at consecutive offsets from the
-/// address in parameter 0.
-pub(crate) fn frame_helper_body(helper: &FrameHelper, stack_memory: u32) -> Function {
-    let mut function = Function::new([]);
-    let size = byte_size(helper.ty);
-    for k in 0..helper.count {
-        let memarg = stack_memarg(stack_memory, k * size);
-        function.instruction(&Instruction::LocalGet(0));
-        if helper.store {
-            function.instruction(&Instruction::LocalGet(k + 1));
-            function.instruction(&store_instruction(helper.ty, memarg));
-        } else {
-            function.instruction(&load_instruction(helper.ty, memarg));
-        }
-    }
-    function.instruction(&Instruction::End);
-    function
-}
-
 /// A rewritten function body and its frame layout.
 pub(crate) struct Rewritten {
     pub body: Function,
     pub layout: FrameLayout,
+    /// Byte offsets, from the start of the body, of the `if`s that only
+    /// unwinding or rewinding enters, for the branch-hint section.
+    pub cold_branches: Vec<u32>,
 }
 
 /// A label of the emitted code, to remap branch depths.
@@ -256,16 +192,6 @@ enum Role {
     SuspendableStart,
 }
 
-/// Locals of the rewritten code that are never saved: the first two it
-/// adds after the original ones.
-#[derive(Clone, Copy)]
-struct Temporaries {
-    /// The address of the frame being pushed or popped.
-    pos: u32,
-    /// While rewinding, the call index the function was suspended at.
-    rewind_index: u32,
-}
-
 /// Rewrites function `index`; see the module documentation.
 pub(crate) fn rewrite(
     module: &Analysis,
@@ -274,7 +200,6 @@ pub(crate) fn rewrite(
     func: FuncToValidate<ValidatorResources>,
     additions: &Additions,
     new_types: &mut NewTypes,
-    helpers: &mut FrameHelpers,
 ) -> Result<Rewritten> {
     let describe = || module.describe_function(index);
     let mut ops = Vec::new();
@@ -294,36 +219,51 @@ pub(crate) fn rewrite(
     let sites: Vec<usize> = (0..ops.len())
         .filter(|&i| roles[i] == Role::SuspendingCall)
         .collect();
+    let constructs: Vec<usize> = (0..ops.len())
+        .filter(|&i| roles[i] == Role::SuspendableStart)
+        .collect();
     let live = live_after(&ops, &sites, local_types.len());
+    let validator = {
+        let mut validator = func.into_validator(Default::default());
+        validator.read_locals(&mut body.get_binary_reader())?;
+        validator
+    };
+    let description = describe();
+    let plan = layout::plan(
+        &layout::Function {
+            module,
+            ops: &ops,
+            sites: &sites,
+            constructs: &constructs,
+            local_types: &local_types,
+            live: &live,
+            describe: &description,
+        },
+        validator.clone(),
+    )
+    .with_context(|| format!("in {description}"))?;
 
     let mut rewriter = Rewriter {
         module,
         function_index: index,
         ops: &ops,
         roles: &roles,
-        live,
+        plan: &plan,
         local_types: &local_types,
-        validator: {
-            let mut validator = func.into_validator(Default::default());
-            validator.read_locals(&mut body.get_binary_reader())?;
-            validator
-        },
+        validator,
         types: Vec::new(),
         labels: vec![Label::Original(FUNCTION_FRAME)],
         next_mark: 0,
         out: Vec::new(),
         slots: HashMap::new(),
-        extra_locals: vec![ValType::I32, ValType::I32],
+        extra_locals: vec![ValType::I32],
         first_extra: local_types.len() as u32,
-        temps: Temporaries {
-            pos: local_types.len() as u32,
-            rewind_index: local_types.len() as u32 + 1,
-        },
+        pos: local_types.len() as u32,
+        cold: Vec::new(),
         call_sites: Vec::new(),
         additions,
         new_types,
-        helpers,
-        describe: describe(),
+        describe: description.clone(),
     };
     let results = signature.results().to_vec();
     let body_type = rewriter.new_types.block_type(&results);
@@ -340,8 +280,13 @@ pub(crate) fn rewrite(
             .chain(&rewriter.extra_locals)
             .copied(),
     ));
-    let prologue = rewind_prologue(index, signature.params(), rewriter.temps, additions);
-    for instruction in prologue.iter().chain(&rewriter.out) {
+    let prologue = rewriter.rewind_prologue(signature.params())?;
+    let mut cold = rewriter.cold.iter().copied().peekable();
+    let mut cold_branches = Vec::new();
+    for (k, instruction) in prologue.iter().chain(&rewriter.out).enumerate() {
+        if cold.next_if(|&index| index == k).is_some() {
+            cold_branches.push(function.byte_len() as u32);
+        }
         function.instruction(instruction);
     }
     function.instruction(&Instruction::End);
@@ -350,6 +295,7 @@ pub(crate) fn rewrite(
         layout: FrameLayout {
             call_sites: rewriter.call_sites,
         },
+        cold_branches,
     })
 }
 
@@ -471,28 +417,6 @@ fn is_storable(ty: ValType) -> bool {
     )
 }
 
-/// The order of types in a frame: grouped, so that helpers move each
-/// type's values together.
-fn type_rank(ty: ValType) -> u8 {
-    match ty {
-        ValType::I32 => 0,
-        ValType::I64 => 1,
-        ValType::F32 => 2,
-        ValType::F64 => 3,
-        ValType::V128 => 4,
-        ValType::Ref(_) => 5,
-    }
-}
-
-fn byte_size(ty: ValType) -> u32 {
-    match ty {
-        ValType::I32 | ValType::F32 => 4,
-        ValType::I64 | ValType::F64 => 8,
-        ValType::V128 => 16,
-        ValType::Ref(_) => unreachable!("reference types are refused before layout"),
-    }
-}
-
 /// A suspendable item of a region, as the region's dispatch sees it.
 #[derive(Clone, Copy)]
 struct Item {
@@ -529,8 +453,8 @@ struct Rewriter<'m, 'a> {
     function_index: u32,
     ops: &'m [(Operator<'a>, usize)],
     roles: &'m [Role],
-    /// The original locals live after each suspending call, by operator index.
-    live: HashMap<usize, Vec<u32>>,
+    /// The frame layout and where each saved value is restored.
+    plan: &'m Plan,
     /// Types of the original parameters and locals.
     local_types: &'m [ValType],
     validator: FuncValidator<ValidatorResources>,
@@ -543,11 +467,14 @@ struct Rewriter<'m, 'a> {
     /// Types of the locals added after the original ones.
     extra_locals: Vec<ValType>,
     first_extra: u32,
-    temps: Temporaries,
+    /// A local of the rewritten code that is never saved: the address of
+    /// the frame being stored or restored.
+    pos: u32,
+    /// Indices in `out` of the `if`s only unwinding or rewinding enters.
+    cold: Vec<usize>,
     call_sites: Vec<CallSite>,
     additions: &'m Additions,
     new_types: &'m mut NewTypes,
-    helpers: &'m mut FrameHelpers,
     describe: String,
 }
 
@@ -648,10 +575,10 @@ impl<'a> Rewriter<'_, 'a> {
     }
 
     /// Opens an empty block the rewrite will branch to; returns its mark.
-    fn open_marked_block(&mut self) -> u32 {
+    fn open_marked_block(&mut self, block_type: BlockType) -> u32 {
         let mark = self.next_mark;
         self.next_mark += 1;
-        self.out.push(Instruction::Block(BlockType::Empty));
+        self.out.push(Instruction::Block(block_type));
         self.labels.push(Label::Marked(mark));
         mark
     }
@@ -659,6 +586,19 @@ impl<'a> Rewriter<'_, 'a> {
     fn close_block(&mut self) {
         self.out.push(Instruction::End);
         self.labels.pop();
+    }
+
+    /// Emits `if (state == state_value)`: code only an unwind or a rewind
+    /// runs, which the compiler is told is cold (a branch hint), so that it
+    /// lays the normal path out without it.
+    fn if_state(&mut self, state_value: i32, block_type: BlockType) {
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.state_global),
+            Instruction::I32Const(state_value),
+            Instruction::I32Eq,
+        ]);
+        self.cold.push(self.out.len());
+        self.out.push(Instruction::If(block_type));
     }
 
     /// Emits the items of a suspendable frame from operator `start` up to
@@ -702,9 +642,14 @@ impl<'a> Rewriter<'_, 'a> {
                     let item = items[ranges.len()];
                     let first = self.call_sites.len();
                     let next = if role == Role::SuspendingCall {
-                        self.close_landing(item, i)?
+                        self.call_item(item, i)?
                     } else {
-                        self.close_block();
+                        if item.landing.is_some() {
+                            let values = self.hoisted(RestorePoint::Construct(i));
+                            self.landing(item, &values, |_| Ok(()))?;
+                        } else {
+                            self.close_block();
+                        }
                         let pass_down = if i == start && defer {
                             outer_targets(&items)
                         } else {
@@ -724,12 +669,16 @@ impl<'a> Rewriter<'_, 'a> {
                 i = self.skip_dead_code(i)?;
             }
         }
-        // Items in unreachable code were skipped: close their blocks.
+        // Items in unreachable code were skipped: close their blocks. No
+        // dispatch enters a skipped item's landing (it has no call index),
+        // and nothing runs after it: the code before it ended in a branch.
         for item in &items[ranges.len()..] {
             if item.landing.is_some() {
                 self.close_block();
+                self.out.push(Instruction::Unreachable);
             }
             self.close_block();
+            self.out.push(Instruction::Unreachable);
         }
         let Some(mut dispatch) = dispatch else {
             // Deferred, and the first item, the only one with calls,
@@ -751,15 +700,22 @@ impl<'a> Rewriter<'_, 'a> {
     /// Opens the entry (and, for calls, landing) blocks of the region's
     /// items, the first item innermost.
     fn open_items(&mut self, start: usize) -> Vec<Item> {
-        let mut kinds = Vec::new();
+        let mut has_landing = Vec::new();
         let mut depth = 0usize;
-        for (role, (op, _)) in self.roles[start..].iter().zip(&self.ops[start..]) {
+        for (i, (role, (op, _))) in self.roles.iter().zip(self.ops).enumerate().skip(start) {
             if depth == 0 {
                 if matches!(op, Operator::End | Operator::Else) {
                     break;
                 }
-                if *role != Role::Plain {
-                    kinds.push(*role == Role::SuspendingCall);
+                // A call's landing restores its frame; a construct has one
+                // when values are restored at its entry.
+                match role {
+                    Role::Plain => {}
+                    Role::SuspendingCall => has_landing.push((true, i)),
+                    Role::SuspendableStart => has_landing.push((
+                        self.plan.hoisted.contains_key(&RestorePoint::Construct(i)),
+                        i,
+                    )),
                 }
             }
             match op {
@@ -768,14 +724,20 @@ impl<'a> Rewriter<'_, 'a> {
                 _ => {}
             }
         }
-        let mut items: Vec<Item> = kinds
-            .iter()
-            .rev()
-            .map(|&is_call| Item {
-                entry: self.open_marked_block(),
-                landing: is_call.then(|| self.open_marked_block()),
-            })
-            .collect();
+        let mut items = Vec::new();
+        for &(landing, start) in has_landing.iter().rev() {
+            // A call's entry block carries the call's results: the call is
+            // made on both ways in, and they meet after it.
+            let results = match self.roles[start] {
+                Role::SuspendingCall => self.call_results(start),
+                _ => Vec::new(),
+            };
+            let entry_type = self.new_types.block_type(&results);
+            items.push(Item {
+                entry: self.open_marked_block(entry_type),
+                landing: landing.then(|| self.open_marked_block(BlockType::Empty)),
+            });
+        }
         items.reverse();
         items
     }
@@ -784,19 +746,13 @@ impl<'a> Rewriter<'_, 'a> {
     /// holds the call being resumed. Its table is filled in by
     /// [`Self::fill_dispatch`] once the items have their call indices.
     fn dispatch(&mut self, targets: &[u32]) -> Dispatch {
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Const(STATE_REWINDING),
-            Instruction::I32Eq,
-            Instruction::If(BlockType::Empty),
-        ]);
+        self.if_state(STATE_REWINDING, BlockType::Empty);
         self.labels.push(Label::Added);
         let depths = targets
             .iter()
             .map(|&target| self.depth_of(Label::Marked(target)))
             .collect();
-        self.out
-            .push(Instruction::LocalGet(self.temps.rewind_index));
+        self.rewind_index();
         let first_const = self.out.len();
         self.out
             .extend([Instruction::I32Const(0), Instruction::I32Sub]);
@@ -888,132 +844,262 @@ impl<'a> Rewriter<'_, 'a> {
         Ok(i)
     }
 
-    /// What a frame saved at the call at `i` holds: the original locals
-    /// live after the call, then every operand slot up to and including
-    /// the call's arguments (needed to make the call again on rewind).
-    ///
-    /// Values are grouped by type, so that frame helpers move each group
-    /// in one call.
-    fn saved_values(&mut self, i: usize) -> Result<(Vec<SavedLocal>, u32)> {
-        let mut saved = Vec::new();
-        let live = self.live.get(&i).cloned().unwrap_or_default();
-        for local in live {
-            let ty = self.local_types[local as usize];
-            if !is_storable(ty) {
-                bail!(
-                    "{} needs local {local} of type {ty} after a suspending call, which cannot be saved in a snapshot",
-                    self.describe
-                );
-            }
-            saved.push(SavedLocal {
-                index: local,
-                ty,
-                offset: 0,
-                origin: LocalOrigin::Local(local),
-            });
-        }
-        for height in 0..self.height() {
-            let ty = self.types[height as usize];
-            let local = self.slot(height, ty)?;
-            saved.push(SavedLocal {
-                index: local,
-                ty,
-                offset: 0,
-                origin: LocalOrigin::Operand(height),
-            });
-        }
-        saved.sort_by_key(|value| type_rank(value.ty));
-        let mut offset = 0;
-        for value in &mut saved {
-            value.offset = offset;
-            offset += byte_size(value.ty);
-        }
-        Ok((saved, offset))
-    }
-
-    /// Saves (`store`) or restores the values of a frame at `pos`, one
-    /// frame-helper call per run of same-typed values.
-    fn move_frame_values(&mut self, saved: &[SavedLocal], store: bool) {
-        let pos = self.temps.pos;
-        for group in saved
-            .chunk_by(|a, b| a.ty == b.ty)
-            .flat_map(|run| run.chunks(MAX_HELPER_VALUES))
-        {
-            let helper = self
-                .helpers
-                .index(store, group[0].ty, group.len(), &mut *self.new_types);
-            self.out.push(Instruction::LocalGet(pos));
-            if group[0].offset != 0 {
-                self.out.extend([
-                    Instruction::I32Const(group[0].offset as i32),
-                    Instruction::I32Add,
-                ]);
-            }
-            if store {
-                self.out
-                    .extend(group.iter().map(|v| Instruction::LocalGet(v.index)));
-                self.out.push(Instruction::Call(helper));
-            } else {
-                self.out.push(Instruction::Call(helper));
-                self.out
-                    .extend(group.iter().rev().map(|v| Instruction::LocalSet(v.index)));
-            }
+    /// The instrumented-code local that holds a saved value.
+    fn local_of(&mut self, value: Value) -> Result<u32> {
+        match value {
+            Value::Local(local) => Ok(local),
+            Value::Operand(height, rank) => self.slot(height, rank.ty()),
         }
     }
 
-    /// Ends the segment before the call item at `i` (jumping over the
-    /// landing), emits the landing that pops and restores the call's frame,
-    /// and then the call; returns the index after it.
-    fn close_landing(&mut self, item: Item, i: usize) -> Result<usize> {
-        let (saved, size) = self.saved_values(i)?;
+    /// Where a saved value is in the frame, for the metadata.
+    fn saved_local(&mut self, value: Value) -> Result<SavedLocal> {
+        let (ty, origin) = match value {
+            Value::Local(local) => (self.local_types[local as usize], LocalOrigin::Local(local)),
+            Value::Operand(height, rank) => (rank.ty(), LocalOrigin::Operand(height)),
+        };
+        Ok(SavedLocal {
+            index: self.local_of(value)?,
+            ty,
+            offset: self.plan.offsets[&value],
+            origin,
+        })
+    }
+
+    /// Pushes the address of the frame being restored: the prologue has
+    /// already popped it, so it starts at `pos`.
+    fn frame_address(&mut self) {
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.data_global),
+            Instruction::I32Load(stack_memarg(self.additions.stack_memory, 0)),
+        ]);
+    }
+
+    /// Pushes the call index the function was suspended at, read from the
+    /// header of its frame (which the prologue popped).
+    fn rewind_index(&mut self) {
+        self.frame_address();
+        self.out.push(Instruction::I32Load(stack_memarg(
+            self.additions.stack_memory,
+            self.plan.frame_size + 4,
+        )));
+    }
+
+    /// Loads `values` from the frame being restored into their locals.
+    fn restore(&mut self, values: &[Value]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.frame_address();
+        self.out.push(Instruction::LocalSet(self.pos));
+        for &value in values {
+            let saved = self.saved_local(value)?;
+            self.out.extend([
+                Instruction::LocalGet(self.pos),
+                load_instruction(
+                    saved.ty,
+                    stack_memarg(self.additions.stack_memory, saved.offset),
+                ),
+                Instruction::LocalSet(saved.index),
+            ]);
+        }
+        Ok(())
+    }
+
+    /// The values restored at a construct's entry, or at the function's.
+    fn hoisted(&self, point: RestorePoint) -> Vec<Value> {
+        self.plan
+            .hoisted
+            .get(&point)
+            .map(|values| values.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The function's prologue, while rewinding: check that the frame on
+    /// top of the stack is this function's, pop it, restore the values
+    /// that have the same value at every call (see [`layout`]), and clear
+    /// the other parameters. Clearing them makes every value on the way
+    /// to a landing a constant, so none of them stays alive for nothing.
+    fn rewind_prologue(&mut self, params: &[ValType]) -> Result<Vec<Instruction<'a>>> {
+        let body = std::mem::take(&mut self.out);
+        let body_cold = std::mem::take(&mut self.cold);
+        let memory = self.additions.stack_memory;
+        let frame_size = self.plan.frame_size;
+        self.if_state(STATE_REWINDING, BlockType::Empty);
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.data_global),
+            Instruction::I32Load(stack_memarg(memory, 0)),
+            Instruction::I32Const((frame_size + FRAME_HEADER_SIZE) as i32),
+            Instruction::I32Sub,
+            Instruction::LocalTee(self.pos),
+            // A frame of another function means the stack and the code do
+            // not belong together: stop rather than run on garbage.
+            Instruction::I32Load(stack_memarg(memory, frame_size)),
+            Instruction::I32Const(self.function_index as i32),
+            Instruction::I32Ne,
+            Instruction::If(BlockType::Empty),
+            Instruction::Unreachable,
+            Instruction::End,
+            Instruction::GlobalGet(self.additions.data_global),
+            Instruction::LocalGet(self.pos),
+            Instruction::I32Store(stack_memarg(memory, 0)),
+        ]);
+        let restored = self.hoisted(RestorePoint::Entry);
+        self.restore(&restored)?;
+        for (index, &ty) in params.iter().enumerate() {
+            let index = index as u32;
+            if is_storable(ty) && !restored.contains(&Value::Local(index)) {
+                self.out.extend([zero(ty), Instruction::LocalSet(index)]);
+            }
+        }
+        self.out.push(Instruction::End);
+        // The prologue comes first: the body's cold branches move by its
+        // length.
+        let prologue = std::mem::replace(&mut self.out, body);
+        let shift = prologue.len();
+        self.cold
+            .extend(body_cold.into_iter().map(|index| index + shift));
+        Ok(prologue)
+    }
+
+    /// Whether the call at `i` may call a suspending import itself, which
+    /// makes it the first to push a frame when that import unwinds.
+    fn may_call_import(&self, i: usize) -> bool {
+        match self.ops[i].0 {
+            Operator::Call { function_index } => function_index < self.module.imported_funcs,
+            _ => self.module.suspending_import_in_table,
+        }
+    }
+
+    /// Ends the code before an item (jumping over its landing), and emits
+    /// the landing, which restores `values`; `then` emits what the landing
+    /// needs after that.
+    fn landing(
+        &mut self,
+        item: Item,
+        values: &[Value],
+        then: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
         self.out
             .push(Instruction::Br(self.depth_of(Label::Marked(item.entry))));
         self.close_block();
-        self.out.extend([
-            Instruction::I32Const(size as i32),
-            Instruction::Call(self.additions.pop_frame),
-            Instruction::LocalSet(self.temps.pos),
-        ]);
-        self.move_frame_values(&saved, false);
+        self.restore(values)?;
+        then(self)?;
         self.close_block();
-        self.suspending_call(i, saved, size)
+        Ok(())
     }
 
-    /// Emits the suspending call at `i` and its unwind path, which saves
-    /// `saved` (`size` bytes); returns the index after it.
-    fn suspending_call(&mut self, i: usize, saved: Vec<SavedLocal>, size: u32) -> Result<usize> {
+    /// The result types of the call at `i`.
+    fn call_results(&self, i: usize) -> Vec<ValType> {
+        let ty = match self.ops[i].0 {
+            Operator::Call { function_index } => self.module.func_type(function_index),
+            Operator::CallIndirect { type_index, .. } => self.module.types[type_index as usize]
+                .as_ref()
+                .expect("validated: call_indirect names a function type"),
+            _ => unreachable!("only calls are suspending items"),
+        };
+        ty.results().to_vec()
+    }
+
+    /// Emits the suspending call item at `i`: the call at the end of the
+    /// code before it, and again in its landing, with the operands it is
+    /// made again with (those saved, restored; the others, a value of
+    /// their type); then its unwind path. The two ways meet after the
+    /// call, so that the operands of neither outlive it. Returns the index
+    /// after the call.
+    fn call_item(&mut self, item: Item, i: usize) -> Result<usize> {
+        let site = self.plan.sites[&i].clone();
+        let at_landing: Vec<Value> = site
+            .saved
+            .iter()
+            .filter(|(_, point)| *point == RestorePoint::Landing)
+            .map(|&(value, _)| value)
+            .collect();
         let (pops, _) = self.ops[i]
             .0
             .operator_arity(&self.validator)
             .context("a call's arity is known")?;
-        let call_index = self.call_sites.len() as u32;
         let base = self.height() - pops;
-        let params = self.types[base as usize..].to_vec();
-        self.load_slots(base, &params);
+        let operands = self.types[base as usize..].to_vec();
         let call = self.translate(i)?;
-        self.out.push(call);
+
+        self.load_slots(base, &operands);
+        self.out.push(call.clone());
+        self.landing(item, &at_landing, |rewriter| {
+            for (k, (&saved, &ty)) in site.operands_saved.iter().zip(&operands).enumerate() {
+                if saved {
+                    rewriter.load_slots(base + k as u32, &[ty]);
+                } else {
+                    rewriter.out.push(zero(ty));
+                }
+            }
+            rewriter.out.push(call);
+            Ok(())
+        })?;
         self.validate(i)?;
+        self.unwind_path(i, &site)?;
         let results = self.types[base as usize..].to_vec();
+        self.store_slots(base, &results)?;
+        Ok(i + 1)
+    }
+
+    /// Emits what follows a suspending call: if the call started (or
+    /// continued) an unwind, store what `site` saves and return.
+    fn unwind_path(&mut self, i: usize, site: &SitePlan) -> Result<()> {
+        let call_index = self.call_sites.len() as u32;
+        let mut saved = Vec::new();
+        for &(value, _) in &site.saved {
+            saved.push(self.saved_local(value)?);
+        }
+        saved.sort_by_key(|value| value.offset);
+        let frame_size = self.plan.frame_size;
 
         // Unwinding: the call's results (still on the stack, below) are
         // dummies and the argument slots are intact; save, then return.
-        let pos = self.temps.pos;
+        // Nothing is called before the values are stored, so that none of
+        // them has to survive a call on this path.
+        self.if_state(STATE_UNWINDING, BlockType::Empty);
+        if self.may_call_import(i) {
+            // The first frame of an unwind: make room for the largest
+            // frame (every later one is pushed after `finish_frame`, which
+            // keeps that much room).
+            self.out.push(Instruction::Call(self.additions.reserve));
+        }
         self.out.extend([
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Const(STATE_UNWINDING),
-            Instruction::I32Eq,
-            Instruction::If(BlockType::Empty),
-            Instruction::I32Const(size as i32),
+            Instruction::GlobalGet(self.additions.data_global),
+            Instruction::I32Load(stack_memarg(self.additions.stack_memory, 0)),
+            Instruction::LocalSet(self.pos),
+        ]);
+        let stored: u32 = saved.iter().map(|value| byte_size(value.ty)).sum();
+        if stored < frame_size {
+            // What this call does not save is zero, so that a frame's
+            // bytes depend on nothing but the program's state.
+            self.out.extend([
+                Instruction::LocalGet(self.pos),
+                Instruction::I32Const(0),
+                Instruction::I32Const(frame_size as i32),
+                Instruction::MemoryFill(self.additions.stack_memory),
+            ]);
+        }
+        for value in &saved {
+            self.out.extend([
+                Instruction::LocalGet(self.pos),
+                Instruction::LocalGet(value.index),
+                store_instruction(
+                    value.ty,
+                    stack_memarg(self.additions.stack_memory, value.offset),
+                ),
+            ]);
+        }
+        self.out.extend([
+            Instruction::I32Const(frame_size as i32),
             Instruction::I32Const(self.function_index as i32),
             Instruction::I32Const(call_index as i32),
-            Instruction::Call(self.additions.push_frame),
-            Instruction::LocalSet(pos),
+            Instruction::Call(self.additions.finish_frame),
         ]);
-        self.move_frame_values(&saved, true);
         let function_results = self.module.func_type(self.function_index).results();
         self.out.extend(function_results.iter().map(|&ty| zero(ty)));
         self.out.extend([Instruction::Return, Instruction::End]);
-        self.store_slots(base, &results)?;
 
         self.call_sites.push(CallSite {
             code_offset: self.ops[i].1,
@@ -1021,10 +1107,14 @@ impl<'a> Rewriter<'_, 'a> {
                 Operator::Call { function_index } => Some(function_index),
                 _ => None,
             },
-            size,
+            table: match self.ops[i].0 {
+                Operator::CallIndirect { table_index, .. } => Some(table_index),
+                _ => None,
+            },
+            size: frame_size,
             saved,
         });
-        Ok(i + 1)
+        Ok(())
     }
 
     /// Emits a `block`, `loop` or `if` that contains a suspending call;
@@ -1083,20 +1173,23 @@ impl<'a> Rewriter<'_, 'a> {
         let condition = self.slot(condition_height, ValType::I32)?;
         self.out.push(Instruction::Block(BlockType::Empty));
         self.labels.push(Label::Added);
-        // select(in_then_range, condition, rewinding)
-        self.out
-            .push(Instruction::LocalGet(self.temps.rewind_index));
+        // rewinding ? in_then_range : condition. The condition is read on
+        // the normal path only: a read on the way to a landing would keep
+        // its slot alive from the region's dispatch onwards.
+        self.if_state(
+            STATE_REWINDING,
+            BlockType::Result(wasm_encoder::ValType::I32),
+        );
+        self.rewind_index();
         let first_const = self.out.len();
         self.out.extend([
             Instruction::I32Const(0),
             Instruction::I32Sub,
             Instruction::I32Const(0),
             Instruction::I32LtU,
+            Instruction::Else,
             Instruction::LocalGet(condition),
-            Instruction::GlobalGet(self.additions.state_global),
-            Instruction::I32Const(STATE_REWINDING),
-            Instruction::I32Eq,
-            Instruction::Select,
+            Instruction::End,
             Instruction::I32Eqz,
             Instruction::BrIf(0),
         ]);
@@ -1214,49 +1307,6 @@ fn store_instruction<'a>(ty: ValType, memarg: MemArg) -> Instruction<'a> {
         ValType::V128 => Instruction::V128Store(memarg),
         ValType::Ref(_) => unreachable!("reference types are refused before layout"),
     }
-}
-
-/// While rewinding: check that the frame on top of the stack is this
-/// function's, read the call index it was suspended at, and clear the
-/// parameters. Nothing else is restored here: each call's landing restores
-/// what that call saved. Clearing the parameters makes every value on the
-/// way to a landing a constant, so none of them stays alive for nothing.
-fn rewind_prologue<'a>(
-    function_index: u32,
-    params: &[ValType],
-    ctx: Temporaries,
-    additions: &Additions,
-) -> Vec<Instruction<'a>> {
-    let memory = additions.stack_memory;
-    let mut code = vec![
-        Instruction::GlobalGet(additions.state_global),
-        Instruction::I32Const(STATE_REWINDING),
-        Instruction::I32Eq,
-        Instruction::If(BlockType::Empty),
-        Instruction::GlobalGet(additions.data_global),
-        Instruction::I32Load(stack_memarg(memory, 0)),
-        Instruction::I32Const(FRAME_HEADER_SIZE as i32),
-        Instruction::I32Sub,
-        Instruction::LocalTee(ctx.pos),
-        // A frame of another function means the stack and the code do not
-        // belong together: stop rather than run on garbage.
-        Instruction::I32Load(stack_memarg(memory, 0)),
-        Instruction::I32Const(function_index as i32),
-        Instruction::I32Ne,
-        Instruction::If(BlockType::Empty),
-        Instruction::Unreachable,
-        Instruction::End,
-        Instruction::LocalGet(ctx.pos),
-        Instruction::I32Load(stack_memarg(memory, 4)),
-        Instruction::LocalSet(ctx.rewind_index),
-    ];
-    for (index, &ty) in params.iter().enumerate() {
-        if is_storable(ty) {
-            code.extend([zero(ty), Instruction::LocalSet(index as u32)]);
-        }
-    }
-    code.push(Instruction::End);
-    code
 }
 
 /// The zero (or null) value of a type, returned by an unwinding function.

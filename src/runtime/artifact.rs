@@ -26,7 +26,7 @@ use crate::instrument::{
 use crate::snapshot::codec::{Reader, Writer};
 
 const MAGIC: &[u8; 8] = b"wsnapart";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// The artifact for `metadata` and wasmtime's serialized `code`.
 pub(super) fn encode(metadata: &Metadata, code: &[u8]) -> Result<Vec<u8>> {
@@ -64,7 +64,6 @@ fn write_metadata(w: &mut Writer, m: &Metadata) -> Result<()> {
     w.u32(m.global_count);
     w.u32(m.table_count);
     w.u8(m.binaryen as u8);
-    w.u64(m.initial_pages_of_memory0);
     w.u8(m.writes_tables as u8);
     write_option(w, m.stack_pointer_global);
     w.len(m.frames.len())?;
@@ -74,6 +73,7 @@ fn write_metadata(w: &mut Writer, m: &Metadata) -> Result<()> {
         for site in &layout.call_sites {
             w.u64(site.code_offset as u64);
             write_option(w, site.callee);
+            write_option(w, site.table);
             w.u32(site.size);
             w.len(site.saved.len())?;
             for value in &site.saved {
@@ -98,6 +98,23 @@ fn write_metadata(w: &mut Writer, m: &Metadata) -> Result<()> {
         w.u32(function);
         w.str(name)?;
     }
+    w.strings(&m.imported_functions)?;
+    w.len(m.exported_functions.len())?;
+    for (name, &function) in &m.exported_functions {
+        w.str(name)?;
+        w.u32(function);
+    }
+    match &m.table0_functions {
+        None => w.u8(0),
+        Some(slots) => {
+            w.u8(1);
+            w.len(slots.len())?;
+            for (&slot, &function) in slots {
+                w.u32(slot);
+                w.u32(function);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -107,7 +124,6 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
         global_count: r.u32()?,
         table_count: r.u32()?,
         binaryen: r.u8()? != 0,
-        initial_pages_of_memory0: r.u64()?,
         writes_tables: r.u8()? != 0,
         stack_pointer_global: read_option(r)?,
         ..Metadata::default()
@@ -115,9 +131,10 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
     for _ in 0..r.count(8)? {
         let function = r.u32()?;
         let mut call_sites = Vec::new();
-        for _ in 0..r.count(17)? {
+        for _ in 0..r.count(18)? {
             let code_offset = r.u64()? as usize;
             let callee = read_option(r)?;
+            let table = read_option(r)?;
             let size = r.u32()?;
             let mut saved = Vec::new();
             for _ in 0..r.count(14)? {
@@ -139,6 +156,7 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
             call_sites.push(CallSite {
                 code_offset,
                 callee,
+                table,
                 size,
                 saved,
             });
@@ -151,6 +169,19 @@ fn read_metadata(r: &mut Reader) -> Result<Metadata> {
         names.insert(function, r.str()?);
     }
     m.function_names = names;
+    m.imported_functions = r.strings()?;
+    for _ in 0..r.count(8)? {
+        let name = r.str()?;
+        m.exported_functions.insert(name, r.u32()?);
+    }
+    m.table0_functions = match r.u8()? {
+        0 => None,
+        _ => Some(
+            (0..r.count(8)?)
+                .map(|_| Ok((r.u32()?, r.u32()?)))
+                .collect::<Result<_>>()?,
+        ),
+    };
     Ok(m)
 }
 
@@ -206,6 +237,9 @@ mod tests {
                  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
                  (memory 1)
                  (global $sp (mut i32) (i32.const 1024))
+                 (table 4 funcref)
+                 (elem (i32.const 1) $step $run)
+                 (elem (i32.const 2) funcref (ref.null func))
                  (func $step (param i64 f64) (result i32)
                    (call $yield (i32.const 0) (i32.wrap_i64 (local.get 0))))
                  (func $run (export "run")
@@ -214,10 +248,28 @@ mod tests {
         .unwrap();
         let metadata = instrument(&wasm, &Options::default()).unwrap().metadata;
         assert!(!metadata.frames.is_empty());
+        assert_eq!(metadata.imported_functions, ["wasnap.yield"]);
+        assert_eq!(metadata.exported_functions.get("run"), Some(&2));
+        // The second segment empties slot 2 again.
+        assert_eq!(metadata.table0_functions, Some(BTreeMap::from([(1, 1)])));
         let artifact = encode(&metadata, b"code").unwrap();
         let (decoded, code) = decode(&artifact).unwrap();
         assert_eq!(code, b"code");
         assert_eq!(format!("{decoded:?}"), format!("{metadata:?}"));
+    }
+
+    #[test]
+    fn table0_is_unknown_when_a_segment_offset_is_computed() {
+        let wasm = wat::parse_str(
+            r#"(module
+                 (global $base i32 (i32.const 1))
+                 (table 4 funcref)
+                 (elem (global.get $base) $run)
+                 (func $run (export "run")))"#,
+        )
+        .unwrap();
+        let metadata = instrument(&wasm, &Options::default()).unwrap().metadata;
+        assert_eq!(metadata.table0_functions, None);
     }
 
     #[test]

@@ -11,10 +11,17 @@
 
 mod abi;
 mod artifact;
+mod clock;
+mod handler;
 mod host;
+pub mod journal;
+mod paging;
 mod state;
 mod stdin;
+mod uffd;
 mod unwinder;
+mod validate;
+mod wasi;
 mod workflow;
 
 use std::collections::HashMap;
@@ -28,9 +35,14 @@ use wasmtime::{InstancePre, Linker};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::instrument::{self, Metadata, Options};
-use crate::snapshot::{ModuleHash, Snapshot};
+use crate::snapshot::{ModuleHash, PAGE_SIZE, Snapshot};
 
+pub use abi::LimitReached;
+pub use clock::{duration_text, now_ms, utc_text};
+pub use handler::HandlerKind;
 pub use host::{Decision, Handler, HostCall};
+pub use paging::{ChangeTracking, MemoryRestore, Support, soft_dirty_bits, support};
+pub use state::UnreadablePage;
 pub use wasmtime::Val;
 pub use workflow::{Step, Workflow};
 
@@ -50,10 +62,10 @@ pub struct Engine {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    max_wasm_stack: usize,
     linker: Linker<HostState>,
     options: Options,
     host_functions: Vec<HostFunction>,
-    max_wasm_stack: Option<usize>,
     modules: Mutex<HashMap<ModuleHash, Module>>,
     ticker: Once,
 }
@@ -69,6 +81,8 @@ struct ModuleInner {
     /// Whether its reads of standard input suspend (the engine's
     /// [`Options::suspend_on_stdin`]).
     stdin_suspends: bool,
+    /// The engine's Wasm stack limit, which its workflows run with.
+    max_wasm_stack: usize,
     metadata: Metadata,
     compiled: wasmtime::Module,
     instance_pre: InstancePre<HostState>,
@@ -97,6 +111,14 @@ impl Module {
     /// The export the workflow starts at: `_start` or `run`.
     pub fn entry(&self) -> &str {
         &self.inner.entry
+    }
+
+    /// Checks that `snapshot` is a state this module can be restored to:
+    /// the checks every restore makes before anything runs (see
+    /// [`Engine::restore_with`]), for a caller that wants to know before
+    /// it stores a snapshot.
+    pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        validate::check(snapshot, self)
     }
 }
 
@@ -139,6 +161,10 @@ pub struct Settings {
     args: Vec<String>,
     stdout: Output,
     policy: Policy,
+    change_tracking: ChangeTracking,
+    memory_restore: MemoryRestore,
+    replaying: Option<journal::Inputs>,
+    unrecorded: bool,
 }
 
 /// What a workflow may use: its limits and what it is granted. A durable
@@ -245,6 +271,40 @@ impl Settings {
         self.policy = policy;
         self
     }
+
+    /// How the workflow's snapshots find the pages that changed (default:
+    /// the best this machine offers, see [`support`]). Asking for a way
+    /// the machine does not offer makes starting or restoring fail.
+    pub fn change_tracking(mut self, tracking: ChangeTracking) -> Self {
+        self.change_tracking = tracking;
+        self
+    }
+
+    /// How a restored workflow's memory is filled (default: lazily for
+    /// large memories where the machine allows it). Ignored by a start.
+    pub fn memory_restore(mut self, restore: MemoryRestore) -> Self {
+        self.memory_restore = restore;
+        self
+    }
+
+    /// Starts the workflow replaying `inputs` (see [`journal`]) instead of
+    /// recording: its clocks, random draws and host functions give what a
+    /// recorded run got, from instantiation on (a start function's inputs
+    /// are part of the first run's). Granted directories are granted read
+    /// only, so that a replay cannot write what the recorded run wrote.
+    pub fn replaying(mut self, inputs: journal::Inputs) -> Self {
+        self.replaying = Some(inputs);
+        self
+    }
+
+    /// Whether the workflow records the inputs it takes from outside (it
+    /// does by default; see [`journal`]). An embedder that never replays
+    /// (never upgrades instances by replay) can turn it off and save one
+    /// lock and one push per clock reading or random draw.
+    pub fn recording(mut self, on: bool) -> Self {
+        self.unrecorded = !on;
+        self
+    }
 }
 
 impl Engine {
@@ -260,34 +320,39 @@ impl Engine {
         Engine::builder().options(options).build()
     }
 
-    /// A builder for an engine with host functions of the embedder's own.
+    /// A builder for an engine with host functions of the embedder's own,
+    /// or another Wasm stack limit.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             options: Options::default(),
             host_functions: Vec::new(),
-            max_wasm_stack: None,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
         }
     }
 
     fn build(
         options: Options,
         host_functions: Vec<HostFunction>,
-        max_wasm_stack: Option<usize>,
+        max_wasm_stack: usize,
     ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
-        if let Some(bytes) = max_wasm_stack {
-            // wasmtime checks the limit against the stacks of async calls,
-            // which wasnap does not make.
-            config.async_stack_size(bytes + (1 << 20));
-            config.max_wasm_stack(bytes);
-        }
+        // Workflows run on a thread of their own whose native stack holds
+        // this much Wasm stack and the host's frames (`on_workflow_stack`).
+        config.max_wasm_stack(max_wasm_stack);
+        // wasmtime-wasi builds wasmtime with async support, whose fibers
+        // must be able to hold the Wasm stack (wasnap itself runs none).
+        config.async_stack_size(max_wasm_stack + HOST_STACK);
+        // The instrumenter marks the code only unwinding or rewinding runs
+        // as cold, for the compiler to lay out apart from the normal path.
+        config.wasm_branch_hinting(true);
         // Time limits interrupt a run at the next epoch check; the checks
         // cost a load and a compare at loop heads and function entries.
         config.epoch_interruption(true);
         let wasmtime = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut HostState| &mut host.wasi)?;
+        wasi::add_to_linker(&mut linker)?;
         if options.suspends_on_stdin() {
             stdin::add_to_linker(&mut linker)?;
         }
@@ -295,10 +360,10 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
+                max_wasm_stack,
                 linker,
                 options,
                 host_functions,
-                max_wasm_stack,
                 modules: Mutex::new(HashMap::new()),
                 ticker: Once::new(),
             }),
@@ -328,31 +393,65 @@ impl Engine {
         )
     }
 
+    /// The most native stack Wasm code may use (see
+    /// [`EngineBuilder::max_wasm_stack`]).
+    pub fn max_wasm_stack(&self) -> usize {
+        self.inner.max_wasm_stack
+    }
+
     /// Identifies the compiler and instrumenter settings: a compiled
     /// artifact is only valid for an engine with the same fingerprint. The
     /// instrumenter's version and options are part of it, because they
     /// decide the code that was compiled.
+    ///
+    /// It is a BLAKE3 hash, the same in every build and process with the
+    /// same settings (the standard library's `DefaultHasher` makes no such
+    /// promise across Rust releases). wasmtime's compatibility hash is
+    /// only available through `Hash`, whose implementations feed the bytes
+    /// of the integers and strings hashed.
     pub fn fingerprint(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = Blake3Hasher(blake3::Hasher::new());
         self.inner
             .wasmtime
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         instrument::INSTRUMENTER_VERSION.hash(&mut hasher);
         self.inner.options.hash(&mut hasher);
-        format!("wasmtime-48-{:016x}", hasher.finish())
+        let hash = hasher.0.finalize();
+        format!("wasmtime-48-{}", &hash.to_hex()[..32])
+    }
+
+    /// The module with content hash `hash` if this engine has loaded it
+    /// already.
+    pub fn cached(&self, hash: &ModuleHash) -> Option<Module> {
+        self.inner.modules.lock().unwrap().get(hash).cloned()
     }
 
     /// Instruments and compiles `wasm` (or returns the cached result).
     pub fn load(&self, wasm: &[u8]) -> Result<Module> {
-        self.load_with_artifact(wasm, None)
+        // SAFETY: there is no artifact.
+        unsafe { self.load_with_artifact(wasm, None) }
     }
 
     /// Like [`Engine::load`], but takes a compiled artifact made earlier by
     /// [`Module::serialize`] with an engine of the same fingerprint, which
     /// skips instrumentation and compilation. An artifact that does not fit
     /// is ignored.
-    pub fn load_with_artifact(&self, wasm: &[u8], artifact: Option<&[u8]>) -> Result<Module> {
+    ///
+    /// # Safety
+    ///
+    /// An artifact is native code, and loading one runs it as it is:
+    /// wasmtime checks that it was compiled by a compatible engine, not
+    /// what it does. `artifact` must be bytes that [`Module::serialize`]
+    /// wrote for this very module, or that are trusted as much: never
+    /// bytes from a file or database someone else may have written.
+    /// (`wasnap::store` authenticates the artifacts it hands back, see
+    /// [`crate::store::ArtifactKey`].)
+    pub unsafe fn load_with_artifact(
+        &self,
+        wasm: &[u8],
+        artifact: Option<&[u8]>,
+    ) -> Result<Module> {
         let hash = module_hash(wasm);
         if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
             return Ok(module.clone());
@@ -360,7 +459,8 @@ impl Engine {
         let cached = artifact
             .and_then(artifact::decode)
             .and_then(|(metadata, code)| {
-                let compiled = self.deserialize(code)?;
+                // SAFETY: the caller vouches for the artifact.
+                let compiled = unsafe { self.deserialize(code) }?;
                 Some((metadata, compiled))
             });
         let (metadata, compiled) = match cached {
@@ -387,6 +487,7 @@ impl Engine {
             inner: Arc::new(ModuleInner {
                 hash,
                 stdin_suspends: self.inner.options.suspends_on_stdin(),
+                max_wasm_stack: self.inner.max_wasm_stack,
                 metadata,
                 compiled,
                 instance_pre,
@@ -427,10 +528,14 @@ impl Engine {
         Ok(linker)
     }
 
-    fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
-        // SAFETY: artifacts come from `Module::serialize` of an engine with
-        // the same fingerprint, kept in wasnap's own store; wasmtime checks
-        // the engine compatibility header itself and refuses a mismatch.
+    /// wasmtime's code of an artifact.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Engine::load_with_artifact`].
+    unsafe fn deserialize(&self, artifact: &[u8]) -> Option<wasmtime::Module> {
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the
+        // engine compatibility header itself and refuses a mismatch.
         unsafe { wasmtime::Module::deserialize(&self.inner.wasmtime, artifact) }.ok()
     }
 
@@ -466,24 +571,29 @@ impl Engine {
     }
 
     /// Like [`Engine::restore`], with the output and limits of `settings`.
+    ///
+    /// Nothing of the snapshot runs before it has been checked against the
+    /// module ([`Module::check_snapshot`]): a snapshot that is not a state
+    /// the module could have suspended in (an edited file, say, sealed
+    /// again with a fresh checksum) is refused with an error that names
+    /// what is wrong. So is one whose memories are larger than the memory
+    /// limit of `settings`.
     pub fn restore_with(
         &self,
         module: &Module,
         snapshot: &Snapshot,
         settings: Settings,
     ) -> Result<Workflow> {
-        if snapshot.module_hash != module.hash() {
+        workflow::check_stdin_mode(snapshot, module)?;
+        validate::check(snapshot, module)?;
+        if let Some(limit) = settings.policy.memory_limit
+            && let Some((index, memory)) = (0..)
+                .zip(&snapshot.memories)
+                .find(|(_, m)| m.page_count.saturating_mul(PAGE_SIZE as u64) > limit)
+        {
             bail!(
-                "the snapshot belongs to module {}, not to module {}",
-                short_hash(&snapshot.module_hash),
-                short_hash(&module.hash())
-            );
-        }
-        if snapshot.instrumenter_version != instrument::INSTRUMENTER_VERSION {
-            bail!(
-                "the snapshot was made by instrumenter version {}, this wasnap has version {}",
-                snapshot.instrumenter_version,
-                instrument::INSTRUMENTER_VERSION
+                "memory {index} of the snapshot holds {} bytes, more than the memory limit of {limit} bytes",
+                memory.page_count * PAGE_SIZE as u64
             );
         }
         self.start_ticker_for(&settings);
@@ -526,7 +636,7 @@ impl Engine {
 pub struct EngineBuilder {
     options: Options,
     host_functions: Vec<HostFunction>,
-    max_wasm_stack: Option<usize>,
+    max_wasm_stack: usize,
 }
 
 impl EngineBuilder {
@@ -537,10 +647,12 @@ impl EngineBuilder {
     }
 
     /// The most native stack, in bytes, that a workflow's Wasm code may use
-    /// (wasmtime's `max_wasm_stack`; its default is 512 KiB). The thread
-    /// that runs the workflow must have that much stack and more.
+    /// (default [`DEFAULT_MAX_WASM_STACK`]): wasmtime's engine-wide
+    /// `max_wasm_stack`. Deeper recursion ends the run with an error that
+    /// names this limit. Workflows run on a thread of their own whose
+    /// native stack is this plus room for the host, so any size works.
     pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
-        self.max_wasm_stack = Some(bytes);
+        self.max_wasm_stack = bytes;
         self
     }
 
@@ -580,7 +692,103 @@ impl EngineBuilder {
         for function in &self.host_functions {
             host::check_pattern(&function.pattern)?;
         }
+        if self.max_wasm_stack < MIN_MAX_WASM_STACK {
+            bail!(
+                "a Wasm stack limit of {} is too small to run anything (the least is {})",
+                format_size(self.max_wasm_stack),
+                format_size(MIN_MAX_WASM_STACK)
+            );
+        }
         Engine::build(self.options, self.host_functions, self.max_wasm_stack)
+    }
+}
+
+/// A suspension's timer: when a suspended workflow wants to run again
+/// without waiting for anyone. Times are milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// `wasnap.sleep`: it waits for this time, not for a reply.
+    Sleep {
+        /// When it wakes.
+        wake_at: u64,
+    },
+    /// `wasnap.yield_timeout`: a question that waits for a reply until this
+    /// time, when it times out.
+    Deadline {
+        /// When it times out.
+        wake_at: u64,
+    },
+}
+
+impl Timer {
+    /// When the timer fires, in milliseconds since the Unix epoch.
+    pub fn wake_at(self) -> u64 {
+        match self {
+            Timer::Sleep { wake_at } | Timer::Deadline { wake_at } => wake_at,
+        }
+    }
+
+    /// Whether the suspension waits for a reply (a question with a
+    /// deadline) rather than for time alone (a sleep).
+    pub fn expects_reply(self) -> bool {
+        matches!(self, Timer::Deadline { .. })
+    }
+}
+
+/// A `Hasher` whose output is BLAKE3's, for values only hashable through
+/// `Hash`; see [`Engine::fingerprint`].
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let hash = self.0.finalize();
+        u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+}
+
+/// The Wasm stack limit of an engine built without
+/// [`EngineBuilder::max_wasm_stack`]: 8 MiB, sixteen times wasmtime's own
+/// default, enough for script interpreters running deeply recursive
+/// scripts (each script-level call is a few native frames of a large
+/// interpreter function).
+pub const DEFAULT_MAX_WASM_STACK: usize = 8 << 20;
+
+/// The smallest Wasm stack limit an engine accepts.
+pub const MIN_MAX_WASM_STACK: usize = 64 << 10;
+
+/// Native stack a workflow's thread has beyond its Wasm stack limit, for
+/// wasmtime's and the host functions' own frames.
+const HOST_STACK: usize = 2 << 20;
+
+/// Runs `f` on a new thread whose native stack holds `max_wasm_stack` of
+/// Wasm frames and the host's, whatever the calling thread's stack is.
+pub(crate) fn on_workflow_stack<T: Send>(
+    max_wasm_stack: usize,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("wasnap-workflow".into())
+            .stack_size(max_wasm_stack + HOST_STACK)
+            .spawn_scoped(scope, f)
+            .context("cannot start the thread that runs the workflow")?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A byte count as people write it: `8 MiB`, `512 KiB`, `100 bytes`.
+pub fn format_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 

@@ -7,8 +7,10 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Instance, Memory, Store, V128, Val};
 
 use super::abi::HostState;
+use super::paging::{self, ChangeTracking, Filler, MemoryRestore, Tracker};
+use super::uffd::{self, Userfaultfd};
 use crate::instrument::{GLOBAL_EXPORT_PREFIX, MEMORY_EXPORT_PREFIX, Metadata};
-use crate::snapshot::{GlobalValue, MemoryImage, PAGE_SIZE, Page, TableImage};
+use crate::snapshot::{GlobalValue, MemoryImage, PAGE_SIZE, Page, PageData, TableImage};
 
 pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u32) -> Memory {
     instance
@@ -17,51 +19,69 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
 }
 
 /// The pages of a workflow's memories as of its last capture or restore,
-/// by memory and page index (`None`: all zeros then).
+/// by memory and page index (`None`: all zeros then), and how the writes
+/// since are found.
 ///
-/// How a capture finds the pages that changed: it compares each page with
-/// the one kept here, and shares the kept copy when they are equal. A
-/// comparison reads the page once and stops at its first difference; it
-/// is several times faster than hashing the page, and, unlike the
-/// kernel's soft-dirty bits (cleared for a whole process at a time, and
-/// absent from many kernels) or write-protecting the memory (a fault per
-/// first write, in signal handlers that wasmtime owns), it needs nothing
-/// from the platform. The kept copies are the very buffers of the last
-/// snapshot, not copies of it: what a workflow pays is holding one copy of
-/// its non-zero pages besides its memory, for as long as it lives.
+/// How a capture finds the pages that changed: where the kernel tracks
+/// writes ([`Tracker`]: userfaultfd's write protection), only the pages
+/// written since are read, and every other page is the one kept here;
+/// elsewhere a capture compares each page with the one kept here, and
+/// shares the kept copy when they are equal (a comparison reads the page
+/// once and stops at its first difference; it is several times faster than
+/// hashing it). The kept copies are the very pages of the last snapshot,
+/// not copies of them; after a lazy restore, those not touched since were
+/// never even read from the store.
 ///
-/// A page that was all zeros then is read again only if the kernel has
-/// mapped it since (see [`touched_pages`]): a sparse memory costs what its
-/// guest touched, not its size.
+/// A page that was all zeros then, outside the tracked range, is read
+/// again only if the kernel has mapped it since (see [`touched_pages`]):
+/// a sparse memory costs what its guest touched, not its size.
 #[derive(Default)]
 pub(crate) struct PageHistory {
-    memories: Vec<Vec<Option<Arc<[u8]>>>>,
+    memories: Vec<Vec<Option<PageData>>>,
     /// Whether `memories` describes every page (after a capture or a
     /// restore), so that a page it has as zeros and nobody touched since is
     /// still zeros.
     complete: bool,
+    tracker: Tracker,
+    /// Fills the pages of a lazily restored memory as they are touched.
+    filler: Option<Filler>,
 }
 
 impl PageHistory {
-    /// The history of a workflow whose memories were just made equal to
-    /// `images`.
-    pub(crate) fn of(images: &[MemoryImage]) -> PageHistory {
-        let memories = images
-            .iter()
-            .map(|image| {
-                let mut pages = vec![None; image.page_count as usize];
-                for page in &image.pages {
-                    pages[page.index as usize] = Some(Arc::clone(&page.data));
-                }
-                pages
-            })
-            .collect();
-        PageHistory {
-            memories,
-            complete: true,
+    /// The history of a workflow not captured yet, whose writes will be
+    /// tracked as `tracking` says.
+    pub(crate) fn new(tracking: ChangeTracking) -> Result<PageHistory> {
+        Ok(PageHistory {
+            tracker: Tracker::new(tracking)?,
+            ..PageHistory::default()
+        })
+    }
+
+    /// Why the workflow cannot go on, if a page of its memory could not be
+    /// read from the store when it was first touched.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.filler.as_ref().and_then(Filler::error) {
+            Some(error) => Err(UnreadablePage(error).into()),
+            None => Ok(()),
         }
     }
 }
+
+/// The error of a run or snapshot of a lazily restored workflow one of
+/// whose pages could not be read from the store when it was first touched
+/// (the page is missing, or its contents do not match its name). The
+/// workflow saw zeros there and cannot go on; the fault is the store's,
+/// not the run's.
+#[derive(Debug)]
+pub struct UnreadablePage(String);
+
+impl std::fmt::Display for UnreadablePage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnreadablePage {}
 
 /// For each 64 KiB page of `memory`, whether the kernel has mapped any of
 /// its 4 KiB pages (or swapped one out), from `/proc/self/pagemap`; `None`
@@ -105,54 +125,72 @@ fn touched_pages(memory: &[u8]) -> Option<Vec<bool>> {
 
 /// Every memory as its size and non-zero pages. Pages equal to those of
 /// `history` are shared with it rather than copied; `history` becomes this
-/// capture.
+/// capture. Fails if a page of a lazily restored memory, or one kept from
+/// it, cannot be read from the store.
 pub(crate) fn capture_memories(
     store: &mut Store<HostState>,
     instance: &Instance,
     metadata: &Metadata,
     history: &mut PageHistory,
-) -> Vec<MemoryImage> {
+) -> Result<Vec<MemoryImage>> {
+    history.check()?;
     history
         .memories
         .resize_with(metadata.memory_count as usize, Vec::new);
-    let memories = (0..metadata.memory_count)
-        .map(|index| {
-            let memory = memory(store, instance, index);
-            let data = memory.data(&*store);
-            // Pages beyond the module's minimum size were added by growing
-            // the memory: they start as zeros, so they need no history.
-            let grown_from = memory.ty(&*store).minimum() as usize;
-            let complete = history.complete;
-            let touched = touched_pages(data);
-            let untouched = |page: usize| {
-                (complete || page >= grown_from) && touched.as_ref().is_some_and(|t| !t[page])
+    let mut memories = Vec::with_capacity(metadata.memory_count as usize);
+    for index in 0..metadata.memory_count {
+        let memory = memory(store, instance, index);
+        // Pages beyond the module's minimum size were added by growing
+        // the memory: they start as zeros, so they need no history.
+        let grown_from = memory.ty(&*store).minimum() as usize;
+        let data = memory.data(&*store);
+        let (base, len) = (data.as_ptr() as usize, data.len());
+        let i = index as usize;
+        let written = match history.complete {
+            true => history.tracker.written(i, base, len),
+            false => None,
+        };
+        let tracked = written.as_ref().map_or(0, |w| w.tracked);
+        let complete = history.complete;
+        // Only pages outside the tracked range need the page map.
+        let touched = (tracked < len / PAGE_SIZE)
+            .then(|| touched_pages(data))
+            .flatten();
+        let untouched = |page: usize| {
+            (complete || page >= grown_from) && touched.as_ref().is_some_and(|t| !t[page])
+        };
+        let kept = &mut history.memories[i];
+        kept.resize(len / PAGE_SIZE, None);
+        let mut pages = Vec::new();
+        for ((page_index, page), kept) in data.chunks_exact(PAGE_SIZE).enumerate().zip(kept) {
+            let unwritten = written
+                .as_ref()
+                .is_some_and(|w| page_index < w.tracked && !w.pages[page_index]);
+            let data = match kept {
+                // Not written since: the kept page is still what is there.
+                Some(old) if unwritten => old.clone(),
+                None if unwritten => continue,
+                Some(old) if old.bytes()? == page => old.clone(),
+                None if untouched(page_index) => continue,
+                _ if is_zero(page) => {
+                    *kept = None;
+                    continue;
+                }
+                _ => kept.insert(PageData::from(page)).clone(),
             };
-            let kept = &mut history.memories[index as usize];
-            kept.resize(data.len() / PAGE_SIZE, None);
-            let mut pages = Vec::new();
-            for ((page_index, page), kept) in data.chunks_exact(PAGE_SIZE).enumerate().zip(kept) {
-                let data = match kept {
-                    Some(old) if **old == *page => Arc::clone(old),
-                    None if untouched(page_index) => continue,
-                    _ if is_zero(page) => {
-                        *kept = None;
-                        continue;
-                    }
-                    _ => Arc::clone(kept.insert(Arc::from(page))),
-                };
-                pages.push(Page {
-                    index: page_index as u32,
-                    data,
-                });
-            }
-            MemoryImage {
-                page_count: (data.len() / PAGE_SIZE) as u64,
-                pages,
-            }
-        })
-        .collect();
+            pages.push(Page {
+                index: page_index as u32,
+                data,
+            });
+        }
+        history.tracker.track(i, base, len);
+        memories.push(MemoryImage {
+            page_count: (len / PAGE_SIZE) as u64,
+            pages,
+        });
+    }
     history.complete = true;
-    memories
+    Ok(memories)
 }
 
 /// Whether a page is all zeros, a machine word at a time.
@@ -163,46 +201,210 @@ pub(crate) fn is_zero(bytes: &[u8]) -> bool {
         && suffix.iter().all(|&b| b == 0)
 }
 
-/// Makes each memory of a fresh instance equal to its image. Only pages
-/// that are non-zero on either side are written: growing a memory gives
-/// zero pages for free.
+/// Below this many non-zero pages (2 MiB), [`MemoryRestore::Auto`] restores
+/// eagerly: starting the filling thread and taking a fault per page costs
+/// more than reading a few pages ahead (docs/PERFORMANCE.md).
+const LAZY_MIN_PAGES: usize = 32;
+
+/// A lazy restore reads every remaining page ahead, between faults, once
+/// the workflow has touched this many: past that point reading the rest
+/// costs less than faulting it in (docs/PERFORMANCE.md).
+const PREFETCH_AFTER_FAULTS: usize = 64;
+
+/// Makes each memory of a fresh instance equal to its image, and returns
+/// the workflow's page history. Where userfaultfd works, the memory is
+/// replaced by fresh memory whose pages are placed already write-protected
+/// (so writes are tracked from the start), either all before the workflow
+/// runs or each when first touched ([`MemoryRestore`]); elsewhere only the
+/// pages that are non-zero on either side are written: growing a memory
+/// gives zero pages for free.
 pub(crate) fn restore_memories(
     store: &mut Store<HostState>,
     instance: &Instance,
     images: &[MemoryImage],
-) -> Result<()> {
+    tracking: ChangeTracking,
+    restore: MemoryRestore,
+) -> Result<PageHistory> {
+    let support = paging::support();
+    let non_zero: usize = images.iter().map(|m| m.pages.len()).sum();
+    let lazy = match restore {
+        MemoryRestore::Eager => false,
+        MemoryRestore::Lazy if !support.fill_on_demand => bail!(
+            "lazy restore is not available here: it needs userfaultfd and the privilege to handle the page faults of system calls (CAP_SYS_PTRACE, or sysctl vm.unprivileged_userfaultfd = 1)"
+        ),
+        MemoryRestore::Lazy => true,
+        MemoryRestore::Auto => {
+            support.fill_on_demand
+                && tracking != ChangeTracking::Compare
+                && non_zero >= LAZY_MIN_PAGES
+        }
+    };
+    let lazy_uffd = match (lazy, restore) {
+        (false, _) => None,
+        (true, MemoryRestore::Lazy) => Some(Userfaultfd::open(true)?),
+        // Out of descriptors, say: an eager restore still works.
+        (true, _) => Userfaultfd::open(true).ok(),
+    };
+    let lazy = lazy_uffd.is_some();
+    let mut tracker = match lazy_uffd {
+        Some(uffd) => Tracker::on(Arc::new(uffd)),
+        None => Tracker::new(tracking)?,
+    };
+    let mut lazy_memories = Vec::new();
     for (index, image) in images.iter().enumerate() {
         let memory = memory(store, instance, index as u32);
-        let current = memory.size(&*store);
-        if image.page_count < current {
-            bail!(
-                "memory {index} of the snapshot has {} pages, fewer than the module's minimum of {current}",
-                image.page_count
-            );
-        }
-        // Data segments may have written pages the snapshot has as zeros.
-        let initialised = current as usize * PAGE_SIZE;
+        let initialised = grow_to(store, &memory, index, image)? as usize * PAGE_SIZE;
         let data = memory.data_mut(&mut *store);
-        let mut next_image_page = image.pages.iter().peekable();
-        for (page_index, page) in data[..initialised].chunks_exact_mut(PAGE_SIZE).enumerate() {
-            let in_image = next_image_page
-                .next_if(|p| p.index as usize == page_index)
-                .is_some();
-            if !in_image && !is_zero(page) {
-                page.fill(0);
+        let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
+        check_pages(image, index, data.len())?;
+        match tracker.userfaultfd() {
+            Some(_) if range.is_empty() => {}
+            Some(uffd) => {
+                // SAFETY: nothing refers to the memory's bytes while it is
+                // restored (`data` is not used again), and all of it is
+                // about to be replaced by the snapshot's pages.
+                unsafe { uffd::discard(range.clone()) }?;
+                uffd.register(range.clone(), lazy)?;
+                // Every page is marked, populated or not: the kernel's scan
+                // reports a page with neither a page nor a mark as written.
+                // A marked page that is missing still faults to the filler.
+                uffd.write_protect(range.clone())?;
+                if lazy {
+                    lazy_memories.push((range.clone(), image));
+                } else {
+                    place_pages(uffd, range.start, image)?;
+                }
+                // A lazy restore registers for write protection too; with
+                // page comparison asked for, captures just do not use it.
+                if tracking != ChangeTracking::Compare {
+                    tracker.tracked(index, range.start, range.end - range.start);
+                }
             }
+            None => copy_pages(store, &memory, index, image, initialised)?,
         }
-        memory
-            .grow(&mut *store, image.page_count - current)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("growing memory {index} to {} pages", image.page_count))?;
-        let data = memory.data_mut(&mut *store);
-        for page in &image.pages {
-            let start = page.index as usize * PAGE_SIZE;
-            data.get_mut(start..start + PAGE_SIZE)
-                .with_context(|| format!("page {} is outside memory {index}", page.index))?
-                .copy_from_slice(&page.data);
+    }
+    let filler = match (lazy, tracker.userfaultfd()) {
+        (true, Some(uffd)) => Some(Filler::start(
+            Arc::clone(uffd),
+            lazy_memories,
+            PREFETCH_AFTER_FAULTS,
+        )?),
+        _ => None,
+    };
+    Ok(PageHistory {
+        memories: images
+            .iter()
+            .map(|image| {
+                let mut pages = vec![None; image.page_count as usize];
+                for page in &image.pages {
+                    pages[page.index as usize] = Some(page.data.clone());
+                }
+                pages
+            })
+            .collect(),
+        complete: true,
+        tracker,
+        filler,
+    })
+}
+
+/// Grows memory `index` to the size of its image; returns the size it had,
+/// in pages.
+fn grow_to(
+    store: &mut Store<HostState>,
+    memory: &Memory,
+    index: usize,
+    image: &MemoryImage,
+) -> Result<u64> {
+    let current = memory.size(&*store);
+    if image.page_count < current {
+        bail!(
+            "memory {index} of the snapshot has {} pages, fewer than the module's minimum of {current}",
+            image.page_count
+        );
+    }
+    memory
+        .grow(&mut *store, image.page_count - current)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("growing memory {index} to {} pages", image.page_count))?;
+    Ok(current)
+}
+
+fn check_pages(image: &MemoryImage, index: usize, len: usize) -> Result<()> {
+    if let Some(page) = image
+        .pages
+        .iter()
+        .find(|p| (p.index as usize + 1) * PAGE_SIZE > len)
+    {
+        bail!("page {} is outside memory {index}", page.index);
+    }
+    Ok(())
+}
+
+/// Below this many pages to read, a second thread costs more than it
+/// saves: starting it and waiting for it can take a scheduling delay of
+/// milliseconds on a busy machine.
+const READ_ON_TWO_THREADS: usize = 16;
+
+/// Reads every page of `image` not read yet, on two threads when many.
+fn read_pages(image: &MemoryImage) -> Result<()> {
+    let unread: Vec<&Page> = image.pages.iter().filter(|p| !p.data.is_loaded()).collect();
+    let half = match unread.len() >= READ_ON_TWO_THREADS {
+        true => unread.len() / 2,
+        false => unread.len(),
+    };
+    let (mine, theirs) = unread.split_at(half);
+    std::thread::scope(|scope| {
+        if !theirs.is_empty() {
+            scope.spawn(|| theirs.iter().for_each(|p| drop(p.data.bytes())));
         }
+        mine.iter().for_each(|p| drop(p.data.bytes()));
+    });
+    // Errors were kept by the pages: the first one is reported.
+    image
+        .pages
+        .iter()
+        .try_for_each(|p| p.data.bytes().map(drop))
+}
+
+/// Places every page of `image` into the memory at `base`, registered with
+/// `uffd` and holding nothing yet.
+fn place_pages(uffd: &Userfaultfd, base: usize, image: &MemoryImage) -> Result<()> {
+    read_pages(image)?;
+    for page in &image.pages {
+        // SAFETY: the page lies inside the registered memory (checked),
+        // which nothing refers to while it is restored.
+        unsafe { uffd.place(base + page.index as usize * PAGE_SIZE, page.data.bytes()?) }?;
+    }
+    Ok(())
+}
+
+/// Writes the pages of `image` into a memory whose first `initialised`
+/// bytes hold what instantiation put there: data segments may have
+/// written pages the snapshot has as zeros.
+fn copy_pages(
+    store: &mut Store<HostState>,
+    memory: &Memory,
+    index: usize,
+    image: &MemoryImage,
+    initialised: usize,
+) -> Result<()> {
+    read_pages(image)?;
+    let data = memory.data_mut(&mut *store);
+    let mut next_image_page = image.pages.iter().peekable();
+    for (page_index, page) in data[..initialised].chunks_exact_mut(PAGE_SIZE).enumerate() {
+        let in_image = next_image_page
+            .next_if(|p| p.index as usize == page_index)
+            .is_some();
+        if !in_image && !is_zero(page) {
+            page.fill(0);
+        }
+    }
+    for page in &image.pages {
+        let start = page.index as usize * PAGE_SIZE;
+        data.get_mut(start..start + PAGE_SIZE)
+            .with_context(|| format!("page {} is outside memory {index}", page.index))?
+            .copy_from_slice(page.data.bytes()?);
     }
     Ok(())
 }
@@ -222,25 +424,35 @@ pub(crate) fn capture_globals(
     (0..metadata.global_count)
         .map(|index| {
             let value = global(store, instance, index).get(&mut *store);
-            Ok(match value {
-                Val::I32(v) => GlobalValue::I32(v as u32),
-                Val::I64(v) => GlobalValue::I64(v as u64),
-                Val::F32(bits) => GlobalValue::F32(bits),
-                Val::F64(bits) => GlobalValue::F64(bits),
-                Val::V128(v) => GlobalValue::V128(v.as_u128()),
-                Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) => {
-                    GlobalValue::NullRef
-                }
-                _ => {
+            match GlobalValue::of(&value) {
+                Some(value) => Ok(value),
+                None => {
                     bail!("global {index} holds a non-null reference, which cannot be snapshotted")
                 }
-            })
+            }
         })
         .collect()
 }
 
-/// Sets every mutable global; immutable ones are already what the module
-/// initialised them to.
+impl GlobalValue {
+    /// A global's value as a snapshot keeps it; `None` for a non-null
+    /// reference, which bytes cannot carry.
+    fn of(value: &Val) -> Option<GlobalValue> {
+        Some(match *value {
+            Val::I32(v) => GlobalValue::I32(v as u32),
+            Val::I64(v) => GlobalValue::I64(v as u64),
+            Val::F32(bits) => GlobalValue::F32(bits),
+            Val::F64(bits) => GlobalValue::F64(bits),
+            Val::V128(v) => GlobalValue::V128(v.as_u128()),
+            Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) => GlobalValue::NullRef,
+            _ => return None,
+        })
+    }
+}
+
+/// Sets every mutable global. Immutable ones are already what the module
+/// initialised them to, and a snapshot that says otherwise is not one of
+/// this module's.
 pub(crate) fn restore_globals(
     store: &mut Store<HostState>,
     instance: &Instance,
@@ -248,20 +460,31 @@ pub(crate) fn restore_globals(
 ) -> Result<()> {
     for (index, value) in values.iter().enumerate() {
         let global = global(store, instance, index as u32);
-        if global.ty(&*store).mutability() != wasmtime::Mutability::Var {
-            continue;
-        }
+        let ty = global.ty(&*store);
         let value = match *value {
             GlobalValue::I32(v) => Val::I32(v as i32),
             GlobalValue::I64(v) => Val::I64(v as i64),
             GlobalValue::F32(bits) => Val::F32(bits),
             GlobalValue::F64(bits) => Val::F64(bits),
             GlobalValue::V128(v) => Val::V128(V128::from(v)),
-            GlobalValue::NullRef => continue,
+            GlobalValue::NullRef => match ty.content() {
+                wasmtime::ValType::Ref(r) => Val::null_ref(r.heap_type()),
+                other => bail!("global {index} is of type {other}, not a reference"),
+            },
             GlobalValue::FuncRef(_) => {
                 bail!("global {index}: function references cannot be restored")
             }
         };
+        if ty.mutability() != wasmtime::Mutability::Var {
+            let initial = GlobalValue::of(&global.get(&mut *store));
+            if initial.as_ref() != Some(&values[index]) {
+                bail!(
+                    "the snapshot is not valid: global {index} is immutable and holds {initial:?}, not {:?}",
+                    values[index]
+                );
+            }
+            continue;
+        }
         global
             .set(&mut *store, value)
             .map_err(anyhow::Error::from)

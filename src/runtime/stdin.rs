@@ -57,7 +57,7 @@ fn read_stdin(
     iovs_len: i32,
     nread: i32,
 ) -> Result<i32> {
-    let resumed = abi::is_rewinding(caller)?;
+    let resumed = abi::is_rewinding(caller, "wasi_snapshot_preview1.fd_read")?;
     let host = caller.data_mut();
     let Stdin::Suspending { buffered } = &mut host.stdin else {
         bail!("standard input is not suspending, but the module reads it through wasnap");
@@ -73,6 +73,7 @@ fn read_stdin(
         let pending = Pending::Yield {
             import: WASI_READ_IMPORT.into(),
             value: Vec::new(),
+            timer: None,
         };
         abi::start_unwind(caller, pending)?;
         return Ok(ERRNO_SUCCESS);
@@ -106,7 +107,7 @@ fn copy_to_iovecs(
     iovs: i32,
     iovs_len: i32,
 ) -> Result<usize> {
-    let memory = abi::guest_memory(caller)?;
+    let memory = abi::guest_memory(caller, "wasi_snapshot_preview1.fd_read")?;
     let list = abi::guest_range(memory, iovs, iovs_len.saturating_mul(8))?;
     let list = memory[list].to_vec();
     let mut copied = 0;
@@ -125,7 +126,7 @@ fn copy_to_iovecs(
 }
 
 fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, value: u32) -> Result<()> {
-    let memory = abi::guest_memory(caller)?;
+    let memory = abi::guest_memory(caller, "wasi_snapshot_preview1.fd_read")?;
     let range = abi::guest_range(memory, ptr, 4)?;
     memory[range].copy_from_slice(&value.to_le_bytes());
     Ok(())

@@ -11,7 +11,11 @@ use anyhow::{Context as _, Result, bail};
 use wasmtime::{Func, Instance, Store, Val};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::abi::{Handles, HostState, Pending};
+use super::abi::{Handles, HostState, LimitReached, MemoryLimit, Pending};
+use super::journal::{
+    Inputs, Journal, JournalledMonotonicClock, JournalledRandom, JournalledWallClock, Mismatch,
+    SharedJournal,
+};
 use super::stdin::Terminal;
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
@@ -27,7 +31,9 @@ const NO_DEADLINE: u64 = u64::MAX / 2;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The workflow called `yield` with this value and is suspended; it can
-    /// be snapshotted, sent a reply, and run again.
+    /// be snapshotted, sent a reply, and run again. `sleep` and
+    /// `yield_timeout` suspend the same way, with a timer
+    /// ([`Workflow::timer`]); `sleep`'s value is empty.
     Yielded(Vec<u8>),
     /// The workflow's main function returned, or it called WASI `proc_exit`
     /// with this status (0 when it returned).
@@ -37,14 +43,21 @@ pub enum Step {
 /// One workflow instance: a wasmtime store and instance, and the state of
 /// its coroutines.
 pub struct Workflow {
-    module: Module,
-    store: Store<HostState>,
-    instance: Instance,
-    finished: bool,
-    time_limit: Option<std::time::Duration>,
     /// The pages of the last snapshot (or of the restored one), so that the
-    /// next snapshot copies only the pages that changed since.
+    /// next snapshot copies only the pages that changed since. First, so
+    /// that it is dropped first: its thread filling pages stops before
+    /// the memory it fills is unmapped.
     pages: state::PageHistory,
+    pub(super) module: Module,
+    pub(super) store: Store<HostState>,
+    pub(super) instance: Instance,
+    finished: bool,
+    /// Why the workflow cannot go on: a handler failed halfway through.
+    pub(super) broken: Option<String>,
+    /// Whether a run or handler call began since instantiation: the
+    /// journal then keeps only the inputs of the latest one.
+    pub(super) called: bool,
+    pub(super) time_limit: Option<std::time::Duration>,
 }
 
 impl Workflow {
@@ -56,7 +69,6 @@ impl Workflow {
         };
         let env = settings.policy.env.clone();
         let mut workflow = Workflow::instantiate(module, &settings, args, env)?;
-        workflow.handles().unwinder.reserve(&mut workflow.store)?;
         workflow.store.data_mut().coroutines.push(Coroutine {
             id: 0,
             parent: 0,
@@ -89,15 +101,6 @@ impl Workflow {
             );
         }
         let host = &snapshot.host;
-        match (&host.stdin, module.inner.stdin_suspends) {
-            (Stdin::Suspending { .. }, false) => bail!(
-                "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
-            ),
-            (Stdin::Empty, true) => bail!(
-                "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
-            ),
-            _ => {}
-        }
         // A policy's environment replaces the recorded one; else the
         // workflow sees what it was started with.
         let env = if settings.policy.env.is_empty() {
@@ -106,9 +109,17 @@ impl Workflow {
             settings.policy.env.clone()
         };
         let mut workflow = Workflow::instantiate(module, &settings, host.args.clone(), env)?;
+        // A start function ran again at instantiation; what it read belongs
+        // to the first run, whose state the snapshot now replaces.
+        workflow.take_inputs();
         let (store, instance) = (&mut workflow.store, &workflow.instance);
-        state::restore_memories(store, instance, &snapshot.memories)?;
-        workflow.pages = state::PageHistory::of(&snapshot.memories);
+        workflow.pages = state::restore_memories(
+            store,
+            instance,
+            &snapshot.memories,
+            settings.change_tracking,
+            settings.memory_restore,
+        )?;
         state::restore_globals(store, instance, &snapshot.globals)?;
         let data = store.data_mut();
         data.coroutines = snapshot.coroutines.clone();
@@ -133,8 +144,14 @@ impl Workflow {
         args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> Result<Workflow> {
+        let journal = Journal::new(settings.replaying.clone(), settings.unrecorded);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&args).envs(&env).inherit_stderr();
+        journal_inputs(&mut wasi, &journal);
+        let permissions = match settings.replaying {
+            Some(_) => wasmtime_wasi::FsPerms::ReadOnly,
+            None => wasmtime_wasi::FsPerms::ReadWrite,
+        };
         match (&settings.stdout, module.inner.stdin_suspends) {
             (Output::Inherit, false) => wasi.inherit_stdout(),
             (Output::Capture(captured), false) => wasi.stdout(captured.0.clone()),
@@ -142,25 +159,18 @@ impl Workflow {
             (Output::Capture(captured), true) => wasi.stdout(Terminal(captured.0.clone())),
         };
         for directory in &settings.policy.directories {
-            wasi.preopened_dir(
-                &directory.host,
-                &directory.guest,
-                wasmtime_wasi::FsPerms::ReadWrite,
-            )
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("granting directory {}", directory.host.display()))?;
-        }
-        let mut limits = wasmtime::StoreLimitsBuilder::new();
-        if let Some(bytes) = settings.policy.memory_limit {
-            // A clear trap rather than a failed memory.grow the guest may
-            // not check.
-            limits = limits
-                .memory_size(usize::try_from(bytes).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true);
+            wasi.preopened_dir(&directory.host, &directory.guest, permissions)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("granting directory {}", directory.host.display()))?;
         }
         let host = HostState {
             wasi: wasi.build_p1(),
-            limits: limits.build(),
+            memory_limit: MemoryLimit(
+                settings
+                    .policy
+                    .memory_limit
+                    .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
+            ),
             handles: None,
             coroutines: Vec::new(),
             current: 0,
@@ -171,6 +181,12 @@ impl Workflow {
             reply: Vec::new(),
             args,
             env,
+            timer: None,
+            woken: false,
+            journal,
+            handler: None,
+            loan: None,
+            suspend_again: false,
             stdin: if module.inner.stdin_suspends {
                 Stdin::Suspending {
                     buffered: Vec::new(),
@@ -180,24 +196,26 @@ impl Workflow {
             },
         };
         let mut store = Store::new(module.inner.compiled.engine(), host);
-        store.limiter(|host| &mut host.limits);
-        // A new store's epoch deadline is "now": give the start function,
-        // if any, all the time it needs; `run` sets the real deadline.
-        store.set_epoch_deadline(NO_DEADLINE);
-        let instance = module
-            .inner
-            .instance_pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)
-            .context("instantiating the module")?;
+        store.limiter(|host| &mut host.memory_limit);
+        // A new store's epoch deadline is "now": the module's start
+        // function, if any, runs under the time limit too (it may loop);
+        // `run` sets the deadline again for each run.
+        store.set_epoch_deadline(deadline_ticks(settings.policy.time_limit));
+        let instance = match module.inner.instance_pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(error) if is_interrupt(&error) => {
+                bail!(
+                    "the module's start function ran past the time limit of {:?}",
+                    settings.policy.time_limit.unwrap_or_default()
+                )
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error).context("instantiating the module"));
+            }
+        };
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(
-                &mut store,
-                &instance,
-                metadata.binaryen,
-                metadata.initial_pages_of_memory0,
-            )?,
+            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -213,15 +231,36 @@ impl Workflow {
             store,
             instance,
             finished: false,
+            broken: None,
+            called: false,
             time_limit: settings.policy.time_limit,
-            pages: state::PageHistory::default(),
+            pages: state::PageHistory::new(settings.change_tracking)?,
         })
     }
 
     /// Sets what the pending `yield` returns (its length) and what
     /// `wasnap.reply` copies out when the workflow runs again.
     pub fn send(&mut self, reply: &[u8]) {
-        self.store.data_mut().reply = reply.to_vec();
+        let host = self.store.data_mut();
+        host.reply = reply.to_vec();
+        host.woken = false;
+    }
+
+    /// Continues the workflow as its timer firing rather than with a
+    /// reply: a pending `sleep` returns, a pending `yield_timeout` returns
+    /// -1 (it timed out). A plain `yield` returns 0, as with an empty reply.
+    pub fn wake(&mut self) {
+        let host = self.store.data_mut();
+        host.reply.clear();
+        host.woken = true;
+    }
+
+    /// The timer of the suspension [`Workflow::run`] last stopped at: when
+    /// a `sleep` wakes, or a `yield_timeout` times out. `None` for a plain
+    /// `yield` (and for a workflow restored from a snapshot, which does not
+    /// carry it: the store keeps it with the version).
+    pub fn timer(&self) -> Option<super::Timer> {
+        self.store.data().timer
     }
 
     /// The value of the last `yield`.
@@ -239,17 +278,93 @@ impl Workflow {
         &self.module
     }
 
-    /// Runs the workflow until it yields or finishes. A trap is an error,
-    /// with the guest's backtrace; the workflow cannot run after one.
-    pub fn run(&mut self) -> Result<Step> {
+    /// The inputs (clock readings, random bytes, host function answers,
+    /// patches) the workflow took in its latest run or handler call (for
+    /// the first, since it was started), and not taken yet; see
+    /// [`journal`](super::journal). Empty while replaying.
+    pub fn take_inputs(&mut self) -> Inputs {
+        Journal::lock(&self.store.data().journal).take()
+    }
+
+    /// A run or handler call begins: the journal keeps only its inputs
+    /// (and, for the first, those of instantiation), so that a workflow
+    /// whose inputs nobody takes does not collect them forever.
+    pub(super) fn begin_call(&mut self) {
+        if self.called {
+            self.take_inputs();
+        }
+        self.called = true;
+    }
+
+    /// From now on the workflow replays `inputs`, until [`Workflow::record`]:
+    /// its clocks, random draws and host functions give what they gave the
+    /// recorded run. Give each recorded run's inputs before running it
+    /// again, and check with [`Workflow::check_replayed`] after it.
+    pub fn replay(&mut self, inputs: Inputs) {
+        Journal::lock(&self.store.data().journal).replay(inputs);
+    }
+
+    /// Back to recording inputs, after a replay.
+    pub fn record(&mut self) {
+        Journal::lock(&self.store.data().journal).record();
+    }
+
+    /// After a replayed run: fails with the first place where the run asked
+    /// for something else than the recorded run did, or when it left
+    /// recorded inputs unused.
+    pub fn check_replayed(&self) -> std::result::Result<(), Mismatch> {
+        Journal::lock(&self.store.data().journal).check_replayed()
+    }
+
+    /// The first divergence of a replay, if one is known.
+    pub fn divergence(&self) -> Option<Mismatch> {
+        Journal::lock(&self.store.data().journal)
+            .divergence()
+            .cloned()
+    }
+
+    /// Fails when the workflow cannot run, snapshot or handle anything.
+    pub(super) fn check_usable(&self) -> Result<()> {
         if self.finished {
             bail!("the workflow has finished");
         }
-        let ticks = match self.time_limit {
-            Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
-            None => NO_DEADLINE,
-        };
-        self.store.set_epoch_deadline(ticks);
+        if let Some(cause) = &self.broken {
+            bail!("the workflow cannot go on: {cause}");
+        }
+        Ok(())
+    }
+
+    /// Gives the next call into the guest the workflow's time limit.
+    pub(super) fn set_deadline(&mut self) {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.time_limit));
+    }
+
+    /// Runs the workflow until it yields or finishes. A trap is an error,
+    /// with the guest's backtrace; the workflow cannot run after one.
+    ///
+    /// The Wasm code runs on a thread of its own, whose native stack fits
+    /// the engine's Wasm stack limit.
+    pub fn run(&mut self) -> Result<Step> {
+        let max_wasm_stack = self.module.inner.max_wasm_stack;
+        super::on_workflow_stack(max_wasm_stack, || self.run_here())
+    }
+
+    fn run_here(&mut self) -> Result<Step> {
+        self.check_usable()?;
+        self.begin_call();
+        self.set_deadline();
+        let step = self.run_to_suspension();
+        // A page of a lazily restored memory that could not be read from
+        // the store was seen as zeros: nothing the run did can be trusted.
+        if let Err(error) = self.pages.check() {
+            self.finished = true;
+            return Err(error);
+        }
+        step
+    }
+
+    fn run_to_suspension(&mut self) -> Result<Step> {
         loop {
             let current = self.store.data().current;
             let returned = self.run_coroutine(current)?;
@@ -276,16 +391,38 @@ impl Workflow {
         }
     }
 
+    /// Rewinds the running coroutine to the call it is suspended in and
+    /// suspends it there again at once, running none of the guest's own
+    /// code, and returns the snapshot then. It equals the snapshot the
+    /// workflow was restored from exactly when the rewind went through the
+    /// frames that snapshot holds and into the call it names: a check,
+    /// for tests and fuzzing, that a restore resumes where it should.
+    #[doc(hidden)]
+    pub fn rewind_and_suspend_again(&mut self) -> Result<Snapshot> {
+        let host = self.store.data();
+        let suspended = host
+            .coroutine(host.current)
+            .is_some_and(|c| c.state == CoroutineState::Suspended);
+        if suspended {
+            let reply = host.reply.clone();
+            self.store.data_mut().suspend_again = true;
+            let step = self.run();
+            self.store.data_mut().suspend_again = false;
+            if !matches!(step?, Step::Yielded(_)) {
+                bail!("the rewind did not reach the call the workflow was suspended in");
+            }
+            self.store.data_mut().reply = reply;
+        }
+        self.snapshot()
+    }
+
     /// Calls into coroutine `id`: rewinds it when it was suspended, starts
     /// it when it is fresh.
     fn run_coroutine(&mut self, id: u32) -> Result<Exit> {
         let handles = self.handles();
-        let coroutine = self
-            .store
-            .data()
-            .coroutine(id)
-            .expect("current exists")
-            .clone();
+        let Some(coroutine) = self.store.data().coroutine(id).cloned() else {
+            bail!("the running coroutine {id} does not exist");
+        };
         if let Some(stack_pointer) = handles.stack_pointer
             && (coroutine.state == CoroutineState::Suspended || id != 0)
         {
@@ -306,23 +443,45 @@ impl Workflow {
             Ok(()) => Ok(Exit::Returned),
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(Exit::Status(exit.0)),
+                None if is_interrupt(&error) => match self.time_limit {
+                    Some(limit) => Err(LimitReached(format!(
+                        "the workflow ran past its time limit of {limit:?}"
+                    ))
+                    .into()),
+                    None => bail!("the workflow was interrupted"),
+                },
+                None if error.is::<LimitReached>() => Err(anyhow::Error::new(
+                    error.downcast::<LimitReached>().expect("checked"),
+                )),
                 None if error.downcast_ref::<wasmtime::Trap>()
-                    == Some(&wasmtime::Trap::Interrupt) =>
+                    == Some(&wasmtime::Trap::StackOverflow) =>
                 {
-                    match self.time_limit {
-                        Some(limit) => bail!("the workflow ran past its time limit of {limit:?}"),
-                        None => bail!("the workflow was interrupted"),
-                    }
+                    let limit = super::format_size(self.module.inner.max_wasm_stack);
+                    // One line, like every limit; the trap's backtrace
+                    // would make it many.
+                    Err(LimitReached(format!(
+                        "the workflow overflowed its call stack in {} (coroutine {id}): it ran out of Wasm stack (call stack exhausted), recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
+                        innermost_function(&error)
+                    ))
+                    .into())
                 }
                 // A trap while unwinding is the check after a call in a
-                // function the instrumentation options kept from suspending.
+                // function the instrumentation options kept from suspending,
+                // or a Binaryen module's frames running out of memory 0.
                 None if self.handles().unwinder.state(&mut self.store).ok()
                     == Some(STATE_UNWINDING) =>
                 {
-                    let function = innermost_function(&error);
-                    Err(anyhow::Error::from(error).context(format!(
-                        "the workflow suspended inside {function}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}"
-                    )))
+                    let unwinder = self.handles().unwinder;
+                    let context = match unwinder.explain_trap(&mut self.store, &error) {
+                        Some(cause) => {
+                            format!("the workflow could not suspend in coroutine {id}: {cause}")
+                        }
+                        None => format!(
+                            "the workflow suspended inside {}, which its instrumentation options say never suspends (see Options::only_functions); it trapped in coroutine {id}",
+                            innermost_function(&error)
+                        ),
+                    };
+                    Err(anyhow::Error::from(error).context(context))
                 }
 
                 None => Err(anyhow::Error::from(error)
@@ -369,19 +528,25 @@ impl Workflow {
         };
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.stack = stack;
         coroutine.stack_pointer = stack_pointer;
         coroutine.state = CoroutineState::Suspended;
         match host.pending.take() {
-            Some(Pending::Yield { import, value }) => {
+            Some(Pending::Yield {
+                import,
+                value,
+                timer,
+            }) => {
                 host.suspended_in = import;
                 host.yielded = value.clone();
                 host.reply.clear();
+                host.timer = timer;
+                host.woken = false;
                 Ok(Some(Step::Yielded(value)))
             }
             Some(Pending::Switch { target, value }) => {
-                host.coroutine_mut(target).resume_value = value;
+                host.coroutine_mut(target)?.resume_value = value;
                 host.current = target;
                 Ok(None)
             }
@@ -394,7 +559,7 @@ impl Workflow {
     fn finish_current(&mut self) -> Result<Option<Step>> {
         let host = self.store.data_mut();
         let current = host.current;
-        let coroutine = host.coroutine_mut(current);
+        let coroutine = host.coroutine_mut(current)?;
         coroutine.state = CoroutineState::Finished;
         coroutine.stack.clear();
         if current == 0 {
@@ -402,18 +567,19 @@ impl Workflow {
             return Ok(Some(Step::Finished(0)));
         }
         // A finished parent hands control further up, as greenlets do.
+        // Parents are created before their children, so the walk ends.
         let mut parent = coroutine.parent;
         while parent != 0
             && host.coroutine(parent).map(|c| c.state) == Some(CoroutineState::Finished)
         {
             parent = host.coroutine(parent).map_or(0, |c| c.parent);
         }
-        host.coroutine_mut(parent).resume_value = 0;
+        host.coroutine_mut(parent)?.resume_value = 0;
         host.current = parent;
         Ok(None)
     }
 
-    fn handles(&self) -> Handles {
+    pub(super) fn handles(&self) -> Handles {
         self.store.data().handles.expect("set at instantiation")
     }
 
@@ -423,9 +589,10 @@ impl Workflow {
         if self.finished {
             bail!("the workflow has finished; there is nothing to snapshot");
         }
+        self.check_usable()?;
         let metadata = self.module.metadata().clone();
         let memories =
-            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages);
+            state::capture_memories(&mut self.store, &self.instance, &metadata, &mut self.pages)?;
         let globals = state::capture_globals(&mut self.store, &self.instance, &metadata)?;
         let tables = state::capture_tables(&metadata)?;
         let host = self.store.data();
@@ -450,6 +617,35 @@ impl Workflow {
     }
 }
 
+/// Gives WASI clocks and a random generator that go through the journal.
+fn journal_inputs(wasi: &mut WasiCtxBuilder, journal: &SharedJournal) {
+    wasi.wall_clock(JournalledWallClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::WallClock::new(),
+    })
+    .monotonic_clock(JournalledMonotonicClock {
+        journal: journal.clone(),
+        clock: wasmtime_wasi::clocks::MonotonicClock::new(),
+    })
+    .secure_random(JournalledRandom {
+        journal: journal.clone(),
+        random: wasmtime_wasi::random::thread_rng(),
+    });
+}
+
+/// The epochs a run may last under a time limit.
+fn deadline_ticks(time_limit: Option<std::time::Duration>) -> u64 {
+    match time_limit {
+        Some(limit) => (limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64,
+        None => NO_DEADLINE,
+    }
+}
+
+/// Whether a run was stopped by its deadline.
+fn is_interrupt(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+}
+
 /// How a call into a coroutine ended.
 enum Exit {
     /// The entry function returned (normally, or at the end of an unwind).
@@ -470,5 +666,20 @@ fn innermost_function(error: &wasmtime::Error) -> String {
             None => format!("function {}", frame.func_index()),
         },
         None => "a function".to_string(),
+    }
+}
+
+/// A snapshot restores only into a module whose reads of standard input
+/// suspend exactly when the snapshot's did: the two are instrumented
+/// differently, so this is said before anything compares their frames.
+pub(super) fn check_stdin_mode(snapshot: &Snapshot, module: &Module) -> Result<()> {
+    match (&snapshot.host.stdin, module.inner.stdin_suspends) {
+        (Stdin::Suspending { .. }, false) => bail!(
+            "the snapshot's reads of standard input suspend (wasnap run --stdin suspend): restore it with an engine whose options say so (Options::suspend_on_stdin)"
+        ),
+        (Stdin::Empty, true) => bail!(
+            "the snapshot's reads of standard input do not suspend, and this engine's do (Options::suspend_on_stdin): restore it with an engine without that option"
+        ),
+        _ => Ok(()),
     }
 }

@@ -40,8 +40,11 @@ pub const MAGIC: [u8; 8] = *b"WASNAPSF";
 /// reads as a workflow whose standard input is empty.
 pub const FORMAT_VERSION: u32 = 2;
 
-/// zstd level for files: they are written once, by hand, so favour size a bit.
-const FILE_ZSTD_LEVEL: i32 = 3;
+/// zstd level for files. Level 1 compresses this kind of data (memory
+/// pages) four to five times faster than level 3, for files 15-20% larger
+/// (docs/PERFORMANCE.md): writing a snapshot costs about what copying and
+/// compressing its non-zero pages must cost.
+const FILE_ZSTD_LEVEL: i32 = 1;
 
 const FLAG_MODULE: u32 = 1;
 const FLAG_NO_PAGES: u32 = 2;
@@ -72,15 +75,35 @@ pub fn encode(snapshot: &Snapshot, module: Option<&[u8]>) -> Result<Vec<u8>> {
         .context("cannot compress the snapshot")
 }
 
+/// The most a snapshot file may inflate to unless the caller chooses
+/// otherwise ([`decode_limited`]): a memory of 4 GiB, the largest a 32-bit
+/// memory can be, and 1 GiB for everything else.
+pub const DEFAULT_MAX_UNCOMPRESSED: u64 = 5 << 30;
+
 /// Decodes a snapshot file into its snapshot and, if the file embeds one,
 /// the original module bytes. Everything is checked before it returns: the
 /// zstd checksum, the magic, the format version, the BLAKE3 checksum, the
 /// structure, and that an embedded module matches the snapshot's hash.
+/// The file may inflate to [`DEFAULT_MAX_UNCOMPRESSED`] bytes at most.
+///
+/// What it does not check is whether the snapshot is a state of its
+/// module: [`crate::Engine::restore_with`] does, before anything runs.
 pub fn decode(bytes: &[u8]) -> Result<(Snapshot, Option<Vec<u8>>)> {
+    decode_limited(bytes, DEFAULT_MAX_UNCOMPRESSED)
+}
+
+/// Like [`decode`], for a file that may inflate to `max_uncompressed`
+/// bytes at most. The bound holds before and while the file inflates: the
+/// sizes its frames declare are checked first, the magic and version as
+/// soon as their bytes are out, and inflating stops at the declared size
+/// (or at the bound, for frames that declare none). So a small file that
+/// inflates to gigabytes of anything costs neither the time nor the
+/// memory.
+pub fn decode_limited(bytes: &[u8], max_uncompressed: u64) -> Result<(Snapshot, Option<Vec<u8>>)> {
     if !bytes.starts_with(&ZSTD_MAGIC) {
         bail!("not a wasnap snapshot file (it is not zstd-compressed)");
     }
-    let raw = decompress(bytes)?;
+    let raw = decompress(bytes, max_uncompressed)?;
     let (snapshot, module) = decode_raw(&raw, true).map_err(|e| {
         if e.is::<NotCorruption>() {
             e
@@ -96,14 +119,16 @@ pub fn decode(bytes: &[u8]) -> Result<(Snapshot, Option<Vec<u8>>)> {
     Ok((snapshot, module))
 }
 
-/// Encodes everything but the page contents, uncompressed: the per-version
-/// state blob of the store. Memories keep their sizes, not their pages.
+/// Encodes everything but the page contents and the yielded value,
+/// uncompressed: the per-version state blob of the store, which keeps
+/// pages and the value apart. Memories keep their sizes, not their pages.
 pub(crate) fn encode_state(snapshot: &Snapshot) -> Result<Vec<u8>> {
     encode_raw(snapshot, None, false, FORMAT_VERSION)
 }
 
 /// Decodes a blob written by [`encode_state`]; memories come back with
-/// their sizes and no pages.
+/// their sizes and no pages, and the yielded value empty (blobs written
+/// before it was left out have it).
 pub(crate) fn decode_state(bytes: &[u8]) -> Result<Snapshot> {
     Ok(decode_raw(bytes, false)?.0)
 }
@@ -121,7 +146,24 @@ impl std::fmt::Display for NotCorruption {
 
 impl std::error::Error for NotCorruption {}
 
-fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
+/// Bytes of the magic and the format version, checked before the rest of
+/// a file is inflated.
+const HEADER_BYTES: usize = MAGIC.len() + 4;
+
+fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
+    let declared = declared_size(bytes);
+    if let Some(size) = declared
+        && size > limit
+    {
+        bail!(
+            "snapshot file declares {size} bytes uncompressed, more than the {limit} it may have"
+        );
+    }
+    let mut decoder = zstd::stream::read::Decoder::new(bytes)
+        .context("snapshot file cannot be read: zstd cannot start")?;
+    let mut raw = Vec::new();
+    inflate(&mut decoder, HEADER_BYTES as u64, &mut raw)?;
+    check_header(&raw)?;
     // A file that is one frame declaring its size, as `encode` writes it,
     // is decompressed in one call into a buffer of that size: the streaming
     // decoder grows its output by doubling and copies it at each step. The
@@ -131,20 +173,63 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>> {
     // reports. Either path checks the frame's checksum.
     let one_frame = zstd::zstd_safe::find_frame_compressed_size(bytes) == Ok(bytes.len());
     if one_frame
-        && let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(bytes)
+        && let Some(size) = declared
         && size <= (bytes.len() as u64).saturating_mul(1024) + (64 << 20)
         && let Ok(raw) = zstd::bulk::decompress(bytes, size as usize)
         && raw.len() as u64 == size
     {
         return Ok(raw);
     }
-    let mut raw = Vec::new();
-    let mut decoder = zstd::stream::read::Decoder::new(bytes)
-        .context("snapshot file cannot be read: zstd cannot start")?;
-    match decoder.read_to_end(&mut raw) {
-        Ok(_) => Ok(raw),
+    let bound = declared.unwrap_or(limit);
+    inflate(&mut decoder, bound + 1, &mut raw)?;
+    if raw.len() as u64 > bound {
+        match declared {
+            Some(size) => {
+                bail!("snapshot file is corrupt: it inflates beyond the {size} bytes it declares")
+            }
+            None => bail!("snapshot file inflates beyond the {limit} bytes it may have"),
+        }
+    }
+    Ok(raw)
+}
+
+/// The uncompressed size the file's frames declare, when every one does.
+fn declared_size(mut bytes: &[u8]) -> Option<u64> {
+    let mut total = 0u64;
+    while !bytes.is_empty() {
+        let frame = zstd::zstd_safe::find_frame_compressed_size(bytes).ok()?;
+        let size = zstd::zstd_safe::get_frame_content_size(&bytes[..frame]).ok()??;
+        total = total.checked_add(size)?;
+        bytes = &bytes[frame..];
+    }
+    Some(total)
+}
+
+/// Inflates until `raw` holds `up_to` bytes or the stream ends.
+fn inflate(decoder: &mut impl Read, up_to: u64, raw: &mut Vec<u8>) -> Result<()> {
+    let wanted = up_to.saturating_sub(raw.len() as u64);
+    match decoder.take(wanted).read_to_end(raw) {
+        Ok(_) => Ok(()),
         Err(e) => bail!("snapshot file is corrupt or truncated (zstd: {e})"),
     }
+}
+
+/// The magic and the format version, from the first bytes of a file.
+fn check_header(raw: &[u8]) -> Result<()> {
+    if raw.len() < MAGIC.len() || raw[..MAGIC.len()] != MAGIC {
+        return Err(NotCorruption("not a wasnap snapshot (bad magic)".into()).into());
+    }
+    let version = match raw.get(MAGIC.len()..HEADER_BYTES) {
+        Some(bytes) => u32::from_le_bytes(bytes.try_into().expect("4 bytes")),
+        None => bail!("snapshot file is corrupt: the header is truncated"),
+    };
+    if version > FORMAT_VERSION {
+        return Err(NotCorruption(format!(
+            "snapshot format version {version} is newer than this wasnap supports ({FORMAT_VERSION})"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The uncompressed form in format `version` (older versions only for
@@ -155,7 +240,16 @@ fn encode_raw(
     with_pages: bool,
     version: u32,
 ) -> Result<Vec<u8>> {
-    let mut w = Writer::default();
+    // Reserved once: growing by doubling would copy the pages again.
+    let pages: usize = snapshot.memories.iter().map(|m| m.pages.len()).sum();
+    let page_bytes = if with_pages {
+        pages * (4 + PAGE_SIZE)
+    } else {
+        0
+    };
+    let mut w = Writer {
+        buf: Vec::with_capacity(page_bytes + module.map_or(0, <[u8]>::len) + 4096),
+    };
     w.raw(&MAGIC);
     w.u32(version);
     let mut flags = if with_pages { 0 } else { FLAG_NO_PAGES };
@@ -163,7 +257,7 @@ fn encode_raw(
         flags |= FLAG_MODULE;
     }
     w.u32(flags);
-    write_state(&mut w, snapshot, version)?;
+    write_state(&mut w, snapshot, with_pages, version)?;
     write_memories(&mut w, &snapshot.memories, with_pages)?;
     if let Some(module) = module {
         w.bytes(module)?;
@@ -230,7 +324,9 @@ fn check_flags(flags: u32, with_pages: bool) -> Result<()> {
     Ok(())
 }
 
-fn write_state(w: &mut Writer, s: &Snapshot, version: u32) -> Result<()> {
+/// The state without memories; without the yielded value unless
+/// `with_value`; in format `version`.
+fn write_state(w: &mut Writer, s: &Snapshot, with_value: bool, version: u32) -> Result<()> {
     w.raw(&s.module_hash);
     w.u32(s.instrumenter_version);
     w.len(s.globals.len())?;
@@ -243,7 +339,7 @@ fn write_state(w: &mut Writer, s: &Snapshot, version: u32) -> Result<()> {
     for c in &s.coroutines {
         write_coroutine(w, c)?;
     }
-    write_host(w, &s.host, version)
+    write_host(w, &s.host, with_value, version)
 }
 
 fn read_state(r: &mut Reader, version: u32) -> Result<Snapshot> {
@@ -385,11 +481,11 @@ fn read_coroutine(r: &mut Reader) -> Result<Coroutine> {
     })
 }
 
-fn write_host(w: &mut Writer, h: &HostSide, version: u32) -> Result<()> {
+fn write_host(w: &mut Writer, h: &HostSide, with_value: bool, version: u32) -> Result<()> {
     w.u32(h.current);
     w.u32(h.next_coroutine_id);
     w.str(&h.suspended_in)?;
-    w.bytes(&h.yielded)?;
+    w.bytes(if with_value { &h.yielded } else { &[] })?;
     w.bytes(&h.reply)?;
     w.strings(&h.args)?;
     w.len(h.env.len())?;
@@ -459,7 +555,11 @@ fn write_memories(w: &mut Writer, memories: &[MemoryImage], with_pages: bool) ->
             w.len(m.pages.len())?;
             for p in &m.pages {
                 w.u32(p.index);
-                w.raw(&p.data);
+                w.raw(
+                    p.data
+                        .bytes()
+                        .with_context(|| format!("page {}", p.index))?,
+                );
             }
         } else {
             w.u32(0);
@@ -520,6 +620,8 @@ pub(crate) fn check_memory(m: &MemoryImage) -> Result<()> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     /// A snapshot that uses every kind of field, with recognisable bytes in
@@ -656,7 +758,14 @@ pub(crate) mod tests {
         let back = decode_state(&blob).unwrap();
         assert_eq!(back.memories[0].page_count, 17);
         assert!(back.memories.iter().all(|m| m.pages.is_empty()));
-        assert_eq!(back.host, s.host);
+        assert!(back.host.yielded.is_empty());
+        assert_eq!(
+            back.host,
+            HostSide {
+                yielded: Vec::new(),
+                ..s.host.clone()
+            }
+        );
         let file_err =
             decode_state(&encode_raw(&s, None, true, FORMAT_VERSION).unwrap()).unwrap_err();
         assert_eq!(file_err.to_string(), "this is not a stored state");
@@ -709,7 +818,7 @@ pub(crate) mod tests {
         s.memories[1].page_count = 0;
         assert!(encode(&s, None).is_err());
         let mut s = sample();
-        let short = &s.memories[0].pages[0].data[..PAGE_SIZE - 1];
+        let short = &s.memories[0].pages[0].data.bytes().unwrap()[..PAGE_SIZE - 1];
         s.memories[0].pages[0].data = short.into();
         assert!(encode(&s, None).is_err());
     }
@@ -724,6 +833,60 @@ pub(crate) mod tests {
         let not_ours = zstd::stream::encode_all(&b"some other data entirely"[..], 1).unwrap();
         let err = decode(&not_ours).unwrap_err().to_string();
         assert_eq!(err, "not a wasnap snapshot (bad magic)");
+    }
+
+    /// zstd frames of `len` zeros after `prefix`, compressed as a stream
+    /// that declares its size or not.
+    fn zeros_after(prefix: &[u8], len: u64, declare_size: bool) -> Vec<u8> {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.include_contentsize(declare_size).unwrap();
+        if declare_size {
+            encoder.set_pledged_src_size(Some(len)).unwrap();
+        }
+        encoder.write_all(prefix).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = len - prefix.len() as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64);
+            encoder.write_all(&zeros[..n as usize]).unwrap();
+            left -= n;
+        }
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn inflating_stops_at_the_magic_the_declared_size_or_the_limit() {
+        // A few kilobytes that inflate to 1.5 GB of zeros: refused at the
+        // magic, long before.
+        let bomb = zeros_after(b"", 1_500_000_000, true);
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let error = decode(&bomb).unwrap_err().to_string();
+        assert_eq!(error, "not a wasnap snapshot (bad magic)");
+
+        // With a good header, the declared size is checked before anything
+        // inflates, and without one inflating stops at the limit.
+        let mut header = MAGIC.to_vec();
+        header.extend(FORMAT_VERSION.to_le_bytes());
+        let declared = zeros_after(&header, 64 << 20, true);
+        let error = decode_limited(&declared, 1 << 20).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "snapshot file declares 67108864 bytes uncompressed, more than the 1048576 it may have"
+        );
+        let undeclared = zeros_after(&header, 64 << 20, false);
+        let error = decode_limited(&undeclared, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "snapshot file inflates beyond the 1048576 bytes it may have"
+        );
+        // Within the limit, the same file is read and refused for what it
+        // holds.
+        let error = decode_limited(&undeclared, 128 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("snapshot file is corrupt"), "{error}");
     }
 
     /// Every truncation and many bit flips of a valid file, and random

@@ -3,11 +3,11 @@
 //! much of each memory is in use. `wasnap inspect` prints it; the service
 //! serves it as JSON.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use wasmparser::ValType;
 
 use super::{Coroutine, CoroutineState, PAGE_SIZE, Snapshot};
-use crate::instrument::{CallSite, FRAME_HEADER_SIZE, LocalOrigin, Metadata};
+use crate::instrument::{LocalOrigin, Metadata};
 
 /// A suspended workflow, described.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,8 +109,11 @@ fn describe_coroutine(
     current: u32,
     metadata: &Metadata,
 ) -> Result<CoroutineView> {
-    let frames = frames(&coroutine.stack, metadata)?
+    // Innermost (the suspending call) first, as a backtrace reads.
+    let frames = metadata
+        .saved_frames(&coroutine.stack)?
         .into_iter()
+        .rev()
         .map(|frame| FrameView {
             function: frame.function,
             name: metadata.function_names.get(&frame.function).cloned(),
@@ -139,50 +142,6 @@ fn describe_coroutine(
         stack_bytes: coroutine.stack.len(),
         frames,
     })
-}
-
-/// One saved frame on an unwound stack.
-struct Frame<'a> {
-    function: u32,
-    site: &'a CallSite,
-    bytes: &'a [u8],
-}
-
-/// The frames of an unwound stack, innermost first. Each frame's header is
-/// at its end, so the stack is read from the top down.
-fn frames<'a>(stack: &'a [u8], metadata: &'a Metadata) -> Result<Vec<Frame<'a>>> {
-    let mut frames = Vec::new();
-    let mut end = stack.len();
-    while end > 0 {
-        let header = FRAME_HEADER_SIZE as usize;
-        let Some(header_start) = end.checked_sub(header) else {
-            bail!("the unwound stack is truncated: {end} bytes left, less than a frame header");
-        };
-        let word = |at: usize| u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
-        let function = word(header_start);
-        let call_index = word(header_start + 4);
-        let Some(layout) = metadata.frames.get(&function) else {
-            bail!(
-                "the unwound stack names function {function}, which the module does not instrument"
-            );
-        };
-        let Some(site) = layout.call_sites.get(call_index as usize) else {
-            bail!(
-                "the unwound stack names call {call_index} of function {function}, which has no such call"
-            );
-        };
-        let Some(start) = header_start.checked_sub(site.size as usize) else {
-            bail!("the unwound stack is truncated in a frame of function {function}");
-        };
-        frames.push(Frame {
-            function,
-            site,
-            bytes: &stack[start..header_start],
-        });
-        end = start;
-    }
-    frames.reverse();
-    Ok(frames)
 }
 
 /// A saved value in the notation of its type.

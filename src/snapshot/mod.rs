@@ -7,10 +7,13 @@
 //! ([`file`](mod@file)) or to the store and restored in another process.
 
 pub(crate) mod codec;
+pub mod diff;
 pub mod file;
 pub mod inspect;
+mod page;
 
-use std::sync::Arc;
+pub use page::PageData;
+pub(crate) use page::{PageSource, WeakPage};
 
 /// Size of one snapshot page, in bytes: the unit of zero-skipping and of
 /// content-addressed storage. It is the Wasm page size, so a memory's size
@@ -56,11 +59,8 @@ pub struct MemoryImage {
 pub struct Page {
     /// Page number within the memory (byte offset / [`PAGE_SIZE`]).
     pub index: u32,
-    /// Exactly [`PAGE_SIZE`] bytes. Shared and immutable: successive
-    /// snapshots of a workflow share the pages that did not change, so that
-    /// a snapshot copies only what changed, and the store recognises an
-    /// unchanged page without reading it.
-    pub data: Arc<[u8]>,
+    /// Exactly [`PAGE_SIZE`] bytes, shared and immutable (see [`PageData`]).
+    pub data: PageData,
 }
 
 /// The value of a global, kept as raw bits.

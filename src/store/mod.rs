@@ -1,15 +1,32 @@
-//! The store: modules, instances and their version trees in one SQLite file.
+//! The store: modules, instances and their version trees, in one SQLite
+//! file or in a PostgreSQL database shared by many workers.
 //!
 //! Every suspension of an instance becomes a version whose parent is the
 //! version it was resumed from; each version is written in one transaction
 //! ([`Database::commit_version`]), so a crash loses no committed version and
 //! leaves no half-written one. Memory is kept as content-addressed pages
-//! (named by their BLAKE3 hash, stored once, compressed): a version costs what changed since the versions before
-//! it, not a whole memory.
+//! (named by their BLAKE3 hash, stored once, compressed): a version costs
+//! what changed since the versions before it, not a whole memory.
+//!
+//! # Two backends, one store
+//!
+//! [`Database::open`] takes a SQLite path or a PostgreSQL URL
+//! (`postgres://USER@HOST/DB`). The store's logic is written once, over
+//! `sql::Connection`; the backends differ only in how they connect, in
+//! their table definitions, and in how concurrent writers are kept apart:
+//! SQLite serialises every write transaction (`BEGIN IMMEDIATE`), while
+//! PostgreSQL lets commits of different instances run at once and
+//! serialises what must be by row locks (`FOR UPDATE`, `SKIP LOCKED` when
+//! workers claim work) and by an advisory lock between commits and `gc`.
+//! Leases differ as their holders do: see [`Lease`].
+//!
+//! The store's calls block. From async code (a service on tokio), call
+//! them from blocking tasks; the PostgreSQL client in particular runs a
+//! small runtime of its own and must not be called inside another.
 //!
 //! # Durability
 //!
-//! The database runs in WAL mode with `synchronous = NORMAL` by default
+//! SQLite runs in WAL mode with `synchronous = NORMAL` by default
 //! ([`Durability::Process`]): a committed version survives the crash or kill
 //! of any process, because it is in the WAL (in the operating system's
 //! cache) when the commit returns; after a power loss or kernel crash the
@@ -17,60 +34,121 @@
 //! failure the store is built for, and it keeps a commit free of `fsync`,
 //! which thousands of suspensions per second need. [`Durability::Power`]
 //! (`synchronous = FULL`) syncs the WAL at every commit for those who want
-//! versions to outlive power loss too.
+//! versions to outlive power loss too. PostgreSQL keeps both promises
+//! with its defaults: a commit returns once the server has flushed it.
 
+mod artifacts;
+mod copy;
+mod history;
 mod lease;
 mod pages;
 mod policy;
+mod postgres;
 mod schema;
+mod sql;
+mod sqlite;
+mod values;
 mod versions;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use sql::{Begin, Connection, Dialect, Row, params};
+
+pub use artifacts::ArtifactKey;
+pub use copy::CopyReport;
+pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;
 pub use schema::SCHEMA_VERSION;
-pub use versions::{Outcome, VersionInfo, VersionKind};
+pub use versions::{Commit, Outcome, Prepared, VersionInfo, VersionKind};
+pub(crate) use work::sleeping_message;
+pub use work::{Batch, BatchDone, Claim, Refused, Request, Work};
 
-use crate::runtime::Policy;
+use crate::runtime::{Policy, Timer};
 use crate::snapshot::ModuleHash;
 use crate::snapshot::codec::{Reader, Writer};
 
 /// The id of an instance: 1, 2, ... in order of creation, never reused.
 pub type InstanceId = u64;
 
-/// How long a statement waits for another process's write lock before it
-/// gives up. Commits are short, so a wait this long means something is
-/// stuck.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A wasnap database. Cheap to share between threads; each call takes the
-/// connection for its duration.
+/// A wasnap database, SQLite or PostgreSQL. Cheap to share between
+/// threads; each call takes the connection for its duration.
 #[derive(Clone)]
 pub struct Database {
     shared: Arc<Mutex<Shared>>,
-    path: PathBuf,
+    location: Arc<Location>,
+}
+
+/// Where a database is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// Reads `text` as a database location: a `postgres://` or
+    /// `postgresql://` URL is PostgreSQL, `sqlite:PATH` or any other text a
+    /// SQLite path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_string())
+        } else {
+            let path = text.strip_prefix("sqlite:").unwrap_or(text);
+            Location::Sqlite(PathBuf::from(path))
+        }
+    }
+
+    /// The location a path names: a path that reads as a PostgreSQL URL is
+    /// one.
+    pub fn of_path(path: &Path) -> Location {
+        match path.to_str() {
+            Some(text) => Location::parse(text),
+            None => Location::Sqlite(path.to_path_buf()),
+        }
+    }
+
+    /// How messages name it: the path, or the URL without its password.
+    pub fn name(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => postgres::redact(url),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 /// What the store's handles and leases share.
 struct Shared {
-    conn: Connection,
+    conn: Box<dyn Connection>,
+    /// The database's name in messages.
+    name: String,
+    /// How long a lease lasts unless renewed, where leases expire.
+    lease_ttl: Duration,
     /// Called at named points inside a commit; see [`Database::set_commit_hook`].
     commit_hook: Option<fn(&str)>,
     /// Kept between commits so that its context is allocated once.
     compressor: zstd::bulk::Compressor<'static>,
     /// The pages last committed, so that unchanged ones are not hashed again.
     page_cache: pages::PageCache,
+    /// The key authenticating compiled artifacts, once looked up.
+    artifact_key: Option<Option<ArtifactKey>>,
 }
 
 /// Locks the shared connection; a panic in another thread while it held
-/// the lock leaves no transaction open (rusqlite rolls back on drop), so
-/// the connection is still good to use.
+/// the lock leaves no transaction open (an unfinished one rolls back when
+/// dropped: see `sql::Tx`), so the connection is still good to use.
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -126,22 +204,44 @@ impl InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
-    /// The module it runs.
+    /// The module its head version runs (an upgrade moves it; older
+    /// versions may run older modules, see [`VersionInfo::module_hash`]).
     pub module_hash: ModuleHash,
     /// Where it is in its life.
     pub state: InstanceState,
     /// Its head (latest committed) version, if any.
     pub head: Option<u32>,
-    /// The value of its head version (yielded value or result).
+    /// The value of its head version (yielded value or result); only its
+    /// start when listed with [`Database::instances_shortened`].
     pub last_value: Option<Vec<u8>>,
+    /// The whole length of that value in bytes.
+    pub last_value_len: Option<u64>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Its WASI arguments, program name first.
     pub args: Vec<String>,
     /// The limits and grants it was started with.
     pub policy: Policy,
-    /// The pid of the live process holding its lease, if one does.
+    /// The pid of the process holding its lease, if one does (on
+    /// PostgreSQL, a process on whichever machine its worker runs).
     pub leased_by: Option<u32>,
+    /// The head version's timer, when it has one: when a sleep wakes, or
+    /// a question's deadline.
+    pub timer: Option<Timer>,
+    /// Whether a run of it is requested and not yet committed (see
+    /// [`Database::request`]).
+    pub pending: bool,
+}
+
+/// One stored module, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Its content hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
 }
 
 /// Counts of what a database holds.
@@ -155,7 +255,9 @@ pub struct Stats {
     pub pages: u64,
     /// Their stored (compressed) size in bytes.
     pub page_bytes: u64,
-    /// References from versions to pages (a page each version holds).
+    /// Rows of the versions' page lists: a row per non-zero page in a full
+    /// list, a row per changed page in a list kept as the difference from
+    /// its parent's.
     pub page_refs: u64,
 }
 
@@ -173,86 +275,116 @@ pub struct GcReport {
 pub struct RemoveReport {
     /// Versions deleted.
     pub versions: u64,
-    /// Page references deleted; pages no other version uses are freed by
-    /// the next [`Database::gc`].
+    /// Page-list rows deleted (see [`Stats::page_refs`]); pages no other
+    /// version uses are freed by the next [`Database::gc`].
     pub page_refs: u64,
     /// Bytes of the deleted versions' own rows (state, value, reply).
     pub bytes: u64,
 }
 
 impl Database {
-    /// Opens (creating it if needed) the database at `path` for reading and
-    /// writing, and brings its schema up to date.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = connect(&path, flags)?;
-        let found = schema::version(&conn).map_err(|e| explain(&path, e.into()))?;
-        schema::check_not_newer(found)?;
-        if found == 0 {
-            // Only takes effect before the first table and the switch to
-            // WAL; lets `gc` give freed space back to the file system.
-            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
-                .map_err(|e| explain(&path, e.into()))?;
-        }
-        configure(&conn).map_err(|e| explain(&path, e))?;
-        schema::migrate(&mut conn).map_err(|e| explain(&path, e))?;
-        Self::wrap(conn, path)
+    /// Opens (creating it if needed) the database at `location` for reading
+    /// and writing, and brings its schema up to date. `location` is a
+    /// SQLite path or a PostgreSQL URL (`postgres://USER@HOST/DB`); see
+    /// [`Location::parse`].
+    pub fn open(location: impl AsRef<Path>) -> Result<Self> {
+        Self::open_at(Location::of_path(location.as_ref()))
     }
 
-    /// Opens an existing database for reading only; every write fails with
-    /// "database PATH is read-only".
+    /// Opens the database at `location`, as [`Database::open`] does.
+    pub fn open_at(location: Location) -> Result<Self> {
+        let name = location.name();
+        let mut conn = connect(&location, true)?;
+        let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
+        schema::check_not_newer(found)?;
+        schema::migrate(&mut *conn).map_err(|e| conn.explain(&name, e))?;
+        Self::wrap(conn, location)
+    }
+
+    /// Opens an existing SQLite database for reading only; every write
+    /// fails with "database PATH is read-only".
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = connect(&path, flags)?;
-        let found = schema::version(&conn).map_err(|e| explain(&path, e.into()))?;
+        let location = Location::of_path(path.as_ref());
+        if let Location::Postgres(_) = location {
+            bail!(
+                "a PostgreSQL database is opened read-only by connecting as a user that may only read"
+            );
+        }
+        let name = location.name();
+        let mut conn = connect(&location, false)?;
+        let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
         schema::check_not_newer(found)?;
         if found < SCHEMA_VERSION {
             bail!(
-                "database {} has schema version {found}; open it writable once to upgrade it",
-                path.display()
+                "database {name} has schema version {found}; open it writable once to upgrade it"
             );
         }
-        Self::wrap(conn, path)
+        Self::wrap(conn, location)
     }
 
-    fn wrap(conn: Connection, path: PathBuf) -> Result<Self> {
+    fn wrap(conn: Box<dyn Connection>, location: Location) -> Result<Self> {
         let compressor = zstd::bulk::Compressor::new(pages::PAGE_ZSTD_LEVEL)
             .map_err(|e| anyhow::anyhow!("cannot start zstd compression: {e}"))?;
         let shared = Shared {
             conn,
+            name: location.name(),
+            lease_ttl: lease::DEFAULT_TTL,
             commit_hook: None,
             compressor,
             page_cache: pages::PageCache::default(),
+            artifact_key: None,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(shared)),
-            path,
+            location: Arc::new(location),
         })
     }
 
-    /// The file this store lives in.
+    /// Where this store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The file this store lives in; for PostgreSQL, its URL as a path.
     pub fn path(&self) -> &Path {
-        &self.path
+        match &*self.location {
+            Location::Sqlite(path) => path,
+            Location::Postgres(url) => Path::new(url.as_str()),
+        }
+    }
+
+    /// Which backend this is.
+    fn dialect(&self) -> Dialect {
+        match *self.location {
+            Location::Sqlite(_) => Dialect::Sqlite,
+            Location::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        self.dialect() == Dialect::Postgres
     }
 
     /// Chooses how far committed versions survive; see [`Durability`].
+    /// PostgreSQL keeps both promises already.
     pub fn set_durability(&self, durability: Durability) -> Result<()> {
         let level = match durability {
             Durability::Process => "NORMAL",
             Durability::Power => "FULL",
         };
-        self.with(|s| Ok(s.conn.pragma_update(None, "synchronous", level)?))
+        self.with(|s| match s.conn.dialect() {
+            Dialect::Sqlite => s.conn.batch(&format!("PRAGMA synchronous = {level}")),
+            Dialect::Postgres => Ok(()),
+        })
     }
 
-    /// Runs `f` on the connection, turning SQLite's error codes into
-    /// one-line errors that name the file.
+    /// Runs `f` on the connection, turning the backend's errors into
+    /// one-line errors that name the database.
     fn with<T>(&self, f: impl FnOnce(&mut Shared) -> Result<T>) -> Result<T> {
         let mut guard = lock(&self.shared);
-        f(&mut guard).map_err(|e| explain(&self.path, e))
+        let shared = &mut *guard;
+        f(shared).map_err(|e| shared.conn.explain(&shared.name, e))
     }
 
     /// Stores `bytes` as a module (once: storing it again is free) and
@@ -260,54 +392,47 @@ impl Database {
     pub fn put_module(&self, bytes: &[u8]) -> Result<ModuleHash> {
         let hash = *blake3::hash(bytes).as_bytes();
         self.with(|s| {
-            s.conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO modules (hash, bytes, created) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![hash, bytes, now_ms()])?;
+            s.conn.execute(
+                "INSERT INTO modules (hash, bytes, created) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (hash) DO NOTHING",
+                params![&hash, bytes, now_ms()],
+            )?;
             Ok(hash)
         })?;
         Ok(hash)
     }
 
+    /// Every stored module, oldest first.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>> {
+        self.with(|s| {
+            s.conn
+                .query(
+                    "SELECT hash, length(bytes), created FROM modules ORDER BY created, hash",
+                    &[],
+                )?
+                .into_iter()
+                .map(|mut r| {
+                    Ok(ModuleInfo {
+                        hash: r.get(0)?,
+                        bytes: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// The original bytes of the module with content hash `hash`.
     pub fn module(&self, hash: &ModuleHash) -> Result<Vec<u8>> {
         self.with(|s| {
-            s.conn
-                .prepare_cached("SELECT bytes FROM modules WHERE hash = ?1")?
-                .query_row([hash], |r| r.get(0))
-                .optional()?
-                .with_context(|| format!("module {} not found", hex(hash)))
-        })
-    }
-
-    /// The compiled artifact cached for module `hash` under the engine
-    /// `fingerprint` (which names everything that makes artifacts
-    /// incompatible: engine version, settings, instrumenter version).
-    pub fn compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|s| {
-            Ok(s.conn
-                .prepare_cached(
-                    "SELECT bytes FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
-                )?
-                .query_row(params![hash, fingerprint], |r| r.get(0))
-                .optional()?)
-        })
-    }
-
-    /// Caches a compiled artifact of module `hash` (which must be stored)
-    /// under the engine `fingerprint`, replacing any earlier one.
-    pub fn put_compiled(&self, hash: &ModuleHash, fingerprint: &str, bytes: &[u8]) -> Result<()> {
-        self.with(|s| {
-            let tx = s.conn.transaction()?;
-            require_module(&tx, hash)?;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO compiled (module_hash, fingerprint, bytes)
-                 VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![hash, fingerprint, bytes])?;
-            tx.commit()?;
-            Ok(())
+            let bytes: Option<Vec<u8>> = match s
+                .conn
+                .query_opt("SELECT bytes FROM modules WHERE hash = ?1", params![hash])?
+            {
+                Some(mut row) => Some(row.get(0)?),
+                None => None,
+            };
+            bytes.with_context(|| format!("module {} not found", hex(hash)))
         })
     }
 
@@ -324,115 +449,139 @@ impl Database {
         w.strings(args)?;
         let policy = policy::encode(policy)?;
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            require_module(&tx, module_hash)?;
-            tx.prepare_cached(
+            let mut tx = s.conn.transaction(Begin::Write)?;
+            require_module(&mut *tx, module_hash)?;
+            let id: InstanceId = tx.query_value(
                 "INSERT INTO instances (module_hash, state, created, args, policy)
-                 VALUES (?1, 'created', ?2, ?3, ?4)",
-            )?
-            .execute(params![module_hash, now_ms(), w.buf, policy])?;
-            let id = tx.last_insert_rowid();
+                 VALUES (?1, 'created', ?2, ?3, ?4) RETURNING id",
+                params![module_hash, now_ms(), &w.buf, &policy],
+            )?;
             tx.commit()?;
-            Ok(id as InstanceId)
+            Ok(id)
         })
     }
 
     /// Takes the lease on `instance`: only its holder can commit versions.
-    /// Fails with "instance N is busy" while another live process (or
-    /// another lease in this one) holds it; a lease whose holder died is
-    /// taken over.
+    /// Fails with "instance N is busy" while another holder (another
+    /// process, another lease in this one, or on PostgreSQL a worker whose
+    /// lease has not expired) has it; a lease whose holder died is taken
+    /// over (see [`Lease`]).
     pub fn lease(&self, instance: InstanceId) -> Result<Lease> {
-        lease::acquire(&self.shared, instance).map_err(|e| explain(&self.path, e))
+        lease::acquire(self, instance)
+    }
+
+    /// Takes the lease on an instance in `state` that no one holds, the
+    /// one with the lowest id; `None` when every such instance is held (or
+    /// there is none). This is how workers sharing a database share out
+    /// instances to run: on PostgreSQL, workers asking at the same time
+    /// skip each other's locked rows and get different instances without
+    /// waiting for each other.
+    pub fn lease_any(&self, state: InstanceState) -> Result<Option<Lease>> {
+        lease::acquire_any(self, state)
+    }
+
+    /// How long a lease on PostgreSQL lasts unless its holder renews it
+    /// (which it does while it lives, every third of that): how long a
+    /// worker that died holds on to its instances. 30 s by default.
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        lock(&self.shared).lease_ttl = ttl.max(Duration::from_millis(30));
     }
 
     /// One instance.
     pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo> {
         self.with(|s| {
-            let row = s
-                .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} WHERE i.id = ?1"))?
-                .query_row([id], read_instance_row)
-                .optional()?;
-            match row {
-                Some(row) => finish_instance(&s.conn, row),
-                None => bail!("instance {id} not found"),
+            let sql = format!("{} WHERE i.id = ?1", instance_query(s.conn.dialect(), None));
+            match s.conn.query_opt(&sql, params![id])? {
+                Some(row) => read_instance(row, None, s.conn.dialect()),
+                None => Err(Refused::NotFound(format!("instance {id} not found")).into()),
             }
         })
     }
 
     /// Every instance, by id.
     pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(None)
+    }
+
+    /// Like [`Database::instances`], with each last value cut to its first
+    /// `max` bytes (64 KiB at most): a listing reads that much of each,
+    /// however large it is.
+    pub fn instances_shortened(&self, max: usize) -> Result<Vec<InstanceInfo>> {
+        self.list_instances(Some(max.min(values::MAX_PREVIEW)))
+    }
+
+    fn list_instances(&self, limit: Option<usize>) -> Result<Vec<InstanceInfo>> {
         self.with(|s| {
-            let rows = s
-                .conn
-                .prepare_cached(&format!("{INSTANCE_QUERY} ORDER BY i.id"))?
-                .query_map([], read_instance_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.into_iter()
-                .map(|row| finish_instance(&s.conn, row))
+            let dialect = s.conn.dialect();
+            let sql = format!("{} ORDER BY i.id", instance_query(dialect, limit));
+            s.conn
+                .query(&sql, &[])?
+                .into_iter()
+                .map(|row| read_instance(row, limit, dialect))
                 .collect()
         })
     }
 
     /// Deletes an instance and all its versions. Fails with "instance N is
-    /// busy" while a live process holds its lease.
+    /// busy" while a lease on it is held.
     pub fn remove_instance(&self, id: InstanceId) -> Result<RemoveReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            lease::check_free(&tx, id)?;
-            let report = tx.query_row(
+            let mut tx = s.conn.transaction(Begin::Write)?;
+            lease::check_free(&mut *tx, id)?;
+            let mut row = tx.query_one(
                 "SELECT count(*),
-                        coalesce(sum(coalesce(length(state), 0) + length(value) + length(reply)
-                                 + coalesce(length(message), 0)), 0),
+                        CAST(coalesce(sum(coalesce(length(state), 0) + length(value)
+                                          + length(reply) + coalesce(length(message), 0)), 0)
+                             AS BIGINT),
                         (SELECT count(*) FROM version_pages
                           WHERE version IN (SELECT id FROM versions WHERE instance = ?1))
                  FROM versions WHERE instance = ?1",
-                [id],
-                |r| {
-                    Ok(RemoveReport {
-                        versions: r.get(0)?,
-                        bytes: r.get::<_, Option<u64>>(1)?.unwrap_or(0),
-                        page_refs: r.get(2)?,
-                    })
-                },
+                params![id],
             )?;
+            let report = RemoveReport {
+                versions: row.get(0)?,
+                bytes: row.get(1)?,
+                page_refs: row.get(2)?,
+            };
             tx.execute(
                 "DELETE FROM version_pages
                  WHERE version IN (SELECT id FROM versions WHERE instance = ?1)",
-                [id],
+                params![id],
             )?;
-            tx.execute("DELETE FROM versions WHERE instance = ?1", [id])?;
-            tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM versions WHERE instance = ?1", params![id])?;
+            tx.execute("DELETE FROM instances WHERE id = ?1", params![id])?;
             tx.commit()?;
             Ok(report)
         })
     }
 
     /// Deletes the pages no version refers to, and returns the space to the
-    /// file system.
+    /// file system (SQLite; PostgreSQL's autovacuum reuses it).
     pub fn gc(&self) -> Result<GcReport> {
         self.with(|s| {
-            let tx = s
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let unused = "FROM pages WHERE id NOT IN (SELECT page FROM version_pages)";
-            let report = tx.query_row(
-                &format!("SELECT count(*), coalesce(sum(length(data)), 0) {unused}"),
-                [],
-                |r| {
-                    Ok(GcReport {
-                        pages: r.get(0)?,
-                        bytes: r.get(1)?,
-                    })
-                },
+            let mut tx = s.conn.transaction(Begin::Write)?;
+            pages::exclude_commits(&mut *tx)?;
+            // Every page a version holds is in its own rows or in those of
+            // an ancestor down to a full list, so the pages named in no
+            // row are held by no version. (`NULL`, a page that became
+            // zeros, must not reach NOT IN, which it would make unknown.)
+            let unused = "FROM pages
+                          WHERE id NOT IN (SELECT page FROM version_pages WHERE page IS NOT NULL)";
+            let mut row = tx.query_one(
+                &format!(
+                    "SELECT count(*), CAST(coalesce(sum(length(data)), 0) AS BIGINT) {unused}"
+                ),
+                &[],
             )?;
-            tx.execute(&format!("DELETE {unused}"), [])?;
+            let report = GcReport {
+                pages: row.get(0)?,
+                bytes: row.get(1)?,
+            };
+            tx.execute(&format!("DELETE {unused}"), &[])?;
             tx.commit()?;
-            s.conn.execute_batch("PRAGMA incremental_vacuum")?;
+            if s.conn.dialect() == Dialect::Sqlite {
+                s.conn.batch("PRAGMA incremental_vacuum")?;
+            }
             Ok(report)
         })
     }
@@ -440,22 +589,20 @@ impl Database {
     /// Counts of what the database holds.
     pub fn stats(&self) -> Result<Stats> {
         self.with(|s| {
-            Ok(s.conn.query_row(
+            let mut row = s.conn.query_one(
                 "SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM versions),
                         (SELECT count(*) FROM pages),
-                        (SELECT coalesce(sum(length(data)), 0) FROM pages),
+                        (SELECT CAST(coalesce(sum(length(data)), 0) AS BIGINT) FROM pages),
                         (SELECT count(*) FROM version_pages)",
-                [],
-                |r| {
-                    Ok(Stats {
-                        instances: r.get(0)?,
-                        versions: r.get(1)?,
-                        pages: r.get(2)?,
-                        page_bytes: r.get(3)?,
-                        page_refs: r.get(4)?,
-                    })
-                },
-            )?)
+                &[],
+            )?;
+            Ok(Stats {
+                instances: row.get(0)?,
+                versions: row.get(1)?,
+                pages: row.get(2)?,
+                page_bytes: row.get(3)?,
+                page_refs: row.get(4)?,
+            })
         })
     }
 
@@ -468,114 +615,91 @@ impl Database {
     }
 }
 
-const INSTANCE_QUERY: &str = "
-    SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, v.value, i.policy
-    FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head";
-
-/// The columns of [`INSTANCE_QUERY`], before the parts that can fail.
-type InstanceRow = (
-    InstanceId,
-    ModuleHash,
-    String,
-    Option<u32>,
-    u64,
-    Vec<u8>,
-    Option<Vec<u8>>,
-    Vec<u8>,
-);
-
-fn read_instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+/// A connection to the database at `location`: for SQLite, writable (and
+/// created if need be) or read-only; errors name the database.
+fn connect(location: &Location, writable: bool) -> Result<Box<dyn Connection>> {
+    let name = location.name();
+    Ok(match location {
+        Location::Sqlite(path) => {
+            Box::new(sqlite::Sqlite::open(path, writable).map_err(|e| sqlite::explain(&name, e))?)
+        }
+        Location::Postgres(url) => {
+            Box::new(postgres::Postgres::connect(url).map_err(|e| postgres::explain(&name, e))?)
+        }
+    })
 }
 
-fn finish_instance(conn: &Connection, row: InstanceRow) -> Result<InstanceInfo> {
-    let (id, module_hash, state, head, created_ms, args, last_value, policy) = row;
+/// The instances with the values of their heads (only their start, with a
+/// limit), whether their leases are held (by the database's clock), their
+/// timers and whether a request is pending.
+fn instance_query(dialect: Dialect, limit: Option<usize>) -> String {
+    format!(
+        "SELECT i.id, i.module_hash, i.state, i.head, i.created, i.args, i.policy,
+                i.lease_pid, i.lease_owner, i.lease_expires, {now},
+                v.id, {value}, length(v.value), v.value_zstd, v.wake_at, v.timer,
+                CASE WHEN EXISTS (SELECT 1 FROM requests r WHERE r.instance = i.id)
+                     THEN 1 ELSE 0 END
+         FROM instances i LEFT JOIN versions v ON v.instance = i.id AND v.number = i.head",
+        now = dialect.now_ms(),
+        value = values::column("v.value", limit)
+    )
+}
+
+fn read_instance(mut row: Row, limit: Option<usize>, dialect: Dialect) -> Result<InstanceInfo> {
+    let id: InstanceId = row.get(0)?;
+    let args: Vec<u8> = row.get(5)?;
+    let head_row: Option<i64> = row.get(11)?;
+    let (last_value, last_value_len) = match head_row {
+        Some(_) => {
+            let (value, len) = values::read(&mut row, 12, limit).map_err(|e| {
+                anyhow::anyhow!("the value of instance {id}'s head is corrupt: {e}")
+            })?;
+            (Some(value), Some(len))
+        }
+        None => (None, None),
+    };
+    let wake_at: Option<u64> = row.get(15)?;
+    let timer: Option<String> = row.get(16)?;
+    let pending: bool = row.get(17)?;
+    let timer = match (wake_at, timer.as_deref()) {
+        (Some(wake_at), Some("deadline")) => Some(Timer::Deadline { wake_at }),
+        (Some(wake_at), _) => Some(Timer::Sleep { wake_at }),
+        _ => None,
+    };
     let mut r = Reader::new(&args);
     let args = r
         .strings()
         .and_then(|a| r.finish().map(|()| a))
         .map_err(|e| anyhow::anyhow!("the arguments of instance {id} are corrupt: {e}"))?;
-    let policy = policy::decode(&policy)
+    let policy = policy::decode(&row.get::<Vec<u8>>(6)?)
         .map_err(|e| anyhow::anyhow!("the policy of instance {id} is corrupt: {e}"))?;
+    let holder = lease::Holder {
+        pid: row.get(7)?,
+        owner: row.get(8)?,
+        expires: row.get(9)?,
+    };
+    let now: i64 = row.get(10)?;
     Ok(InstanceInfo {
         id,
-        module_hash,
-        state: InstanceState::parse(&state)?,
-        head,
+        module_hash: row.get(1)?,
+        state: InstanceState::parse(&row.get::<String>(2)?)?,
+        head: row.get(3)?,
         last_value,
-        created_ms,
+        last_value_len,
+        created_ms: row.get(4)?,
         args,
         policy,
-        leased_by: lease::holder(conn, id)?,
+        leased_by: holder.live_pid(now, dialect),
+        timer,
+        pending,
     })
 }
 
-fn require_module(conn: &Connection, hash: &ModuleHash) -> Result<()> {
-    let found = conn
-        .prepare_cached("SELECT 1 FROM modules WHERE hash = ?1")?
-        .exists([hash])?;
-    if !found {
+fn require_module(conn: &mut dyn Connection, hash: &ModuleHash) -> Result<()> {
+    if !conn.exists("SELECT 1 FROM modules WHERE hash = ?1", params![hash])? {
         bail!("module {} not found", hex(hash));
     }
     Ok(())
-}
-
-fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| explain(path, e.into()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-fn configure(conn: &Connection) -> Result<()> {
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        bail!("cannot switch to WAL mode (journal mode stays {mode})");
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    // The last connection to close would otherwise copy the WAL into the
-    // database, sync both and delete the WAL, and the next process would
-    // create it again: most of the time of a short command such as
-    // `wasnap resume`. A committed version is in the WAL either way, which
-    // is what `Durability::Process` promises; the sync at close made the
-    // versions of a process that exited survive power loss too, which is
-    // `Durability::Power`'s promise, kept at every commit. SQLite still
-    // checkpoints (and syncs) the WAL every 1,000 pages.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    Ok(())
-}
-
-/// Rewrites SQLite errors whose cause the user can act on into one line
-/// naming the file; other errors pass through.
-fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
-    let code = e
-        .downcast_ref::<rusqlite::Error>()
-        .and_then(|e| e.sqlite_error_code());
-    let p = path.display();
-    match code {
-        Some(ErrorCode::NotADatabase) => {
-            anyhow::anyhow!("{p} is not a wasnap database (not SQLite)")
-        }
-        Some(ErrorCode::ReadOnly) => anyhow::anyhow!("database {p} is read-only"),
-        Some(ErrorCode::CannotOpen) => anyhow::anyhow!("cannot open database {p}: {e}"),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            anyhow::anyhow!("database {p} stayed locked by another process: {e}")
-        }
-        Some(ErrorCode::DatabaseCorrupt) => anyhow::anyhow!("database {p} is corrupt: {e}"),
-        Some(ErrorCode::DiskFull) => anyhow::anyhow!("database {p}: the disk is full"),
-        Some(_) => anyhow::anyhow!("database {p}: {e}"),
-        None => e,
-    }
 }
 
 /// Milliseconds since the Unix epoch.

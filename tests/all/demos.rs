@@ -141,7 +141,8 @@ fn a_cached_artifact_loads_without_instrumenting_and_runs_the_same() {
 
     // A new engine (a new process, in the command line) given the artifact.
     let engine = Engine::new().unwrap();
-    let module = engine.load_with_artifact(&wasm, Some(&artifact)).unwrap();
+    // SAFETY: serialized by this process, just above.
+    let module = unsafe { engine.load_with_artifact(&wasm, Some(&artifact)) }.unwrap();
     let fresh = Engine::new().unwrap().load(&wasm).unwrap();
     assert_eq!(
         format!("{:?}", module.metadata()),
@@ -156,9 +157,12 @@ fn a_cached_artifact_loads_without_instrumenting_and_runs_the_same() {
     let other = Engine::with_options(narrowed).unwrap();
     assert_ne!(other.fingerprint(), engine.fingerprint());
     // And garbage in place of an artifact is ignored, not trusted.
-    let module = Engine::new()
-        .unwrap()
-        .load_with_artifact(&wasm, Some(b"not an artifact"))
-        .unwrap();
+    // SAFETY: these bytes are no artifact of any format, let alone code.
+    let module = unsafe {
+        Engine::new()
+            .unwrap()
+            .load_with_artifact(&wasm, Some(b"not an artifact"))
+    }
+    .unwrap();
     assert!(!module.metadata().frames.is_empty());
 }

@@ -55,8 +55,10 @@ fn step(
         Some(snapshot) => engine.restore_with(&module, snapshot, settings).unwrap(),
         None => engine.start(&module, settings).unwrap(),
     };
-    if let Some(reply) = reply {
-        workflow.send(reply.as_bytes());
+    match reply {
+        Some(TIMER) => workflow.wake(),
+        Some(reply) => workflow.send(reply.as_bytes()),
+        None => {}
     }
     let step = workflow.run().unwrap_or_else(|e| panic!("{e:?}"));
     let mut out = String::from_utf8(captured.contents()).unwrap();
@@ -72,6 +74,10 @@ fn step(
     };
     (step, snapshot, out)
 }
+
+/// In a list of replies: the suspension's timer fires instead (a sleep
+/// wakes, a question's deadline passes).
+const TIMER: &str = "(timer)";
 
 /// Runs a workflow to its end with one reply per resume; returns stdout.
 fn run_with_replies(wasm: &[u8], replies: &[Option<&str>]) -> String {
@@ -111,6 +117,8 @@ fn greenlet_in_every_language() {
         let v1 = v1.unwrap();
         let pickled = v1.memories.iter().flat_map(|m| &m.pages).any(|page| {
             page.data
+                .bytes()
+                .unwrap()
                 .windows(b"special-g-stack".len())
                 .any(|w| w == b"special-g-stack")
         });
@@ -134,9 +142,11 @@ fn greenlet_in_every_language() {
     }
 }
 
-/// The deploy workflow's scenarios (guest-workflows/deploy.expected.md):
-/// the reply to each suspension after the first run, and all of stdout.
-pub const DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
+/// The deploy workflow's scenarios as the JavaScript deploy script runs
+/// them, without the deadline and the maintenance window the compiled
+/// languages' deploy has: the reply to each suspension after the first
+/// run, and all of stdout.
+pub const UNTIMED_DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
     (
         &[Some("yes"), Some("ok"), Some("ok"), Some("ok")],
         "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n",
@@ -168,14 +178,103 @@ pub const DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
 
 #[test]
 fn deploy_in_every_language() {
+    const START: &str = "building release\nwaiting for approval [yes/no]\n";
+    const WINDOW: &str = "waiting for the maintenance window\n";
+    let all_ok = format!(
+        "{START}{WINDOW}deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n"
+    );
+    let escalated = format!(
+        "{START}no answer within 3 days: escalating\nwaiting for approval from the release manager [yes/no]\n{WINDOW}deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n"
+    );
+    let third_fails = format!(
+        "{START}{WINDOW}deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\nrolling back machine-2\nrolling back machine-1\nrolled back after machine-3 failed\n"
+    );
+    let second_fails = format!(
+        "{START}{WINDOW}deploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n"
+    );
+    let refused = format!("{START}deployment not approved\n");
+    let scenarios: [(&[Option<&str>], &str); 5] = [
+        (
+            &[Some("yes"), Some(TIMER), Some("ok"), Some("ok"), Some("ok")],
+            &all_ok,
+        ),
+        (
+            &[
+                Some(TIMER),
+                Some("yes"),
+                Some(TIMER),
+                Some("ok"),
+                Some("ok"),
+                Some("ok"),
+            ],
+            &escalated,
+        ),
+        (
+            &[
+                Some("yes"),
+                Some(TIMER),
+                Some("ok"),
+                Some("ok"),
+                Some("fail"),
+                None,
+                None,
+            ],
+            &third_fails,
+        ),
+        (
+            &[Some("yes"), Some(TIMER), Some("ok"), Some("fail"), None],
+            &second_fails,
+        ),
+        (&[Some("no")], &refused),
+    ];
     for language in LANGUAGES {
         let wasm = module(language, "deploy");
-        for (replies, expected) in DEPLOY_SCENARIOS {
+        for (replies, expected) in scenarios {
             assert_eq!(
                 run_with_replies(&wasm, replies),
                 expected,
                 "{language} {replies:?}"
             );
         }
+    }
+}
+
+/// The deploy workflow's question has a 3-day deadline and its sleep a
+/// 2-second wake-up time, in every language: the timers the store keeps.
+#[test]
+fn deploy_timers_in_every_language() {
+    for language in LANGUAGES {
+        let wasm = module(language, "deploy");
+        let engine = Engine::new().unwrap();
+        let module = engine.load(&wasm).unwrap();
+        let settings = Settings::default().stdout(Output::Capture(Captured::default()));
+        let mut workflow = engine.start(&module, settings).unwrap();
+        let before = wasnap::runtime::now_ms();
+        assert!(matches!(workflow.run().unwrap(), Step::Yielded(_)));
+        let Some(wasnap::Timer::Deadline { wake_at }) = workflow.timer() else {
+            panic!(
+                "{language}: the approval has no deadline: {:?}",
+                workflow.timer()
+            );
+        };
+        let three_days = 3 * 24 * 3600 * 1000;
+        assert!(wake_at >= before + three_days && wake_at < before + three_days + 60_000);
+        workflow.send(b"yes");
+        let before = wasnap::runtime::now_ms();
+        assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        let Some(wasnap::Timer::Sleep { wake_at }) = workflow.timer() else {
+            panic!("{language}: no sleep: {:?}", workflow.timer());
+        };
+        assert!(
+            wake_at >= before + 2000 && wake_at < before + 62_000,
+            "{language}"
+        );
+        workflow.wake();
+        assert_eq!(
+            workflow.run().unwrap(),
+            Step::Yielded(b"deploying to machine-1".to_vec()),
+            "{language}"
+        );
+        assert_eq!(workflow.timer(), None, "{language}");
     }
 }

@@ -175,3 +175,39 @@ fn bad_limit_and_grant_flags_are_refused_before_anything_is_stored() {
     }
     assert!(!db.exists(), "a refused command created the database");
 }
+
+/// Yields "ready", then, resumed, recurses 50,000 calls deep: well past
+/// 256 KiB of Wasm stack, well within the default 8 MiB.
+const DEEP: &str = r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "ready")
+  (func $down (param $n i32) (result i32)
+    (if (result i32) (i32.eqz (local.get $n))
+      (then (i32.const 0))
+      (else (i32.add (i32.const 1) (call $down (i32.sub (local.get $n) (i32.const 1)))))))
+  (func (export "run")
+    (drop (call $yield (i32.const 0) (i32.const 5)))
+    (drop (call $down (i32.const 50000)))))
+"#;
+
+#[test]
+fn running_out_of_wasm_stack_names_the_limit_and_the_start_version_stays() {
+    let (dir, db) = scratch();
+    let deep = module(dir.path(), "deep", DEEP);
+    assert_eq!(ok(&db, &["run", &deep]), "ready\n");
+    let error = fails(&db, &["resume", "1", "--max-wasm-stack", "256KiB"]);
+    assert!(error.contains("ran out of Wasm stack"), "{error}");
+    assert!(error.contains("256 KiB"), "{error}");
+    assert!(error.contains("--max-wasm-stack"), "{error}");
+    // The limit is not stored: the same version resumes under the default.
+    let output = wasnap(&db, &["resume", "1@1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("finished at version 3"), "{stderr}");
+    for (value, cause) in [("1KiB", "too small"), ("8MB", "unknown unit")] {
+        let error = fails(&db, &["resume", "1@1", "--max-wasm-stack", value]);
+        assert!(error.contains(cause), "{value}: {error}");
+    }
+}

@@ -1,18 +1,35 @@
 //! wasnap's integration tests, one binary with a module per topic.
 
+mod artifacts;
 mod asyncified;
+mod backends;
 mod binaryen;
+mod browser;
 mod cli;
 mod demos;
+mod diff;
 mod errors;
+mod forged;
+mod forgery;
 mod fuzz;
 mod guests;
+mod handlers;
 mod harness;
 mod instrument;
 mod interpreters;
 mod limits;
+mod output;
+mod paging;
 mod real_programs;
+mod robustness;
+mod runaway;
 mod runtimes;
+mod serve;
 mod smith;
+mod stack;
 mod stdin;
 mod store;
+mod upgrade;
+mod wasi;
+mod workers;
+mod writers;

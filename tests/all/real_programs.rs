@@ -234,7 +234,9 @@ pub fn suspended_run(
             drop(workflow);
             if resume.in_new_engine {
                 engine = new_engine()?;
-                module = engine.load_with_artifact(program.wasm, Some(&artifact))?;
+                // SAFETY: `artifact` is what `Module::serialize` wrote for
+                // this very module, in this process.
+                module = unsafe { engine.load_with_artifact(program.wasm, Some(&artifact)) }?;
             }
             let (snapshot, _) = file::decode(&bytes)?;
             workflow = engine.restore_with(&module, &snapshot, settings())?;

@@ -1,7 +1,7 @@
 //! Workflows written as scripts: the JavaScript runtime (QuickJS-ng,
-//! `js.wasm`) and the Python runtime (RustPython, `python.wasm`) run the
-//! demos given as source text, every step restored from snapshot bytes
-//! into a new engine.
+//! `js.wasm`) runs the demos given as source text, every step restored
+//! from snapshot bytes into a new engine, or through the command line,
+//! every step a new process.
 //!
 //! The runtimes come from `guest-workflows/build` (run by `.ci/run`); a
 //! missing one fails the test with that hint.
@@ -13,7 +13,7 @@ use wasnap::snapshot::file;
 use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
-use crate::guests::{DEPLOY_SCENARIOS, built};
+use crate::guests::{UNTIMED_DEPLOY_SCENARIOS, built};
 
 /// A runtime module, and its compiled artifact, made once for all the
 /// steps of all the tests (as the command line keeps it in its database).
@@ -25,13 +25,8 @@ struct Runtime {
 
 fn runtime(language: &'static str) -> &'static Runtime {
     static JS: OnceLock<Runtime> = OnceLock::new();
-    static PYTHON: OnceLock<Runtime> = OnceLock::new();
-    let cell = match language {
-        "js" => &JS,
-        "python" => &PYTHON,
-        _ => unreachable!("no runtime for {language}"),
-    };
-    cell.get_or_init(|| {
+    assert_eq!(language, "js", "the only runtime");
+    JS.get_or_init(|| {
         let wasm = std::fs::read(built(language, language)).unwrap();
         let artifact = engine().load(&wasm).unwrap().serialize().unwrap();
         Runtime {
@@ -54,8 +49,7 @@ fn engine() -> Engine {
 
 /// The source of a demo script in `guest-workflows/<language>/`.
 fn demo(language: &str, name: &str) -> (String, String) {
-    let extension = if language == "js" { "js" } else { "py" };
-    let file = format!("{name}.{extension}");
+    let file = format!("{name}.{language}");
     let path = format!(
         "{}/guest-workflows/{language}/{file}",
         env!("CARGO_MANIFEST_DIR")
@@ -74,9 +68,10 @@ impl Runtime {
         reply: Option<&str>,
     ) -> (Step, Vec<u8>, String) {
         let engine = engine();
-        let module = engine
-            .load_with_artifact(&self.wasm, Some(&self.artifact))
-            .unwrap();
+        // SAFETY: the artifact was compiled by this test's own engine
+        // settings, from these very bytes, a moment before.
+        let module =
+            unsafe { engine.load_with_artifact(&self.wasm, Some(&self.artifact)) }.unwrap();
         let captured = Captured::default();
         let settings = Settings::default().stdout(Output::Capture(captured.clone()));
         let mut workflow = match from {
@@ -149,7 +144,7 @@ impl Runtime {
 const LANGUAGES: [&str; 1] = ["js"];
 
 #[test]
-fn approval_in_javascript_and_python() {
+fn approval_in_javascript() {
     on_big_stack(|| {
         for language in LANGUAGES {
             let runtime = runtime(language);
@@ -169,12 +164,12 @@ fn approval_in_javascript_and_python() {
 }
 
 #[test]
-fn deploy_in_javascript_and_python() {
+fn deploy_in_javascript() {
     on_big_stack(|| {
         for language in LANGUAGES {
             let runtime = runtime(language);
             let script = demo(language, "deploy");
-            for (replies, expected) in DEPLOY_SCENARIOS {
+            for (replies, expected) in UNTIMED_DEPLOY_SCENARIOS {
                 assert_eq!(
                     runtime.run_with_replies(&script, replies),
                     expected,
@@ -187,9 +182,8 @@ fn deploy_in_javascript_and_python() {
 
 /// The path of a demo script, as the command line is given it.
 fn demo_path(language: &str, name: &str) -> String {
-    let extension = if language == "js" { "js" } else { "py" };
     format!(
-        "{}/guest-workflows/{language}/{name}.{extension}",
+        "{}/guest-workflows/{language}/{name}.{language}",
         env!("CARGO_MANIFEST_DIR")
     )
 }
@@ -232,7 +226,7 @@ fn deploy_scripts_every_step_a_new_process() {
         for reply in ["yes", "ok", "ok", "fail", "", ""] {
             out += &run(&["resume", "1", "--send", reply]);
         }
-        assert_eq!(out, DEPLOY_SCENARIOS[1].1, "{language}");
+        assert_eq!(out, UNTIMED_DEPLOY_SCENARIOS[1].1, "{language}");
         // Version 2 waits at machine 1: another answer there.
         assert_eq!(
             run(&["resume", "1@2", "--send", "fail"]),
@@ -245,22 +239,15 @@ fn deploy_scripts_every_step_a_new_process() {
 /// A script whose function keeps a string, built at run time, in a local
 /// variable while it is suspended.
 fn local_variable_script(language: &str) -> &'static str {
-    match language {
-        "js" => {
-            "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
-        }
-        _ => {
-            "import wasnap\n\ndef wait():\n    note = \"-\".join([\"special\", \"py\", \"local\"])\n    wasnap.yield_(\"waiting\")\n    print(note)\n\nwait()\n"
-        }
-    }
+    assert_eq!(language, "js", "the only runtime");
+    "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
 }
 
 #[test]
 fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
     for language in LANGUAGES {
         let (dir, db) = scratch();
-        let extension = if language == "js" { "js" } else { "py" };
-        let script = dir.path().join(format!("wait.{extension}"));
+        let script = dir.path().join(format!("wait.{language}"));
         std::fs::write(&script, local_variable_script(language)).unwrap();
         let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
         assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
@@ -272,9 +259,12 @@ fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
             .output()
             .expect("zstd is installed (.ci/run installs it)")
             .stdout;
-        let note = format!("special-{}-local", if language == "js" { "js" } else { "py" });
+        let note = format!("special-{language}-local");
         let contains = |bytes: &[u8]| bytes.windows(note.len()).any(|w| w == note.as_bytes());
-        assert!(contains(&decompressed), "{language}: {note} is in the snapshot");
+        assert!(
+            contains(&decompressed),
+            "{language}: {note} is in the snapshot"
+        );
         assert!(
             !contains(&std::fs::read(built(language, language)).unwrap())
                 && !contains(local_variable_script(language).as_bytes()),

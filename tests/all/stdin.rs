@@ -214,32 +214,8 @@ fn the_stdin_mode_through_the_command_line() {
         "Ada: 4 cups, that is plenty.\n"
     );
     // Without the mode, the program finds no input and ends at once.
-    assert_eq!(ok(&db, &["run", &coffee]), "What is your name?\nNo name, no coffee.\n");
-}
-
-/// The same program in Python, `input()` in the Python runtime.
-#[test]
-fn a_python_script_using_input_waits_for_each_answer() {
-    let (_dir, db) = scratch();
-    let script = format!(
-        "{}/guest-workflows/stdin/coffee.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let run = |args: &[&str]| ok(&db, &[args, &["--max-wasm-stack", "4MiB"]].concat());
     assert_eq!(
-        run(&["run", "--stdin", "suspend", &script]),
-        "What is your name?\n"
-    );
-    assert_eq!(
-        run(&["resume", "1", "--send", "Ada"]),
-        "How many cups of coffee today, Ada?\n"
-    );
-    assert_eq!(
-        run(&["resume", "1", "--send", "2"]),
-        "Ada: 2 cups, have another.\n"
-    );
-    assert_eq!(
-        run(&["resume", "1@2", "--send", "5"]),
-        "Ada: 5 cups, that is plenty.\n"
+        ok(&db, &["run", &coffee]),
+        "What is your name?\nNo name, no coffee.\n"
     );
 }

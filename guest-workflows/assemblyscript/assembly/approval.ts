@@ -1,12 +1,25 @@
-// The article's approval workflow.
-import { yieldStr } from "./wasnap";
+// The article's approval workflow, with a `status` query.
+import { respond, yieldStr } from "./wasnap";
+
+// What the workflow waits for, for `wasnap query ID status`.
+let status = "starting";
+
+export function query_status(): void {
+  respond(status);
+}
+
+function step(question: string): string {
+  status = question;
+  return yieldStr(question);
+}
 
 export function run(): void {
-  yieldStr("do something");
-  const isApproved = yieldStr("ask boss for permission") == "true";
+  step("do something");
+  const isApproved = step("ask boss for permission") == "true";
   if (isApproved) {
-    yieldStr("do another after approved");
+    step("do another after approved");
   } else {
-    yieldStr("do another after rejected");
+    step("do another after rejected");
   }
+  status = "done";
 }

@@ -40,6 +40,18 @@ declare function rawSwitch(id: i32, value: i32): i32;
 // Id of the running coroutine.
 @external("wasnap", "current")
 declare function rawCurrent(): i32;
+// In a query or update handler: the handler's result becomes [ptr, ptr+len).
+@external("wasnap", "respond")
+declare function rawRespond(ptr: usize, len: i32): void;
+// 1 when the code should take the patch named [ptr, ptr+len) (see patched).
+@external("wasnap", "patched")
+declare function rawPatched(ptr: usize, len: i32): i32;
+
+@external("wasnap", "sleep")
+declare function rawSleep(ms: i64): void;
+
+@external("wasnap", "yield_timeout")
+declare function rawYieldTimeout(ptr: usize, len: i32, ms: i64): i32;
 
 @external("wasi_snapshot_preview1", "fd_write")
 declare function fd_write(fd: i32, iovs: usize, iovsLen: i32, nwritten: usize): i32;
@@ -91,6 +103,61 @@ function readReply(len: i32): string {
 export function yieldStr(value: string): string {
   const bytes = String.UTF8.encode(value);
   return readReply(rawYield(changetype<usize>(bytes), bytes.byteLength));
+}
+
+/** Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+ * the saved version, that a service fires even after a restart. */
+export function sleep(ms: i64): void {
+  rawSleep(ms);
+}
+
+/** A question with a deadline: publishes `value` and waits at most `ms`
+ * milliseconds for the reply; null when the deadline passed first. */
+export function yieldStrTimeout(value: string, ms: i64): string | null {
+  const bytes = String.UTF8.encode(value);
+  const len = rawYieldTimeout(changetype<usize>(bytes), bytes.byteLength, ms);
+  if (len < 0) return null;
+  return readReply(len);
+}
+
+// ---- Queries and updates ----
+//
+// A handler is an exported function of no arguments named query_NAME or
+// update_NAME, run on the suspended workflow's state (`wasnap query` /
+// `wasnap update`); it must not yield, switch or spawn. The workflow's
+// locals live in its suspended frames, so keep what handlers read or change
+// in module-level variables:
+//
+//     let status = "starting";
+//     export function query_status(): void { respond(status); }
+
+/** In a handler: its argument, as text. */
+export function handlerArg(): string {
+  let cap = 64;
+  let buf = new Uint8Array(cap);
+  let got = rawReply(buf.dataStart, cap);
+  while (got >= cap) { // it may be longer: ask again with more room
+    cap *= 4;
+    buf = new Uint8Array(cap);
+    got = rawReply(buf.dataStart, cap);
+  }
+  return String.UTF8.decodeUnsafe(buf.dataStart, max(got, 0));
+}
+
+/** In a handler: its result. */
+export function respond(text: string): void {
+  const bytes = String.UTF8.encode(text);
+  rawRespond(changetype<usize>(bytes), bytes.byteLength);
+}
+
+/** Whether the code should take the patch named `id`, for changes that
+ * `wasnap upgrade` must replay: true when running normally (and that is
+ * recorded), and while replaying true only where the recorded run took the
+ * patch too. Old histories keep the old path; everything after them takes
+ * the new one: `if (patched("notify-on-start")) notify();` */
+export function patched(id: string): bool {
+  const bytes = String.UTF8.encode(id);
+  return rawPatched(changetype<usize>(bytes), bytes.byteLength) != 0;
 }
 
 /** Publish raw bytes; returns the reply's bytes. */

@@ -50,6 +50,17 @@ pub mod raw {
         pub fn switch(id: i32, value: i32) -> i32;
         /// Id of the running coroutine.
         pub fn current() -> i32;
+        /// Suspend until `ms` milliseconds from now (a durable timer).
+        pub fn sleep(ms: i64);
+        /// Like `yield`, with a deadline: returns the reply's length, or -1
+        /// when `ms` milliseconds passed without a reply.
+        pub fn yield_timeout(ptr: i32, len: i32, ms: i64) -> i32;
+        /// In a query or update handler: the handler's result becomes
+        /// [ptr, ptr+len).
+        pub fn respond(ptr: i32, len: i32);
+        /// 1 when the code should take the patch named [ptr, ptr+len)
+        /// (see [`crate::patched`]).
+        pub fn patched(ptr: i32, len: i32) -> i32;
     }
 }
 
@@ -75,6 +86,11 @@ pub fn yield_bytes(value: &[u8]) -> Vec<u8> {
     flush_stdout();
     // SAFETY: the host reads [ptr, ptr+len) of our memory, which `value` is.
     let len = unsafe { raw::yield_(addr(value.as_ptr()), value.len() as i32) };
+    take_reply(len)
+}
+
+/// Copies out the reply of `len` bytes the workflow was resumed with.
+fn take_reply(len: i32) -> Vec<u8> {
     let mut reply = Vec::with_capacity(len.max(0) as usize);
     if len > 0 {
         // SAFETY: the host writes at most `len` bytes, the capacity we hold.
@@ -86,14 +102,34 @@ pub fn yield_bytes(value: &[u8]) -> Vec<u8> {
     reply
 }
 
-/// [`yield_bytes`] for text: the reply is decoded as UTF-8 (invalid bytes
-/// become U+FFFD).
-pub fn yield_str(value: &str) -> String {
-    let reply = yield_bytes(value.as_bytes());
-    match String::from_utf8(reply) {
+fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
+}
+
+/// Suspend the workflow for `ms` milliseconds: a durable timer, kept with
+/// the saved version, that a service fires even after a restart.
+pub fn sleep_ms(ms: i64) {
+    flush_stdout();
+    // SAFETY: no memory is passed.
+    unsafe { raw::sleep(ms) };
+}
+
+/// A question with a deadline: publishes `value` and waits at most `ms`
+/// milliseconds for the reply; `None` when the deadline passed first.
+pub fn yield_str_timeout(value: &str, ms: i64) -> Option<String> {
+    flush_stdout();
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `value` is.
+    let len = unsafe { raw::yield_timeout(addr(value.as_ptr()), value.len() as i32, ms) };
+    (len >= 0).then(|| lossy(take_reply(len)))
+}
+
+/// [`yield_bytes`] for text: the reply is decoded as UTF-8 (invalid bytes
+/// become U+FFFD).
+pub fn yield_str(value: &str) -> String {
+    lossy(yield_bytes(value.as_bytes()))
 }
 
 /// A bare suspension (greenlet's `root.switch()`): an empty value, which the
@@ -102,6 +138,135 @@ pub fn suspend() {
     flush_stdout();
     // SAFETY: an empty range publishes nothing.
     unsafe { raw::yield_(0, 0) };
+}
+
+/// In a query or update handler: its argument (what `wasnap query ...
+/// --arg TEXT` passed), read through `wasnap.reply`.
+pub fn handler_arg() -> Vec<u8> {
+    let mut cap = 64usize;
+    loop {
+        let mut arg: Vec<u8> = Vec::with_capacity(cap);
+        // SAFETY: the host writes at most `cap` bytes, the capacity we hold.
+        let got = unsafe { raw::reply(addr(arg.as_mut_ptr()), cap as i32) };
+        let got = got.clamp(0, cap as i32) as usize;
+        if got < cap {
+            // SAFETY: the host wrote `got` bytes.
+            unsafe { arg.set_len(got) };
+            return arg;
+        }
+        // It may be longer: ask again with more room.
+        cap *= 4;
+    }
+}
+
+/// [`handler_arg`] as text (invalid UTF-8 becomes U+FFFD).
+pub fn handler_arg_str() -> String {
+    let arg = handler_arg();
+    match String::from_utf8(arg) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// In a query or update handler: its result.
+pub fn respond(result: &[u8]) {
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `result` is.
+    unsafe { raw::respond(addr(result.as_ptr()), result.len() as i32) }
+}
+
+/// Defines a query handler, the export `query_NAME`, run on the suspended
+/// workflow's state by `wasnap query ID NAME [--arg TEXT]`: the closure
+/// gets the argument as text and returns the result. A handler must not
+/// yield, switch or spawn. The workflow's locals live in its suspended
+/// frames, not in memory, so keep what handlers read in statics.
+///
+/// ```ignore
+/// wasnap_guest::query!(status, |_arg| STATUS.get().to_string());
+/// ```
+#[macro_export]
+macro_rules! query {
+    ($name:ident, $body:expr) => {
+        const _: () = {
+            #[unsafe(export_name = concat!("query_", stringify!($name)))]
+            extern "C" fn handler() {
+                let body: fn(&str) -> $crate::__String = $body;
+                let result = body(&$crate::handler_arg_str());
+                $crate::respond(result.as_bytes());
+            }
+        };
+    };
+}
+
+/// Defines an update handler, the export `update_NAME`, run on the head of
+/// a waiting instance by `wasnap update ID NAME [--arg TEXT]`; what it
+/// changes is committed as a new version that still waits at the same
+/// call. See [`query!`].
+#[macro_export]
+macro_rules! update {
+    ($name:ident, $body:expr) => {
+        const _: () = {
+            #[unsafe(export_name = concat!("update_", stringify!($name)))]
+            extern "C" fn handler() {
+                let body: fn(&str) -> $crate::__String = $body;
+                let result = body(&$crate::handler_arg_str());
+                $crate::respond(result.as_bytes());
+            }
+        };
+    };
+}
+
+#[doc(hidden)]
+pub use alloc::string::String as __String;
+
+/// A value a workflow keeps for its handlers: readable and changeable from
+/// a query or update handler while the workflow is suspended. Guests are
+/// single-threaded and a handler never runs while workflow code does.
+pub struct Shared<T>(UnsafeCell<T>);
+
+// SAFETY: wasm32 guests are single-threaded (see `Registry`).
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// A shared value.
+    pub const fn new(value: T) -> Self {
+        Shared(UnsafeCell::new(value))
+    }
+
+    /// Replaces the value.
+    pub fn set(&self, value: T) {
+        // SAFETY: single-threaded, and no reference from `with` is alive.
+        unsafe { *self.0.get() = value }
+    }
+
+    /// Runs `f` on the value.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: single-threaded, and `f` cannot reach `self` again
+        // except through another `with`, which the borrow rules of its
+        // closure prevent from overlapping in safe code.
+        f(unsafe { &mut *self.0.get() })
+    }
+}
+
+impl<T: Copy> Shared<T> {
+    /// A copy of the value.
+    pub fn get(&self) -> T {
+        // SAFETY: single-threaded.
+        unsafe { *self.0.get() }
+    }
+}
+
+/// Whether the code should take the patch named `id`, for changes that
+/// `wasnap upgrade` must replay: true when running normally (and that is
+/// recorded), and while replaying true only where the recorded run took
+/// the patch too. Old histories keep the old path; everything after them
+/// takes the new one:
+///
+/// ```ignore
+/// if wasnap_guest::patched("notify-on-start") { notify() }
+/// ```
+pub fn patched(id: &str) -> bool {
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `id` is.
+    unsafe { raw::patched(addr(id.as_ptr()), id.len() as i32) != 0 }
 }
 
 /// Id of the running coroutine (0 is the workflow's main).

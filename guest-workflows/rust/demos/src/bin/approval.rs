@@ -1,12 +1,23 @@
-//! The article's approval workflow.
-use wasnap_guest::yield_str;
+//! The article's approval workflow, with a `status` query.
+use wasnap_guest::{Shared, yield_str};
+
+/// What the workflow is waiting for, for `wasnap query ID status`.
+static STATUS: Shared<&str> = Shared::new("starting");
+
+wasnap_guest::query!(status, |_| STATUS.get().into());
+
+fn step(question: &'static str) -> String {
+    STATUS.set(question);
+    yield_str(question)
+}
 
 fn main() {
-    yield_str("do something");
-    let is_approved = yield_str("ask boss for permission") == "true";
+    step("do something");
+    let is_approved = step("ask boss for permission") == "true";
     if is_approved {
-        yield_str("do another after approved");
+        step("do another after approved");
     } else {
-        yield_str("do another after rejected");
+        step("do another after rejected");
     }
+    STATUS.set("done");
 }

@@ -1,0 +1,229 @@
+//! Queries and updates: a guest's handlers run on a stored version, from
+//! the command line (every step a new process) and through the library.
+
+use wasnap::executor::{Ended, Executor, RunOptions};
+use wasnap::runtime::Captured;
+use wasnap::{Engine, Output, Settings, Step};
+
+use crate::cli::{fails, ok, scratch};
+use crate::guests::built;
+
+/// The five languages' optimised builds.
+const LANGUAGES: [&str; 5] = ["wat", "c", "rust", "zig", "assemblyscript"];
+
+fn versions(db: &std::path::Path) -> usize {
+    ok(db, &["log", "1", "--json"]).lines().count()
+}
+
+#[test]
+fn deploy_is_queried_and_updated_while_it_waits_in_every_language() {
+    for language in LANGUAGES {
+        let (_dir, db) = scratch();
+        let deploy = built(language, "deploy");
+        assert_eq!(
+            ok(&db, &["run", &deploy]),
+            "building release\nwaiting for approval [yes/no]\n"
+        );
+        // A query changes nothing.
+        assert_eq!(
+            ok(&db, &["query", "1", "status"]),
+            "waiting for approval [yes/no] (0 of 3 machines done)\n",
+            "{language}"
+        );
+        assert_eq!(versions(&db), 1, "{language}: a query committed something");
+        // An update is a new version, waiting at the same call.
+        assert_eq!(
+            ok(&db, &["update", "1", "machines", "--arg", "4"]),
+            "machines = 4\n",
+            "{language}"
+        );
+        let log = ok(&db, &["log", "1"]);
+        assert!(
+            log.contains("v2 yielded \"waiting for approval [yes/no]\"")
+                && log.contains("machines"),
+            "{language}: {log}"
+        );
+        // The old version is as it was; the head has 4 machines.
+        assert_eq!(
+            ok(&db, &["query", "1@1", "status"]),
+            "waiting for approval [yes/no] (0 of 3 machines done)\n"
+        );
+        assert_eq!(
+            ok(&db, &["query", "1", "status"]),
+            "waiting for approval [yes/no] (0 of 4 machines done)\n"
+        );
+        let refused = ok(&db, &["update", "1", "machines", "--arg", "0"]);
+        assert!(refused.starts_with("refused"), "{language}: {refused}");
+        let mut out = ok(&db, &["resume", "1", "--send", "yes"]);
+        // The maintenance window's timer, woken early; it keeps the update.
+        assert_eq!(
+            ok(&db, &["query", "1", "status"]),
+            "waiting for the maintenance window (0 of 4 machines done)\n",
+            "{language}"
+        );
+        out += &ok(&db, &["resume", "1", "--now"]);
+        for _ in 0..4 {
+            out += &ok(&db, &["resume", "1", "--send", "ok"]);
+        }
+        assert_eq!(
+            out,
+            "waiting for the maintenance window\n\
+             deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\n\
+             deploying to machine-4\ndeployed to 4 machines\n",
+            "{language}"
+        );
+    }
+}
+
+#[test]
+fn approval_status_through_the_library_in_every_language() {
+    for language in LANGUAGES {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+        let wasm = std::fs::read(built(language, "approval")).unwrap();
+        let module = executor.add_module(&wasm).unwrap();
+        let quiet = RunOptions {
+            stdout: Output::Capture(Captured::default()),
+            ..RunOptions::default()
+        };
+        let first = executor
+            .start(&module, &["approval".into()], &quiet)
+            .unwrap();
+        let second = executor.resume(first.instance, None, b"", &quiet).unwrap();
+        let status = |version| {
+            executor
+                .query(first.instance, version, "status", b"", &quiet)
+                .unwrap()
+        };
+        assert_eq!(status(Some(1)), b"do something", "{language}");
+        assert_eq!(status(None), b"ask boss for permission", "{language}");
+        let error = executor
+            .query(first.instance, None, "nothing", b"", &quiet)
+            .unwrap_err();
+        assert!(
+            format!("{error:#}")
+                .contains("no query handler \"nothing\" (no export query_nothing; it has: status)"),
+            "{language}: {error:#}"
+        );
+        let last = executor
+            .resume(first.instance, Some(second.version), b"true", &quiet)
+            .unwrap();
+        assert_eq!(
+            last.ended,
+            Ended::Suspended {
+                value: b"do another after approved".to_vec()
+            }
+        );
+    }
+}
+
+/// A workflow whose handlers misbehave: one suspends, one traps after
+/// writing memory, one reports the shadow-stack pointer it runs with.
+const MISBEHAVING: &str = r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (import "wasnap" "reply" (func $reply (param i32 i32) (result i32)))
+  (import "wasnap" "respond" (func $respond (param i32 i32)))
+  (import "wasnap" "spawn" (func $spawn (param i32 i32 i32 i32) (result i32)))
+  (import "wasnap" "switch" (func $switch (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $__stack_pointer (mut i32) (i32.const 4096))
+  (table 1 funcref)
+  (elem (i32.const 0) $g)
+  (data (i32.const 16) "waiting")
+  ;; g runs on [8192, 8192+256) and suspends the workflow from there.
+  (func $g (param i32)
+    (global.set $__stack_pointer (i32.sub (global.get $__stack_pointer) (i32.const 32)))
+    (drop (call $yield (i32.const 16) (i32.const 7))))
+  (func (export "run")
+    (global.set $__stack_pointer (i32.sub (global.get $__stack_pointer) (i32.const 64)))
+    (drop (call $switch (call $spawn (i32.const 0) (i32.const 0) (i32.const 8192) (i32.const 256))
+                        (i32.const 0))))
+  (func (export "query_suspends")
+    (drop (call $yield (i32.const 16) (i32.const 7))))
+  (func (export "update_traps")
+    (i32.store (i32.const 100) (i32.const 7))
+    unreachable)
+  (func (export "query_stack")
+    ;; The pointer as 4 little-endian bytes.
+    (i32.store (i32.const 200) (global.get $__stack_pointer))
+    (call $respond (i32.const 200) (i32.const 4))))
+"#;
+
+#[test]
+fn a_handler_cannot_suspend_and_a_failed_update_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+    let module = executor
+        .add_module(&wat::parse_str(MISBEHAVING).unwrap())
+        .unwrap();
+    let options = RunOptions::default();
+    let first = executor.start(&module, &["m".into()], &options).unwrap();
+    let instance = first.instance;
+    let error = executor
+        .query(instance, None, "suspends", b"", &options)
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains(
+            "handler query_suspends called wasnap.yield: a query or update handler must not suspend"
+        ),
+        "{error:#}"
+    );
+    let error = executor
+        .update(instance, "traps", b"", &options)
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("handler update_traps failed"),
+        "{error:#}"
+    );
+    let error = executor
+        .update(instance, "suspends", b"", &options)
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("no update handler"),
+        "{error:#}"
+    );
+    assert_eq!(executor.database().versions(instance).unwrap().len(), 1);
+    assert_eq!(
+        executor.database().instance(instance).unwrap().head,
+        Some(1)
+    );
+}
+
+#[test]
+fn a_handler_runs_below_the_suspended_main_and_leaves_the_stack_pointer_as_it_was() {
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wat::parse_str(MISBEHAVING).unwrap()).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(b"waiting".to_vec()));
+    let before = workflow.snapshot().unwrap();
+    // Coroutine g suspended the workflow: the global holds g's pointer, in
+    // g's own small stack; main left its own at 4096 - 64.
+    let main = &before.coroutines[0];
+    assert_eq!(main.stack_pointer, 4096 - 64);
+    let at = workflow.update("stack", b"").unwrap_err();
+    assert!(format!("{at:#}").contains("no update handler"), "{at:#}");
+
+    let mut workflow = engine.restore(&module, &before).unwrap();
+    let pointer = workflow.query("stack", b"").unwrap();
+    assert_eq!(u32::from_le_bytes(pointer.try_into().unwrap()), 4096 - 64);
+    let after = workflow.snapshot().unwrap();
+    assert_eq!(
+        after.globals, before.globals,
+        "the stack pointer is put back"
+    );
+    assert_eq!(after.coroutines, before.coroutines);
+    // The workflow goes on as if nothing had happened.
+    assert_eq!(workflow.run().unwrap(), Step::Finished(0));
+}
+
+#[test]
+fn handler_errors_on_the_command_line_are_one_line() {
+    let (_dir, db) = scratch();
+    ok(&db, &["run", &built("c", "approval")]);
+    let error = fails(&db, &["query", "1", "nothing"]);
+    assert!(error.contains("no query handler \"nothing\""), "{error}");
+    let error = fails(&db, &["update", "1", "status"]);
+    assert!(error.contains("no update handler \"status\""), "{error}");
+    assert_eq!(versions(&db), 1);
+}
