@@ -4,6 +4,8 @@
 //! import wasnap
 //!
 //! answer = wasnap.yield_("ask boss for permission")   # "" when no reply
+//! answer = wasnap.yield_("approve?", timeout=3 * 86400)  # None: too late
+//! wasnap.sleep(2)                                      # a durable timer
 //!
 //! def workflow():
 //!     yield "do something"
@@ -25,7 +27,8 @@ pub(crate) use wasnap::module_def;
 #[rustpython_vm::pymodule]
 mod wasnap {
     use rustpython_vm::builtins::{PyBytes, PyStr};
-    use rustpython_vm::function::OptionalArg;
+    use rustpython_vm::FromArgs;
+    use rustpython_vm::function::{ArgIntoFloat, OptionalArg};
     use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
 
     /// The bytes a Python value is published as: a `str` as UTF-8, `bytes`
@@ -44,18 +47,58 @@ mod wasnap {
         Ok(value.str(vm)?.as_bytes().to_vec())
     }
 
-    /// yield_(value=None) -> str
+    /// Milliseconds from a duration in seconds (an `int` or a `float`),
+    /// which may not be negative.
+    fn milliseconds(seconds: ArgIntoFloat, vm: &VirtualMachine) -> PyResult<i64> {
+        let seconds = seconds.into_float();
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(vm.new_value_error(format!(
+                "a duration must be a number of seconds, not negative: {seconds}"
+            )));
+        }
+        Ok((seconds * 1000.0).round() as i64)
+    }
+
+    #[derive(FromArgs)]
+    struct YieldArgs {
+        #[pyarg(any, optional)]
+        value: OptionalArg<PyObjectRef>,
+        #[pyarg(named, optional)]
+        timeout: OptionalArg<Option<ArgIntoFloat>>,
+    }
+
+    /// yield_(value=None, *, timeout=None) -> str | None
     ///
     /// Publishes `value` as this step's value and suspends the workflow;
-    /// returns the reply it is resumed with ("" when there is none).
+    /// returns the reply it is resumed with ("" when there is none). With
+    /// a `timeout` in seconds the question has a deadline, a timer kept
+    /// with the saved version: `None` when it passed before a reply came.
     #[pyfunction]
-    fn yield_(value: OptionalArg<PyObjectRef>, vm: &VirtualMachine) -> PyResult<String> {
-        let value = match value {
+    fn yield_(args: YieldArgs, vm: &VirtualMachine) -> PyResult<Option<String>> {
+        let value = match args.value {
             OptionalArg::Present(value) => value_bytes(&value, vm)?,
             OptionalArg::Missing => Vec::new(),
         };
-        let reply = wasnap_guest::yield_bytes(&value);
-        Ok(String::from_utf8_lossy(&reply).into_owned())
+        let reply = match args.timeout.flatten() {
+            Some(seconds) => {
+                let ms = milliseconds(seconds, vm)?;
+                let text = String::from_utf8_lossy(&value).into_owned();
+                wasnap_guest::yield_str_timeout(&text, ms).map(String::into_bytes)
+            }
+            None => Some(wasnap_guest::yield_bytes(&value)),
+        };
+        Ok(reply.map(|reply| String::from_utf8_lossy(&reply).into_owned()))
+    }
+
+    /// sleep(seconds) -> None
+    ///
+    /// Suspends the workflow for `seconds`: a timer kept with the saved
+    /// version, which `wasnap serve` fires when the time comes (or
+    /// `wasnap resume --now` at once), in whatever process that is.
+    #[pyfunction]
+    fn sleep(seconds: ArgIntoFloat, vm: &VirtualMachine) -> PyResult<()> {
+        wasnap_guest::sleep_ms(milliseconds(seconds, vm)?);
+        Ok(())
     }
 
     /// What a reply is sent into a generator as: nothing is `None` (as
