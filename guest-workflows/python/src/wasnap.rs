@@ -24,6 +24,8 @@
 
 pub(crate) use wasnap::module_def;
 
+// The module is named after the Python module it defines.
+#[allow(clippy::module_inception)]
 #[rustpython_vm::pymodule]
 mod wasnap {
     use rustpython_vm::builtins::{PyBytes, PyStr};
