@@ -229,7 +229,7 @@ fn a_python_script_using_input_waits_for_each_answer() {
         "{}/guest-workflows/stdin/coffee.py",
         env!("CARGO_MANIFEST_DIR")
     );
-    let run = |args: &[&str]| ok(&db, &[args, &["--max-wasm-stack", "4MiB"]].concat());
+    let run = |args: &[&str]| ok(&db, args);
     assert_eq!(
         run(&["run", "--stdin", "suspend", &script]),
         "What is your name?\n"
