@@ -215,7 +215,10 @@ impl Database {
         inputs: Option<Vec<u8>>,
     ) -> Result<Prepared> {
         let outcome = match *outcome {
-            Outcome::Suspended(s) => Owned::Suspended(Box::new(s.clone())),
+            Outcome::Suspended(s) => {
+                pages::precompress(&s.memories)?;
+                Owned::Suspended(Box::new(s.clone()))
+            }
             Outcome::Finished {
                 exit_status,
                 result,
