@@ -20,35 +20,43 @@ use crate::real_programs::{
     Program, Resume, bench_guest, plain_engine, plain_run_of, suspended_run,
 };
 
+/// The imports Binaryen is told may suspend: the seed demos' two.
+const DEMO_IMPORTS: &str = "wasnap.yield,wasnap.switch";
+
 /// A seed demo, instrumented by Binaryen (Debian's `binaryen` package).
 fn asyncified(demo: &str) -> Vec<u8> {
-    asyncified_wat(&format!(
-        "{}/guest-workflows/wat/{demo}.wat",
-        env!("CARGO_MANIFEST_DIR")
-    ))
+    asyncified_demo(demo, DEMO_IMPORTS)
+}
+
+/// A seed demo, instrumented by Binaryen told that `imports` suspend.
+fn asyncified_demo(demo: &str, imports: &str) -> Vec<u8> {
+    asyncified_wat(
+        &format!("{}/guest-workflows/wat/{demo}.wat", env!("CARGO_MANIFEST_DIR")),
+        imports,
+    )
 }
 
 /// A fixture of tests/fixtures/binaryen/, instrumented by Binaryen.
 fn asyncified_fixture(name: &str) -> Vec<u8> {
-    asyncified_wat(&format!(
-        "{}/tests/fixtures/binaryen/{name}.wat",
-        env!("CARGO_MANIFEST_DIR")
-    ))
+    asyncified_wat(
+        &format!(
+            "{}/tests/fixtures/binaryen/{name}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        DEMO_IMPORTS,
+    )
 }
 
-fn asyncified_wat(wat: &str) -> Vec<u8> {
+fn asyncified_wat(wat: &str, imports: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.wasm");
     let output = dir.path().join("out.wasm");
     std::fs::write(&input, wat::parse_file(wat).unwrap()).unwrap();
     let status = Command::new("wasm-opt")
         .arg(&input)
-        .args([
-            "--asyncify",
-            "--pass-arg=asyncify-imports@wasnap.yield,wasnap.switch",
-            "-g",
-            "-o",
-        ])
+        .arg("--asyncify")
+        .arg(format!("--pass-arg=asyncify-imports@{imports}"))
+        .args(["-g", "-o"])
         .arg(&output)
         .status()
         .expect("wasm-opt not found: install Debian's binaryen package (.ci/run does)");
@@ -137,6 +145,29 @@ fn binaryen_guest_owning_all_of_memory_0_finds_its_data_after_each_restore() {
         }
     }
     assert_eq!(yields, ["filled", "intact"].repeat(3));
+}
+
+/// Told that only some other import suspends, Binaryen leaves the callers
+/// of `wasnap.yield` as they were: after the import started an unwind they
+/// would run on (the approval demo printed its last question as its first
+/// and stored a version with nothing to resume). Such a module cannot be
+/// snapshotted: it is refused at load, saying where and what to do.
+#[test]
+fn binaryen_module_whose_yield_callers_are_uninstrumented_is_refused_at_load() {
+    let wasm = asyncified_demo("approval", "env.other");
+    let Err(error) = Engine::new().unwrap().load(&wasm) else {
+        panic!("loaded");
+    };
+    let message = format!("{error:#}");
+    assert!(!message.contains('\n'), "{message}");
+    for needed in [
+        "calls wasnap.yield",
+        "left it uninstrumented",
+        "asyncify-imports",
+        "wasnap instrument",
+    ] {
+        assert!(message.contains(needed), "{message}");
+    }
 }
 
 /// An unwound stack larger than memory 0 runs into the end of the memory
