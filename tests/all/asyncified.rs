@@ -237,7 +237,7 @@ const PROGRAMS: &[RealProgram] = &[
         runs: &[
             &["quickjs", "hot"],
             &["quickjs", "approval"],
-            &["quickjs", "deep", "100"],
+            &["quickjs", "deep", "20"],
         ],
         through_file_every: 1,
         reply,
