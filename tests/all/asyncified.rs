@@ -170,6 +170,58 @@ fn binaryen_module_whose_yield_callers_are_uninstrumented_is_refused_at_load() {
     }
 }
 
+/// Binaryen's unoptimised frames need more Wasm stack than the engine's
+/// default 8 MiB for a recursion 100,000 levels deep: the run ends with one
+/// line naming the limit and `--max-wasm-stack`; an engine with a larger
+/// limit (which also lends Binaryen's frames more of memory 0) suspends it
+/// at the bottom, and a new one restores it from snapshot bytes, every
+/// level returning. An engine with the default limit refuses the snapshot,
+/// saying why.
+#[test]
+fn binaryen_stack_deeper_than_the_default_limit_runs_with_a_larger_max_wasm_stack() {
+    let wasm = asyncified_fixture("deep_recursion");
+    let engine = Engine::new().unwrap();
+    let error = engine
+        .start(&engine.load(&wasm).unwrap(), Settings::default())
+        .unwrap()
+        .run()
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(!message.contains('\n'), "{message}");
+    for needed in ["call stack exhausted", "8 MiB", "--max-wasm-stack"] {
+        assert!(message.contains(needed), "{message}");
+    }
+
+    let larger = || {
+        Engine::builder()
+            .max_wasm_stack(64 << 20)
+            .build()
+            .unwrap()
+    };
+    let engine = larger();
+    let mut workflow = engine
+        .start(&engine.load(&wasm).unwrap(), Settings::default())
+        .unwrap();
+    assert_eq!(workflow.run().unwrap(), yielded("bottom"));
+    let bytes = file::encode(&workflow.snapshot().unwrap(), None).unwrap();
+    let (snapshot, _) = file::decode(&bytes).unwrap();
+
+    let engine = larger();
+    let mut restored = engine
+        .restore_with(&engine.load(&wasm).unwrap(), &snapshot, Settings::default())
+        .unwrap();
+    assert_eq!(restored.run().unwrap(), yielded("rewound"));
+
+    let engine = Engine::new().unwrap();
+    let Err(refused) =
+        engine.restore_with(&engine.load(&wasm).unwrap(), &snapshot, Settings::default())
+    else {
+        panic!("a default engine restored an unwound stack larger than it lends");
+    };
+    let message = format!("{refused:#}");
+    assert!(message.contains("--max-wasm-stack"), "{message}");
+}
+
 /// An unwound stack larger than memory 0 runs into the end of the memory
 /// (never into the guest's data): the run fails, saying why and what to do.
 #[test]
