@@ -206,8 +206,7 @@ fn check_binaryen_callers(module: &Analysis) -> Result<()> {
         for operator in body.get_operators_reader()? {
             match operator? {
                 Operator::Call { function_index }
-                    if function_index < imported
-                        && module.can_suspend[function_index as usize] =>
+                    if function_index < imported && module.can_suspend[function_index as usize] =>
                 {
                     suspending_call.get_or_insert(function_index);
                 }

@@ -31,7 +31,10 @@ fn asyncified(demo: &str) -> Vec<u8> {
 /// A seed demo, instrumented by Binaryen told that `imports` suspend.
 fn asyncified_demo(demo: &str, imports: &str) -> Vec<u8> {
     asyncified_wat(
-        &format!("{}/guest-workflows/wat/{demo}.wat", env!("CARGO_MANIFEST_DIR")),
+        &format!(
+            "{}/guest-workflows/wat/{demo}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        ),
         imports,
     )
 }
@@ -192,12 +195,7 @@ fn binaryen_stack_deeper_than_the_default_limit_runs_with_a_larger_max_wasm_stac
         assert!(message.contains(needed), "{message}");
     }
 
-    let larger = || {
-        Engine::builder()
-            .max_wasm_stack(64 << 20)
-            .build()
-            .unwrap()
-    };
+    let larger = || Engine::builder().max_wasm_stack(64 << 20).build().unwrap();
     let engine = larger();
     let mut workflow = engine
         .start(&engine.load(&wasm).unwrap(), Settings::default())
@@ -270,7 +268,11 @@ fn no_reply(_: &[u8]) -> Vec<u8> {
 const PROGRAMS: &[RealProgram] = &[
     RealProgram {
         name: "lua",
-        runs: &[&["lua", "hot"], &["lua", "approval"], &["lua", "deep", "100"]],
+        runs: &[
+            &["lua", "hot"],
+            &["lua", "approval"],
+            &["lua", "deep", "100"],
+        ],
         through_file_every: 1,
         reply,
     },
