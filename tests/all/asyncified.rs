@@ -386,7 +386,7 @@ macro_rules! binaryen_programs {
 binaryen_programs! {
     lua: "lua",
     lua51: "lua51",
-    quickjs: "quickjs" unoptimised #[ignore = "slow to compile: Cranelift takes minutes and 6 GB on Binaryen's unoptimised QuickJS"],
+    quickjs: "quickjs" unoptimised #[ignore = "slow: Cranelift takes minutes and 6 GB on Binaryen's unoptimised QuickJS, which scripts/build-bench-guests builds without --tests"],
     sqlite: "sqlite",
     rust_recursion: "rust-recursion",
 }
