@@ -215,7 +215,12 @@ impl Workflow {
         };
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
+            unwinder: Unwinder::of(
+                &mut store,
+                &instance,
+                metadata.binaryen,
+                module.inner.max_wasm_stack,
+            )?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
