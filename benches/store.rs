@@ -38,78 +38,19 @@
 #[path = "paired.rs"]
 mod paired;
 
+#[path = "load/guest.rs"]
+mod paged;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use paged::{guest, stepping_guest};
 use wasnap::runtime::MemoryRestore;
 use wasnap::snapshot::{PAGE_SIZE, Page};
 use wasnap::store::{Database, Durability, Lease, Outcome, Provenance};
 use wasnap::{Engine, Policy, Settings, Snapshot, Step, Workflow};
-
-/// A guest that grows its memory to `mib` MiB and writes every page with a
-/// half-compressible pattern, then, before each yield, rewrites `changed`
-/// pages (the next ones round-robin) with a pattern seeded by the step
-/// number, so that every rewritten page is new content.
-///
-/// The pattern is (address + seed) times a 64-bit odd constant with every
-/// other byte masked to zero: zstd compresses it to a bit over half, like
-/// typical heap data.
-fn guest(mib: u32, changed: u32) -> Vec<u8> {
-    stepping_guest(mib, &format!("(i32.const {changed})"))
-}
-
-/// The guest of [`guest`], rewriting as many pages per step as the WAT
-/// expression `per_step` says (`$reply` holds the length of the reply).
-fn stepping_guest(mib: u32, per_step: &str) -> Vec<u8> {
-    let pages = mib * 16;
-    let wat = format!(
-        r#"
-(module
-  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
-  (memory 1)
-  (func $fill (param $page i32) (param $seed i64)
-    (local $addr i32) (local $end i32)
-    (local.set $addr (i32.mul (local.get $page) (i32.const 65536)))
-    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
-    (loop $words
-      (i64.store (local.get $addr)
-        (i64.and
-          (i64.mul
-            (i64.add (i64.extend_i32_u (local.get $addr)) (local.get $seed))
-            (i64.const 0x9E3779B97F4A7C15))
-          (i64.const 0x00FF00FF00FF00FF)))
-      (br_if $words
-        (i32.lt_u
-          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
-          (local.get $end)))))
-  (func (export "run")
-    (local $i i32) (local $step i64) (local $next i32) (local $reply i32)
-    (drop (memory.grow (i32.const {grow})))
-    (block $done
-      (loop $pages
-        (br_if $done (i32.ge_u (local.get $i) (i32.const {pages})))
-        (call $fill (local.get $i) (i64.const 0))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $pages)))
-    (loop $steps
-      (local.set $reply (call $yield (i32.const 0) (i32.const 0)))
-      (local.set $step (i64.add (local.get $step) (i64.const 1)))
-      (local.set $i (i32.const 0))
-      (block $done
-        (loop $changes
-          (br_if $done (i32.ge_u (local.get $i) {per_step}))
-          (call $fill (local.get $next) (i64.mul (local.get $step) (i64.const 0x10001)))
-          (local.set $next (i32.rem_u (i32.add (local.get $next) (i32.const 1)) (i32.const {pages})))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br $changes)))
-      (br $steps))))
-"#,
-        grow = pages - 1,
-    );
-    wat::parse_str(&wat).expect("the bench guest is valid WAT")
-}
 
 /// A store in a temporary directory holding one instance of the guest,
 /// suspended at its first yield and committed as version 1, with the

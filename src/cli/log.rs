@@ -89,6 +89,7 @@ fn describe(v: &VersionInfo, head: Option<u32>, full: bool) -> String {
     match v.origin {
         Origin::Run if v.reply_len == 0 => {}
         Origin::Run => text += &format!(" (after reply {reply})"),
+        Origin::Wake => text += " (after its timer fired)",
         Origin::Update => {
             let handler = v.handler.as_deref().unwrap_or("?");
             text += &format!(" (update {handler} with {reply})");

@@ -301,7 +301,7 @@ impl Executor {
             .database
             .create_instance(module, args, &options.policy)?;
         let lease = self.database.lease(instance)?;
-        self.run_and_commit(lease, workflow.run(), workflow, None, &[])
+        self.run_and_commit(lease, workflow.run(), workflow, None, &[], false)
     }
 
     /// Resumes `instance` from `version`, or from its head when `version` is
@@ -343,7 +343,7 @@ impl Executor {
             false => workflow.send(reply),
         }
         let step = workflow.run();
-        self.run_and_commit(lease, step, workflow, Some(version), reply)
+        self.run_and_commit(lease, step, workflow, Some(version), reply, options.wake)
     }
 
     /// The workflow of suspended `version` of `instance`, ready to be sent
@@ -476,7 +476,8 @@ impl Executor {
             false => workflow.send(reply),
         }
         let step = workflow.run();
-        let report = self.run_and_commit(lease, step, workflow, Some(first), reply)?;
+        let report =
+            self.run_and_commit(lease, step, workflow, Some(first), reply, options.wake)?;
         Ok(Restored { first, report })
     }
 
@@ -488,8 +489,9 @@ impl Executor {
         workflow: Workflow,
         parent: Option<u32>,
         reply: &[u8],
+        woken: bool,
     ) -> Result<Report> {
-        let ran = self.prepare(lease, step, workflow, parent, reply)?;
+        let ran = self.prepare(lease, step, workflow, parent, reply, woken)?;
         let number = self.database.commit_prepared(&ran.lease, ran.prepared)?;
         if let (Some(live), Some(workflow)) = (&self.live, ran.workflow) {
             live.put(ran.lease.instance(), number, workflow);
@@ -504,7 +506,8 @@ impl Executor {
     }
 
     /// Prepares the outcome of a run (a snapshot of a suspension, with the
-    /// inputs the run took) for a commit.
+    /// inputs the run took, and whether it was `woken` by its parent's
+    /// timer rather than sent `reply`) for a commit.
     fn prepare(
         &self,
         lease: Lease,
@@ -512,11 +515,19 @@ impl Executor {
         mut workflow: Workflow,
         parent: Option<u32>,
         reply: &[u8],
+        woken: bool,
     ) -> Result<Ran> {
         let inputs = workflow.take_inputs().encode();
         let prepare = |outcome: &Outcome| {
-            self.database
-                .prepare_version(&lease, parent, outcome, reply, Some(inputs.clone()))
+            let mut prepared = self.database.prepare_version(
+                &lease,
+                parent,
+                outcome,
+                reply,
+                Some(inputs.clone()),
+            )?;
+            prepared.set_woken(woken);
+            anyhow::Ok(prepared)
         };
         let (prepared, ended, timer, live) = match step {
             Ok(Step::Yielded(value)) => {
@@ -605,7 +616,7 @@ impl Executor {
         match started {
             Ok(mut workflow) => {
                 let step = workflow.run();
-                self.prepare(lease, step, workflow, parent, &reply)
+                self.prepare(lease, step, workflow, parent, &reply, wake)
             }
             Err(error) => {
                 let message = one_line(&error);

@@ -230,6 +230,7 @@ fn action(step: &Recorded, index: usize) -> String {
         Origin::Run if index == 1 => "the first run".into(),
         Origin::Run if step.reply.is_empty() => "a resume without a reply".into(),
         Origin::Run => format!("the resume with reply {}", quoted(&step.reply)),
+        Origin::Wake => "the timer firing".into(),
         Origin::Update => format!(
             "update {} with argument {}",
             step.handler.as_deref().unwrap_or("?"),
@@ -284,9 +285,12 @@ fn replay(
             )
         })?;
         let (old, new) = match step.origin {
-            Origin::Run => {
+            Origin::Run | Origin::Wake => {
                 if index > 0 {
-                    workflow.send(&step.reply);
+                    match step.origin {
+                        Origin::Wake => workflow.wake(),
+                        _ => workflow.send(&step.reply),
+                    }
                     workflow.replay(inputs);
                 }
                 let old = format!("yielded {}", quoted(&step.value));

@@ -19,7 +19,7 @@ use wasm_encoder::{
     GlobalSection, GlobalType, Instruction, MemArg, MemorySection, MemoryType, RawSection,
     TypeSection, ValType,
 };
-use wasmparser::{Parser, Payload};
+use wasmparser::{Operator, Parser, Payload};
 
 use super::analyse::Analysis;
 use super::rewrite::{Additions, NewTypes, guard_calls, rewrite};
@@ -162,6 +162,7 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
 /// A module `wasm-opt --asyncify` already instrumented is used as it is:
 /// it only gains the exports of its memories, globals and tables.
 fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
+    check_binaryen_callers(module)?;
     let mut output = wasm_encoder::Module::new();
     for (id, range) in sections(wasm)? {
         let data = &wasm[range];
@@ -185,6 +186,62 @@ fn expose(wasm: &[u8], module: &Analysis) -> Result<Instrumented> {
             table0_functions: module.table0_functions.clone(),
             ..Metadata::default()
         },
+    })
+}
+
+/// Refuses a Binaryen module with a function that calls a suspending
+/// import but was left uninstrumented (an `asyncify-imports` list, or a
+/// remove list, that leaves the import or the function out): Binaryen's
+/// instrumented functions read its state global after every call that may
+/// unwind, and one that never reads it would run on after the import
+/// started to suspend, so no snapshot of it could be faithful.
+fn check_binaryen_callers(module: &Analysis) -> Result<()> {
+    let Some(state) = binaryen_state_global(module)? else {
+        return Ok(());
+    };
+    let imported = module.imported_funcs;
+    for (offset, (body, _)) in module.bodies.iter().enumerate() {
+        let mut suspending_call = None;
+        let mut reads_state = false;
+        for operator in body.get_operators_reader()? {
+            match operator? {
+                Operator::Call { function_index }
+                    if function_index < imported && module.can_suspend[function_index as usize] =>
+                {
+                    suspending_call.get_or_insert(function_index);
+                }
+                Operator::GlobalGet { global_index } if global_index == state => {
+                    reads_state = true;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(import), false) = (suspending_call, reads_state) {
+            let import = &module.imported_functions[import as usize];
+            bail!(
+                "{} calls {import}, which suspends, but Binaryen's Asyncify left it uninstrumented (was {import} left out of --pass-arg=asyncify-imports?), so it cannot suspend there: load the original module, which wasnap instruments itself, or use `wasnap instrument`",
+                module.describe_function(imported + offset as u32)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Binaryen's private state global: the one its exported
+/// `asyncify_get_state` returns (`None` when that body is not the plain
+/// `global.get` Binaryen writes).
+fn binaryen_state_global(module: &Analysis) -> Result<Option<u32>> {
+    let Some(&function) = module.exported_functions.get("asyncify_get_state") else {
+        return Ok(None);
+    };
+    let Some(offset) = function.checked_sub(module.imported_funcs) else {
+        return Ok(None);
+    };
+    let (body, _) = &module.bodies[offset as usize];
+    let mut operators = body.get_operators_reader()?;
+    Ok(match operators.read()? {
+        Operator::GlobalGet { global_index } => Some(global_index),
+        _ => None,
     })
 }
 

@@ -78,6 +78,10 @@ impl Workflow {
     /// export), the workflow cannot be used any more: memory may be half
     /// changed.
     pub fn handle(&mut self, kind: HandlerKind, name: &str, arg: &[u8]) -> Result<Vec<u8>> {
+        self.call_guest(|workflow| workflow.handle_here(kind, name, arg))
+    }
+
+    fn handle_here(&mut self, kind: HandlerKind, name: &str, arg: &[u8]) -> Result<Vec<u8>> {
         self.check_usable()?;
         let export = format!("{}{name}", kind.prefix());
         let func = self.handler_func(kind, name, &export)?;

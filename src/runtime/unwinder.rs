@@ -18,7 +18,7 @@
 //! it, including pages grown before it first ran (wasi-libc's dlmalloc
 //! takes everything from `__heap_base` to the memory's size at its first
 //! `malloc`). So the engine never keeps a buffer there. It *lends* the top
-//! [`BINARYEN_LOAN`] bytes of memory 0 for the time of one unwind or one
+//! [`binaryen_loan`] bytes of memory 0 for the time of one unwind or one
 //! rewind, and puts back what the guest had there before any guest code
 //! runs again:
 //!
@@ -41,9 +41,19 @@ use crate::instrument::{
     STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING,
 };
 
-/// The most of memory 0 lent to a Binaryen module's frames at a time: its
-/// unwound stack must fit in this (less the header).
-pub const BINARYEN_LOAN: usize = 1 << 20;
+/// The most of memory 0 lent to a Binaryen module's frames at a time, by
+/// the engine's Wasm stack limit: its unwound stack must fit in this (less
+/// the header). An eighth of the limit, and 1 MiB at least (the default
+/// 8 MiB lends that). Binaryen's frames are not bounded by the native
+/// stack, but they follow it: recursions instrumented by Binaryen (Lua, a
+/// WAT fixture) stored a third to an eighth of the native stack they
+/// unwound, so a stack too deep for the default limit needs a larger
+/// `--max-wasm-stack` anyway, and that also lends its frames more room
+/// (the error says how much was lent). The loan is copied out and back at
+/// every suspension, so it does not simply take all of memory 0.
+pub fn binaryen_loan(max_wasm_stack: usize) -> usize {
+    (max_wasm_stack / 8).max(1 << 20)
+}
 
 const PAGE: usize = 65536;
 /// Size of the `{pos, end}` header.
@@ -60,6 +70,8 @@ pub(crate) enum Unwinder {
     },
     /// A module instrumented by Binaryen.
     Binaryen {
+        /// How much of memory 0 an unwind may borrow: [`binaryen_loan`].
+        loan: usize,
         get_state: Func,
         start_unwind: Func,
         stop_unwind: Func,
@@ -79,11 +91,13 @@ pub(crate) struct Loan {
 }
 
 impl Unwinder {
-    /// Finds the unwinding machinery of an instance.
+    /// Finds the unwinding machinery of an instance, run by an engine whose
+    /// Wasm stack limit is `max_wasm_stack`.
     pub fn of(
         store: &mut impl AsContextMut,
         instance: &Instance,
         binaryen: bool,
+        max_wasm_stack: usize,
     ) -> Result<Unwinder> {
         if !binaryen {
             return Ok(Unwinder::Own {
@@ -104,6 +118,7 @@ impl Unwinder {
                 .with_context(|| format!("the module exports asyncify functions but not {name}"))
         };
         Ok(Unwinder::Binaryen {
+            loan: binaryen_loan(max_wasm_stack),
             get_state: func("asyncify_get_state")?,
             start_unwind: func("asyncify_start_unwind")?,
             stop_unwind: func("asyncify_stop_unwind")?,
@@ -137,11 +152,12 @@ impl Unwinder {
                 state.set(&mut store, Val::I32(STATE_UNWINDING))?;
             }
             Unwinder::Binaryen {
+                loan,
                 start_unwind,
                 memory,
                 ..
             } => {
-                let loan = lend(&store, memory, BINARYEN_LOAN, HEADER + 4)?;
+                let loan = lend(&store, memory, loan, HEADER + 4)?;
                 let top = loan.address + loan.saved.len();
                 write_header(memory.data_mut(&mut store), loan.address, HEADER, top);
                 let address = loan.address as i32;
@@ -252,7 +268,7 @@ impl Unwinder {
             && self.state(&mut store).ok() == Some(STATE_UNWINDING);
         ran_out.then(|| {
             format!(
-                "its stack, unwound by Binaryen's instrumentation, needs more than the {lent} bytes wasnap lends it at the top of memory 0 (of {memory_size} bytes); load the original module instead and wasnap instruments it itself (or use `wasnap instrument`), with a stack memory that grows as needed"
+                "its stack, unwound by Binaryen's instrumentation, needs more than the {lent} bytes wasnap lends it at the top of memory 0 (of {memory_size} bytes; an eighth of --max-wasm-stack is lent, 1 MiB at least); load the original module instead and wasnap instruments it itself (or use `wasnap instrument`), with a stack memory that grows as needed"
             )
         })
     }

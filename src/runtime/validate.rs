@@ -40,7 +40,7 @@ use anyhow::{Result, bail};
 use wasmtime::{ExternType, Mutability, ValType};
 
 use super::Module;
-use super::unwinder::BINARYEN_LOAN;
+use super::unwinder::binaryen_loan;
 use crate::instrument::{
     self, GLOBAL_EXPORT_PREFIX, LocalOrigin, MEMORY_EXPORT_PREFIX, Metadata, SavedFrame,
 };
@@ -322,7 +322,7 @@ fn check_stacks(snapshot: &Snapshot, module: &Module) -> Result<()> {
             SWITCH_IMPORT
         };
         let checked = if metadata.binaryen {
-            check_binaryen_stack(&coroutine.stack)
+            check_binaryen_stack(&coroutine.stack, module.inner.max_wasm_stack)
         } else {
             check_frames(coroutine, waits_in, module)
         };
@@ -331,11 +331,11 @@ fn check_stacks(snapshot: &Snapshot, module: &Module) -> Result<()> {
     Ok(())
 }
 
-fn check_binaryen_stack(stack: &[u8]) -> Result<()> {
-    let capacity = BINARYEN_LOAN - UNWIND_HEADER;
+fn check_binaryen_stack(stack: &[u8], max_wasm_stack: usize) -> Result<()> {
+    let capacity = binaryen_loan(max_wasm_stack) - UNWIND_HEADER;
     if stack.len() > capacity {
         bail!(
-            "its unwound stack of {} bytes does not fit the {capacity} bytes of memory 0 lent to Binaryen's frames",
+            "its unwound stack of {} bytes does not fit the {capacity} bytes of memory 0 lent to Binaryen's frames (an eighth of --max-wasm-stack, 1 MiB at least)",
             stack.len()
         );
     }

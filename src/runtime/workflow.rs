@@ -215,7 +215,12 @@ impl Workflow {
         };
         let metadata = module.metadata();
         let handles = Handles {
-            unwinder: Unwinder::of(&mut store, &instance, metadata.binaryen)?,
+            unwinder: Unwinder::of(
+                &mut store,
+                &instance,
+                metadata.binaryen,
+                module.inner.max_wasm_stack,
+            )?,
             memory: instance.get_memory(&mut store, &format!("{MEMORY_EXPORT_PREFIX}0")),
             stack_pointer: module.metadata().stack_pointer_global.and_then(|index| {
                 instance.get_global(
@@ -346,22 +351,33 @@ impl Workflow {
     /// The Wasm code runs on a thread of its own, whose native stack fits
     /// the engine's Wasm stack limit.
     pub fn run(&mut self) -> Result<Step> {
-        let max_wasm_stack = self.module.inner.max_wasm_stack;
-        super::on_workflow_stack(max_wasm_stack, || self.run_here())
+        self.call_guest(|workflow| {
+            workflow.check_usable()?;
+            workflow.begin_call();
+            workflow.set_deadline();
+            workflow.run_to_suspension()
+        })
     }
 
-    fn run_here(&mut self) -> Result<Step> {
-        self.check_usable()?;
-        self.begin_call();
-        self.set_deadline();
-        let step = self.run_to_suspension();
-        // A page of a lazily restored memory that could not be read from
-        // the store was seen as zeros: nothing the run did can be trusted.
-        if let Err(error) = self.pages.check() {
-            self.finished = true;
-            return Err(error);
-        }
-        step
+    /// Every call into the guest (a run, a handler) goes through here: the
+    /// Wasm code runs on a thread whose native stack fits the engine's
+    /// Wasm stack limit, and afterwards a page of a lazily restored memory
+    /// that could not be read from the store (the guest saw zeros) makes
+    /// the call fail and the workflow unusable: nothing it did can be
+    /// trusted.
+    pub(crate) fn call_guest<T: Send>(
+        &mut self,
+        call: impl FnOnce(&mut Workflow) -> Result<T> + Send,
+    ) -> Result<T> {
+        let max_wasm_stack = self.module.inner.max_wasm_stack;
+        super::on_workflow_stack(max_wasm_stack, || {
+            let result = call(self);
+            if let Err(error) = self.pages.check() {
+                self.finished = true;
+                return Err(error);
+            }
+            result
+        })
     }
 
     fn run_to_suspension(&mut self) -> Result<Step> {

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::json;
 use super::page;
 use super::worker::{Change, ShuttingDown, Worker};
+use crate::executor::RunOptions;
 use crate::runtime::Policy;
 use crate::snapshot::{ModuleHash, file, inspect};
 use crate::store::{InstanceId, Refused, Request};
@@ -59,8 +60,8 @@ pub fn router(worker: Shared) -> Router {
             "/api/instances/{id}/versions/{version}/inspect",
             get(inspect_version),
         )
-        // Queries and updates of a suspended instance belong here:
-        // POST /api/instances/{id}/query/{name} and .../update/{name}.
+        .route("/api/instances/{id}/query/{name}", post(query))
+        .route("/api/instances/{id}/update/{name}", post(update))
         .route("/api/events", get(events))
         .fallback(not_found)
         .with_state(worker)
@@ -280,17 +281,7 @@ struct ResumeBody {
 /// is busy), and returns the instance after the run.
 async fn resume(State(worker): State<Shared>, Path(id): Path<InstanceId>, body: Bytes) -> Answer {
     let body: ResumeBody = parse(&body)?;
-    let reply = match (body.reply, body.reply_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give either reply or reply_base64, not both",
-            ));
-        }
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(encoded)) => json::unbase64(&encoded)
-            .ok_or_else(|| ApiError::bad_request("reply_base64 is not base64"))?,
-        (None, None) => Vec::new(),
-    };
+    let reply = text_or_base64("reply", &body.reply, &body.reply_base64)?;
     let request = Request {
         version: body.version,
         reply,
@@ -304,6 +295,102 @@ async fn resume(State(worker): State<Shared>, Path(id): Path<InstanceId>, body: 
     };
     let info = instance_json(&worker, id).await?;
     Ok((status, axum::Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandlerBody {
+    version: Option<u32>,
+    arg: Option<String>,
+    arg_base64: Option<String>,
+}
+
+impl HandlerBody {
+    /// The argument's bytes, from `arg` (text) or `arg_base64`.
+    fn arg(&self) -> Result<Vec<u8>, ApiError> {
+        text_or_base64("arg", &self.arg, &self.arg_base64)
+    }
+}
+
+/// Bytes given as `NAME` (text) or `NAME_base64`, not both; none is empty.
+fn text_or_base64(
+    name: &str,
+    text: &Option<String>,
+    encoded: &Option<String>,
+) -> Result<Vec<u8>, ApiError> {
+    match (text, encoded) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "give either {name} or {name}_base64, not both"
+        ))),
+        (Some(text), None) => Ok(text.clone().into_bytes()),
+        (None, Some(encoded)) => json::unbase64(encoded)
+            .ok_or_else(|| ApiError::bad_request(format!("{name}_base64 is not base64"))),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// A handler's result: `{"result": TEXT}`, or `{"result_base64": ...}`
+/// when it is not UTF-8.
+fn handler_result(result: &[u8]) -> serde_json::Map<String, Value> {
+    let mut object = serde_json::Map::new();
+    match std::str::from_utf8(result) {
+        Ok(text) => object.insert("result".into(), json!(text)),
+        Err(_) => object.insert("result_base64".into(), json!(json::base64(result))),
+    };
+    object
+}
+
+/// A handler that fails (no such handler, a trap, a suspension) is the
+/// request's fault, not the server's: 422 with the reason.
+fn handler_failed(error: ApiError) -> ApiError {
+    if error.status == StatusCode::INTERNAL_SERVER_ERROR {
+        return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.message);
+    }
+    error
+}
+
+/// `POST /api/instances/{id}/query/{name}`: calls the guest's
+/// `query_NAME` on a version (the head when none is named); nothing is
+/// committed.
+async fn query(
+    State(worker): State<Shared>,
+    Path((id, name)): Path<(InstanceId, String)>,
+    body: Bytes,
+) -> Answer {
+    let body: HandlerBody = parse(&body)?;
+    let arg = body.arg()?;
+    let executor = worker.executor().clone();
+    let result =
+        blocking(move || executor.query(id, body.version, &name, &arg, &RunOptions::default()))
+            .await
+            .map_err(handler_failed)?;
+    ok(Value::Object(handler_result(&result)))
+}
+
+/// `POST /api/instances/{id}/update/{name}`: calls the guest's
+/// `update_NAME` on the head and commits what it changed as a new version
+/// (409 while the instance runs); answers the handler's result and the
+/// new version.
+async fn update(
+    State(worker): State<Shared>,
+    Path((id, name)): Path<(InstanceId, String)>,
+    body: Bytes,
+) -> Answer {
+    let body: HandlerBody = parse(&body)?;
+    if body.version.is_some() {
+        return Err(ApiError::bad_request(
+            "an update runs on the head; it takes no version",
+        ));
+    }
+    let arg = body.arg()?;
+    let executor = worker.executor().clone();
+    let updated = blocking(move || executor.update(id, &name, &arg, &RunOptions::default()))
+        .await
+        .map_err(handler_failed)?;
+    worker.changed(id);
+    let mut answer = handler_result(&updated.result);
+    answer.insert("version".into(), json!(updated.report.version));
+    ok(Value::Object(answer))
 }
 
 /// `GET /api/instances/{id}/versions/{version}/snapshot`: the snapshot

@@ -2,7 +2,7 @@
 //! and store handle that holds the page, and fetched from the store only
 //! when someone reads it.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use anyhow::{Result, bail};
 
@@ -39,6 +39,11 @@ struct Cell {
     name: OnceLock<[u8; 32]>,
     /// For a page not read yet: where to read it from.
     source: Option<(Arc<dyn PageSource>, i64)>,
+    /// The page in the store's compressed form, made ahead of a commit on
+    /// the thread that ran the workflow, so that a service's single
+    /// writer does not compress; the store takes it when it writes the
+    /// page.
+    compressed: Mutex<Option<Box<[u8]>>>,
 }
 
 impl PageData {
@@ -48,6 +53,7 @@ impl PageData {
             bytes: OnceLock::from(Ok(bytes.into())),
             name: OnceLock::new(),
             source: None,
+            compressed: Mutex::new(None),
         }))
     }
 
@@ -57,6 +63,7 @@ impl PageData {
             bytes: OnceLock::from(Ok(bytes)),
             name: OnceLock::from(name),
             source: None,
+            compressed: Mutex::new(None),
         }))
     }
 
@@ -66,6 +73,7 @@ impl PageData {
             bytes: OnceLock::new(),
             name: OnceLock::new(),
             source: Some((source, key)),
+            compressed: Mutex::new(None),
         }))
     }
 
@@ -129,6 +137,33 @@ impl PageData {
             _ => *blake3::hash(self.bytes()?).as_bytes(),
         };
         Ok(*self.0.name.get_or_init(|| name))
+    }
+
+    /// Whether the page's name is known already (computed, read, or given):
+    /// a page a previous snapshot or its store named.
+    pub(crate) fn is_named(&self) -> bool {
+        self.0.name.get().is_some()
+    }
+
+    /// Keeps the page's compressed form until the store writes the page
+    /// ([`PageData::take_compressed`]).
+    pub(crate) fn set_compressed(&self, compressed: Box<[u8]>) {
+        *self.lock_compressed() = Some(compressed);
+    }
+
+    /// The compressed form kept by [`PageData::set_compressed`], if any;
+    /// it is kept no longer.
+    pub(crate) fn take_compressed(&self) -> Option<Box<[u8]>> {
+        self.lock_compressed().take()
+    }
+
+    fn lock_compressed(&self) -> std::sync::MutexGuard<'_, Option<Box<[u8]>>> {
+        // The slot holds plain bytes: a panic while it was held leaves it
+        // consistent.
+        self.0
+            .compressed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A handle that identifies this page without keeping its bytes alive.

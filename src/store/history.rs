@@ -13,6 +13,9 @@ use crate::snapshot::ModuleHash;
 pub enum Origin {
     /// A run: an instance's start (no parent) or a resume of the parent.
     Run,
+    /// A run continued by the parent's timer firing, not by a reply: a
+    /// sleep woke, or a question with a deadline timed out.
+    Wake,
     /// A snapshot file loaded as a new instance: there is no run before it.
     Restore,
     /// An update handler changed the parent's state; the version waits at
@@ -24,10 +27,32 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// The name used in the database and in listings.
+    /// How the origin is stored: the `origin` column (a wake is a run)
+    /// and the `woken` flag.
+    pub(super) fn stored(self) -> (&'static str, bool) {
+        match self {
+            Origin::Wake => ("run", true),
+            origin => (origin.as_str(), false),
+        }
+    }
+
+    /// Reads a stored origin back ([`Origin::stored`]).
+    pub(super) fn from_stored(origin: &str, woken: i64) -> Result<Self> {
+        match (Origin::parse(origin)?, woken) {
+            (Origin::Run, 1) => Ok(Origin::Wake),
+            (origin, 0) => Ok(origin),
+            (origin, _) => bail!(
+                "version origin {:?} marked woken in the database",
+                origin.as_str()
+            ),
+        }
+    }
+
+    /// The name used in listings (and, but for `wake`, in the database).
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Run => "run",
+            Origin::Wake => "wake",
             Origin::Restore => "restore",
             Origin::Update => "update",
             Origin::Upgrade => "upgrade",
@@ -101,7 +126,7 @@ impl Database {
             while let Some(number) = next {
                 let row = s.conn.query_opt(
                     "SELECT number, parent, origin, handler, reply, length(reply), reply_zstd,
-                            result, value, length(value), value_zstd, inputs, module_hash
+                            result, value, length(value), value_zstd, inputs, module_hash, woken
                      FROM versions WHERE instance = ?1 AND number = ?2",
                     params![instance, number],
                 )?;
@@ -116,7 +141,7 @@ impl Database {
                     reply: values::read(&mut r, 4, None)?.0,
                     value: values::read(&mut r, 8, None)?.0,
                     number: r.get(0)?,
-                    origin: Origin::parse(&r.get::<String>(2)?)?,
+                    origin: Origin::from_stored(&r.get::<String>(2)?, r.get(13)?)?,
                     handler: r.get(3)?,
                     result: r.get::<Option<Vec<u8>>>(7)?.unwrap_or_default(),
                     inputs: r.get(11)?,

@@ -324,7 +324,7 @@ impl Holder {
 /// row until the transaction ends.
 pub(super) fn check_free(conn: &mut dyn Connection, instance: InstanceId) -> Result<()> {
     if holder(conn, instance)?.is_some() {
-        bail!("instance {instance} is busy");
+        return Err(super::Refused::Conflict(format!("instance {instance} is busy")).into());
     }
     Ok(())
 }

@@ -38,6 +38,7 @@
 //! with its defaults: a commit returns once the server has flushed it.
 
 mod artifacts;
+mod checkpoint;
 mod copy;
 mod history;
 mod lease;
@@ -60,6 +61,7 @@ use anyhow::{Context, Result, bail};
 use sql::{Begin, Connection, Dialect, Row, params};
 
 pub use artifacts::ArtifactKey;
+pub use checkpoint::Checkpointer;
 pub use copy::CopyReport;
 pub use history::{Origin, Provenance, Step};
 pub use lease::Lease;

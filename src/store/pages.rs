@@ -322,6 +322,40 @@ pub(super) fn plan<'a>(memories: &'a [MemoryImage], cache: Option<&PageCache>) -
     Ok(plan)
 }
 
+/// Names and compresses, ahead of a commit, the pages of `memories` that
+/// no earlier snapshot or store named (new or changed pages), so that the
+/// commit finds them ready ([`store_missing`]). Runs on the caller's
+/// thread: a service's run threads do this work in parallel, outside the
+/// writer's transaction. A page found stored at the commit was compressed
+/// for nothing; that is rare (a page written back to earlier contents).
+pub(super) fn precompress(memories: &[MemoryImage]) -> Result<()> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with_borrow_mut(|slot| {
+        for page in memories.iter().flat_map(|m| &m.pages) {
+            let data = &page.data;
+            if data.is_named() || !data.is_loaded() || data.bytes()? == &ZERO_PAGE[..] {
+                continue;
+            }
+            data.name()?;
+            let compressor = match slot {
+                Some(compressor) => compressor,
+                None => slot.insert(
+                    zstd::bulk::Compressor::new(PAGE_ZSTD_LEVEL)
+                        .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?,
+                ),
+            };
+            let compressed = compressor
+                .compress(data.bytes()?)
+                .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+            data.set_compressed(compressed.into_boxed_slice());
+        }
+        Ok(())
+    })
+}
+
 /// How many rows one statement looks up or inserts: a round trip to
 /// PostgreSQL per batch rather than per page.
 const BATCH: usize = 128;
@@ -404,9 +438,12 @@ pub(super) fn store_missing(
         let id = match stored.get(&p.name) {
             Some(&id) => id,
             None => {
-                let data = compressor
-                    .compress(p.page.data.bytes()?)
-                    .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?;
+                let data = match p.page.data.take_compressed() {
+                    Some(data) => data.into_vec(),
+                    None => compressor
+                        .compress(p.page.data.bytes()?)
+                        .map_err(|e| anyhow::anyhow!("cannot compress a page: {e}"))?,
+                };
                 let inserted = conn.query_opt(
                     "INSERT INTO pages (hash, data) VALUES (?1, ?2)
                      ON CONFLICT (hash) DO NOTHING RETURNING id",

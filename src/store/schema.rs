@@ -59,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: V8_SQLITE,
         postgres: Some(V8_POSTGRES),
     },
+    Migration {
+        sqlite: V9,
+        postgres: Some(V9),
+    },
 ];
 
 /// The first schema.
@@ -285,6 +289,15 @@ CREATE TABLE requests (
     wake     BIGINT NOT NULL CHECK (wake IN (0, 1)),
     created  BIGINT NOT NULL
 );
+";
+
+/// Version 9, for both backends:
+/// - `versions.woken`: 1 when the run that made the version was continued
+///   by its parent's timer firing (a sleep woke, a question with a deadline
+///   timed out) rather than by a reply, so that a replay fires it again:
+///   an empty reply and a timeout differ. The origin stays `run`.
+const V9: &str = "
+ALTER TABLE versions ADD COLUMN woken BIGINT NOT NULL DEFAULT 0 CHECK (woken IN (0, 1));
 ";
 
 /// The version [`POSTGRES_BASELINE`] brings a new PostgreSQL database to.

@@ -56,6 +56,10 @@ impl Sqlite {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // Each commit of a service's batch is a savepoint, whose undo
+        // journal would otherwise be a temporary file created and deleted
+        // per version.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // The last connection to close would otherwise copy the WAL into
         // the database, sync both and delete the WAL, and the next process
         // would create it again: most of the time of a short command such

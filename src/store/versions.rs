@@ -215,7 +215,10 @@ impl Database {
         inputs: Option<Vec<u8>>,
     ) -> Result<Prepared> {
         let outcome = match *outcome {
-            Outcome::Suspended(s) => Owned::Suspended(Box::new(s.clone())),
+            Outcome::Suspended(s) => {
+                pages::precompress(&s.memories)?;
+                Owned::Suspended(Box::new(s.clone()))
+            }
             Outcome::Finished {
                 exit_status,
                 result,
@@ -234,6 +237,7 @@ impl Database {
             reply: reply.to_vec(),
             inputs,
             timer: None,
+            woken: false,
         })
     }
 
@@ -493,9 +497,9 @@ pub(super) fn write(
         "INSERT INTO versions (instance, number, parent, kind, value, value_zstd, reply,
                                reply_zstd, created, memory_bytes, stored_bytes, state,
                                exit_status, message, list_depth, list_chain_rows, origin,
-                               handler, result, inputs, module_hash, wake_at, timer)
+                               handler, result, inputs, module_hash, wake_at, timer, woken)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24)
          RETURNING id",
         params![
             instance,
@@ -514,13 +518,14 @@ pub(super) fn write(
             row.message,
             shape.depth,
             shape.chain_rows,
-            origin.as_str(),
+            origin.stored().0,
             new.provenance.handler,
             new.provenance.result,
             new.provenance.inputs,
             &module,
             timer.map(Timer::wake_at),
             timer_kind,
+            i64::from(origin.stored().1),
         ],
     )?;
     pages::write_list(tx, id, &rows)?;
@@ -548,7 +553,7 @@ fn version_query(limit: Option<usize>) -> String {
     format!(
         "SELECT number, parent, kind, {}, length(value), value_zstd, {}, length(reply), reply_zstd,
                 created, memory_bytes, stored_bytes, exit_status, message, origin, handler,
-                module_hash, wake_at, timer
+                module_hash, wake_at, timer, woken
          FROM versions",
         values::column("value", limit),
         values::column("reply", limit)
@@ -571,7 +576,7 @@ fn read_info(mut r: SqlRow, limit: Option<usize>) -> Result<VersionInfo> {
         stored_bytes: r.get(11)?,
         exit_status: r.get(12)?,
         message: r.get(13)?,
-        origin: Origin::parse(&r.get::<String>(14)?)?,
+        origin: Origin::from_stored(&r.get::<String>(14)?, r.get(19)?)?,
         handler: r.get(15)?,
         module_hash: r.get(16)?,
         timer: read_timer(&mut r, 17)?,
@@ -612,9 +617,17 @@ pub struct Prepared {
     reply: Vec<u8>,
     inputs: Option<Vec<u8>>,
     timer: Option<Timer>,
+    woken: bool,
 }
 
 impl Prepared {
+    /// Records that the run was continued by the parent's timer firing
+    /// rather than by a reply ([`Origin::Wake`]): a replay must fire it
+    /// again, since a timed-out question and an empty reply differ.
+    pub fn set_woken(&mut self, woken: bool) {
+        self.woken = woken;
+    }
+
     /// Gives the version a timer: when it wakes (a sleep) or times out (a
     /// question with a deadline). Only a suspension has one.
     pub fn set_timer(&mut self, timer: Option<Timer>) {
@@ -644,6 +657,11 @@ impl Prepared {
 
     fn provenance(&self) -> Provenance<'_> {
         Provenance {
+            origin: if self.woken {
+                Origin::Wake
+            } else {
+                Origin::Run
+            },
             inputs: self.inputs.as_deref(),
             ..Provenance::UNRECORDED_RUN
         }

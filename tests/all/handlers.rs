@@ -227,3 +227,44 @@ fn handler_errors_on_the_command_line_are_one_line() {
     assert!(error.contains("no update handler \"status\""), "{error}");
     assert_eq!(versions(&db), 1);
 }
+
+/// A workflow whose query handler recurses `depth` calls deep, each frame
+/// holding a few locals, and responds with the depth it reached.
+const DEEP_QUERY: &str = r#"(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (import "wasnap" "respond" (func $respond (param i32 i32)))
+  (memory (export "memory") 1)
+  (func $down (param $n i32) (result i32)
+    (local f64 f64 f64 f64 f64 f64 f64 f64)
+    (if (result i32) (i32.eqz (local.get $n))
+      (then (i32.const 0))
+      (else (i32.add (i32.const 1) (call $down (i32.sub (local.get $n) (i32.const 1)))))))
+  (func (export "query_deep")
+    (i32.store (i32.const 0) (call $down (i32.const 20000)))
+    (call $respond (i32.const 0) (i32.const 4)))
+  (func (export "run") (drop (call $yield (i32.const 0) (i32.const 0)))))"#;
+
+/// A handler runs on a native stack sized for the engine's Wasm stack
+/// limit, as a run does, whatever thread calls it: here one with 256 KiB,
+/// far less than the handler's 20,000 frames need.
+#[test]
+fn a_deep_handler_runs_whatever_the_calling_threads_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+    let module = executor
+        .add_module(&wat::parse_str(DEEP_QUERY).unwrap())
+        .unwrap();
+    let options = RunOptions::default();
+    let instance = executor
+        .start(&module, &["deep".into()], &options)
+        .unwrap()
+        .instance;
+    let result = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || executor.query(instance, None, "deep", b"", &options))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, 20000u32.to_le_bytes());
+}

@@ -278,6 +278,67 @@ fn long_run(service: &Service, ms: u32) -> (u64, Answer) {
     (id, answer)
 }
 
+/// The deploy demo queried and updated through the API while it waits:
+/// a query commits nothing and reads any version, an update is a new
+/// version waiting at the same question; a handler that fails is 422.
+#[test]
+fn deploy_is_queried_and_updated_through_the_api() {
+    let (_dir, db) = database(Backend::Sqlite);
+    let service = Service::start(&db);
+    let module = service.upload(&built("c", "deploy"));
+    let id = id(&service.start_instance(&module));
+    let status = |version: Value| {
+        service.post(
+            &format!("/api/instances/{id}/query/status"),
+            json!({ "version": version }),
+        )
+    };
+    let waiting = |machines: u32| json!({ "result": format!("waiting for approval [yes/no] (0 of {machines} machines done)") });
+    assert_eq!(status(Value::Null), (200, waiting(3)));
+    assert_eq!(values(&service, id).len(), 1, "a query committed a version");
+
+    let (code, updated) = service.post(
+        &format!("/api/instances/{id}/update/machines"),
+        json!({ "arg": "4" }),
+    );
+    assert_eq!(
+        (code, updated),
+        (200, json!({ "result": "machines = 4", "version": 2 }))
+    );
+    let tree = values(&service, id);
+    assert_eq!(tree.len(), 2);
+    assert_eq!(tree[1].3, "waiting for approval [yes/no]");
+    assert_eq!(status(json!(1)), (200, waiting(3)));
+    assert_eq!(status(Value::Null), (200, waiting(4)));
+
+    let (code, missing) = service.post(&format!("/api/instances/{id}/query/nothing"), json!({}));
+    assert_eq!(code, 422, "{missing}");
+    assert!(
+        missing["error"].as_str().unwrap().contains("nothing"),
+        "{missing}"
+    );
+    let (code, _) = service.post("/api/instances/99/query/status", json!({}));
+    assert_eq!(code, 404);
+    let (status, resumed) = service.resume(id, json!({ "version": 2, "reply": "yes" }));
+    assert_eq!(
+        (status, &resumed["state"]),
+        (200, &json!("sleeping")),
+        "{resumed}"
+    );
+    // The update came through the reply: the sleep waits for 4 machines.
+    assert_eq!(
+        status_of_head(&service, id),
+        "waiting for the maintenance window (0 of 4 machines done)"
+    );
+}
+
+/// What the deploy demo's status query says of an instance's head.
+fn status_of_head(service: &Service, id: u64) -> String {
+    let (code, answer) = service.post(&format!("/api/instances/{id}/query/status"), json!({}));
+    assert_eq!(code, 200, "{answer}");
+    answer["result"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn approval_demo_through_the_api() {
     let (_dir, db) = database(Backend::Sqlite);
@@ -404,6 +465,8 @@ fn approval_demo_through_the_api() {
         "/api/instances/{id}",
         "/api/instances/{id}/versions",
         "/api/instances/{id}/resume",
+        "/api/instances/{id}/query/{name}",
+        "/api/instances/{id}/update/{name}",
         "/api/instances/{id}/versions/{version}/snapshot",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is not described");
@@ -653,4 +716,44 @@ fn servers_sharing_a_database_fire_each_timer_once() {
         let (ok, said) = server.terminate();
         assert!(ok, "{said}");
     }
+}
+
+#[path = "../../benches/load/mod.rs"]
+mod load;
+
+/// The load test of `benches/serve.rs`, briefly: many instances resumed
+/// at once through HTTP, every answer a committed version, none lost or
+/// doubled (the throughput is measured by `cargo bench --bench serve`).
+on_both_backends! {
+fn load_smoke_run(backend: Backend) {
+    let (_dir, db) = database(backend);
+    let executor = wasnap::Executor::open(&db).unwrap();
+    let options = wasnap::server::ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = wasnap::server::Server::start(executor, options).unwrap();
+    let client = tokio::runtime::Runtime::new().unwrap();
+    let instances = client.block_on(load::prepare(
+        server.address(),
+        &load::guest::salted_guest(1, 1),
+        8,
+    ));
+    let ids: Vec<u64> = instances.iter().map(|(id, _)| *id).collect();
+    let settings = load::Load {
+        instances: 8,
+        connections: 4,
+        duration: Duration::from_secs(60),
+        max_requests: 160,
+    };
+    let measured = client.block_on(load::run(server.address(), instances, &settings));
+    server.shutdown().unwrap();
+    assert_eq!((measured.suspensions, measured.failures), (160, 0));
+    let database = wasnap::store::Database::open(&db).unwrap();
+    let versions: usize = ids
+        .iter()
+        .map(|id| database.versions(*id).unwrap().len())
+        .sum();
+    assert_eq!(versions, 8 + 160);
+}
 }

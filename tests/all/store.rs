@@ -696,7 +696,8 @@ pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
          ALTER TABLE instances DROP COLUMN wake_at;
          ALTER TABLE instances DROP COLUMN lease_expires;
          ALTER TABLE versions DROP COLUMN wake_at;
-         ALTER TABLE versions DROP COLUMN timer;",
+         ALTER TABLE versions DROP COLUMN timer;
+         ALTER TABLE versions DROP COLUMN woken;",
     )
     .unwrap();
     for (n, snapshot) in (1u32..).zip(&snapshots) {

@@ -271,3 +271,57 @@ fn clocks_random_bytes_and_updates_are_replayed() {
     let count = executor.update(instance, "add", b"\x01", &options).unwrap();
     assert_eq!(count.result, 6u32.to_le_bytes());
 }
+
+/// A question with a deadline ("approve?") and then a yield of "timed
+/// out" or of `answered`, depending on what `yield_timeout` returned.
+fn deadline_workflow(answered: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+          (import "wasnap" "yield_timeout" (func $ask (param i32 i32 i64) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "timed out")
+          (data (i32.const 16) "approve?")
+          (data (i32.const 32) "{answered}")
+          (func (export "run")
+            (if (i32.lt_s (call $ask (i32.const 16) (i32.const 8) (i64.const 3600000)) (i32.const 0))
+              (then (drop (call $yield (i32.const 0) (i32.const 9))))
+              (else (drop (call $yield (i32.const 32) (i32.const {len})))))))"#,
+        len = answered.len()
+    ))
+    .unwrap()
+}
+
+/// A deadline that passed is replayed as the timer firing, not as an
+/// empty reply: the upgraded instance stays on the timed-out path.
+#[test]
+fn a_timed_out_deadline_is_replayed_as_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+    let original = executor.add_module(&deadline_workflow("answered")).unwrap();
+    let first = executor
+        .start(&original, &["w".into()], &RunOptions::default())
+        .unwrap();
+    let woken = RunOptions {
+        wake: true,
+        ..RunOptions::default()
+    };
+    let timed_out = executor.resume(first.instance, None, b"", &woken).unwrap();
+    let timed_out_value = wasnap::executor::Ended::Suspended {
+        value: b"timed out".to_vec(),
+    };
+    assert_eq!(timed_out.ended, timed_out_value);
+    let history = executor.database().versions(first.instance).unwrap();
+    assert_eq!(history[1].origin, wasnap::store::Origin::Wake);
+
+    let report = executor
+        .upgrade(
+            first.instance,
+            &deadline_workflow("answered in time"),
+            UpgradeOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(report.outcome, Upgrade::Moved { version: 3 });
+    let versions = executor.database().versions(first.instance).unwrap();
+    assert_eq!(versions[2].value, b"timed out");
+}

@@ -61,21 +61,27 @@ fn sixteen_processes_run_and_restore_into_one_database_and_none_fails() {
     );
 }
 
+/// Runs the approval demo to its question (version 2), then starts 8
+/// processes at once that each run `wasnap resume TARGET --send true`, and
+/// returns what each printed and how it exited.
+fn eight_replies_at_version_2(db: &Path, target: &str) -> Vec<std::process::Output> {
+    ok(db, &["run", &guest("approval")]);
+    ok(db, &["resume", "1"]);
+    let command = format!("\"$WASNAP\" resume {target} --send true");
+    let children: Vec<Child> = (0..8).map(|_| spawn(db, &command)).collect();
+    children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect()
+}
+
 /// 8 processes answer the question of version 2 at once. Each either
 /// answers it (a new version whose parent is 2) or finds the instance busy
 /// and changes nothing; none answers another version's question.
 #[test]
 fn replies_to_one_version_all_land_on_that_version() {
     let (_dir, db) = scratch();
-    ok(&db, &["run", &guest("approval")]);
-    ok(&db, &["resume", "1"]);
-    let children: Vec<Child> = (0..8)
-        .map(|_| spawn(&db, "\"$WASNAP\" resume 1@2 --send true"))
-        .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|child| child.wait_with_output().unwrap())
-        .collect();
+    let outputs = eight_replies_at_version_2(&db, "1@2");
     let answered = outputs.iter().filter(|o| o.status.success()).count();
     for output in outputs.iter().filter(|o| !o.status.success()) {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -112,15 +118,7 @@ fn number(line: &str, key: &str) -> Option<u32> {
 #[test]
 fn replies_to_the_head_answer_each_question_once() {
     let (_dir, db) = scratch();
-    ok(&db, &["run", &guest("approval")]);
-    ok(&db, &["resume", "1"]);
-    let children: Vec<Child> = (0..8)
-        .map(|_| spawn(&db, "\"$WASNAP\" resume 1 --send true"))
-        .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|child| child.wait_with_output().unwrap())
-        .collect();
+    let outputs = eight_replies_at_version_2(&db, "1");
     let answered = outputs.iter().filter(|o| o.status.success()).count();
     for output in outputs.iter().filter(|o| !o.status.success()) {
         let stderr = String::from_utf8_lossy(&output.stderr);

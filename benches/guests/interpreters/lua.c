@@ -1,5 +1,6 @@
 /*
- * Lua 5.4 as a workflow guest: runs the script named by argv[1] (one of the
+ * Lua (5.4, and 5.1: the same file compiles against either) as a workflow
+ * guest: runs the script named by argv[1] (one of the
  * scripts compiled in, from benches/guests/interpreters/lua/) with
  *
  *   wasnap.yield(text) -> reply   publish text, suspend, return the reply
@@ -21,6 +22,9 @@
 
 #include "lua_scripts.h" /* generated: const struct script scripts[] */
 
+/* The program's only Lua state, for lua_guest_abort. */
+static lua_State *guest_state;
+
 _Noreturn void lua_guest_throw(lua_State *L) {
     const char *message = lua_tostring(L, -1);
     fflush(stdout);
@@ -28,30 +32,32 @@ _Noreturn void lua_guest_throw(lua_State *L) {
     abort();
 }
 
+_Noreturn void lua_guest_abort(void) { lua_guest_throw(guest_state); }
+
 static int wasnap_yield_lua(lua_State *L) {
     size_t len;
     const char *text = luaL_checklstring(L, 1, &len);
     fflush(stdout);
     int32_t n = wasnap_raw_yield(text, (int32_t)len);
-    if (n <= 0) {
-        lua_pushliteral(L, "");
-        return 1;
-    }
-    luaL_Buffer reply;
-    char *bytes = luaL_buffinitsize(L, &reply, (size_t)n);
-    int32_t got = wasnap_raw_reply(bytes, n);
-    luaL_pushresultsize(&reply, (size_t)(got > 0 ? got : 0));
+    char *bytes = n > 0 ? malloc((size_t)n) : NULL;
+    int32_t got = bytes ? wasnap_raw_reply(bytes, n) : 0;
+    lua_pushlstring(L, bytes ? bytes : "", (size_t)(got > 0 ? got : 0));
+    free(bytes);
     return 1;
 }
 
+static const luaL_Reg wasnap_functions[] = {{"yield", wasnap_yield_lua}, {NULL, NULL}};
+
+#if LUA_VERSION_NUM >= 504
 static int open_wasnap(lua_State *L) {
-    static const luaL_Reg functions[] = {{"yield", wasnap_yield_lua}, {NULL, NULL}};
-    luaL_newlib(L, functions);
+    luaL_newlib(L, wasnap_functions);
     return 1;
 }
+#endif
 
 /* The standard libraries a workflow script needs; io, os and package are
  * left out: a workflow talks to the world through wasnap.yield. */
+#if LUA_VERSION_NUM >= 504
 static void open_libraries(lua_State *L) {
     static const luaL_Reg libraries[] = {
         {LUA_GNAME, luaopen_base},
@@ -67,6 +73,20 @@ static void open_libraries(lua_State *L) {
         lua_pop(L, 1);
     }
 }
+#else
+/* Lua 5.1: each library's opener registers its own global table (its base
+ * library brings coroutine too); there is no utf8. */
+static void open_libraries(lua_State *L) {
+    static const lua_CFunction openers[] = {luaopen_base, luaopen_table, luaopen_string,
+                                            luaopen_math, NULL};
+    for (const lua_CFunction *open = openers; *open; open++) {
+        lua_pushcfunction(L, *open);
+        lua_call(L, 0, 0);
+    }
+    luaL_register(L, "wasnap", wasnap_functions);
+    lua_pop(L, 1);
+}
+#endif
 
 static void set_arguments(lua_State *L, int argc, char **argv) {
     lua_createtable(L, argc > 2 ? argc - 2 : 0, 0);
@@ -91,12 +111,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "\n");
         return 2;
     }
-    lua_State *L = luaL_newstate();
+    lua_State *L = guest_state = luaL_newstate();
     if (!L) return 1;
     open_libraries(L);
     set_arguments(L, argc, argv);
-    if (luaL_loadbuffer(L, script->source, strlen(script->source), script->name) != LUA_OK ||
-        lua_pcall(L, 0, 0, 0) != LUA_OK)
+    if (luaL_loadbuffer(L, script->source, strlen(script->source), script->name) != 0 ||
+        lua_pcall(L, 0, 0, 0) != 0)
         lua_guest_throw(L);
     lua_close(L);
     fflush(stdout);

@@ -20,7 +20,8 @@ for i = 1, ITERATIONS do
   end
   counts[key] = count + (i * 7) % 13
   local mixed = (i * 2654435761) % 4294967296
-  checksum = (checksum * 31 + #key + counts[key] + mixed // 65536) % 1000000007
+  -- math.floor rather than //, which Lua 5.1 lacks (the same value).
+  checksum = (checksum * 31 + #key + counts[key] + math.floor(mixed / 65536)) % 1000000007
   if i % YIELD_EVERY == 0 then
     last_reply = wasnap.yield("progress " .. i)
     replies = replies + 1
