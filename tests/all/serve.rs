@@ -721,10 +721,10 @@ fn servers_sharing_a_database_fire_each_timer_once() {
 #[path = "../../benches/load/mod.rs"]
 mod load;
 
+on_both_backends! {
 /// The load test of `benches/serve.rs`, briefly: many instances resumed
 /// at once through HTTP, every answer a committed version, none lost or
 /// doubled (the throughput is measured by `cargo bench --bench serve`).
-on_both_backends! {
 fn load_smoke_run(backend: Backend) {
     let (_dir, db) = database(backend);
     let executor = wasnap::Executor::open(&db).unwrap();
