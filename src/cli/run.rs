@@ -1,4 +1,4 @@
-//! `wasnap run MODULE.wasm|SCRIPT.js [--stdin MODE] [LIMITS AND GRANTS] [-- ARGS...]`
+//! `wasnap run MODULE.wasm|SCRIPT.js|SCRIPT.py [--stdin MODE] [LIMITS AND GRANTS] [-- ARGS...]`
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ use super::session::{self, EngineArgs, PolicyArgs};
 #[derive(Args, Debug)]
 pub struct Run {
     /// The workflow: a module (`.wasm`, or `.wat` text), or a script
-    /// (`.js`) for the JavaScript runtime.
+    /// (`.js`, `.py`) for the JavaScript or Python runtime.
     module: PathBuf,
     /// What reads of standard input do: find its end (`empty`), or
     /// suspend the workflow when nothing is buffered (`suspend`); the

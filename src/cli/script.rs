@@ -1,8 +1,9 @@
-//! Scripts: `wasnap run approval.js` runs the language's runtime module,
-//! with the script's text as a WASI argument of its first run (`--source
-//! NAME SOURCE`, see `guest-workflows/js/runtime.c`). The runtime reads it
-//! before its first suspension; from then on the script lives, compiled, in
-//! the interpreter's heap, which every version holds.
+//! Scripts: `wasnap run approval.js` or `approval.py` runs the language's
+//! runtime module, with the script's text as a WASI argument of its first
+//! run (`--source NAME SOURCE`, see `guest-workflows/js/runtime.c` and
+//! `guest-workflows/python/src/main.rs`). The runtime reads it before its
+//! first suspension; from then on the script lives, compiled, in the
+//! interpreter's heap, which every version holds.
 //!
 //! The runtime module is looked for, in this order:
 //!
@@ -22,6 +23,7 @@ const RUNTIMES_VARIABLE: &str = "WASNAP_RUNTIMES";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Language {
     JavaScript,
+    Python,
 }
 
 impl Language {
@@ -30,6 +32,7 @@ impl Language {
     pub(super) fn of(path: &Path) -> Option<Language> {
         match path.extension()?.to_str()? {
             "js" => Some(Language::JavaScript),
+            "py" => Some(Language::Python),
             _ => None,
         }
     }
@@ -37,6 +40,7 @@ impl Language {
     fn name(self) -> &'static str {
         match self {
             Language::JavaScript => "JavaScript",
+            Language::Python => "Python",
         }
     }
 
@@ -44,6 +48,7 @@ impl Language {
     fn build_name(self) -> &'static str {
         match self {
             Language::JavaScript => "js",
+            Language::Python => "python",
         }
     }
 

@@ -228,8 +228,19 @@ impl Executor {
 
     /// Instruments and compiles `wasm`, and only then stores it with its
     /// compiled artifact, so that a module that cannot run leaves the
-    /// database as it was. Returns its content hash.
+    /// database as it was. Returns its content hash. A module stored
+    /// before with an artifact for this engine is not compiled again: an
+    /// interpreter's runtime module takes a minute to instrument and
+    /// compile, and every script it runs starts it anew.
     pub fn add_module(&self, wasm: &[u8]) -> Result<ModuleHash> {
+        let hash = module_hash(wasm);
+        if self
+            .database
+            .compiled(&hash, &self.engine.fingerprint())?
+            .is_some()
+        {
+            return Ok(hash);
+        }
         let module = self.engine.load(wasm)?;
         let hash = self.database.put_module(wasm)?;
         self.keep_artifact(&module)?;

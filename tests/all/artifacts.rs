@@ -92,3 +92,24 @@ fn a_database_of_another_user_compiles_its_modules_again() {
     store.set_artifact_key(None);
     assert_eq!(store.compiled(&hash, &engine.fingerprint()).unwrap(), None);
 }
+
+/// Adding a module stored before with its artifact compiles nothing: a new
+/// engine, as in a new process, finds the artifact instead (a script's
+/// `wasnap run` starts its runtime module again each time, and Python's
+/// takes a minute to compile).
+#[test]
+fn adding_a_stored_module_again_compiles_nothing() {
+    let (_dir, db) = scratch();
+    let wasm = wat::parse_file(guest("approval")).unwrap();
+    let executor = || wasnap::Executor::new(Engine::new().unwrap(), Database::open(&db).unwrap());
+    let first = executor();
+    let hash = first.add_module(&wasm).unwrap();
+    assert!(first.engine().cached(&hash).is_some());
+    let second = executor();
+    assert_eq!(second.add_module(&wasm).unwrap(), hash);
+    assert!(
+        second.engine().cached(&hash).is_none(),
+        "the module was compiled again"
+    );
+    second.module(&hash).unwrap();
+}

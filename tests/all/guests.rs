@@ -77,7 +77,7 @@ fn step(
 
 /// In a list of replies: the suspension's timer fires instead (a sleep
 /// wakes, a question's deadline passes).
-const TIMER: &str = "(timer)";
+pub const TIMER: &str = "(timer)";
 
 /// Runs a workflow to its end with one reply per resume; returns stdout.
 fn run_with_replies(wasm: &[u8], replies: &[Option<&str>]) -> String {
@@ -176,8 +176,9 @@ pub const UNTIMED_DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
     ),
 ];
 
-#[test]
-fn deploy_in_every_language() {
+/// The deploy workflow's scenarios of deploy.expected.md: the replies
+/// after the first run ([`TIMER`] for a timer firing) and all of stdout.
+pub fn deploy_scenarios() -> [(&'static [Option<&'static str>], String); 5] {
     const START: &str = "building release\nwaiting for approval [yes/no]\n";
     const WINDOW: &str = "waiting for the maintenance window\n";
     let all_ok = format!(
@@ -193,10 +194,10 @@ fn deploy_in_every_language() {
         "{START}{WINDOW}deploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n"
     );
     let refused = format!("{START}deployment not approved\n");
-    let scenarios: [(&[Option<&str>], &str); 5] = [
+    [
         (
             &[Some("yes"), Some(TIMER), Some("ok"), Some("ok"), Some("ok")],
-            &all_ok,
+            all_ok,
         ),
         (
             &[
@@ -207,7 +208,7 @@ fn deploy_in_every_language() {
                 Some("ok"),
                 Some("ok"),
             ],
-            &escalated,
+            escalated,
         ),
         (
             &[
@@ -219,17 +220,21 @@ fn deploy_in_every_language() {
                 None,
                 None,
             ],
-            &third_fails,
+            third_fails,
         ),
         (
             &[Some("yes"), Some(TIMER), Some("ok"), Some("fail"), None],
-            &second_fails,
+            second_fails,
         ),
-        (&[Some("no")], &refused),
-    ];
+        (&[Some("no")], refused),
+    ]
+}
+
+#[test]
+fn deploy_in_every_language() {
     for language in LANGUAGES {
         let wasm = module(language, "deploy");
-        for (replies, expected) in scenarios {
+        for (replies, expected) in deploy_scenarios() {
             assert_eq!(
                 run_with_replies(&wasm, replies),
                 expected,

@@ -1,11 +1,13 @@
 //! Workflows written as scripts: the JavaScript runtime (QuickJS-ng,
 //! `js.wasm`) runs the demos given as source text, every step restored
 //! from snapshot bytes into a new engine, or through the command line,
-//! every step a new process.
+//! every step a new process; the Python runtime (RustPython,
+//! `python.wasm`) runs them through the command line.
 //!
 //! The runtimes come from `guest-workflows/build` (run by `.ci/run`); a
 //! missing one fails the test with that hint.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use wasnap::runtime::Captured;
@@ -13,7 +15,7 @@ use wasnap::snapshot::file;
 use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
-use crate::guests::{UNTIMED_DEPLOY_SCENARIOS, built};
+use crate::guests::{TIMER, UNTIMED_DEPLOY_SCENARIOS, built, deploy_scenarios};
 
 /// A runtime module, and its compiled artifact, made once for all the
 /// steps of all the tests (as the command line keeps it in its database).
@@ -180,39 +182,65 @@ fn deploy_in_javascript() {
     });
 }
 
+/// The file name extension of a language's scripts.
+fn extension(language: &str) -> &'static str {
+    match language {
+        "js" => "js",
+        "python" => "py",
+        _ => panic!("no runtime for {language}"),
+    }
+}
+
 /// The path of a demo script, as the command line is given it.
 fn demo_path(language: &str, name: &str) -> String {
     format!(
-        "{}/guest-workflows/{language}/{name}.{language}",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/guest-workflows/{language}/{name}.{}",
+        env!("CARGO_MANIFEST_DIR"),
+        extension(language)
     )
 }
 
 /// Wasm stack for the command line's runs of the interpreters.
 const STACK: [&str; 2] = ["--max-wasm-stack", "4MiB"];
 
-/// `wasnap run SCRIPT` and then resume after resume, each a new process.
+/// The flags every command line run of `language` needs: QuickJS suspends
+/// from deep in its C frames and needs [`STACK`]; RustPython keeps Python
+/// frames on its heap and runs in wasmtime's default.
+fn flags(language: &str) -> &'static [&'static str] {
+    match language {
+        "js" => &STACK,
+        _ => &[],
+    }
+}
+
+/// `wasnap run SCRIPT` and then resume after resume, each a new process:
+/// the approval demo as instance `id` of `db`, and the branch from its
+/// version 2.
+fn approval_through_the_command_line(language: &str, db: &Path, id: &str) {
+    let script = demo_path(language, "approval");
+    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    assert_eq!(run(&["run", &script]), "do something\n", "{language}");
+    assert_eq!(run(&["resume", id]), "ask boss for permission\n");
+    assert_eq!(
+        run(&["resume", id, "--send", "true"]),
+        "do another after approved\n"
+    );
+    assert_eq!(run(&["resume", id]), "", "{language}: the workflow ends");
+    let error = fails(db, &["resume", id]);
+    assert!(error.contains("finished"), "{error}");
+    // The same saved moment, another answer.
+    assert_eq!(
+        run(&["resume", &format!("{id}@2"), "--send", "false"]),
+        "do another after rejected\n",
+        "{language}"
+    );
+}
+
 #[test]
 fn approval_scripts_every_step_a_new_process() {
     for language in LANGUAGES {
         let (_dir, db) = scratch();
-        let script = demo_path(language, "approval");
-        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
-        assert_eq!(run(&["run", &script]), "do something\n", "{language}");
-        assert_eq!(run(&["resume", "1"]), "ask boss for permission\n");
-        assert_eq!(
-            run(&["resume", "1", "--send", "true"]),
-            "do another after approved\n"
-        );
-        assert_eq!(run(&["resume", "1"]), "", "{language}: the workflow ends");
-        let error = fails(&db, &["resume", "1"]);
-        assert!(error.contains("finished"), "{error}");
-        // The same saved moment, another answer.
-        assert_eq!(
-            run(&["resume", "1@2", "--send", "false"]),
-            "do another after rejected\n",
-            "{language}"
-        );
+        approval_through_the_command_line(language, &db, "1");
     }
 }
 
@@ -239,37 +267,89 @@ fn deploy_scripts_every_step_a_new_process() {
 /// A script whose function keeps a string, built at run time, in a local
 /// variable while it is suspended.
 fn local_variable_script(language: &str) -> &'static str {
-    assert_eq!(language, "js", "the only runtime");
-    "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
+    match language {
+        "js" => {
+            "function wait() {\n  const note = [\"special\", \"js\", \"local\"].join(\"-\");\n  wasnap.yield(\"waiting\");\n  print(note);\n}\nwait();\n"
+        }
+        "python" => {
+            "import wasnap\n\ndef wait():\n    note = \"-\".join([\"special\", \"python\", \"local\"])\n    wasnap.yield_(\"waiting\")\n    print(note)\n\nwait()\n"
+        }
+        _ => panic!("no runtime for {language}"),
+    }
 }
 
 #[test]
 fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
     for language in LANGUAGES {
         let (dir, db) = scratch();
-        let script = dir.path().join(format!("wait.{language}"));
-        std::fs::write(&script, local_variable_script(language)).unwrap();
-        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
-        assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
-        let file = dir.path().join("v1.wsnap");
-        ok(&db, &["snapshot", "1", "-o", file.to_str().unwrap()]);
-        let decompressed = std::process::Command::new("zstd")
-            .arg("-dc")
-            .arg(&file)
-            .output()
-            .expect("zstd is installed (.ci/run installs it)")
-            .stdout;
-        let note = format!("special-{language}-local");
-        let contains = |bytes: &[u8]| bytes.windows(note.len()).any(|w| w == note.as_bytes());
-        assert!(
-            contains(&decompressed),
-            "{language}: {note} is in the snapshot"
-        );
-        assert!(
-            !contains(&std::fs::read(built(language, language)).unwrap())
-                && !contains(local_variable_script(language).as_bytes()),
-            "{language}: {note} is made at run time"
-        );
-        assert_eq!(run(&["resume", "1"]), format!("{note}\n"));
+        local_variable_in_the_snapshot_file(language, dir.path(), &db, "1");
     }
+}
+
+/// Runs [`local_variable_script`] as instance `id` of `db`; `zstd -dc` of
+/// its snapshot file finds the local variable's string, which neither the
+/// runtime nor the script holds.
+fn local_variable_in_the_snapshot_file(language: &str, dir: &Path, db: &Path, id: &str) {
+    let script = dir.join(format!("wait.{}", extension(language)));
+    std::fs::write(&script, local_variable_script(language)).unwrap();
+    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
+    let file = dir.join("v1.wsnap");
+    ok(db, &["snapshot", id, "-o", file.to_str().unwrap()]);
+    let decompressed = std::process::Command::new("zstd")
+        .arg("-dc")
+        .arg(&file)
+        .output()
+        .expect("zstd is installed (.ci/run installs it)")
+        .stdout;
+    let note = format!("special-{language}-local");
+    let contains = |bytes: &[u8]| bytes.windows(note.len()).any(|w| w == note.as_bytes());
+    assert!(
+        contains(&decompressed),
+        "{language}: {note} is in the snapshot"
+    );
+    assert!(
+        !contains(&std::fs::read(built(language, language)).unwrap())
+            && !contains(local_variable_script(language).as_bytes()),
+        "{language}: {note} is made at run time"
+    );
+    assert_eq!(run(&["resume", id]), format!("{note}\n"));
+}
+
+/// The Python runtime through the command line, every step a new process:
+/// the approval demo with its branch, every deploy scenario with its timers
+/// (a plain resume of a sleeping instance is refused, `--now` fires the
+/// timer), and a local variable in a snapshot file. One database for all:
+/// the interpreter (12 MB of Wasm) is instrumented and compiled once, by
+/// the first run, and every later run of a script finds its artifact there.
+#[test]
+fn python_scripts_every_step_a_new_process() {
+    let (dir, db) = scratch();
+    let run = |args: &[&str]| ok(&db, args);
+    approval_through_the_command_line("python", &db, "1");
+    let deploy = demo_path("python", "deploy");
+    for (n, (replies, expected)) in deploy_scenarios().into_iter().enumerate() {
+        let id = (n + 2).to_string();
+        let mut out = run(&["run", &deploy]);
+        for reply in replies {
+            out += &match *reply {
+                Some(TIMER) => run(&["resume", &id, "--now"]),
+                Some(reply) => run(&["resume", &id, "--send", reply]),
+                None => run(&["resume", &id]),
+            };
+            if out.ends_with("waiting for the maintenance window\n") {
+                let error = fails(&db, &["resume", &id]);
+                assert!(error.contains("sleeps until"), "{error}");
+            }
+        }
+        assert_eq!(out, expected, "{replies:?}");
+        let error = fails(&db, &["resume", &id]);
+        assert!(error.contains("finished"), "{error}");
+    }
+    // Version 3 of the first scenario waits at machine 1: another answer.
+    assert_eq!(
+        run(&["resume", "2@3", "--send", "fail"]),
+        "rolled back after machine-1 failed\n"
+    );
+    local_variable_in_the_snapshot_file("python", dir.path(), &db, "7");
 }

@@ -219,3 +219,33 @@ fn the_stdin_mode_through_the_command_line() {
         "What is your name?\nNo name, no coffee.\n"
     );
 }
+
+/// The same program in Python, `input()` in the Python runtime, each step
+/// a new process: the reply is what `input()` returns.
+#[test]
+fn a_python_script_using_input_waits_for_each_answer() {
+    let (_dir, db) = scratch();
+    let script = format!(
+        "{}/guest-workflows/stdin/coffee.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let run = |args: &[&str]| ok(&db, args);
+    assert_eq!(
+        run(&["run", "--stdin", "suspend", &script]),
+        "What is your name?\n"
+    );
+    assert_eq!(
+        run(&["resume", "1", "--send", "Ada"]),
+        "How many cups of coffee today, Ada?\n"
+    );
+    assert_eq!(
+        run(&["resume", "1", "--send", "2"]),
+        "Ada: 2 cups, have another.\n"
+    );
+    assert_eq!(
+        run(&["resume", "1@2", "--send", "5"]),
+        "Ada: 5 cups, that is plenty.\n"
+    );
+    // An empty reply is the end of the input: EOFError, as in a terminal.
+    assert_eq!(run(&["resume", "1@2"]), "No answer, no coffee.\n");
+}
