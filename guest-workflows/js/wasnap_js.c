@@ -11,23 +11,42 @@
  * -Wl,-z,stack-size), instead of overrunning it. */
 #define JS_STACK_BYTES (3 * 1024 * 1024)
 
+/* wasnap.yield(value[, timeoutMs]): publishes the value, suspends, and
+ * returns the reply as a string; with a timeout, a question with a
+ * deadline that returns null when the deadline passes unanswered. */
 static JSValue js_wasnap_yield(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv) {
     (void)this_val;
+    int64_t timeout_ms = -1;
+    if (argc > 1 && !JS_IsUndefined(argv[1]) && JS_ToInt64(ctx, &timeout_ms, argv[1]))
+        return JS_EXCEPTION;
     size_t len;
     const char *text = JS_ToCStringLen(ctx, &len, argc > 0 ? argv[0] : JS_UNDEFINED);
     if (!text) return JS_EXCEPTION;
     /* Output still in stdio's buffer would be printed after the resume,
      * by another process, out of order. */
     fflush(stdout);
-    int32_t n = wasnap_raw_yield(text, (int32_t)len);
+    int32_t n = timeout_ms >= 0 ? wasnap_raw_yield_timeout(text, (int32_t)len, timeout_ms)
+                                : wasnap_raw_yield(text, (int32_t)len);
     JS_FreeCString(ctx, text);
-    if (n <= 0) return JS_NewStringLen(ctx, "", 0);
+    if (n < 0) return JS_NULL;
+    if (n == 0) return JS_NewStringLen(ctx, "", 0);
     char *reply = malloc((size_t)n);
     if (!reply) return JS_ThrowOutOfMemory(ctx);
     int32_t got = wasnap_raw_reply(reply, n);
     JSValue result = JS_NewStringLen(ctx, reply, (size_t)(got > 0 ? got : 0));
     free(reply);
     return result;
+}
+
+/* wasnap.sleep(ms): a durable timer; the workflow suspends and continues
+ * when it fires (wasnap serve fires it; `wasnap resume --now` early). */
+static JSValue js_wasnap_sleep(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv) {
+    (void)this_val;
+    int64_t ms = 0;
+    if (argc > 0 && JS_ToInt64(ctx, &ms, argv[0])) return JS_EXCEPTION;
+    fflush(stdout);
+    wasnap_raw_sleep(ms);
+    return JS_UNDEFINED;
 }
 
 static JSValue js_print(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv) {
@@ -55,7 +74,8 @@ void wasnap_js_define_globals(JSContext *ctx, int argc, char **args) {
     JSValue global = JS_GetGlobalObject(ctx);
 
     JSValue wasnap = JS_NewObject(ctx);
-    JS_SetPropertyStr(ctx, wasnap, "yield", JS_NewCFunction(ctx, js_wasnap_yield, "yield", 1));
+    JS_SetPropertyStr(ctx, wasnap, "yield", JS_NewCFunction(ctx, js_wasnap_yield, "yield", 2));
+    JS_SetPropertyStr(ctx, wasnap, "sleep", JS_NewCFunction(ctx, js_wasnap_sleep, "sleep", 1));
     JS_SetPropertyStr(ctx, global, "wasnap", wasnap);
 
     JS_SetPropertyStr(ctx, global, "print", JS_NewCFunction(ctx, js_print, "print", 1));

@@ -142,40 +142,6 @@ fn greenlet_in_every_language() {
     }
 }
 
-/// The deploy workflow's scenarios as the JavaScript deploy script runs
-/// them, without the deadline and the maintenance window the compiled
-/// languages' deploy has: the reply to each suspension after the first
-/// run, and all of stdout.
-pub const UNTIMED_DEPLOY_SCENARIOS: [(&[Option<&str>], &str); 5] = [
-    (
-        &[Some("yes"), Some("ok"), Some("ok"), Some("ok")],
-        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\ndeployed to 3 machines\n",
-    ),
-    (
-        &[
-            Some("yes"),
-            Some("ok"),
-            Some("ok"),
-            Some("fail"),
-            None,
-            None,
-        ],
-        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\nrolling back machine-2\nrolling back machine-1\nrolled back after machine-3 failed\n",
-    ),
-    (
-        &[Some("yes"), Some("ok"), Some("fail"), None],
-        "building release\nwaiting for approval\ndeploying to machine-1\ndeploying to machine-2\nrolling back machine-1\nrolled back after machine-2 failed\n",
-    ),
-    (
-        &[Some("yes"), Some("fail")],
-        "building release\nwaiting for approval\ndeploying to machine-1\nrolled back after machine-1 failed\n",
-    ),
-    (
-        &[Some("no")],
-        "building release\nwaiting for approval\ndeployment not approved\n",
-    ),
-];
-
 /// The deploy workflow's scenarios of deploy.expected.md: the replies
 /// after the first run ([`TIMER`] for a timer firing) and all of stdout.
 pub fn deploy_scenarios() -> [(&'static [Option<&'static str>], String); 5] {

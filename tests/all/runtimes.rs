@@ -15,7 +15,7 @@ use wasnap::snapshot::file;
 use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
-use crate::guests::{TIMER, UNTIMED_DEPLOY_SCENARIOS, built, deploy_scenarios};
+use crate::guests::{TIMER, built, deploy_scenarios};
 
 /// A runtime module, and its compiled artifact, made once for all the
 /// steps of all the tests (as the command line keeps it in its database).
@@ -87,8 +87,10 @@ impl Runtime {
                 engine.start(&module, settings.args(args)).unwrap()
             }
         };
-        if let Some(reply) = reply {
-            workflow.send(reply.as_bytes());
+        match reply {
+            Some(TIMER) => workflow.wake(),
+            Some(reply) => workflow.send(reply.as_bytes()),
+            None => {}
         }
         let step = workflow
             .run()
@@ -171,7 +173,7 @@ fn deploy_in_javascript() {
         for language in LANGUAGES {
             let runtime = runtime(language);
             let script = demo(language, "deploy");
-            for (replies, expected) in UNTIMED_DEPLOY_SCENARIOS {
+            for (replies, expected) in deploy_scenarios() {
                 assert_eq!(
                     runtime.run_with_replies(&script, replies),
                     expected,
@@ -244,23 +246,44 @@ fn approval_scripts_every_step_a_new_process() {
     }
 }
 
+/// Every deploy scenario with its timers through the command line, every
+/// step a new process, as instances `first`, `first + 1`, ... of `db`: a
+/// plain resume of a sleeping instance is refused, `--now` fires the timer.
+/// Then the first one's version 3, which waits at machine 1, gets another
+/// answer.
+fn deploy_through_the_command_line(language: &str, db: &Path, first: usize) {
+    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    let deploy = demo_path(language, "deploy");
+    for (n, (replies, expected)) in deploy_scenarios().into_iter().enumerate() {
+        let id = (first + n).to_string();
+        let mut out = run(&["run", &deploy]);
+        for reply in replies {
+            out += &match *reply {
+                Some(TIMER) => run(&["resume", &id, "--now"]),
+                Some(reply) => run(&["resume", &id, "--send", reply]),
+                None => run(&["resume", &id]),
+            };
+            if out.ends_with("waiting for the maintenance window\n") {
+                let error = fails(db, &["resume", &id]);
+                assert!(error.contains("sleeps until"), "{language}: {error}");
+            }
+        }
+        assert_eq!(out, expected, "{language} {replies:?}");
+        let error = fails(db, &["resume", &id]);
+        assert!(error.contains("finished"), "{language}: {error}");
+    }
+    assert_eq!(
+        run(&["resume", &format!("{first}@3"), "--send", "fail"]),
+        "rolled back after machine-1 failed\n",
+        "{language}"
+    );
+}
+
 #[test]
 fn deploy_scripts_every_step_a_new_process() {
     for language in LANGUAGES {
         let (_dir, db) = scratch();
-        let script = demo_path(language, "deploy");
-        let run = |args: &[&str]| ok(&db, &[args, &STACK].concat());
-        let mut out = run(&["run", &script]);
-        for reply in ["yes", "ok", "ok", "fail", "", ""] {
-            out += &run(&["resume", "1", "--send", reply]);
-        }
-        assert_eq!(out, UNTIMED_DEPLOY_SCENARIOS[1].1, "{language}");
-        // Version 2 waits at machine 1: another answer there.
-        assert_eq!(
-            run(&["resume", "1@2", "--send", "fail"]),
-            "rolled back after machine-1 failed\n",
-            "{language}"
-        );
+        deploy_through_the_command_line(language, &db, 1);
     }
 }
 
@@ -325,31 +348,7 @@ fn local_variable_in_the_snapshot_file(language: &str, dir: &Path, db: &Path, id
 #[test]
 fn python_scripts_every_step_a_new_process() {
     let (dir, db) = scratch();
-    let run = |args: &[&str]| ok(&db, args);
     approval_through_the_command_line("python", &db, "1");
-    let deploy = demo_path("python", "deploy");
-    for (n, (replies, expected)) in deploy_scenarios().into_iter().enumerate() {
-        let id = (n + 2).to_string();
-        let mut out = run(&["run", &deploy]);
-        for reply in replies {
-            out += &match *reply {
-                Some(TIMER) => run(&["resume", &id, "--now"]),
-                Some(reply) => run(&["resume", &id, "--send", reply]),
-                None => run(&["resume", &id]),
-            };
-            if out.ends_with("waiting for the maintenance window\n") {
-                let error = fails(&db, &["resume", &id]);
-                assert!(error.contains("sleeps until"), "{error}");
-            }
-        }
-        assert_eq!(out, expected, "{replies:?}");
-        let error = fails(&db, &["resume", &id]);
-        assert!(error.contains("finished"), "{error}");
-    }
-    // Version 3 of the first scenario waits at machine 1: another answer.
-    assert_eq!(
-        run(&["resume", "2@3", "--send", "fail"]),
-        "rolled back after machine-1 failed\n"
-    );
+    deploy_through_the_command_line("python", &db, 2);
     local_variable_in_the_snapshot_file("python", dir.path(), &db, "7");
 }
