@@ -156,6 +156,15 @@ fn instrumentation(c: &mut Criterion) {
     linker
         .func_wrap("wasnap", "reply", |_ptr: i32, _cap: i32| -> i32 { 0 })
         .unwrap();
+    // Never called either: QuickJS's runtime imports the timers.
+    linker.func_wrap("wasnap", "sleep", |_ms: i64| {}).unwrap();
+    linker
+        .func_wrap(
+            "wasnap",
+            "yield_timeout",
+            |_ptr: i32, _len: i32, _ms: i64| -> i32 { 0 },
+        )
+        .unwrap();
     let options = Options::default();
 
     for (guest, args) in selected_guests() {

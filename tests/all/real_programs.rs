@@ -156,6 +156,17 @@ pub fn plain_run_of(module: &wasmtime::Module, program: &Program) -> Result<Vec<
             Ok(count as i32)
         },
     )?;
+    // The JavaScript runtime imports the timers too; no program run here
+    // calls them, and one that did would trap saying so.
+    let untimed = || wasmtime::Error::msg("the plain host has no timers");
+    linker.func_wrap("wasnap", "sleep", move |_ms: i64| -> wasmtime::Result<()> {
+        Err(untimed())
+    })?;
+    linker.func_wrap(
+        "wasnap",
+        "yield_timeout",
+        move |_ptr: i32, _len: i32, _ms: i64| -> wasmtime::Result<i32> { Err(untimed()) },
+    )?;
     let wasi = wasmtime_wasi::WasiCtxBuilder::new()
         .args(program.args)
         .stdout(stdout.clone())
