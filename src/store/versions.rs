@@ -304,13 +304,7 @@ impl Database {
             )?;
             hook("before-commit");
             tx.commit()?;
-            page_cache.commit(
-                instance,
-                written.number,
-                written.shape,
-                &plan,
-                &written.page_ids,
-            );
+            written.update_cache(page_cache, instance, &plan);
             Ok(written.number)
         })
     }
@@ -708,6 +702,20 @@ pub(super) struct Written {
     pub page_ids: Vec<i64>,
 }
 
+impl Written {
+    /// Makes `cache` the list of this version of `instance`, written as
+    /// `plan`. Called only once the transaction that wrote the version has
+    /// committed, so that the cache never holds a list that was rolled back.
+    pub(super) fn update_cache(
+        &self,
+        cache: &mut pages::PageCache,
+        instance: InstanceId,
+        plan: &pages::Plan,
+    ) {
+        cache.commit(instance, self.number, self.shape, plan, &self.page_ids);
+    }
+}
+
 /// Calls the commit hook, if one is set, at a named point.
 pub(super) fn hook_of(hook: Option<fn(&str)>) -> impl Fn(&str) {
     move |stage: &str| {
@@ -743,7 +751,7 @@ pub(super) fn plan_against_parent<'a>(
 /// Writes `version`, planned as `plan` against the cached list of its
 /// parent, inside a transaction, under `lease` (checked, and its row locked
 /// until the transaction ends). The caller commits and then updates the
-/// page cache with what this returns.
+/// page cache with [`Written::update_cache`].
 pub(super) fn insert_planned(
     tx: &mut dyn Connection,
     compressor: &mut zstd::bulk::Compressor<'static>,

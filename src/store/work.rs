@@ -287,13 +287,7 @@ impl Database {
             hook("before-commit");
             tx.commit()?;
             if let Some((instance, plan, written)) = last {
-                page_cache.commit(
-                    instance,
-                    written.number,
-                    written.shape,
-                    &plan,
-                    &written.page_ids,
-                );
+                written.update_cache(page_cache, instance, &plan);
             }
             done.claims = taken
                 .into_iter()
