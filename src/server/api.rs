@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::json;
 use super::page;
 use super::worker::{Change, ShuttingDown, Worker};
-use crate::executor::RunOptions;
+use crate::executor::{Executor, RunOptions};
 use crate::runtime::Policy;
 use crate::snapshot::{ModuleHash, file, inspect};
 use crate::store::{InstanceId, Refused, Request};
@@ -340,13 +340,20 @@ fn handler_result(result: &[u8]) -> serde_json::Map<String, Value> {
     object
 }
 
-/// A handler that fails (no such handler, a trap, a suspension) is the
-/// request's fault, not the server's: 422 with the reason.
-fn handler_failed(error: ApiError) -> ApiError {
-    if error.status == StatusCode::INTERNAL_SERVER_ERROR {
-        return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.message);
-    }
-    error
+/// Runs a guest handler off the async threads. A handler that fails (no
+/// such handler, a trap, a suspension) is the request's fault, not the
+/// server's: 422 with the reason.
+async fn run_handler<T: Send + 'static>(
+    worker: &Shared,
+    run: impl FnOnce(&Executor) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let executor = worker.executor().clone();
+    blocking(move || run(&executor)).await.map_err(|error| {
+        if error.status == StatusCode::INTERNAL_SERVER_ERROR {
+            return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.message);
+        }
+        error
+    })
 }
 
 /// `POST /api/instances/{id}/query/{name}`: calls the guest's
@@ -359,11 +366,10 @@ async fn query(
 ) -> Answer {
     let body: HandlerBody = parse(&body)?;
     let arg = body.arg()?;
-    let executor = worker.executor().clone();
-    let result =
-        blocking(move || executor.query(id, body.version, &name, &arg, &RunOptions::default()))
-            .await
-            .map_err(handler_failed)?;
+    let result = run_handler(&worker, move |executor| {
+        executor.query(id, body.version, &name, &arg, &RunOptions::default())
+    })
+    .await?;
     ok(Value::Object(handler_result(&result)))
 }
 
@@ -383,10 +389,10 @@ async fn update(
         ));
     }
     let arg = body.arg()?;
-    let executor = worker.executor().clone();
-    let updated = blocking(move || executor.update(id, &name, &arg, &RunOptions::default()))
-        .await
-        .map_err(handler_failed)?;
+    let updated = run_handler(&worker, move |executor| {
+        executor.update(id, &name, &arg, &RunOptions::default())
+    })
+    .await?;
     worker.changed(id);
     let mut answer = handler_result(&updated.result);
     answer.insert("version".into(), json!(updated.report.version));
