@@ -3,6 +3,7 @@
 
 use wasnap::executor::{Ended, Executor, RunOptions};
 use wasnap::runtime::Captured;
+use wasnap::store::InstanceId;
 use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
@@ -13,6 +14,19 @@ const LANGUAGES: [&str; 5] = ["wat", "c", "rust", "zig", "assemblyscript"];
 
 fn versions(db: &std::path::Path) -> usize {
     ok(db, &["log", "1", "--json"]).lines().count()
+}
+
+/// An executor on a new database, and the instance it started of the
+/// module written in `text` (its first run done), named `name`.
+fn started(text: &str, name: &str) -> (tempfile::TempDir, Executor, InstanceId) {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+    let module = executor.add_module(&wat::parse_str(text).unwrap()).unwrap();
+    let instance = executor
+        .start(&module, &[name.into()], &RunOptions::default())
+        .unwrap()
+        .instance;
+    (dir, executor, instance)
 }
 
 #[test]
@@ -152,14 +166,8 @@ const MISBEHAVING: &str = r#"
 
 #[test]
 fn a_handler_cannot_suspend_and_a_failed_update_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
-    let module = executor
-        .add_module(&wat::parse_str(MISBEHAVING).unwrap())
-        .unwrap();
+    let (_dir, executor, instance) = started(MISBEHAVING, "m");
     let options = RunOptions::default();
-    let first = executor.start(&module, &["m".into()], &options).unwrap();
-    let instance = first.instance;
     let error = executor
         .query(instance, None, "suspends", b"", &options)
         .unwrap_err();
@@ -249,16 +257,8 @@ const DEEP_QUERY: &str = r#"(module
 /// far less than the handler's 20,000 frames need.
 #[test]
 fn a_deep_handler_runs_whatever_the_calling_threads_stack() {
-    let dir = tempfile::tempdir().unwrap();
-    let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
-    let module = executor
-        .add_module(&wat::parse_str(DEEP_QUERY).unwrap())
-        .unwrap();
+    let (_dir, executor, instance) = started(DEEP_QUERY, "deep");
     let options = RunOptions::default();
-    let instance = executor
-        .start(&module, &["deep".into()], &options)
-        .unwrap()
-        .instance;
     let result = std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(move || executor.query(instance, None, "deep", b"", &options))

@@ -120,11 +120,29 @@ fn commit_chain(store: &Database, id: u64, steps: std::ops::RangeInclusive<u32>)
 fn commit_chain_with(store: &Database, lease: &Lease, steps: std::ops::RangeInclusive<u32>) {
     for n in steps {
         let parent = (n > 1).then(|| n - 1);
-        let v = store
-            .commit_version(lease, parent, &Outcome::Suspended(&step(n)), b"go")
-            .unwrap();
-        assert_eq!(v, n);
+        commit_as(
+            store,
+            lease,
+            parent,
+            &Outcome::Suspended(&step(n)),
+            b"go",
+            n,
+        );
     }
+}
+
+/// Commits `outcome`, the answer to `reply`, after `parent`, and checks
+/// that it is numbered `number`.
+fn commit_as(
+    store: &Database,
+    lease: &Lease,
+    parent: Option<u32>,
+    outcome: &Outcome,
+    reply: &[u8],
+    number: u32,
+) {
+    let committed = store.commit_version(lease, parent, outcome, reply).unwrap();
+    assert_eq!(committed, number, "the version committed after {parent:?}");
 }
 
 on_both_backends! {
@@ -133,10 +151,7 @@ fn versions_round_trip_and_branch(backend: Backend) {
     commit_chain(&store, id, 1..=3);
     let lease = store.lease(id).unwrap();
     // Resuming version 1 again starts a branch.
-    let v4 = store
-        .commit_version(&lease, Some(1), &Outcome::Suspended(&step(4)), b"again")
-        .unwrap();
-    assert_eq!(v4, 4);
+    commit_as(&store, &lease, Some(1), &Outcome::Suspended(&step(4)), b"again", 4);
     for n in 1..=4 {
         assert_eq!(store.load_version(id, n).unwrap(), step(n));
     }
@@ -175,21 +190,11 @@ fn ends_are_versions_without_snapshots(backend: Backend) {
         exit_status: Some(0),
         result: b"done",
     };
-    assert_eq!(
-        store
-            .commit_version(&lease, Some(1), &finished, b"yes")
-            .unwrap(),
-        2
-    );
+    commit_as(&store, &lease, Some(1), &finished, b"yes", 2);
     let failed = Outcome::Failed {
         message: "wasm trap: unreachable",
     };
-    assert_eq!(
-        store
-            .commit_version(&lease, Some(1), &failed, b"no")
-            .unwrap(),
-        3
-    );
+    commit_as(&store, &lease, Some(1), &failed, b"no", 3);
     assert_eq!(store.instance(id).unwrap().state, InstanceState::Failed);
     let v2 = store.version(id, 2).unwrap();
     assert_eq!(
@@ -1005,31 +1010,16 @@ fn a_store_is_copied_to_postgres_and_back_whole() {
     {
         let lease = source.lease(first).unwrap();
         let branch = Outcome::Suspended(&step(9));
-        assert_eq!(
-            source
-                .commit_version(&lease, Some(2), &branch, b"other")
-                .unwrap(),
-            5
-        );
+        commit_as(&source, &lease, Some(2), &branch, b"other", 5);
         let done = Outcome::Finished {
             exit_status: Some(3),
             result: b"all done",
         };
-        assert_eq!(
-            source
-                .commit_version(&lease, Some(5), &done, b"fin")
-                .unwrap(),
-            6
-        );
+        commit_as(&source, &lease, Some(5), &done, b"fin", 6);
         let failed = Outcome::Failed {
             message: "wasm trap: unreachable",
         };
-        assert_eq!(
-            source
-                .commit_version(&lease, Some(4), &failed, b"x")
-                .unwrap(),
-            7
-        );
+        commit_as(&source, &lease, Some(4), &failed, b"x", 7);
     }
     let removed = source
         .create_instance(&hash, &[], &Policy::default())
