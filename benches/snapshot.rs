@@ -23,6 +23,9 @@
 #[path = "paired.rs"]
 mod paired;
 
+#[path = "load/guest.rs"]
+mod paged;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -64,11 +67,8 @@ fn written_pages(pages: u32, percent: u32) -> u32 {
 }
 
 /// A guest that grows its memory to `mib` MiB, fills `percent`% of its pages
-/// (spread evenly) with a half-compressible pattern, then yields forever.
-///
-/// The pattern is the address times a 64-bit odd constant with every other
-/// byte masked to zero: zstd compresses it to a bit over half, like typical
-/// heap data, rather than to nothing (constant fill) or not at all (noise).
+/// (spread evenly) with the half-compressible pattern of [`paged::FILL`]
+/// (unseeded), then yields forever.
 fn guest(mib: u32, percent: u32) -> Vec<u8> {
     let pages = mib * 16;
     let count = written_pages(pages, percent);
@@ -77,18 +77,7 @@ fn guest(mib: u32, percent: u32) -> Vec<u8> {
 (module
   (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
   (memory 1)
-  (func $fill (param $addr i32)
-    (local $end i32)
-    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
-    (loop $words
-      (i64.store (local.get $addr)
-        (i64.and
-          (i64.mul (i64.extend_i32_u (local.get $addr)) (i64.const 0x9E3779B97F4A7C15))
-          (i64.const 0x00FF00FF00FF00FF)))
-      (br_if $words
-        (i32.lt_u
-          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
-          (local.get $end)))))
+  {fill}
   (func (export "run")
     (local $i i32)
     (drop (memory.grow (i32.const {grow})))
@@ -96,15 +85,15 @@ fn guest(mib: u32, percent: u32) -> Vec<u8> {
       (loop $pages
         (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
         (call $fill
-          (i32.mul
-            (i32.div_u (i32.mul (local.get $i) (i32.const {pages})) (i32.const {count}))
-            (i32.const 65536)))
+          (i32.div_u (i32.mul (local.get $i) (i32.const {pages})) (i32.const {count}))
+          (i64.const 0))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $pages)))
     (loop $forever
       (drop (call $yield (i32.const 0) (i32.const 0)))
       (br $forever))))
 "#,
+        fill = paged::FILL,
         grow = pages - 1,
     );
     wat::parse_str(&wat).expect("the bench guest is valid WAT")

@@ -1,16 +1,35 @@
-//! The paged guest of the store and service benchmarks.
+//! The paged guest of the store and service benchmarks, and the page fill
+//! that the snapshot benchmark's guest shares.
 
 // Each benchmark that includes this file uses some of its guests.
 #![allow(dead_code)]
 
-/// A guest that grows its memory to `mib` MiB and writes every page with a
-/// half-compressible pattern, then, before each yield, rewrites `changed`
-/// pages (the next ones round-robin) with a pattern seeded by the step
+/// The WAT function `$fill (param $page i32) (param $seed i64)`, which
+/// writes memory page `$page` with a half-compressible pattern: (address +
+/// seed) times a 64-bit odd constant, every other byte masked to zero.
+/// zstd compresses it to a bit over half, like typical heap data, rather
+/// than to nothing (constant fill) or not at all (noise).
+pub const FILL: &str = r#"
+  (func $fill (param $page i32) (param $seed i64)
+    (local $addr i32) (local $end i32)
+    (local.set $addr (i32.mul (local.get $page) (i32.const 65536)))
+    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
+    (loop $words
+      (i64.store (local.get $addr)
+        (i64.and
+          (i64.mul
+            (i64.add (i64.extend_i32_u (local.get $addr)) (local.get $seed))
+            (i64.const 0x9E3779B97F4A7C15))
+          (i64.const 0x00FF00FF00FF00FF)))
+      (br_if $words
+        (i32.lt_u
+          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
+          (local.get $end)))))"#;
+
+/// A guest that grows its memory to `mib` MiB and writes every page with
+/// the pattern of [`FILL`], then, before each yield, rewrites `changed`
+/// pages (the next ones round-robin) with the pattern seeded by the step
 /// number, so that every rewritten page is new content.
-///
-/// The pattern is (address + seed) times a 64-bit odd constant with every
-/// other byte masked to zero: zstd compresses it to a bit over half, like
-/// typical heap data.
 pub fn guest(mib: u32, changed: u32) -> Vec<u8> {
     stepping_guest(mib, &format!("(i32.const {changed})"))
 }
@@ -45,21 +64,7 @@ fn build(mib: u32, per_step: &str, salted: bool) -> Vec<u8> {
   (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
   {import}
   (memory (export "memory") 1)
-  (func $fill (param $page i32) (param $seed i64)
-    (local $addr i32) (local $end i32)
-    (local.set $addr (i32.mul (local.get $page) (i32.const 65536)))
-    (local.set $end (i32.add (local.get $addr) (i32.const 65536)))
-    (loop $words
-      (i64.store (local.get $addr)
-        (i64.and
-          (i64.mul
-            (i64.add (i64.extend_i32_u (local.get $addr)) (local.get $seed))
-            (i64.const 0x9E3779B97F4A7C15))
-          (i64.const 0x00FF00FF00FF00FF)))
-      (br_if $words
-        (i32.lt_u
-          (local.tee $addr (i32.add (local.get $addr) (i32.const 8)))
-          (local.get $end)))))
+  {FILL}
   (func (export "run")
     (local $i i32) (local $step i64) (local $next i32) (local $reply i32) (local $salt i64)
     {salt}
