@@ -12,8 +12,9 @@ For every module:
     `wasnap` only the ABI functions, each with its exact type;
   * it defines memory 0 (all ABI pointers point into it);
   * it exports `_start` or `run`, of type () -> ();
-  * every export named `query_NAME` or `update_NAME` (a handler) is a
-    function of type () -> (), and a module with handlers imports `respond`.
+  * every export named `query_NAME` or `update_NAME` (a handler; `query_*`
+    and `update_*` answer any name) is a function of type () -> (), and a
+    module with handlers imports `respond`.
 For every module that imports `spawn`:
   * table 0 exists and holds a function of type (i32) -> () (a coroutine
     entry point: spawn runs table0[func](arg));
@@ -42,6 +43,8 @@ ABI = {  # name -> (params, results): pointers, lengths and ids are i32
     "sleep": (("i64",), ()),                       # milliseconds
     "yield_timeout": (("i32", "i32", "i64"), ("i32",)),
     "respond": (("i32", "i32"), ()),
+    "handler_name": (("i32", "i32"), ("i32",)),
+    "handler_fail": (("i32", "i32"), ()),
     "patched": (("i32", "i32"), ("i32",)),
 }
 ALLOWED_MODULES = {"wasnap", "wasi_snapshot_preview1"}

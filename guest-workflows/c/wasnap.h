@@ -49,6 +49,12 @@ WASNAP_IMPORT("sleep") void wasnap_raw_sleep(int64_t ms);
 WASNAP_IMPORT("yield_timeout") int32_t wasnap_raw_yield_timeout(const void *ptr, int32_t len, int64_t ms);
 /* In a query or update handler: the handler's result becomes [ptr, ptr+len). */
 WASNAP_IMPORT("respond") void wasnap_raw_respond(const void *ptr, int32_t len);
+/* In a handler exported as query_* or update_* (it answers any name):
+ * copies up to cap bytes of the name asked for to ptr; returns its length. */
+WASNAP_IMPORT("handler_name") int32_t wasnap_raw_handler_name(void *ptr, int32_t cap);
+/* In a handler: end it with the error message [ptr, ptr+len); nothing it
+ * changed is committed. It does not return. */
+WASNAP_IMPORT("handler_fail") void wasnap_raw_handler_fail(const void *ptr, int32_t len);
 /* 1 when the code should take the patch named [ptr, ptr+len) (see below). */
 WASNAP_IMPORT("patched") int32_t wasnap_raw_patched(const void *ptr, int32_t len);
 
@@ -127,22 +133,50 @@ static inline int wasnap_ask(const char *s, const char *expected) {
 #define WASNAP_UPDATE(name) \
     __attribute__((export_name("update_" #name))) void wasnap_update_##name(void)
 
+/* Handlers for any name, called when the module exports no handler of the
+ * name asked for: an interpreter's, whose script registers its handlers at
+ * run time. wasnap_handler_name() says which one was asked for. */
+#define WASNAP_QUERY_ANY(fn) __attribute__((export_name("query_*"))) void fn(void)
+#define WASNAP_UPDATE_ANY(fn) __attribute__((export_name("update_*"))) void fn(void)
+
+/* The handler's argument (`reply`) or name (`handler_name`) as a malloc'd
+ * NUL-terminated string, asked for again with more room when it did not
+ * fit. (A flag, not a function pointer: taking an import's address would
+ * put it in the module's table.) */
+static inline char *wasnap__read_text(int name) {
+    size_t cap = 64;
+    for (;;) {
+        char *text = malloc(cap + 1);
+        if (!text) abort();
+        int32_t got = name ? wasnap_raw_handler_name(text, (int32_t)cap)
+                           : wasnap_raw_reply(text, (int32_t)cap);
+        if (got < 0) got = 0;
+        if ((size_t)got < cap) {
+            text[got] = '\0';
+            return text;
+        }
+        free(text); /* it may be longer: ask again with more room */
+        cap *= 4;
+    }
+}
+
 /* The handler's argument as a malloc'd NUL-terminated string (the caller
  * frees it); empty when there is none. */
 static inline char *wasnap_arg(void) {
-    size_t cap = 64;
-    for (;;) {
-        char *arg = malloc(cap + 1);
-        if (!arg) abort();
-        int32_t got = wasnap_raw_reply(arg, (int32_t)cap);
-        if (got < 0) got = 0;
-        if ((size_t)got < cap) {
-            arg[got] = '\0';
-            return arg;
-        }
-        free(arg); /* it may be longer: ask again with more room */
-        cap *= 4;
-    }
+    return wasnap__read_text(0);
+}
+
+/* In a handler for any name: the name asked for, as a malloc'd
+ * NUL-terminated string (the caller frees it). */
+static inline char *wasnap_handler_name(void) {
+    return wasnap__read_text(1);
+}
+
+/* Ends the running handler with an error message; nothing it changed is
+ * committed. */
+__attribute__((noreturn)) static inline void wasnap_handler_fail(const char *message) {
+    wasnap_raw_handler_fail(message, (int32_t)strlen(message));
+    __builtin_trap();
 }
 
 /* The handler's result. */

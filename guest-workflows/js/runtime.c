@@ -16,7 +16,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wasnap.h"
 #include "wasnap_js.h"
+
+/* The script's context, for its handlers: they run while it is suspended
+ * inside wasnap_js_run. */
+static JSContext *script;
+
+/* Every query and update is served by the handlers the script registered
+ * (wasnap.query / wasnap.update), so the module answers any name. */
+WASNAP_QUERY_ANY(query_any) {
+    if (!script) wasnap_handler_fail("the script has not started");
+    wasnap_js_handle(script, 0);
+}
+
+WASNAP_UPDATE_ANY(update_any) {
+    if (!script) wasnap_handler_fail("the script has not started");
+    wasnap_js_handle(script, 1);
+}
 
 static int usage(void) {
     fprintf(stderr,
@@ -79,7 +96,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     wasnap_js_define_globals(ctx, argc - first_arg, argv + first_arg);
+    script = ctx;
     int status = wasnap_js_run(ctx, source, len, name);
+    script = NULL;
     wasnap_js_free(ctx);
     return status;
 }

@@ -5,6 +5,11 @@
  *   wasnap.yield(text) -> reply   publish text as this step's value, suspend
  *                                 the workflow, return the reply it is
  *                                 resumed with ("" when there is none)
+ *   wasnap.yield(text, ms)        the same with a deadline: null when ms
+ *                                 milliseconds pass without a reply
+ *   wasnap.sleep(ms)              a durable timer
+ *   wasnap.query(name, fn)        fn(arg) answers `wasnap query ID name`
+ *   wasnap.update(name, fn)       fn(arg) answers `wasnap update ID name`
  *   print(...values), console.log(...values)
  *   scriptArgs                    the arguments after the script
  *
@@ -29,6 +34,15 @@ JSContext *wasnap_js_new_context(void);
 
 /* Defines the globals above; `args` are the script's own arguments. */
 void wasnap_js_define_globals(JSContext *ctx, int argc, char **args);
+
+/* Runs the handler the script registered for the name the running query
+ * (update = 0) or update (update = 1) handler was asked for: its argument
+ * is the handler's, what it returns is the answer (a string as it is,
+ * undefined or null as nothing, anything else as JSON), and an exception
+ * it throws, or a name the script did not register, fails the handler
+ * with its message. Called from the module's `query_*` / `update_*`
+ * exports while the script is suspended. */
+void wasnap_js_handle(JSContext *ctx, int update);
 
 /* Evaluates `source` as a global script named `name`. On an uncaught
  * exception, prints it and its stack trace to stderr and returns 1; else

@@ -11,7 +11,9 @@
 //! suspend or start a coroutine: `yield`, `switch`, `spawn` and suspending
 //! host functions trap, so that the handler changes nothing but memory and
 //! globals, and the workflow still waits where it waited. `reply` gives the
-//! handler its argument and `respond` sets its result.
+//! handler its argument and `respond` sets its result; `handler_name`
+//! tells a handler for any name (`query_*`, `update_*`) which one was
+//! asked for, and `handler_fail` ends a handler with an error.
 
 use wasmtime::{Caller, Global, Linker, Memory, Table};
 use wasmtime::{Result, bail};
@@ -60,8 +62,11 @@ pub(crate) struct HostState {
 /// A query or update handler while it runs.
 #[derive(Debug)]
 pub(crate) struct HandlerCall {
-    /// The export called, `query_NAME` or `update_NAME`.
+    /// The handler asked for, `query_NAME` or `update_NAME` (also when
+    /// the export that runs is the module's `query_*` or `update_*`).
     pub export: String,
+    /// Its `NAME`.
+    pub name: String,
     /// What it passed to `respond` last.
     pub result: Vec<u8>,
 }
@@ -263,6 +268,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         caller.data().current as i32
     })?;
     linker.func_wrap("wasnap", "respond", wasnap_respond)?;
+    linker.func_wrap("wasnap", "handler_name", wasnap_handler_name)?;
+    linker.func_wrap("wasnap", "handler_fail", wasnap_handler_fail)?;
     linker.func_wrap("wasnap", "patched", wasnap_patched)?;
     Ok(())
 }
@@ -416,6 +423,48 @@ fn wasnap_respond(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Resu
     }
     Ok(())
 }
+
+/// `handler_name(ptr, cap) -> i32`: the running handler's name (`status`
+/// for `wasnap query ID status`), up to `cap` bytes of it copied to `ptr`;
+/// returns its whole length. A module that exports `query_*` or
+/// `update_*` answers any name: an interpreter, whose scripts register
+/// their handlers at run time, reads the name to find the script's.
+fn wasnap_handler_name(mut caller: Caller<'_, HostState>, ptr: i32, cap: i32) -> Result<i32> {
+    let Some(handler) = &caller.data().handler else {
+        bail!("wasnap.handler_name called outside a query or update handler");
+    };
+    let name = handler.name.clone().into_bytes();
+    let memory = guest_memory(&mut caller, "wasnap.handler_name")?;
+    let count = name.len().min(cap.max(0) as usize);
+    let range = guest_range(memory, ptr, count as i32)?;
+    memory[range].copy_from_slice(&name[..count]);
+    Ok(name.len() as i32)
+}
+
+/// `handler_fail(ptr, len)`: ends the running handler with the error
+/// message [ptr, ptr+len) (an exception a script's handler raised, a name
+/// no handler answers). Nothing is committed: an update that fails leaves
+/// the instance as it was.
+fn wasnap_handler_fail(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Result<()> {
+    if caller.data().handler.is_none() {
+        bail!("wasnap.handler_fail called outside a query or update handler");
+    }
+    let memory = guest_memory(&mut caller, "wasnap.handler_fail")?;
+    let message = String::from_utf8_lossy(&memory[guest_range(memory, ptr, len)?]).into_owned();
+    Err(wasmtime::Error::new(HandlerFailed(message)))
+}
+
+/// The error a handler ended itself with (`handler_fail`).
+#[derive(Debug)]
+pub(crate) struct HandlerFailed(pub String);
+
+impl std::fmt::Display for HandlerFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HandlerFailed {}
 
 /// `patched(ptr, len) -> i32`: 1 when the code should take the patch named
 /// by the bytes: always when running normally (and the choice is recorded),

@@ -1,6 +1,12 @@
 //! Query and update handlers: exports `query_NAME` and `update_NAME` of
 //! type `() -> ()`, called on a suspended workflow's state.
 //!
+//! A module may also export `query_*` and `update_*`: handlers for any
+//! name, called when there is no export for the name itself. They read
+//! the name with `wasnap.handler_name`. That is how an interpreter serves
+//! the handlers its script registers at run time (`wasnap.query("status",
+//! fn)` in JavaScript), which no export list can name in advance.
+//!
 //! A suspended workflow's stack is unwound: its frames are bytes kept
 //! outside linear memory, the instrumentation is in its normal state, and
 //! memory and globals are consistent. So a handler is an ordinary call of
@@ -22,7 +28,7 @@ use anyhow::{Result, bail};
 use wasmtime::{ExternType, Val};
 
 use super::Workflow;
-use super::abi::HandlerCall;
+use super::abi::{HandlerCall, HandlerFailed};
 use crate::snapshot::CoroutineState;
 
 /// Which kind of handler: a query reads, an update changes.
@@ -40,6 +46,14 @@ impl HandlerKind {
         match self {
             HandlerKind::Query => "query_",
             HandlerKind::Update => "update_",
+        }
+    }
+
+    /// The export that handles any name: `query_*` or `update_*`.
+    pub fn any_name_export(self) -> &'static str {
+        match self {
+            HandlerKind::Query => "query_*",
+            HandlerKind::Update => "update_*",
         }
     }
 
@@ -69,7 +83,8 @@ impl Workflow {
         self.handle(HandlerKind::Update, name, arg)
     }
 
-    /// The names of the handlers of one kind that the module exports.
+    /// The names of the handlers of one kind that the module exports
+    /// (`*` for a handler of any name).
     pub fn handlers(&self, kind: HandlerKind) -> Vec<String> {
         handler_names(self.module.inner.compiled.exports(), kind)
     }
@@ -108,6 +123,7 @@ impl Workflow {
         let saved_reply = std::mem::replace(&mut host.reply, arg.to_vec());
         host.handler = Some(HandlerCall {
             export: export.clone(),
+            name: name.to_string(),
             result: Vec::new(),
         });
         self.begin_call();
@@ -155,7 +171,10 @@ impl Workflow {
         name: &str,
         export: &str,
     ) -> Result<wasmtime::Func> {
-        let Some(func) = self.instance.get_func(&mut self.store, export) else {
+        let found = [export, kind.any_name_export()]
+            .into_iter()
+            .find_map(|name| Some((name, self.instance.get_func(&mut self.store, name)?)));
+        let Some((used, func)) = found else {
             let known = self.handlers(kind);
             let known = if known.is_empty() {
                 format!("it has no {} handlers", kind.as_str())
@@ -169,7 +188,7 @@ impl Workflow {
         };
         let ty = func.ty(&self.store);
         if ty.params().len() != 0 || ty.results().len() != 0 {
-            bail!("export {export} is not a handler: its type must be () -> ()");
+            bail!("export {used} is not a handler: its type must be () -> ()");
         }
         Ok(func)
     }
@@ -188,6 +207,9 @@ fn handler_names<'a>(
 
 /// A handler's failure as one clear error.
 fn handler_error(error: wasmtime::Error, export: &str) -> anyhow::Error {
+    if let Some(HandlerFailed(message)) = error.downcast_ref::<HandlerFailed>() {
+        return anyhow::anyhow!("handler {export} failed: {message}");
+    }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return anyhow::anyhow!("handler {export} exited with status {}", exit.0);
     }

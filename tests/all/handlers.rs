@@ -1,6 +1,8 @@
 //! Queries and updates: a guest's handlers run on a stored version, from
 //! the command line (every step a new process) and through the library.
 
+use std::path::Path;
+
 use wasnap::executor::{Ended, Executor, RunOptions};
 use wasnap::runtime::Captured;
 use wasnap::store::InstanceId;
@@ -12,8 +14,8 @@ use crate::guests::built;
 /// The five languages' optimised builds.
 const LANGUAGES: [&str; 5] = ["wat", "c", "rust", "zig", "assemblyscript"];
 
-fn versions(db: &std::path::Path) -> usize {
-    ok(db, &["log", "1", "--json"]).lines().count()
+fn versions(db: &Path, id: &str) -> usize {
+    ok(db, &["log", id, "--json"]).lines().count()
 }
 
 /// An executor on a new database, and the instance it started of the
@@ -33,60 +35,77 @@ fn started(text: &str, name: &str) -> (tempfile::TempDir, Executor, InstanceId) 
 fn deploy_is_queried_and_updated_while_it_waits_in_every_language() {
     for language in LANGUAGES {
         let (_dir, db) = scratch();
-        let deploy = built(language, "deploy");
-        assert_eq!(
-            ok(&db, &["run", &deploy]),
-            "building release\nwaiting for approval [yes/no]\n"
-        );
-        // A query changes nothing.
-        assert_eq!(
-            ok(&db, &["query", "1", "status"]),
-            "waiting for approval [yes/no] (0 of 3 machines done)\n",
-            "{language}"
-        );
-        assert_eq!(versions(&db), 1, "{language}: a query committed something");
-        // An update is a new version, waiting at the same call.
-        assert_eq!(
-            ok(&db, &["update", "1", "machines", "--arg", "4"]),
-            "machines = 4\n",
-            "{language}"
-        );
-        let log = ok(&db, &["log", "1"]);
-        assert!(
-            log.contains("v2 yielded \"waiting for approval [yes/no]\"")
-                && log.contains("machines"),
-            "{language}: {log}"
-        );
-        // The old version is as it was; the head has 4 machines.
-        assert_eq!(
-            ok(&db, &["query", "1@1", "status"]),
-            "waiting for approval [yes/no] (0 of 3 machines done)\n"
-        );
-        assert_eq!(
-            ok(&db, &["query", "1", "status"]),
-            "waiting for approval [yes/no] (0 of 4 machines done)\n"
-        );
-        let refused = ok(&db, &["update", "1", "machines", "--arg", "0"]);
-        assert!(refused.starts_with("refused"), "{language}: {refused}");
-        let mut out = ok(&db, &["resume", "1", "--send", "yes"]);
-        // The maintenance window's timer, woken early; it keeps the update.
-        assert_eq!(
-            ok(&db, &["query", "1", "status"]),
-            "waiting for the maintenance window (0 of 4 machines done)\n",
-            "{language}"
-        );
-        out += &ok(&db, &["resume", "1", "--now"]);
-        for _ in 0..4 {
-            out += &ok(&db, &["resume", "1", "--send", "ok"]);
-        }
-        assert_eq!(
-            out,
-            "waiting for the maintenance window\n\
-             deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\n\
-             deploying to machine-4\ndeployed to 4 machines\n",
-            "{language}"
-        );
+        deploy_is_queried_and_updated(&db, &built(language, "deploy"), &[], "1", language);
     }
+}
+
+/// The deploy demo, started with `wasnap run PROGRAM` as instance `id` of
+/// `db` (every command given `flags`), is queried and updated while it
+/// waits: a query commits nothing, an update is a new version waiting at
+/// the same call, and the instance then rolls out to the machines the
+/// update asked for.
+pub(crate) fn deploy_is_queried_and_updated(
+    db: &Path,
+    program: &str,
+    flags: &[&str],
+    id: &str,
+    label: &str,
+) {
+    let run = |args: &[&str]| ok(db, &[args, flags].concat());
+    let at_first = format!("{id}@1");
+    assert_eq!(
+        run(&["run", program]),
+        "building release\nwaiting for approval [yes/no]\n"
+    );
+    // A query changes nothing.
+    assert_eq!(
+        run(&["query", id, "status"]),
+        "waiting for approval [yes/no] (0 of 3 machines done)\n",
+        "{label}"
+    );
+    assert_eq!(versions(db, id), 1, "{label}: a query committed something");
+    // An update is a new version, waiting at the same call.
+    assert_eq!(
+        run(&["update", id, "machines", "--arg", "4"]),
+        "machines = 4\n",
+        "{label}"
+    );
+    let log = ok(db, &["log", id]);
+    assert!(
+        log.contains("v2 yielded \"waiting for approval [yes/no]\"") && log.contains("machines"),
+        "{label}: {log}"
+    );
+    // The old version is as it was; the head has 4 machines.
+    assert_eq!(
+        run(&["query", &at_first, "status"]),
+        "waiting for approval [yes/no] (0 of 3 machines done)\n",
+        "{label}"
+    );
+    assert_eq!(
+        run(&["query", id, "status"]),
+        "waiting for approval [yes/no] (0 of 4 machines done)\n",
+        "{label}"
+    );
+    let refused = run(&["update", id, "machines", "--arg", "0"]);
+    assert!(refused.starts_with("refused"), "{label}: {refused}");
+    let mut out = run(&["resume", id, "--send", "yes"]);
+    // The maintenance window's timer, woken early; it keeps the update.
+    assert_eq!(
+        run(&["query", id, "status"]),
+        "waiting for the maintenance window (0 of 4 machines done)\n",
+        "{label}"
+    );
+    out += &run(&["resume", id, "--now"]);
+    for _ in 0..4 {
+        out += &run(&["resume", id, "--send", "ok"]);
+    }
+    assert_eq!(
+        out,
+        "waiting for the maintenance window\n\
+         deploying to machine-1\ndeploying to machine-2\ndeploying to machine-3\n\
+         deploying to machine-4\ndeployed to 4 machines\n",
+        "{label}"
+    );
 }
 
 #[test]
@@ -233,7 +252,7 @@ fn handler_errors_on_the_command_line_are_one_line() {
     assert!(error.contains("no query handler \"nothing\""), "{error}");
     let error = fails(&db, &["update", "1", "status"]);
     assert!(error.contains("no update handler \"status\""), "{error}");
-    assert_eq!(versions(&db), 1);
+    assert_eq!(versions(&db, "1"), 1);
 }
 
 /// A workflow whose query handler recurses `depth` calls deep, each frame

@@ -16,6 +16,7 @@ use wasnap::{Engine, Output, Settings, Step};
 
 use crate::cli::{fails, ok, scratch};
 use crate::guests::{TIMER, built, deploy_scenarios};
+use crate::handlers::deploy_is_queried_and_updated;
 
 /// A runtime module, and its compiled artifact, made once for all the
 /// steps of all the tests (as the command line keeps it in its database).
@@ -339,10 +340,108 @@ fn local_variable_in_the_snapshot_file(language: &str, dir: &Path, db: &Path, id
     assert_eq!(run(&["resume", id]), format!("{note}\n"));
 }
 
+#[test]
+fn scripts_register_query_and_update_handlers() {
+    for language in LANGUAGES {
+        let (dir, db) = scratch();
+        let deploy = demo_path(language, "deploy");
+        deploy_is_queried_and_updated(&db, &deploy, flags(language), "1", language);
+        handlers_of_a_script(language, dir.path(), &db, "2");
+    }
+}
+
+/// A script with a query that answers JSON, an update that throws past a
+/// limit, and a query that tries to suspend.
+fn handler_script(language: &str) -> &'static str {
+    match language {
+        "js" => {
+            "let count = 0;\n\
+             wasnap.query(\"counted\", () => ({ count, note: \"n\" }));\n\
+             wasnap.update(\"bump\", (arg) => {\n\
+             \x20 count += Number(arg);\n\
+             \x20 if (count > 10) throw new Error(`too many: ${count}`);\n\
+             \x20 return count;\n\
+             });\n\
+             wasnap.query(\"sneaky\", () => wasnap.yield(\"no\"));\n\
+             wasnap.yield(\"waiting\");\n\
+             print(`count ${count}`);\n"
+        }
+        "python" => {
+            "import wasnap\n\
+             count = 0\n\
+             @wasnap.query\n\
+             def counted(arg):\n\
+             \x20   return {\"count\": count, \"note\": \"n\"}\n\
+             def bump(arg):\n\
+             \x20   global count\n\
+             \x20   count += int(arg)\n\
+             \x20   if count > 10:\n\
+             \x20       raise ValueError(f\"too many: {count}\")\n\
+             \x20   return count\n\
+             wasnap.update(\"bump\", bump)\n\
+             wasnap.query(\"sneaky\", lambda arg: wasnap.yield_(\"no\"))\n\
+             wasnap.yield_(\"waiting\")\n\
+             print(f\"count {count}\")\n"
+        }
+        _ => panic!("no runtime for {language}"),
+    }
+}
+
+/// Runs [`handler_script`] as instance `id` of `db`: its handlers answer
+/// by the names the script registered them under, a value that is not
+/// text as JSON; an exception or a suspension in a handler fails it with
+/// one line that says so, and nothing is committed; a name the script
+/// did not register is refused with the names it did.
+fn handlers_of_a_script(language: &str, dir: &Path, db: &Path, id: &str) {
+    let script = dir.join(format!("count.{}", extension(language)));
+    std::fs::write(&script, handler_script(language)).unwrap();
+    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    let refused = |args: &[&str]| fails(db, &[args, flags(language)].concat());
+    let versions = || ok(db, &["log", id, "--json"]).lines().count();
+    assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
+    assert_eq!(
+        run(&["query", id, "counted"]),
+        "{\"count\":0,\"note\":\"n\"}\n",
+        "{language}"
+    );
+    assert_eq!(
+        run(&["update", id, "bump", "--arg", "4"]),
+        "4\n",
+        "{language}"
+    );
+    assert_eq!(versions(), 2, "{language}");
+    let error = refused(&["update", id, "bump", "--arg", "20"]);
+    assert!(
+        error.contains("handler update_bump failed: ") && error.contains("too many: 24"),
+        "{language}: {error}"
+    );
+    assert_eq!(error.trim().lines().count(), 1, "{language}: {error}");
+    let error = refused(&["query", id, "nothing"]);
+    assert!(
+        error.contains("the script has no query handler \"nothing\" (it has: counted, sneaky)"),
+        "{language}: {error}"
+    );
+    let error = refused(&["query", id, "sneaky"]);
+    assert!(error.contains("must not suspend"), "{language}: {error}");
+    let error = refused(&["update", id, "counted"]);
+    assert!(
+        error.contains("no update handler \"counted\" (it has: bump)"),
+        "{language}: {error}"
+    );
+    assert_eq!(versions(), 2, "{language}: a failed handler committed");
+    assert_eq!(
+        run(&["query", id, "counted"]),
+        "{\"count\":4,\"note\":\"n\"}\n",
+        "{language}"
+    );
+    assert_eq!(run(&["resume", id]), "count 4\n", "{language}");
+}
+
 /// The Python runtime through the command line, every step a new process:
 /// the approval demo with its branch, every deploy scenario with its timers
 /// (a plain resume of a sleeping instance is refused, `--now` fires the
-/// timer), and a local variable in a snapshot file. One database for all:
+/// timer), a local variable in a snapshot file, and the script's query and
+/// update handlers. One database for all:
 /// the interpreter (12 MB of Wasm) is instrumented and compiled once, by
 /// the first run, and every later run of a script finds its artifact there.
 #[test]
@@ -351,4 +450,6 @@ fn python_scripts_every_step_a_new_process() {
     approval_through_the_command_line("python", &db, "1");
     deploy_through_the_command_line("python", &db, 2);
     local_variable_in_the_snapshot_file("python", dir.path(), &db, "7");
+    deploy_is_queried_and_updated(&db, &demo_path("python", "deploy"), &[], "8", "python");
+    handlers_of_a_script("python", dir.path(), &db, "9");
 }

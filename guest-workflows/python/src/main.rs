@@ -26,7 +26,8 @@ use rustpython_vm::{Interpreter, Settings};
 
 mod wasnap;
 
-const USAGE: &str = "usage: python.wasm SCRIPT.py [ARGS...]\n       python.wasm --source NAME SOURCE [ARGS...]";
+const USAGE: &str =
+    "usage: python.wasm SCRIPT.py [ARGS...]\n       python.wasm --source NAME SOURCE [ARGS...]";
 
 /// The script to run: its name (in tracebacks and `sys.argv[0]`), its
 /// text, and its own arguments.
@@ -78,9 +79,11 @@ fn main() -> ExitCode {
     let module = wasnap::module_def(&builder.ctx);
     let interpreter = builder.add_native_module(module).build();
     let status = interpreter.run(|vm| {
-        let scope = vm.new_scope_with_main()?;
-        vm.run_string(scope, &script.source, script.name.clone())
-            .map(drop)
+        wasnap::enter(vm, || {
+            let scope = vm.new_scope_with_main()?;
+            vm.run_string(scope, &script.source, script.name.clone())
+                .map(drop)
+        })
     });
     ExitCode::from(status.min(255) as u8)
 }

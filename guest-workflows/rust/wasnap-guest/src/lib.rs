@@ -58,6 +58,13 @@ pub mod raw {
         /// In a query or update handler: the handler's result becomes
         /// [ptr, ptr+len).
         pub fn respond(ptr: i32, len: i32);
+        /// In a handler exported as `query_*` or `update_*` (any name):
+        /// copy up to `cap` bytes of the name asked for to `ptr`; returns
+        /// its length.
+        pub fn handler_name(ptr: i32, cap: i32) -> i32;
+        /// In a query or update handler: end it with the error message
+        /// [ptr, ptr+len); nothing it changed is committed. Does not return.
+        pub fn handler_fail(ptr: i32, len: i32);
         /// 1 when the code should take the patch named [ptr, ptr+len)
         /// (see [`crate::patched`]).
         pub fn patched(ptr: i32, len: i32) -> i32;
@@ -166,6 +173,29 @@ pub fn handler_arg_str() -> String {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
+}
+
+/// In a handler for any name (an export `query_*` or `update_*`, called
+/// when the module exports no handler of the name asked for): the name.
+/// An interpreter serves its script's handlers that way.
+pub fn handler_name() -> String {
+    // SAFETY: with a capacity of 0 the host writes nothing.
+    let len = unsafe { raw::handler_name(0, 0) }.max(0) as usize;
+    let mut name: Vec<u8> = Vec::with_capacity(len);
+    // SAFETY: the host writes at most `len` bytes, the capacity we hold.
+    let got = unsafe { raw::handler_name(addr(name.as_mut_ptr()), len as i32) };
+    // SAFETY: the host wrote `got` (at most `len`) bytes.
+    unsafe { name.set_len(got.clamp(0, len as i32) as usize) };
+    String::from_utf8_lossy(&name).into_owned()
+}
+
+/// Ends the running query or update handler with an error message;
+/// nothing it changed is committed.
+pub fn fail_handler(message: &str) -> ! {
+    // SAFETY: the host reads [ptr, ptr+len) of our memory, which `message`
+    // is, and ends the call there.
+    unsafe { raw::handler_fail(addr(message.as_ptr()), message.len() as i32) };
+    unreachable!("wasnap.handler_fail returned")
 }
 
 /// In a query or update handler: its result.
