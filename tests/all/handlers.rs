@@ -35,23 +35,17 @@ fn started(text: &str, name: &str) -> (tempfile::TempDir, Executor, InstanceId) 
 fn deploy_is_queried_and_updated_while_it_waits_in_every_language() {
     for language in LANGUAGES {
         let (_dir, db) = scratch();
-        deploy_is_queried_and_updated(&db, &built(language, "deploy"), &[], "1", language);
+        deploy_is_queried_and_updated(&db, &built(language, "deploy"), "1", language);
     }
 }
 
 /// The deploy demo, started with `wasnap run PROGRAM` as instance `id` of
-/// `db` (every command given `flags`), is queried and updated while it
+/// `db`, is queried and updated while it
 /// waits: a query commits nothing, an update is a new version waiting at
 /// the same call, and the instance then rolls out to the machines the
 /// update asked for.
-pub(crate) fn deploy_is_queried_and_updated(
-    db: &Path,
-    program: &str,
-    flags: &[&str],
-    id: &str,
-    label: &str,
-) {
-    let run = |args: &[&str]| ok(db, &[args, flags].concat());
+pub(crate) fn deploy_is_queried_and_updated(db: &Path, program: &str, id: &str, label: &str) {
+    let run = |args: &[&str]| ok(db, args);
     let at_first = format!("{id}@1");
     assert_eq!(
         run(&["run", program]),

@@ -203,25 +203,12 @@ fn demo_path(language: &str, name: &str) -> String {
     )
 }
 
-/// Wasm stack for the command line's runs of the interpreters.
-const STACK: [&str; 2] = ["--max-wasm-stack", "4MiB"];
-
-/// The flags every command line run of `language` needs: QuickJS suspends
-/// from deep in its C frames and needs [`STACK`]; RustPython keeps Python
-/// frames on its heap and runs in wasmtime's default.
-fn flags(language: &str) -> &'static [&'static str] {
-    match language {
-        "js" => &STACK,
-        _ => &[],
-    }
-}
-
 /// `wasnap run SCRIPT` and then resume after resume, each a new process:
 /// the approval demo as instance `id` of `db`, and the branch from its
 /// version 2.
 fn approval_through_the_command_line(language: &str, db: &Path, id: &str) {
     let script = demo_path(language, "approval");
-    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    let run = |args: &[&str]| ok(db, args);
     assert_eq!(run(&["run", &script]), "do something\n", "{language}");
     assert_eq!(run(&["resume", id]), "ask boss for permission\n");
     assert_eq!(
@@ -253,7 +240,7 @@ fn approval_scripts_every_step_a_new_process() {
 /// Then the first one's version 3, which waits at machine 1, gets another
 /// answer.
 fn deploy_through_the_command_line(language: &str, db: &Path, first: usize) {
-    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    let run = |args: &[&str]| ok(db, args);
     let deploy = demo_path(language, "deploy");
     for (n, (replies, expected)) in deploy_scenarios().into_iter().enumerate() {
         let id = (first + n).to_string();
@@ -316,7 +303,7 @@ fn a_suspended_function_s_local_variable_is_in_the_snapshot_file() {
 fn local_variable_in_the_snapshot_file(language: &str, dir: &Path, db: &Path, id: &str) {
     let script = dir.join(format!("wait.{}", extension(language)));
     std::fs::write(&script, local_variable_script(language)).unwrap();
-    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
+    let run = |args: &[&str]| ok(db, args);
     assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
     let file = dir.join("v1.wsnap");
     ok(db, &["snapshot", id, "-o", file.to_str().unwrap()]);
@@ -345,7 +332,7 @@ fn scripts_register_query_and_update_handlers() {
     for language in LANGUAGES {
         let (dir, db) = scratch();
         let deploy = demo_path(language, "deploy");
-        deploy_is_queried_and_updated(&db, &deploy, flags(language), "1", language);
+        deploy_is_queried_and_updated(&db, &deploy, "1", language);
         handlers_of_a_script(language, dir.path(), &db, "2");
     }
 }
@@ -395,8 +382,8 @@ fn handler_script(language: &str) -> &'static str {
 fn handlers_of_a_script(language: &str, dir: &Path, db: &Path, id: &str) {
     let script = dir.join(format!("count.{}", extension(language)));
     std::fs::write(&script, handler_script(language)).unwrap();
-    let run = |args: &[&str]| ok(db, &[args, flags(language)].concat());
-    let refused = |args: &[&str]| fails(db, &[args, flags(language)].concat());
+    let run = |args: &[&str]| ok(db, args);
+    let refused = |args: &[&str]| fails(db, args);
     let versions = || ok(db, &["log", id, "--json"]).lines().count();
     assert_eq!(run(&["run", script.to_str().unwrap()]), "waiting\n");
     assert_eq!(
@@ -450,6 +437,6 @@ fn python_scripts_every_step_a_new_process() {
     approval_through_the_command_line("python", &db, "1");
     deploy_through_the_command_line("python", &db, 2);
     local_variable_in_the_snapshot_file("python", dir.path(), &db, "7");
-    deploy_is_queried_and_updated(&db, &demo_path("python", "deploy"), &[], "8", "python");
+    deploy_is_queried_and_updated(&db, &demo_path("python", "deploy"), "8", "python");
     handlers_of_a_script("python", dir.path(), &db, "9");
 }
