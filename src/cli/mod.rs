@@ -27,7 +27,6 @@ mod restore;
 mod resume;
 mod rm;
 mod run;
-mod script;
 mod serve;
 mod session;
 mod show;

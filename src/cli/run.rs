@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use wasnap::executor::RunOptions;
+use wasnap::executor::script::{self, Language};
 
-use super::script::{self, Language};
 use super::session::{self, EngineArgs, PolicyArgs};
 
 /// Start a new instance of a module, or of a script in its language's
@@ -37,7 +37,7 @@ impl Run {
         let (wasm, args) = match Language::of(&self.module) {
             Some(language) => (
                 language.runtime()?,
-                script::arguments(&self.module, self.args)?,
+                script_arguments(&self.module, self.args)?,
             ),
             None => {
                 let program = self
@@ -73,4 +73,15 @@ enum Stdin {
     Empty,
     /// Each read with nothing buffered suspends the workflow.
     Suspend,
+}
+
+/// The WASI arguments that run the script file `path` with its own `args`.
+fn script_arguments(path: &Path, args: Vec<String>) -> Result<Vec<String>> {
+    let source = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let source = String::from_utf8(source)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "script".into(), |n| n.to_string_lossy().into_owned());
+    Ok(script::arguments(&name, source, args))
 }

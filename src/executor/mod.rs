@@ -59,6 +59,7 @@ use anyhow::{Result, bail};
 mod diff;
 mod handlers;
 mod live;
+pub mod script;
 mod upgrade;
 
 pub use diff::Diffed;

@@ -1,9 +1,26 @@
-//! Scripts: `wasnap run approval.js` or `approval.py` runs the language's
+//! Scripts: a JavaScript or Python workflow runs in its language's
 //! runtime module, with the script's text as a WASI argument of its first
 //! run (`--source NAME SOURCE`, see `guest-workflows/js/runtime.c` and
 //! `guest-workflows/python/src/main.rs`). The runtime reads it before its
 //! first suspension; from then on the script lives, compiled, in the
-//! interpreter's heap, which every version holds.
+//! interpreter's heap, which every version holds. `wasnap run approval.js`
+//! and the service's `POST /api/instances` with a `script` both start one
+//! this way.
+//!
+//! ```no_run
+//! use wasnap::executor::script::{self, Language};
+//! use wasnap::executor::{Executor, RunOptions};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let source = std::fs::read_to_string("approval.js")?;
+//! let language = Language::of_name("approval.js").expect("a script");
+//! let executor = Executor::open("wasnap.db")?;
+//! let runtime = executor.add_module(&language.runtime()?)?;
+//! let args = script::arguments("approval.js", source, Vec::new());
+//! executor.start(&runtime, &args, &RunOptions::default())?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! The runtime module is looked for, in this order:
 //!
@@ -21,20 +38,28 @@ const RUNTIMES_VARIABLE: &str = "WASNAP_RUNTIMES";
 
 /// A language whose scripts run in a runtime module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Language {
+pub enum Language {
+    /// `.js`, run by QuickJS-ng (`js.wasm`).
     JavaScript,
+    /// `.py`, run by RustPython (`python.wasm`).
     Python,
 }
 
 impl Language {
     /// The language of a script file, by its extension; `None` for a
     /// module.
-    pub(super) fn of(path: &Path) -> Option<Language> {
+    pub fn of(path: &Path) -> Option<Language> {
         match path.extension()?.to_str()? {
             "js" => Some(Language::JavaScript),
             "py" => Some(Language::Python),
             _ => None,
         }
+    }
+
+    /// The language of a script named `name` (`approval.js`), by its
+    /// extension.
+    pub fn of_name(name: &str) -> Option<Language> {
+        Language::of(Path::new(name))
     }
 
     fn name(self) -> &'static str {
@@ -78,8 +103,9 @@ impl Language {
         candidates
     }
 
-    /// The runtime module's bytes, from the first place that has it.
-    pub(super) fn runtime(self) -> Result<Vec<u8>> {
+    /// The runtime module's bytes, from the first place that has it (see
+    /// the module's documentation).
+    pub fn runtime(self) -> Result<Vec<u8>> {
         let candidates = self.runtime_candidates();
         for path in &candidates {
             if path.is_file() {
@@ -98,18 +124,16 @@ impl Language {
     }
 }
 
-/// The WASI arguments that run `script` with its own `args`: the script's
-/// file name (the program name), then `--source NAME SOURCE`.
-pub(super) fn arguments(script: &Path, args: Vec<String>) -> Result<Vec<String>> {
-    let source =
-        std::fs::read(script).with_context(|| format!("cannot read {}", script.display()))?;
-    let source = String::from_utf8(source)
-        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", script.display()))?;
-    let name = script
-        .file_name()
-        .map_or_else(|| "script".into(), |n| n.to_string_lossy().into_owned());
-    Ok([name.clone(), "--source".into(), name, source]
-        .into_iter()
-        .chain(args)
-        .collect())
+/// The WASI arguments that run the script `name` with text `source` and
+/// its own `args`: the name (the program's), then `--source NAME SOURCE`.
+pub fn arguments(name: &str, source: String, args: Vec<String>) -> Vec<String> {
+    [
+        name.to_string(),
+        "--source".into(),
+        name.to_string(),
+        source,
+    ]
+    .into_iter()
+    .chain(args)
+    .collect()
 }
