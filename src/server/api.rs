@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::json;
 use super::page;
 use super::worker::{Change, ShuttingDown, Worker};
+use crate::executor::script::{self, Language};
 use crate::executor::{Executor, RunOptions};
 use crate::runtime::Policy;
 use crate::snapshot::{ModuleHash, file, inspect};
@@ -195,20 +196,51 @@ async fn modules(State(worker): State<Shared>) -> Answer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    module: String,
+    /// The hash of an uploaded module...
+    #[serde(default)]
+    module: Option<String>,
+    /// ...or a script, run in its language's runtime module.
+    #[serde(default)]
+    script: Option<ScriptBody>,
     #[serde(default)]
     args: Vec<String>,
+}
+
+/// A JavaScript or Python workflow given as text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptBody {
+    /// Its file name, whose extension says the language: `approval.js`.
+    name: String,
+    /// Its text.
+    source: String,
 }
 
 /// `POST /api/instances`: a new instance, answered after its first run.
 async fn start(State(worker): State<Shared>, body: Bytes) -> Answer {
     let body: StartBody = parse(&body)?;
-    let hash = module_hash(&body.module)?;
     let executor = worker.executor().clone();
-    let args = if body.args.is_empty() {
-        vec!["workflow".to_string()]
-    } else {
-        body.args
+    let (hash, args) = match (body.module, body.script) {
+        (Some(module), None) => {
+            let args = if body.args.is_empty() {
+                vec!["workflow".to_string()]
+            } else {
+                body.args
+            };
+            (module_hash(&module)?, args)
+        }
+        (None, Some(script)) => {
+            let hash = runtime_of(&worker, &script.name).await?;
+            (
+                hash,
+                script::arguments(&script.name, script.source, body.args),
+            )
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give one of: a module (the hash of an uploaded one), or a script ({\"name\": \"approval.js\", \"source\": ...})",
+            ));
+        }
     };
     let instance = blocking(move || {
         // Compiled (or its artifact loaded) before the instance exists:
@@ -237,6 +269,18 @@ async fn start(State(worker): State<Shared>, body: Bytes) -> Answer {
     };
     let info = instance_json(&worker, instance).await?;
     Ok((status, axum::Json(info)).into_response())
+}
+
+/// The hash of the runtime module that runs the script `name` (stored,
+/// instrumented and compiled the first time).
+async fn runtime_of(worker: &Shared, name: &str) -> Result<ModuleHash, ApiError> {
+    let Some(language) = Language::of_name(name) else {
+        return Err(ApiError::bad_request(format!(
+            "script {name:?}: its name must end in .js (JavaScript) or .py (Python)"
+        )));
+    };
+    let executor = worker.executor().clone();
+    blocking(move || executor.add_module(&language.runtime()?)).await
 }
 
 async fn instance_json(worker: &Shared, id: InstanceId) -> Result<Value, ApiError> {

@@ -2,7 +2,8 @@
 //! headless Chromium (Debian's `chromium`, through Playwright) against a
 //! `wasnap serve` process through the approval demo (start, answer "true",
 //! branch from version 2 with "false") and the deploy demo (a question
-//! with a deadline, a sleep the server ends by itself). Screenshots of
+//! with a deadline, a sleep the server ends by itself), and the approval
+//! demo as a JavaScript script uploaded through the page. Screenshots of
 //! every step are kept in `target/browser-artifacts/`.
 
 use std::path::Path;
@@ -33,6 +34,7 @@ fn demos_in_headless_chromium() {
         .arg(format!("http://{}/", service.address))
         .arg(built("c", "approval"))
         .arg(built("c", "deploy"))
+        .arg(root.join("guest-workflows/js/approval.js"))
         .arg(&artifacts)
         .output()
         .expect("node runs");
@@ -42,7 +44,7 @@ fn demos_in_headless_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{said}");
-    assert!(said.contains("2 passed, 0 failed"), "{said}");
+    assert!(said.contains("3 passed, 0 failed"), "{said}");
     let shots = std::fs::read_dir(&artifacts).unwrap().count();
     assert!(shots >= 10, "only {shots} screenshots: {said}");
     let (ok, log) = service.terminate();

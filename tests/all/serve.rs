@@ -332,6 +332,58 @@ fn deploy_is_queried_and_updated_through_the_api() {
     );
 }
 
+#[test]
+fn a_script_starts_through_the_api() {
+    let (_dir, db) = database(Backend::Sqlite);
+    let service = Service::start(&db);
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/guest-workflows/js/deploy.js"
+    ))
+    .unwrap();
+    let script = json!({ "name": "deploy.js", "source": source });
+    let (code, first) = service.post("/api/instances", json!({ "script": script }));
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["value"], "waiting for approval [yes/no]");
+    let id = id(&first);
+    // The script's own handlers answer through the API.
+    let (code, updated) = service.post(
+        &format!("/api/instances/{id}/update/machines"),
+        json!({ "arg": "2" }),
+    );
+    assert_eq!((code, &updated["result"]), (200, &json!("machines = 2")));
+    assert_eq!(
+        status_of_head(&service, id),
+        "waiting for approval [yes/no] (0 of 2 machines done)"
+    );
+    let (code, resumed) = service.resume(id, json!({ "version": 2, "reply": "yes" }));
+    assert_eq!(
+        (code, &resumed["state"]),
+        (200, &json!("sleeping")),
+        "{resumed}"
+    );
+
+    // The runtime module was stored once, like any module.
+    let (code, again) = service.post("/api/instances", json!({ "script": script }));
+    assert_eq!(code, 201, "{again}");
+    let (_, modules) = service.get("/api/modules");
+    assert_eq!(modules.as_array().unwrap().len(), 1, "{modules}");
+
+    // A script of no known language, or a body with both or neither.
+    let unknown = json!({ "script": { "name": "deploy.rb", "source": "" } });
+    let (code, refused) = service.post("/api/instances", unknown);
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains(".js"),
+        "{refused}"
+    );
+    let module = modules[0]["module"].clone();
+    for body in [json!({ "module": module, "script": script }), json!({})] {
+        let (code, refused) = service.post("/api/instances", body);
+        assert_eq!(code, 400, "{refused}");
+    }
+}
+
 /// What the deploy demo's status query says of an instance's head.
 fn status_of_head(service: &Service, id: u64) -> String {
     let (code, answer) = service.post(&format!("/api/instances/{id}/query/status"), json!({}));

@@ -1,17 +1,18 @@
 // The approval and deploy demos through the web page of `wasnap serve`,
 // in headless Chromium driven by Playwright, as a person would use it:
 // upload, start, read the question, click the answers, branch from an
-// older version. A screenshot of every step goes to ARTIFACTS.
+// older version; then the approval demo as a JavaScript script, uploaded
+// as its source. A screenshot of every step goes to ARTIFACTS.
 //
-//   node demos.mjs URL APPROVAL.wasm DEPLOY.wasm ARTIFACTS_DIR
+//   node demos.mjs URL APPROVAL.wasm DEPLOY.wasm APPROVAL.js ARTIFACTS_DIR
 import { chromium } from "playwright-core";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [url, approvalWasm, deployWasm, artifacts] = process.argv.slice(2);
+const [url, approvalWasm, deployWasm, approvalScript, artifacts] = process.argv.slice(2);
 if (!artifacts) {
-  console.error("usage: node demos.mjs URL APPROVAL.wasm DEPLOY.wasm ARTIFACTS_DIR");
+  console.error("usage: node demos.mjs URL APPROVAL.wasm DEPLOY.wasm APPROVAL.js ARTIFACTS_DIR");
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
@@ -104,7 +105,17 @@ try {
   await reply("ok");
   await page.locator("#pending", { hasText: "finished" }).waitFor();
   await snap("deploy-finished");
-  console.log("browser demos: 2 passed, 0 failed");
+
+  // ---- approval as a script: the page uploads its source, the server
+  // starts it in the JavaScript runtime
+  await start(approvalScript);
+  await question("do something");
+  await reply("");
+  await question("ask boss for permission");
+  await page.click("#answer-yes");
+  await question("do another after approved");
+  await snap("script-approved");
+  console.log("browser demos: 3 passed, 0 failed");
 } catch (e) {
   console.error(`browser demos failed: ${e.stack ?? e}`);
   if (page) await snap("failure").catch(() => {});

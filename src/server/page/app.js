@@ -292,23 +292,35 @@ async function startWorkflow() {
   try {
     let module = $("module-select").value;
     const file = $("module-file").files[0];
+    const args = $("start-args").value.trim();
+    if (file && /\.(js|py)$/.test(file.name)) {
+      // A script: the server starts it in its language's runtime.
+      status.textContent = "Starting " + file.name + "…";
+      const script = { name: file.name, source: await file.text() };
+      await started(await api("POST", "/api/instances",
+        { script, args: args ? args.split(/\s+/) : [] }));
+      return;
+    }
     if (file) {
       status.textContent = "Uploading " + file.name + "…";
       module = (await api("POST", "/api/modules", file)).module;
     }
-    if (!module) throw new Error("choose a module file first");
-    const args = $("start-args").value.trim();
+    if (!module) throw new Error("choose a module or script file first");
     status.textContent = "Starting…";
-    const inst = await api("POST", "/api/instances",
-      { module, args: args ? args.split(/\s+/) : (file ? [file.name] : []) });
-    status.textContent = "Started instance " + inst.id + ".";
-    $("module-file").value = "";
-    await Promise.all([refreshList(), refreshModules()]);
-    await select(inst.id);
+    await started(await api("POST", "/api/instances",
+      { module, args: args ? args.split(/\s+/) : (file ? [file.name] : []) }));
   } catch (e) {
     status.className = "status error";
     status.textContent = e.message;
   }
+}
+
+/** Shows the instance just started. */
+async function started(inst) {
+  $("start-status").textContent = "Started instance " + inst.id + ".";
+  $("module-file").value = "";
+  await Promise.all([refreshList(), refreshModules()]);
+  await select(inst.id);
 }
 
 let pendingRefresh = null;
