@@ -211,6 +211,90 @@ fn a_handler_cannot_suspend_and_a_failed_update_commits_nothing() {
     );
 }
 
+/// A module whose `query_*` answers any name with that name, except
+/// `refuse`, which it fails with a message of its own; `query_exact` is
+/// exported under its own name too.
+const ANY_NAME: &str = r#"
+(module
+  (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+  (import "wasnap" "respond" (func $respond (param i32 i32)))
+  (import "wasnap" "handler_name" (func $handler_name (param i32 i32) (result i32)))
+  (import "wasnap" "handler_fail" (func $handler_fail (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "waiting")
+  (data (i32.const 16) "not answered here")
+  (func (export "run") (drop (call $yield (i32.const 0) (i32.const 7))))
+  (func (export "query_*") (local $len i32)
+    ;; Room for 2 bytes: the whole length comes back, to ask again.
+    (local.set $len (call $handler_name (i32.const 100) (i32.const 2)))
+    (drop (call $handler_name (i32.const 100) (local.get $len)))
+    (if (i32.eq (i32.load8_u (i32.const 100)) (i32.const 114)) ;; 'r'
+      (then (call $handler_fail (i32.const 16) (i32.const 17)) unreachable))
+    (call $respond (i32.const 100) (local.get $len)))
+  (func (export "query_exact") (call $respond (i32.const 0) (i32.const 4))))
+"#;
+
+#[test]
+fn a_handler_for_any_name_reads_the_name_and_can_fail_with_a_message() {
+    let (_dir, executor, instance) = started(ANY_NAME, "any");
+    let options = RunOptions::default();
+    let query = |name: &str| executor.query(instance, None, name, b"", &options);
+    assert_eq!(query("status").unwrap(), b"status");
+    assert_eq!(query("a-much-longer-name").unwrap(), b"a-much-longer-name");
+    // A handler exported under its own name goes first.
+    assert_eq!(query("exact").unwrap(), b"wait");
+    let error = format!("{:#}", query("refuse").unwrap_err());
+    assert!(
+        error.contains("handler query_refuse failed: not answered here"),
+        "{error}"
+    );
+    // Only queries answer any name here.
+    let error = format!(
+        "{:#}",
+        executor
+            .update(instance, "status", b"", &options)
+            .unwrap_err()
+    );
+    assert!(error.contains("no update handler \"status\""), "{error}");
+    assert_eq!(executor.database().versions(instance).unwrap().len(), 1);
+}
+
+#[test]
+fn handler_imports_outside_a_handler_fail_the_run() {
+    let calls = [
+        (
+            "handler_name",
+            r#"(import "wasnap" "handler_name" (func $f (param i32 i32) (result i32)))
+               (func (export "run") (drop (call $f (i32.const 0) (i32.const 0))))"#,
+        ),
+        (
+            "handler_fail",
+            r#"(import "wasnap" "handler_fail" (func $f (param i32 i32)))
+               (func (export "run") (call $f (i32.const 0) (i32.const 0)))"#,
+        ),
+    ];
+    for (import, body) in calls {
+        let text = format!("(module {body} (memory (export \"memory\") 1))");
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+        let module = executor
+            .add_module(&wat::parse_str(&text).unwrap())
+            .unwrap();
+        let ran = executor
+            .start(&module, &["outside".into()], &RunOptions::default())
+            .unwrap();
+        match ran.ended {
+            Ended::Failed { message } => assert!(
+                message.contains(&format!(
+                    "wasnap.{import} called outside a query or update handler"
+                )),
+                "{message}"
+            ),
+            other => panic!("{import}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_handler_runs_below_the_suspended_main_and_leaves_the_stack_pointer_as_it_was() {
     let engine = Engine::new().unwrap();
