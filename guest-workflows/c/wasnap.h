@@ -139,37 +139,34 @@ static inline int wasnap_ask(const char *s, const char *expected) {
 #define WASNAP_QUERY_ANY(fn) __attribute__((export_name("query_*"))) void fn(void)
 #define WASNAP_UPDATE_ANY(fn) __attribute__((export_name("update_*"))) void fn(void)
 
-/* The handler's argument (`reply`) or name (`handler_name`) as a malloc'd
- * NUL-terminated string, asked for again with more room when it did not
- * fit. (A flag, not a function pointer: taking an import's address would
- * put it in the module's table.) */
-static inline char *wasnap__read_text(int name) {
-    size_t cap = 64;
-    for (;;) {
-        char *text = malloc(cap + 1);
-        if (!text) abort();
-        int32_t got = name ? wasnap_raw_handler_name(text, (int32_t)cap)
-                           : wasnap_raw_reply(text, (int32_t)cap);
-        if (got < 0) got = 0;
-        if ((size_t)got < cap) {
-            text[got] = '\0';
-            return text;
-        }
-        free(text); /* it may be longer: ask again with more room */
-        cap *= 4;
-    }
-}
-
 /* The handler's argument as a malloc'd NUL-terminated string (the caller
  * frees it); empty when there is none. */
 static inline char *wasnap_arg(void) {
-    return wasnap__read_text(0);
+    size_t cap = 64;
+    for (;;) {
+        char *arg = malloc(cap + 1);
+        if (!arg) abort();
+        int32_t got = wasnap_raw_reply(arg, (int32_t)cap);
+        if (got < 0) got = 0;
+        if ((size_t)got < cap) {
+            arg[got] = '\0';
+            return arg;
+        }
+        free(arg); /* it may be longer: ask again with more room */
+        cap *= 4;
+    }
 }
 
 /* In a handler for any name: the name asked for, as a malloc'd
  * NUL-terminated string (the caller frees it). */
 static inline char *wasnap_handler_name(void) {
-    return wasnap__read_text(1);
+    int32_t len = wasnap_raw_handler_name(NULL, 0);
+    if (len < 0) len = 0;
+    char *name = malloc((size_t)len + 1);
+    if (!name) abort();
+    int32_t got = wasnap_raw_handler_name(name, len);
+    name[got < 0 ? 0 : (got < len ? got : len)] = '\0';
+    return name;
 }
 
 /* Ends the running handler with an error message; nothing it changed is
