@@ -136,6 +136,16 @@ class Workflow {
         if (!self.handling) throw new Error("respond called outside a handler");
         self.result = mem().slice(ptr, ptr + len);
       },
+      handler_name(ptr, cap) { // the name asked for; its whole length
+        if (!self.handling) throw new Error("handler_name called outside a handler");
+        const name = enc(self.handlerName);
+        mem().set(name.subarray(0, Math.min(cap, name.length)), ptr);
+        return name.length;
+      },
+      handler_fail(ptr, len) {
+        if (!self.handling) throw new Error("handler_fail called outside a handler");
+        throw new Error(`handler ${self.handlerName} failed: ${dec(mem().slice(ptr, ptr + len))}`);
+      },
       patched() { return 1; }, // never replaying here: always the new path
     };
     const text = new TextDecoder();
@@ -235,13 +245,17 @@ class Workflow {
 
   // Call the handler export `query_NAME`/`update_NAME` on the suspended
   // state, with the shadow stack where main left it; returns its result.
+  // Calls the handler `exportName` (query_NAME or update_NAME), or the
+  // module's query_* / update_* for any name when it has no such export.
   handle(exportName, arg) {
     const saved = this.sp;
     const main = this.coroutines.get(0);
     if (main.started && main.sp !== null) this.sp = main.sp;
     const reply = this.reply;
-    Object.assign(this, { reply: enc(arg), handling: true, result: new Uint8Array(0) });
-    try { this.x[exportName](); } finally {
+    const [kind, handlerName] = exportName.split(/_(.*)/s);
+    const handler = this.x[exportName] ?? this.x[`${kind}_*`];
+    Object.assign(this, { reply: enc(arg), handling: true, handlerName, result: new Uint8Array(0) });
+    try { handler(); } finally {
       Object.assign(this, { reply, handling: false });
       this.sp = saved;
     }
