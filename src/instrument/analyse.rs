@@ -83,10 +83,11 @@ impl Analysis<'_> {
             .expect("validated: functions have function types")
     }
 
-    /// A human name for function `index` for error messages.
+    /// A human name for function `index` for error messages (its name
+    /// from the name section escaped, so that it stays on one line).
     pub fn describe_function(&self, index: u32) -> String {
         match self.function_names.get(&index) {
-            Some(name) => format!("function {index} ({name})"),
+            Some(name) => format!("function {index} ({})", name.escape_debug()),
             None => format!("function {index}"),
         }
     }

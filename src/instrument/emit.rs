@@ -54,7 +54,12 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         .iter()
         .find(|n| n.starts_with("__wasnap_"))
     {
-        bail!("the module exports {name}, a name wasnap reserves for itself");
+        // The name is the module's: escaped, so that it cannot break the
+        // message over lines.
+        bail!(
+            "the module exports {}, a name wasnap reserves for itself",
+            name.escape_debug()
+        );
     }
     if module.export_names.contains("asyncify_start_unwind") {
         return expose(wasm, &module);

@@ -462,9 +462,11 @@ fn indirect_callee(metadata: &Metadata, frame: &SavedFrame) -> Result<Option<u32
     }
 }
 
+/// Function `function` for an error message, with its name from the name
+/// section escaped so that the message stays on one line.
 fn describe(metadata: &Metadata, function: u32) -> String {
     match metadata.function_names.get(&function) {
-        Some(name) => format!("function {function} ({name})"),
+        Some(name) => format!("function {function} ({})", name.escape_debug()),
         None => format!("function {function}"),
     }
 }

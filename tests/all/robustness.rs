@@ -277,6 +277,18 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// Names are the module's own and may hold line breaks: an error that
+/// quotes one stays on one line (found by `cargo fuzz run robustness`).
+#[test]
+fn a_name_with_a_line_break_still_makes_a_one_line_error() {
+    let wasm =
+        wat::parse_str(r#"(module (func (export "__wasnap_x\nsecond line") (export "run")))"#)
+            .unwrap();
+    assert_eq!(check(&wasm), Ok(Outcome::Refused));
+    let error = format!("{:#}", instrument(&wasm, &options()).unwrap_err());
+    assert!(error.contains(r"__wasnap_x\nsecond line"), "{error}");
+}
+
 #[test]
 fn broken_modules_are_refused_in_one_line_and_never_panic() {
     let bases = bases(env!("CARGO_MANIFEST_DIR"));
