@@ -137,3 +137,58 @@ pub fn arguments(name: &str, source: String, args: Vec<String>) -> Vec<String> {
     .chain(args)
     .collect()
 }
+
+/// A script's start as [`arguments`] wrote it into an instance's WASI
+/// arguments, read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScriptStart<'a> {
+    /// The script's file name (`approval.js`).
+    pub name: &'a str,
+    /// Its text.
+    pub source: &'a str,
+    /// Its own arguments, after the source.
+    pub args: &'a [String],
+}
+
+/// The script an instance's WASI `args` start, if they are the
+/// [`arguments`] of one: `NAME --source NAME SOURCE ARGS...` with a name
+/// of a known language. `None` for a module's own arguments.
+pub fn started_by(args: &[String]) -> Option<ScriptStart<'_>> {
+    match args {
+        [name, flag, again, source, rest @ ..]
+            if flag == "--source" && name == again && Language::of_name(name).is_some() =>
+        {
+            Some(ScriptStart {
+                name,
+                source,
+                args: rest,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_start_reads_back_from_its_arguments() {
+        let args = arguments("deploy.py", "print(1)".into(), vec!["eu".into()]);
+        let start = started_by(&args).unwrap();
+        assert_eq!(start.name, "deploy.py");
+        assert_eq!(start.source, "print(1)");
+        assert_eq!(start.args, ["eu".to_string()]);
+    }
+
+    #[test]
+    fn a_module_s_own_arguments_are_no_script() {
+        let strings = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(started_by(&strings(&["workflow"])), None);
+        assert_eq!(started_by(&strings(&["w", "--source", "w", "x"])), None);
+        assert_eq!(
+            started_by(&strings(&["a.js", "--source", "b.js", "x"])),
+            None
+        );
+    }
+}

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::executor::script;
 use crate::runtime::Timer;
 use crate::snapshot::CoroutineState;
 use crate::snapshot::inspect::Inspection;
@@ -24,7 +25,10 @@ pub fn instance_state(info: &InstanceInfo) -> &'static str {
     }
 }
 
-/// `{"id", "module", "state", "head", "value", "wake_at", ...}`.
+/// `{"id", "module", "state", "head", "value", "wake_at", ...}`. An
+/// instance started from a script shows it as it was given: `"script":
+/// {"name", "bytes"}` and the script's own `"args"`, without its text
+/// (which every listing would otherwise repeat).
 pub fn instance(info: &InstanceInfo) -> Value {
     let mut object = Map::new();
     object.insert("id".into(), json!(info.id));
@@ -38,7 +42,16 @@ pub fn instance(info: &InstanceInfo) -> Value {
     );
     object.insert("wake_at".into(), json!(info.timer.map(Timer::wake_at)));
     object.insert("timer".into(), json!(info.timer.map(timer_kind)));
-    object.insert("args".into(), json!(info.args));
+    match script::started_by(&info.args) {
+        Some(start) => {
+            let script = json!({ "name": start.name, "bytes": start.source.len() });
+            object.insert("script".into(), script);
+            object.insert("args".into(), json!(start.args));
+        }
+        None => {
+            object.insert("args".into(), json!(info.args));
+        }
+    }
     object.insert("created_ms".into(), json!(info.created_ms));
     Value::Object(object)
 }

@@ -346,6 +346,11 @@ fn a_script_starts_through_the_api() {
     assert_eq!(code, 201, "{first}");
     assert_eq!(first["value"], "waiting for approval [yes/no]");
     let id = id(&first);
+    // Listed as it was given, without its text in every listing.
+    let listed = json!({ "name": "deploy.js", "bytes": source.len() });
+    assert_eq!((&first["script"], &first["args"]), (&listed, &json!([])));
+    let (_, all) = service.get("/api/instances");
+    assert!(!all.to_string().contains("maintenance"), "{all}");
     // The script's own handlers answer through the API.
     let (code, updated) = service.post(
         &format!("/api/instances/{id}/update/machines"),
