@@ -3,7 +3,9 @@
 //! Every section of the input is copied as it is, except those that grow:
 //! the type section (the runtime functions' signatures and multi-value
 //! block types), the function and code sections (rewritten bodies, the
-//! `asyncify_*` functions and the frame helpers), the memory section
+//! `asyncify_*` functions and the frame helpers, then the whole copy of
+//! each rewritten function that resumes it), the name section (the copies
+//! named as what they copy), the memory section
 //! (the stack memory), the global section (state and data pointer) and the
 //! export section (the runtime functions, and every memory, global and
 //! table under a reserved name). Nothing is renumbered: what the module had
@@ -16,13 +18,13 @@ use anyhow::{Result, anyhow, bail};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection,
-    GlobalSection, GlobalType, Instruction, MemArg, MemorySection, MemoryType, RawSection,
-    TypeSection, ValType,
+    GlobalSection, GlobalType, Instruction, MemArg, MemorySection, MemoryType, NameMap,
+    NameSection, RawSection, TypeSection, ValType,
 };
 use wasmparser::{Operator, Parser, Payload};
 
 use super::analyse::Analysis;
-use super::rewrite::{Additions, NewTypes, guard_calls, rewrite};
+use super::rewrite::{Additions, NewTypes, Version, guard_calls, rewrite};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -94,20 +96,38 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
     // Hints the input gives stay valid for the bodies copied as they were.
     let mut branch_hints = input_branch_hints(wasm);
     let bodies = std::mem::take(&mut module.bodies);
+    let whole_copies = WholeCopies::new(&module, &bodies, function_count);
+    let mut wholes = Vec::new();
     for (body, func) in bodies {
         let index = func.index;
         if module.can_suspend[index as usize] || module.unnarrowed.is_some() {
             branch_hints.remove(&index);
         }
         if module.can_suspend[index as usize] {
-            let rewritten = rewrite(&module, index, &body, func, &additions, &mut new_types)?;
-            code.function(&rewritten.body);
-            metadata.frames.insert(index, rewritten.layout);
-            let unlikely = rewritten
-                .cold_branches
-                .into_iter()
-                .map(|offset| (offset, false));
-            branch_hints.insert(index, unlikely.collect());
+            // The function as it runs, in its place; its whole copy, which
+            // resumes, after the runtime functions.
+            let whole = whole_copies.index_of(index);
+            let versions = [Version::Running { whole }, Version::Whole];
+            let rewritten = rewrite(
+                &module,
+                index,
+                &body,
+                func,
+                &additions,
+                &mut new_types,
+                &versions,
+            )?;
+            let [running, copy] = <[_; 2]>::try_from(rewritten).map_err(|_| {
+                anyhow!(
+                    "{}: two versions asked for",
+                    module.describe_function(index)
+                )
+            })?;
+            code.function(&running.body);
+            branch_hints.insert(index, unlikely(running.cold_branches));
+            branch_hints.insert(whole, unlikely(copy.cold_branches));
+            metadata.frames.insert(index, copy.layout);
+            wholes.push(copy.body);
         } else if let Some(could_suspend) = &module.unnarrowed
             && could_suspend[index as usize]
         {
@@ -119,11 +139,18 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
     for function in runtime_function_bodies(&additions, largest_frame(&metadata)) {
         code.function(&function);
     }
+    for function in &wholes {
+        code.function(function);
+    }
 
     let push = |output: &mut wasm_encoder::Module, id: u8, data: Option<&[u8]>| -> Result<()> {
         match id {
             1 => output.section(&types_section(data, runtime_types, &new_types)?),
-            3 => output.section(&functions_section(data, runtime_types)?),
+            3 => output.section(&functions_section(
+                data,
+                runtime_types,
+                &whole_copies.types,
+            )?),
             5 => output.section(&memories_section(data)?),
             6 => output.section(&globals_section(data)?),
             7 => output.section(&reserved_exports(data, &module, Some(&additions))?),
@@ -134,6 +161,9 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
                 output.section(&code)
             }
             0 if custom_section_name(data) == Some(BRANCH_HINT_SECTION) => output,
+            0 if custom_section_name(data) == Some(NAME_SECTION) => {
+                output.section(&names_section(data.unwrap_or_default(), &whole_copies)?)
+            }
             _ => output.section(&RawSection {
                 id,
                 data: data.unwrap_or_default(),
@@ -162,6 +192,62 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         wasm: output.finish(),
         metadata,
     })
+}
+
+/// Where the whole copies of the instrumented functions go: after the
+/// runtime functions, in the order of the functions they copy.
+struct WholeCopies {
+    /// The first copy's function index.
+    first: u32,
+    /// The functions copied, by ascending index.
+    copied: Vec<u32>,
+    /// The copies' type indices, in order.
+    types: Vec<u32>,
+}
+
+impl WholeCopies {
+    fn new(
+        module: &Analysis,
+        bodies: &[(
+            wasmparser::FunctionBody,
+            wasmparser::FuncToValidate<wasmparser::ValidatorResources>,
+        )],
+        function_count: u32,
+    ) -> Self {
+        let copied: Vec<u32> = bodies
+            .iter()
+            .map(|(_, func)| func.index)
+            .filter(|&index| module.can_suspend[index as usize])
+            .collect();
+        let types = copied
+            .iter()
+            .map(|&index| module.func_types[index as usize])
+            .collect();
+        WholeCopies {
+            first: function_count + RUNTIME_FUNCTIONS.len() as u32,
+            copied,
+            types,
+        }
+    }
+
+    /// The index of the whole copy of instrumented function `index`.
+    fn index_of(&self, index: u32) -> u32 {
+        let position = self
+            .copied
+            .binary_search(&index)
+            .expect("every instrumented function has a whole copy");
+        self.first + position as u32
+    }
+
+    /// The copies' indices, each with the function it copies.
+    fn pairs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        (self.first..).zip(self.copied.iter().copied())
+    }
+}
+
+/// Branch hints saying that the `if`s at `offsets` are rarely taken.
+fn unlikely(offsets: Vec<u32>) -> Vec<(u32, bool)> {
+    offsets.into_iter().map(|offset| (offset, false)).collect()
 }
 
 /// A module `wasm-opt --asyncify` already instrumented is used as it is:
@@ -297,6 +383,43 @@ fn branch_hint_section(hints: &BTreeMap<u32, Vec<(u32, bool)>>) -> wasm_encoder:
     section
 }
 
+/// The name of the custom section of debug names.
+const NAME_SECTION: &str = "name";
+
+/// The input's name section, in which each whole copy has the name of the
+/// function it copies: a trace through resumed code reads like one through
+/// the function as it runs.
+fn names_section(data: &[u8], copies: &WholeCopies) -> Result<NameSection> {
+    let custom = wasmparser::CustomSectionReader::new(wasmparser::BinaryReader::new(data, 0))?;
+    let wasmparser::KnownCustom::Name(reader) = custom.as_known() else {
+        bail!("the name section is not one");
+    };
+    let mut names = NameSection::new();
+    for subsection in reader {
+        match subsection? {
+            wasmparser::Name::Function(map) => {
+                let mut own = BTreeMap::new();
+                for naming in map {
+                    let naming = naming?;
+                    own.insert(naming.index, naming.name);
+                }
+                let mut functions = NameMap::new();
+                for (&index, name) in &own {
+                    functions.append(index, name);
+                }
+                for (copy, copied) in copies.pairs() {
+                    if let Some(name) = own.get(&copied) {
+                        functions.append(copy, name);
+                    }
+                }
+                names.functions(&functions);
+            }
+            other => RoundtripReencoder.parse_custom_name_subsection(&mut names, other)?,
+        }
+    }
+    Ok(names)
+}
+
 /// The name of a custom section, from its contents.
 fn custom_section_name(data: Option<&[u8]>) -> Option<&str> {
     wasmparser::BinaryReader::new(data?, 0).read_string().ok()
@@ -382,7 +505,11 @@ const RUNTIME_TYPES: [(&[ValType], &[ValType]); 4] = [
 #[derive(Clone, Copy)]
 struct RuntimeTypes([u32; 4]);
 
-fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result<FunctionSection> {
+fn functions_section(
+    data: Option<&[u8]>,
+    runtime_types: RuntimeTypes,
+    whole_types: &[u32],
+) -> Result<FunctionSection> {
     let mut section = FunctionSection::new();
     if let Some(data) = data {
         let existing = reader(data, wasmparser::FunctionSectionReader::new)?;
@@ -402,7 +529,7 @@ fn functions_section(data: Option<&[u8]>, runtime_types: RuntimeTypes) -> Result
         plain,
         returns_i32,
     ];
-    for ty in types {
+    for ty in types.into_iter().chain(whole_types.iter().copied()) {
         section.function(ty);
     }
     Ok(section)

@@ -10,7 +10,9 @@
 //! 2. [`rewrite`]: rewrite each of those function bodies so that a call
 //!    which starts an unwind saves what is live there ([`liveness`]) to the
 //!    stack memory and returns, and a function entered while rewinding
-//!    branches straight to the call it was suspended in and restores it.
+//!    branches straight to the call it was suspended in and restores it;
+//!    the rewinding part lives in a second copy of the function, so that
+//!    the code that runs before any resume carries none of it.
 //! 3. [`emit`]: assemble the output module: the rewritten bodies, the
 //!    stack memory, the state globals, the Binaryen-compatible
 //!    `asyncify_*` functions and an export for every memory, global and
@@ -51,6 +53,12 @@ pub use frames::SavedFrame;
 /// Version of the instrumenter's output. Snapshots record it: the frames on
 /// an unwound stack are only meaningful to code instrumented the same way.
 pub const INSTRUMENTER_VERSION: u32 = 3;
+
+/// Revision of the code the instrumenter emits. Unlike
+/// [`INSTRUMENTER_VERSION`] it does not change what a frame means (a
+/// snapshot still resumes), but modules compiled from an older revision's
+/// output are compiled again.
+pub(crate) const CODE_REVISION: u32 = 2;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";

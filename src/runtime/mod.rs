@@ -416,6 +416,7 @@ impl Engine {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         instrument::INSTRUMENTER_VERSION.hash(&mut hasher);
+        instrument::CODE_REVISION.hash(&mut hasher);
         self.inner.options.hash(&mut hasher);
         let hash = hasher.0.finalize();
         format!("wasmtime-48-{}", &hash.to_hex()[..32])

@@ -153,3 +153,27 @@ fn a_suspension_through_a_function_left_uninstrumented_is_a_clear_error() {
         "{error}"
     );
 }
+
+#[test]
+fn a_trap_after_a_resume_names_the_function_it_happened_in() {
+    // The resumed rest of `check_the_order` runs in the copy of it that
+    // resumes: a backtrace names it all the same.
+    let wasm = wat::parse_str(
+        r#"(module
+             (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func $check_the_order (param $refuse i32)
+               (drop (call $yield (i32.const 0) (i32.const 0)))
+               (if (local.get $refuse) (then unreachable)))
+             (func (export "run") (call $check_the_order (i32.const 1))))"#,
+    )
+    .unwrap();
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let mut workflow = engine.start(&module, Settings::default()).unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(vec![]));
+    let snapshot = workflow.snapshot().unwrap();
+    let mut resumed = engine.restore(&module, &snapshot).unwrap();
+    let error = format!("{:?}", resumed.run().unwrap_err());
+    assert!(error.contains("check_the_order"), "{error}");
+}
