@@ -840,3 +840,39 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub fn short_hash(hash: &ModuleHash) -> String {
     hash[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stack_left_is_about_what_a_thread_was_given() {
+        let left = std::thread::Builder::new()
+            .stack_size(4 << 20)
+            .spawn(stack_left)
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("known on Linux");
+        assert!(
+            left > (3 << 20) && left <= (4 << 20) + STACK_SLACK,
+            "{left}"
+        );
+    }
+
+    #[test]
+    fn a_run_too_deep_for_this_stack_gets_a_thread_of_its_own() {
+        let on_16_mib = std::thread::Builder::new().stack_size(16 << 20);
+        on_16_mib
+            .spawn(|| {
+                let caller = std::thread::current().id();
+                let run = |limit| on_workflow_stack(limit, || Ok(std::thread::current().id()));
+                assert_eq!(run(DEFAULT_MAX_WASM_STACK).unwrap(), caller);
+                assert_ne!(run(64 << 20).unwrap(), caller);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
