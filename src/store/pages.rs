@@ -634,9 +634,13 @@ fn unpack(
     stored: &[u8],
     hash: &[u8; 32],
 ) -> Result<Box<[u8]>> {
-    let mut data = vec![0u8; PAGE_SIZE].into_boxed_slice();
-    unpack_into(decompressor, stored, hash, &mut data)?;
-    Ok(data)
+    // Decompressed into fresh capacity: zeroing the page first would
+    // touch its 64 KiB once more for nothing.
+    let data = decompressor
+        .decompress(stored, PAGE_SIZE)
+        .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
+    check_page(&data, hash)?;
+    Ok(data.into_boxed_slice())
 }
 
 fn unpack_into(
@@ -648,7 +652,12 @@ fn unpack_into(
     let len = decompressor
         .decompress_to_buffer(stored, out)
         .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
-    if len != PAGE_SIZE || blake3::hash(out).as_bytes() != hash {
+    check_page(&out[..len], hash)
+}
+
+/// Fails unless `data` is a whole page named `hash`.
+fn check_page(data: &[u8], hash: &[u8; 32]) -> Result<()> {
+    if data.len() != PAGE_SIZE || blake3::hash(data).as_bytes() != hash {
         bail!("its contents do not match its hash");
     }
     Ok(())
