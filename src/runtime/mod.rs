@@ -337,8 +337,8 @@ impl Engine {
     ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
-        // Workflows run on a thread of their own whose native stack holds
-        // this much Wasm stack and the host's frames (`on_workflow_stack`).
+        // Workflows run where the native stack holds this much Wasm stack
+        // and the host's frames (`on_workflow_stack`).
         config.max_wasm_stack(max_wasm_stack);
         // wasmtime-wasi builds wasmtime with async support, whose fibers
         // must be able to hold the Wasm stack (wasnap itself runs none).
@@ -649,8 +649,9 @@ impl EngineBuilder {
     /// The most native stack, in bytes, that a workflow's Wasm code may use
     /// (default [`DEFAULT_MAX_WASM_STACK`]): wasmtime's engine-wide
     /// `max_wasm_stack`. Deeper recursion ends the run with an error that
-    /// names this limit. Workflows run on a thread of their own whose
-    /// native stack is this plus room for the host, so any size works.
+    /// names this limit. Workflows run on the calling thread when its
+    /// stack has room for this plus the host's frames, else on a thread
+    /// of their own with a stack that size, so any size works.
     pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
         self.max_wasm_stack = bytes;
         self
