@@ -707,12 +707,7 @@ impl LazyPages {
             .expect("keys are positions in the list");
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| {
-            if reader.is_none() {
-                let conn = super::connect(&self.location, false)?;
-                let decompressor = zstd::bulk::Decompressor::new()
-                    .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
-                *reader = Some(Reader { conn, decompressor });
-            }
+            self.open_reader(&mut reader)?;
             f(reader.as_mut().expect("opened above"), id)
         })();
         result.with_context(|| {
@@ -724,7 +719,27 @@ impl LazyPages {
     }
 }
 
+impl LazyPages {
+    /// Opens the connection pages are read through, unless it is open.
+    fn open_reader(&self, reader: &mut Option<Reader>) -> Result<()> {
+        if reader.is_none() {
+            let conn = super::connect(&self.location, false)?;
+            let decompressor = zstd::bulk::Decompressor::new()
+                .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+            *reader = Some(Reader { conn, decompressor });
+        }
+        Ok(())
+    }
+}
+
 impl PageSource for LazyPages {
+    /// Opens the reading connection: about half a millisecond (the schema
+    /// is read and parsed again) that the first fault no longer waits for.
+    fn prepare(&self) {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.open_reader(&mut reader);
+    }
+
     fn fetch(&self, key: i64, out: &mut [u8]) -> Result<[u8; 32]> {
         self.with_reader(key, |reader, id| {
             let Reader { conn, decompressor } = reader;
