@@ -848,7 +848,7 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn stack_left_is_about_what_a_thread_was_given() {
+    fn stack_left_is_at_least_what_a_thread_was_given() {
         let left = std::thread::Builder::new()
             .stack_size(4 << 20)
             .spawn(stack_left)
@@ -856,8 +856,10 @@ mod tests {
             .join()
             .unwrap()
             .expect("known on Linux");
+        // The C library may hand the thread a cached stack of up to four
+        // times the size asked for; the measure is of the real one.
         assert!(
-            left > (3 << 20) && left <= (4 << 20) + STACK_SLACK,
+            left > (3 << 20) && left <= (16 << 20) + STACK_SLACK,
             "{left}"
         );
     }
