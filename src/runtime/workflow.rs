@@ -362,10 +362,10 @@ impl Workflow {
 
     /// Every call into the guest (a run, a handler) goes through here: the
     /// Wasm code runs where the native stack fits the engine's Wasm stack
-    /// limit (see `on_workflow_stack`), and afterwards a page of a lazily restored memory
-    /// that could not be read from the store (the guest saw zeros) makes
-    /// the call fail and the workflow unusable: nothing it did can be
-    /// trusted.
+    /// limit (see `on_workflow_stack`), and afterwards a page of a lazily
+    /// restored memory that could not be read from the store (the guest
+    /// saw zeros) makes the call fail and the workflow unusable: nothing
+    /// it did can be trusted.
     pub(crate) fn call_guest<T: Send>(
         &mut self,
         call: impl FnOnce(&mut Workflow) -> Result<T> + Send,

@@ -56,8 +56,8 @@ impl Sqlite {
         }
         // temp_store: each commit of a service's batch is a savepoint,
         // whose undo journal would otherwise be a temporary file created
-        // and deleted per version. One batch: every command opens a
-        // connection, and each statement is parsed anew.
+        // and deleted per version. In one call, as every command opens a
+        // connection.
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY",
         )?;
