@@ -78,6 +78,7 @@ enum Command {
 /// Parses the command line, runs the command, and reports an error as one
 /// line on stderr.
 pub fn main() -> ExitCode {
+    make_room_on_the_stack();
     let cli = parse();
     match cli.execute() {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +91,34 @@ pub fn main() -> ExitCode {
             note!("wasnap: error: {}", wasnap::executor::one_line(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How far the main thread's stack may grow: a workflow's Wasm stack at
+/// the default limit and the host's frames, with room to spare.
+const MAIN_STACK: usize = 4 * wasnap::runtime::DEFAULT_MAX_WASM_STACK;
+
+/// Lets the main thread's stack grow to [`MAIN_STACK`] (raising the soft
+/// limit only, and only up to the hard one), so that a run takes place on
+/// it instead of on a thread of its own, whose start costs more than a
+/// short run does. Where the limit cannot be raised, runs take a thread
+/// as before.
+fn make_room_on_the_stack() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_STACK, &mut limit) != 0 {
+            return;
+        }
+        let wanted = (MAIN_STACK as libc::rlim_t).min(limit.rlim_max);
+        if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_cur = wanted;
+        libc::setrlimit(libc::RLIMIT_STACK, &limit);
     }
 }
 

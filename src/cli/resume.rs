@@ -48,6 +48,8 @@ impl Resume {
             ..RunOptions::default()
         };
         let target = self.target;
-        session::report(&executor.resume(target.instance, target.version, &reply, &options)?)
+        let report = executor.resume(target.instance, target.version, &reply, &options)?;
+        session::leave(executor);
+        session::report(&report)
     }
 }

@@ -62,6 +62,7 @@ impl Run {
         let report = executor
             .start(&module, &args, &options)
             .with_context(|| format!("{}", self.module.display()))?;
+        session::leave(executor);
         session::report(&report)
     }
 }

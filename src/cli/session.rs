@@ -17,6 +17,15 @@ pub(super) fn open(db: &Path, engine: &EngineArgs) -> Result<Executor> {
     Ok(Executor::new(engine.engine()?, Database::open(db)?))
 }
 
+/// Leaves `executor` to the end of the process, after a run whose version
+/// is committed (and whose lease is released): the kernel takes back the
+/// compiled code, the memories and the database connection (its locks and
+/// files, as after a crash, which SQLite is built for) faster than their
+/// destructors would give them back one by one.
+pub(super) fn leave(executor: Executor) {
+    std::mem::forget(executor);
+}
+
 /// Opens an existing database with an engine as `engine` says.
 pub(super) fn open_existing(db: &Path, engine: &EngineArgs) -> Result<Executor> {
     Ok(Executor::new(engine.engine()?, super::open_existing(db)?))

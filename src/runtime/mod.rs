@@ -337,8 +337,8 @@ impl Engine {
     ) -> Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_multi_memory(true);
-        // Workflows run on a thread of their own whose native stack holds
-        // this much Wasm stack and the host's frames (`on_workflow_stack`).
+        // Workflows run where the native stack holds this much Wasm stack
+        // and the host's frames (`on_workflow_stack`).
         config.max_wasm_stack(max_wasm_stack);
         // wasmtime-wasi builds wasmtime with async support, whose fibers
         // must be able to hold the Wasm stack (wasnap itself runs none).
@@ -650,8 +650,9 @@ impl EngineBuilder {
     /// The most native stack, in bytes, that a workflow's Wasm code may use
     /// (default [`DEFAULT_MAX_WASM_STACK`]): wasmtime's engine-wide
     /// `max_wasm_stack`. Deeper recursion ends the run with an error that
-    /// names this limit. Workflows run on a thread of their own whose
-    /// native stack is this plus room for the host, so any size works.
+    /// names this limit. Workflows run on the calling thread when its
+    /// stack has room for this plus the host's frames, else on a thread
+    /// of their own with a stack that size, so any size works.
     pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
         self.max_wasm_stack = bytes;
         self
@@ -765,12 +766,25 @@ pub const MIN_MAX_WASM_STACK: usize = 64 << 10;
 /// wasmtime's and the host functions' own frames.
 const HOST_STACK: usize = 2 << 20;
 
-/// Runs `f` on a new thread whose native stack holds `max_wasm_stack` of
-/// Wasm frames and the host's, whatever the calling thread's stack is.
+/// Room a thread's stack must have beyond what a run needs, for what the
+/// measure of it leaves out: a guard page, the program's arguments and
+/// environment at the top of the main thread's stack.
+const STACK_SLACK: usize = 256 << 10;
+
+/// Runs `f` where the native stack holds `max_wasm_stack` of Wasm frames
+/// and the host's: on the calling thread when its stack has that much room
+/// left (the `wasnap` command makes its main thread's so), else on a new
+/// thread with a stack of that size. A new thread costs more than a short
+/// run: about 0.1 ms on an idle machine, and on a busy one it may wait
+/// milliseconds for a time slice of its own while the caller waits for it.
 pub(crate) fn on_workflow_stack<T: Send>(
     max_wasm_stack: usize,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
+    let needed = max_wasm_stack + HOST_STACK;
+    if stack_left().is_some_and(|left| left >= needed + STACK_SLACK) {
+        return f();
+    }
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .name("wasnap-workflow".into())
@@ -781,6 +795,34 @@ pub(crate) fn on_workflow_stack<T: Send>(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// How far the calling thread's stack may still grow below this frame,
+/// as the C library knows it: for the main thread, up to the stack size
+/// limit (`RLIMIT_STACK`) at the time of the call. `None` where it cannot
+/// tell.
+#[cfg(target_os = "linux")]
+fn stack_left() -> Option<usize> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+    let mut lowest: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: `attr` is initialised by `pthread_getattr_np` before it is
+    // read, and destroyed once, only when that succeeded.
+    let found = unsafe {
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return None;
+        }
+        let found = libc::pthread_attr_getstack(attr.as_ptr(), &mut lowest, &mut size) == 0;
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        found
+    };
+    let here = std::ptr::addr_of!(lowest) as usize;
+    found.then(|| here.saturating_sub(lowest as usize))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stack_left() -> Option<usize> {
+    None
 }
 
 /// A byte count as people write it: `8 MiB`, `512 KiB`, `100 bytes`.
@@ -799,4 +841,42 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The first 12 hex digits of a hash, as shown to users.
 pub fn short_hash(hash: &ModuleHash) -> String {
     hash[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stack_left_is_at_least_what_a_thread_was_given() {
+        let left = std::thread::Builder::new()
+            .stack_size(4 << 20)
+            .spawn(stack_left)
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("known on Linux");
+        // The C library may hand the thread a cached stack of up to four
+        // times the size asked for; the measure is of the real one.
+        assert!(
+            left > (3 << 20) && left <= (16 << 20) + STACK_SLACK,
+            "{left}"
+        );
+    }
+
+    #[test]
+    fn a_run_too_deep_for_this_stack_gets_a_thread_of_its_own() {
+        let on_16_mib = std::thread::Builder::new().stack_size(16 << 20);
+        on_16_mib
+            .spawn(|| {
+                let caller = std::thread::current().id();
+                let run = |limit| on_workflow_stack(limit, || Ok(std::thread::current().id()));
+                assert_eq!(run(DEFAULT_MAX_WASM_STACK).unwrap(), caller);
+                assert_ne!(run(64 << 20).unwrap(), caller);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -399,6 +399,13 @@ impl Drop for Filler {
 /// The filling thread: serves faults as they come; once past
 /// `prefetch_after` faults, places the remaining pages between them.
 fn fill(state: &FillState, memories: &mut [LazyMemory], wake: &OwnedFd) {
+    // Before the first fault: the store's reading connection is opened
+    // while the workflow is still being set up, where a core is free.
+    for memory in memories.iter() {
+        if let Some(page) = memory.pages.first() {
+            page.data.prepare_source();
+        }
+    }
     let mut next = (0usize, 0usize);
     let mut served = 0;
     let mut prefetching = state.prefetch_after == 0;

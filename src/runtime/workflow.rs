@@ -348,8 +348,9 @@ impl Workflow {
     /// Runs the workflow until it yields or finishes. A trap is an error,
     /// with the guest's backtrace; the workflow cannot run after one.
     ///
-    /// The Wasm code runs on a thread of its own, whose native stack fits
-    /// the engine's Wasm stack limit.
+    /// The Wasm code runs where the native stack fits the engine's Wasm
+    /// stack limit: on the calling thread when its stack has the room,
+    /// else on a thread of its own.
     pub fn run(&mut self) -> Result<Step> {
         self.call_guest(|workflow| {
             workflow.check_usable()?;
@@ -360,11 +361,11 @@ impl Workflow {
     }
 
     /// Every call into the guest (a run, a handler) goes through here: the
-    /// Wasm code runs on a thread whose native stack fits the engine's
-    /// Wasm stack limit, and afterwards a page of a lazily restored memory
-    /// that could not be read from the store (the guest saw zeros) makes
-    /// the call fail and the workflow unusable: nothing it did can be
-    /// trusted.
+    /// Wasm code runs where the native stack fits the engine's Wasm stack
+    /// limit (see `on_workflow_stack`), and afterwards a page of a lazily
+    /// restored memory that could not be read from the store (the guest
+    /// saw zeros) makes the call fail and the workflow unusable: nothing
+    /// it did can be trusted.
     pub(crate) fn call_guest<T: Send>(
         &mut self,
         call: impl FnOnce(&mut Workflow) -> Result<T> + Send,

@@ -18,6 +18,11 @@ pub(crate) trait PageSource: Send + Sync {
 
     /// The page's name, without reading the page.
     fn name(&self, key: i64) -> Result<[u8; 32]>;
+
+    /// Gets ready to fetch (opens what the first fetch would open), so
+    /// that the first page asked for does not wait for it. What fails here
+    /// is left to the fetch that meets it, which says why.
+    fn prepare(&self) {}
 }
 
 /// The contents of one page: exactly [`PAGE_SIZE`] bytes, immutable, and
@@ -75,6 +80,14 @@ impl PageData {
             source: Some((source, key)),
             compressed: Mutex::new(None),
         }))
+    }
+
+    /// Gets the store this page would be read from ready to read it (see
+    /// [`PageSource::prepare`]), unless the page was read already.
+    pub(crate) fn prepare_source(&self) {
+        if let (Some((source, _)), None) = (&self.0.source, self.0.bytes.get()) {
+            source.prepare();
+        }
     }
 
     /// The page's bytes, read from the store first if they were not yet.

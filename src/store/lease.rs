@@ -388,7 +388,11 @@ pub(super) fn own_identity() -> &'static str {
 }
 
 fn alive(pid: u32, owner: &str) -> bool {
-    if cfg!(target_os = "linux") {
+    if pid == std::process::id() {
+        // This process's identity is read once; only a holder of the same
+        // pid from another boot or an earlier process differs from it.
+        owner == own_identity()
+    } else if cfg!(target_os = "linux") {
         identity(pid).is_some_and(|now| now == owner)
     } else {
         true
@@ -397,7 +401,11 @@ fn alive(pid: u32, owner: &str) -> bool {
 
 /// `boot-id/start-time` of process `pid`, if it exists (Linux only).
 fn identity(pid: u32) -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    // The boot's id does not change while this process lives.
+    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let boot = BOOT
+        .get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+        .as_deref()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces;
     // fields are counted after its closing parenthesis. Start time is

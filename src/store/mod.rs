@@ -299,7 +299,10 @@ impl Database {
         let mut conn = connect(&location, true)?;
         let found = schema::version(&mut *conn).map_err(|e| conn.explain(&name, e))?;
         schema::check_not_newer(found)?;
-        schema::migrate(&mut *conn).map_err(|e| conn.explain(&name, e))?;
+        // A current schema needs no write lock to find out again.
+        if found < SCHEMA_VERSION {
+            schema::migrate(&mut *conn).map_err(|e| conn.explain(&name, e))?;
+        }
         Self::wrap(conn, location)
     }
 

@@ -634,9 +634,13 @@ fn unpack(
     stored: &[u8],
     hash: &[u8; 32],
 ) -> Result<Box<[u8]>> {
-    let mut data = vec![0u8; PAGE_SIZE].into_boxed_slice();
-    unpack_into(decompressor, stored, hash, &mut data)?;
-    Ok(data)
+    // Decompressed into fresh capacity: zeroing the page first would
+    // touch its 64 KiB once more for nothing.
+    let data = decompressor
+        .decompress(stored, PAGE_SIZE)
+        .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
+    check_page(&data, hash)?;
+    Ok(data.into_boxed_slice())
 }
 
 fn unpack_into(
@@ -648,7 +652,12 @@ fn unpack_into(
     let len = decompressor
         .decompress_to_buffer(stored, out)
         .map_err(|e| anyhow::anyhow!("cannot decompress it: {e}"))?;
-    if len != PAGE_SIZE || blake3::hash(out).as_bytes() != hash {
+    check_page(&out[..len], hash)
+}
+
+/// Fails unless `data` is a whole page named `hash`.
+fn check_page(data: &[u8], hash: &[u8; 32]) -> Result<()> {
+    if data.len() != PAGE_SIZE || blake3::hash(data).as_bytes() != hash {
         bail!("its contents do not match its hash");
     }
     Ok(())
@@ -698,12 +707,7 @@ impl LazyPages {
             .expect("keys are positions in the list");
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| {
-            if reader.is_none() {
-                let conn = super::connect(&self.location, false)?;
-                let decompressor = zstd::bulk::Decompressor::new()
-                    .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
-                *reader = Some(Reader { conn, decompressor });
-            }
+            self.open_reader(&mut reader)?;
             f(reader.as_mut().expect("opened above"), id)
         })();
         result.with_context(|| {
@@ -715,7 +719,27 @@ impl LazyPages {
     }
 }
 
+impl LazyPages {
+    /// Opens the connection pages are read through, unless it is open.
+    fn open_reader(&self, reader: &mut Option<Reader>) -> Result<()> {
+        if reader.is_none() {
+            let conn = super::connect(&self.location, false)?;
+            let decompressor = zstd::bulk::Decompressor::new()
+                .map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+            *reader = Some(Reader { conn, decompressor });
+        }
+        Ok(())
+    }
+}
+
 impl PageSource for LazyPages {
+    /// Opens the reading connection: about half a millisecond (the schema
+    /// is read and parsed again) that the first fault no longer waits for.
+    fn prepare(&self) {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.open_reader(&mut reader);
+    }
+
     fn fetch(&self, key: i64, out: &mut [u8]) -> Result<[u8; 32]> {
         self.with_reader(key, |reader, id| {
             let Reader { conn, decompressor } = reader;

@@ -54,12 +54,13 @@ impl Sqlite {
         if !mode.eq_ignore_ascii_case("wal") {
             bail!("cannot switch to WAL mode (journal mode stays {mode})");
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // Each commit of a service's batch is a savepoint, whose undo
-        // journal would otherwise be a temporary file created and deleted
-        // per version.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // temp_store: each commit of a service's batch is a savepoint,
+        // whose undo journal would otherwise be a temporary file created
+        // and deleted per version. In one call, as every command opens a
+        // connection.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY",
+        )?;
         // The last connection to close would otherwise copy the WAL into
         // the database, sync both and delete the WAL, and the next process
         // would create it again: most of the time of a short command such

@@ -176,6 +176,29 @@ fn bad_limit_and_grant_flags_are_refused_before_anything_is_stored() {
     assert!(!db.exists(), "a refused command created the database");
 }
 
+/// A run takes place on the command's main thread when the Wasm stack
+/// limit fits the stack the command lets that thread grow to, else on a
+/// thread of its own: on both, recursion without end stops at the limit
+/// with the engine's one-line error, never with a crash of the process.
+#[test]
+fn recursion_without_end_stops_at_the_limit_on_either_thread() {
+    let (dir, db) = scratch();
+    // Two billion calls: deeper than any stack.
+    let bottomless = DEEP.replace("(i32.const 50000)", "(i32.const 2000000000)");
+    let bottomless = module(dir.path(), "bottomless", &bottomless);
+    assert_eq!(ok(&db, &["run", &bottomless]), "ready\n");
+    for (flags, limit) in [
+        (&[][..], "8 MiB"),
+        (&["--max-wasm-stack", "64MiB"][..], "64 MiB"),
+    ] {
+        let mut args = vec!["resume", "1@1"];
+        args.extend_from_slice(flags);
+        let error = fails(&db, &args);
+        assert!(error.contains("ran out of Wasm stack"), "{error}");
+        assert!(error.contains(limit), "{error}");
+    }
+}
+
 /// Yields "ready", then, resumed, recurses 50,000 calls deep: well past
 /// 256 KiB of Wasm stack, well within the default 8 MiB.
 const DEEP: &str = r#"
