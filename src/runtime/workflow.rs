@@ -20,7 +20,7 @@ use super::stdin::Terminal;
 use super::unwinder::Unwinder;
 use super::{Module, Output, Settings, state};
 use crate::instrument::{
-    self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
+    self, MEMORY_EXPORT_PREFIX, STATE_NORMAL, STATE_REWINDING, STATE_UNWINDING, TABLE_EXPORT_PREFIX,
 };
 use crate::snapshot::{Coroutine, CoroutineState, HostSide, Snapshot, Stdin};
 
@@ -474,13 +474,27 @@ impl Workflow {
                     == Some(&wasmtime::Trap::StackOverflow) =>
                 {
                     let limit = super::format_size(self.module.inner.max_wasm_stack);
+                    let how =
+                        "raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack";
+                    // A resume rebuilds the suspended frames in the code
+                    // that resumes, whose frames are larger than those of
+                    // the code that ran (see `instrument::rewrite`).
+                    let rewinding = self.handles().unwinder.state(&mut self.store).ok()
+                        == Some(STATE_REWINDING);
                     // One line, like every limit; the trap's backtrace
                     // would make it many.
-                    Err(LimitReached(format!(
-                        "the workflow overflowed its call stack in {} (coroutine {id}): it ran out of Wasm stack (call stack exhausted), recursing deeper than the engine's limit of {limit} allows (raise it with --max-wasm-stack SIZE, or EngineBuilder::max_wasm_stack)",
-                        innermost_function(&error)
-                    ))
-                    .into())
+                    let message = if rewinding {
+                        format!(
+                            "the workflow's suspended stack is too deep to resume within the engine's limit of {limit} (coroutine {id}, in {}): resuming rebuilds its frames in code that takes more stack than the run that suspended it did ({how})",
+                            innermost_function(&error)
+                        )
+                    } else {
+                        format!(
+                            "the workflow overflowed its call stack in {} (coroutine {id}): it ran out of Wasm stack (call stack exhausted), recursing deeper than the engine's limit of {limit} allows ({how})",
+                            innermost_function(&error)
+                        )
+                    };
+                    Err(LimitReached(message).into())
                 }
                 // A trap while unwinding is the check after a call in a
                 // function the instrumentation options kept from suspending,

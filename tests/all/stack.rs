@@ -195,3 +195,24 @@ fn a_stack_limit_too_small_to_run_anything_is_refused() {
         .unwrap();
     assert!(format!("{error}").contains("too small"), "{error}");
 }
+
+#[test]
+fn a_stack_too_deep_to_resume_in_a_smaller_limit_says_so() {
+    let wasm = bench_guest("recursion");
+    let engine = Engine::new().unwrap();
+    let module = engine.load(&wasm).unwrap();
+    let settings = || Settings::default().stdout(Output::Capture(Captured::default()));
+    let mut workflow = engine
+        .start(&module, settings().args(["recursion", "20000"]))
+        .unwrap();
+    assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+    let snapshot = workflow.snapshot().unwrap();
+
+    let small = Engine::builder().max_wasm_stack(256 << 10).build().unwrap();
+    let module = small.load(&wasm).unwrap();
+    let mut resumed = small.restore_with(&module, &snapshot, settings()).unwrap();
+    let message = format!("{:#}", resumed.run().unwrap_err());
+    assert!(message.contains("too deep to resume"), "{message}");
+    assert!(message.contains("256 KiB"), "{message}");
+    assert!(message.contains("--max-wasm-stack"), "{message}");
+}
