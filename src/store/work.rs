@@ -338,6 +338,10 @@ pub(super) fn insert_request(
     Ok(version)
 }
 
+/// The number of the first version that continued version `?2` of
+/// instance `?1`, read from the `versions_by_parent` index.
+const FIRST_CHILD: &str = "SELECT min(number) FROM versions WHERE instance = ?1 AND parent = ?2";
+
 /// The checks of [`Database::request`]; returns the version resumed.
 fn check_request(
     conn: &mut dyn Connection,
@@ -387,10 +391,7 @@ fn check_request(
             "version {version} of instance {instance} is {kind}: there is nothing to resume"
         )));
     }
-    let child: Option<u32> = conn.query_value(
-        "SELECT min(number) FROM versions WHERE instance = ?1 AND parent = ?2",
-        params![instance, version],
-    )?;
+    let child: Option<u32> = conn.query_value(FIRST_CHILD, params![instance, version])?;
     if let (Some(child), false) = (child, branch) {
         return Err(conflict(format!(
             "version {version} of instance {instance} was answered already (version {child} continues it); ask for a branch to answer it again"
@@ -421,7 +422,10 @@ pub(crate) fn sleeping_message(instance: InstanceId, version: u32, wake_at: u64)
 /// the longest-waiting first; `now` is the database's clock.
 fn runnable(conn: &mut dyn Connection, now: i64, limit: usize) -> Result<Vec<(InstanceId, Work)>> {
     let dialect = conn.dialect();
-    // Candidates: requests, then due timers without a request. On SQLite,
+    // Candidates: requests, then due timers without a request (`IS NOT
+    // NULL` spelled out so that SQLite uses the partial index on
+    // `wake_at` without looking at `now`, whose value would otherwise make
+    // it prepare the statement again every round). On SQLite,
     // leases this very process holds (alive by definition) are skipped
     // unless they expired, and other holders are checked one by one below,
     // so a few more than `limit` are read so that leases of others do not
@@ -450,7 +454,8 @@ fn runnable(conn: &mut dyn Connection, now: i64, limit: usize) -> Result<Vec<(In
                UNION ALL
                SELECT id, wake_at, 0, head, NULL, 1
                FROM instances
-               WHERE wake_at <= ?1 AND id NOT IN (SELECT instance FROM requests)) c
+               WHERE wake_at IS NOT NULL AND wake_at <= ?1
+                     AND id NOT IN (SELECT instance FROM requests)) c
          JOIN instances i ON i.id = c.instance
          LEFT JOIN versions v ON v.instance = i.id AND v.number = c.version
          WHERE {free}
@@ -510,4 +515,31 @@ pub(super) fn finish_request(conn: &mut dyn Connection, lease: &Lease) -> Result
     )?;
     conn.execute(lease::CLEAR_LEASE, params![lease.instance, lease.token])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answering a version checks that no child answered it first; that
+    /// check must not read every version of the instance, or answering
+    /// slows down as the instance's history grows.
+    #[test]
+    fn the_answered_check_reads_the_index_of_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("wasnap.db")).unwrap();
+        let plan = db
+            .with(|s| {
+                let sql = format!("EXPLAIN QUERY PLAN {FIRST_CHILD}");
+                let rows = s.conn.query(&sql, params![1u32, 1u32])?;
+                rows.into_iter()
+                    .map(|mut r| r.get::<String>(3))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("versions_by_parent")),
+            "{plan:?}"
+        );
+    }
 }

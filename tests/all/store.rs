@@ -679,7 +679,8 @@ pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
     drop(store);
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(
-        "DROP TABLE version_pages;
+        "DROP INDEX versions_by_parent;
+         DROP TABLE version_pages;
          CREATE TABLE version_pages (
              version    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
              memory     INTEGER NOT NULL,
