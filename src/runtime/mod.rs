@@ -771,6 +771,15 @@ const HOST_STACK: usize = 2 << 20;
 /// environment at the top of the main thread's stack.
 const STACK_SLACK: usize = 256 << 10;
 
+/// The native stack to give a thread that runs many workflows of an engine
+/// whose Wasm stack limit is `max_wasm_stack`, so that each run takes
+/// place on it rather than on a new thread of its own (see
+/// [`on_workflow_stack`]): the run's needs, plus room for the frames that
+/// call it.
+pub(crate) fn workflow_thread_stack(max_wasm_stack: usize) -> usize {
+    max_wasm_stack + HOST_STACK + 2 * STACK_SLACK
+}
+
 /// Runs `f` where the native stack holds `max_wasm_stack` of Wasm frames
 /// and the host's: on the calling thread when its stack has that much room
 /// left (the `wasnap` command makes its main thread's so), else on a new
@@ -878,5 +887,23 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// A thread given `workflow_thread_stack` runs each workflow on itself,
+    /// for the default limit and for a large one.
+    #[test]
+    fn a_thread_sized_for_workflows_runs_them_itself() {
+        for limit in [DEFAULT_MAX_WASM_STACK, 32 << 20] {
+            std::thread::Builder::new()
+                .stack_size(workflow_thread_stack(limit))
+                .spawn(move || {
+                    let caller = std::thread::current().id();
+                    let ran_on = on_workflow_stack(limit, || Ok(std::thread::current().id()));
+                    assert_eq!(ran_on.unwrap(), caller, "limit {limit}");
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
     }
 }

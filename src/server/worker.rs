@@ -28,7 +28,7 @@ use anyhow::Result;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::executor::{Executor, Ran, Report, Round};
-use crate::runtime::{Output, now_ms};
+use crate::runtime::{Output, now_ms, workflow_thread_stack};
 use crate::store::{Checkpointer, Claim, Database, InstanceId, Request};
 
 /// How long a claimed lease lasts without renewal.
@@ -136,12 +136,14 @@ impl Worker {
         });
         let mut threads = Vec::new();
         let writer = Arc::clone(&shared);
-        threads.push(spawn("wasnap-writer", move || writer.write_rounds()));
+        threads.push(spawn("wasnap-writer", None, move || writer.write_rounds()));
+        // Run threads with room for the engine's Wasm stack: a run then
+        // takes place on them, not on a thread started for each run.
+        let stack = workflow_thread_stack(shared.executor.engine().max_wasm_stack());
         for i in 0..shared.workers {
             let runner = Arc::clone(&shared);
-            threads.push(spawn(&format!("wasnap-run-{i}"), move || {
-                runner.run_claims()
-            }));
+            let name = format!("wasnap-run-{i}");
+            threads.push(spawn(&name, Some(stack), move || runner.run_claims()));
         }
         Ok(Worker {
             shared,
@@ -238,11 +240,15 @@ impl Worker {
     }
 }
 
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(body)
-        .expect("a thread can be started")
+/// Starts a thread named `name`, with a stack of `stack` bytes if given
+/// (else Rust's default).
+fn spawn(name: &str, stack: Option<usize>, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let builder = std::thread::Builder::new().name(name.to_string());
+    let builder = match stack {
+        Some(bytes) => builder.stack_size(bytes),
+        None => builder,
+    };
+    builder.spawn(body).expect("a thread can be started")
 }
 
 impl Shared {
