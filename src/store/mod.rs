@@ -142,8 +142,9 @@ struct Shared {
     commit_hook: Option<fn(&str)>,
     /// Kept between commits so that its context is allocated once.
     compressor: zstd::bulk::Compressor<'static>,
-    /// The pages last committed, so that unchanged ones are not hashed again.
-    page_cache: pages::PageCache,
+    /// The page lists last committed or loaded, so that unchanged pages are
+    /// not hashed again and a parent's list is not read back.
+    page_caches: pages::PageCaches,
     /// The key authenticating compiled artifacts, once looked up.
     artifact_key: Option<Option<ArtifactKey>>,
 }
@@ -336,7 +337,7 @@ impl Database {
             lease_ttl: lease::DEFAULT_TTL,
             commit_hook: None,
             compressor,
-            page_cache: pages::PageCache::default(),
+            page_caches: pages::PageCaches::default(),
             artifact_key: None,
         };
         Ok(Self {

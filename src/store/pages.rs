@@ -206,6 +206,51 @@ impl PageCache {
     }
 }
 
+/// How many instances' lists [`PageCaches`] keeps.
+const CACHED_LISTS: usize = 256;
+
+/// How many entries the lists of [`PageCaches`] hold together at most
+/// (about 24 bytes each): a list of a 256 MiB memory has up to 4,096.
+const CACHED_ENTRIES: usize = 1 << 20;
+
+/// The page lists of the instances a store handle committed or loaded
+/// last, one [`PageCache`] each, within [`CACHED_LISTS`] and
+/// [`CACHED_ENTRIES`]: a service commits versions of many instances in
+/// turn, and each commit is then planned against its parent's list without
+/// reading that back from the database.
+#[derive(Default)]
+pub(super) struct PageCaches {
+    /// The least recently used first.
+    lists: Vec<PageCache>,
+}
+
+impl PageCaches {
+    /// Takes out the cached list of `instance`, or an empty cache. Put it
+    /// back with [`PageCaches::put`] once what it holds is committed; a
+    /// cache not put back is simply forgotten.
+    pub(super) fn take(&mut self, instance: InstanceId) -> PageCache {
+        match self.lists.iter().position(|c| c.instance == Some(instance)) {
+            Some(at) => self.lists.remove(at),
+            None => PageCache::default(),
+        }
+    }
+
+    /// Keeps `cache` as the most recently used list of its instance,
+    /// forgetting the least recently used ones beyond the bounds.
+    pub(super) fn put(&mut self, cache: PageCache) {
+        let Some(instance) = cache.instance else {
+            return;
+        };
+        self.lists.retain(|c| c.instance != Some(instance));
+        self.lists.push(cache);
+        let mut entries: usize = self.lists.iter().map(|c| c.pages.len()).sum();
+        while self.lists.len() > CACHED_LISTS || (entries > CACHED_ENTRIES && self.lists.len() > 1)
+        {
+            entries -= self.lists.remove(0).pages.len();
+        }
+    }
+}
+
 /// `base` (sorted by place) with the named pages of `plan` stored under
 /// `ids` and its removed places applied.
 fn merge(base: Vec<Listed>, plan: &Plan, ids: &[i64]) -> Vec<Listed> {
@@ -788,6 +833,48 @@ mod tests {
             page_count: 16,
             pages,
         }]
+    }
+
+    fn cached(instance: InstanceId, version: u32, entries: usize) -> PageCache {
+        let mut cache = PageCache::default();
+        let list: PageList = (0..entries as u32)
+            .map(|i| ((0, i), i64::from(i)))
+            .collect();
+        cache.settle(instance, version, ListShape::default(), &list, None);
+        cache
+    }
+
+    /// The lists of several instances are kept, one each, the most recently
+    /// used longest, within the bounds.
+    #[test]
+    fn page_caches_keep_one_list_per_instance_within_bounds() {
+        let mut caches = PageCaches::default();
+        caches.put(cached(1, 1, 4));
+        caches.put(cached(2, 7, 4));
+        caches.put(cached(1, 2, 4));
+        assert!(caches.take(1).holds(1, 2));
+        assert!(caches.take(2).holds(2, 7));
+        // Taken out: gone until put back.
+        assert!(!caches.take(1).holds(1, 2));
+        for instance in 0..CACHED_LISTS as u64 + 1 {
+            caches.put(cached(instance, 1, 1));
+        }
+        assert!(
+            !caches.take(0).holds(0, 1),
+            "the least recently used is forgotten"
+        );
+        assert!(
+            caches
+                .take(CACHED_LISTS as u64)
+                .holds(CACHED_LISTS as u64, 1)
+        );
+        caches.put(cached(9, 1, CACHED_ENTRIES));
+        caches.put(cached(10, 1, 1));
+        assert!(!caches.take(9).holds(9, 1), "too many entries in all");
+        assert!(caches.take(10).holds(10, 1));
+        // A cache that holds no list is not kept.
+        caches.put(PageCache::default());
+        assert!(caches.lists.iter().all(|c| c.instance.is_some()));
     }
 
     #[test]

@@ -288,23 +288,36 @@ impl Database {
                 conn,
                 commit_hook,
                 compressor,
-                page_cache,
+                page_caches,
                 ..
             } = shared;
             let instance = lease.instance;
+            let mut page_cache = page_caches.take(instance);
             // The parent's list is read (or found cached) before the
             // transaction begins, so that the write lock is held briefly.
-            let plan =
-                plan_against_parent(&mut **conn, page_cache, instance, version.parent, outcome)?;
+            let plan = plan_against_parent(
+                &mut **conn,
+                &mut page_cache,
+                instance,
+                version.parent,
+                outcome,
+            )?;
             let hook = hook_of(*commit_hook);
             let mut tx = conn.transaction(Begin::Write)?;
             hook("begin");
             let written = insert_planned(
-                &mut *tx, compressor, page_cache, lease, version, &plan, &hook,
+                &mut *tx,
+                compressor,
+                &page_cache,
+                lease,
+                version,
+                &plan,
+                &hook,
             )?;
             hook("before-commit");
             tx.commit()?;
-            written.update_cache(page_cache, instance, &plan);
+            written.update_cache(&mut page_cache, instance, &plan);
+            page_caches.put(page_cache);
             Ok(written.number)
         })
     }
@@ -362,8 +375,9 @@ impl Database {
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
             let loaded = pages::loaded_pages(&snapshot.memories);
-            s.page_cache
-                .settle(instance, version, shape, &list, Some(loaded));
+            let mut page_cache = s.page_caches.take(instance);
+            page_cache.settle(instance, version, shape, &list, Some(loaded));
+            s.page_caches.put(page_cache);
             Ok(snapshot)
         })
     }

@@ -213,7 +213,7 @@ impl Database {
                 conn,
                 commit_hook,
                 compressor,
-                page_cache,
+                page_caches,
                 ..
             } = shared;
             let hook = super::versions::hook_of(*commit_hook);
@@ -232,18 +232,19 @@ impl Database {
                 done.requests.push(result);
             }
             let parts: Vec<_> = commits.iter().map(|c| c.prepared.parts()).collect();
-            // The page cache holds one instance's list: only the last plan
-            // made against it may update it, once the transaction commits.
-            let mut last = None;
+            // Each commit is planned against its instance's cached list,
+            // taken out here and put back updated once the transaction has
+            // committed (forgotten if it does not).
+            let mut written_lists = Vec::with_capacity(commits.len());
             let mut committed = Vec::with_capacity(commits.len());
             for (commit, (outcome, provenance)) in commits.iter().zip(&parts) {
                 let version = commit.prepared.as_new(outcome, provenance);
                 let instance = commit.lease.instance;
-                last = None;
+                let mut page_cache = page_caches.take(instance);
                 let result = tx.savepoint(|sp| {
                     let plan = super::versions::plan_against_parent(
                         sp,
-                        page_cache,
+                        &mut page_cache,
                         instance,
                         version.parent,
                         outcome,
@@ -251,7 +252,7 @@ impl Database {
                     let written = super::versions::insert_planned(
                         sp,
                         compressor,
-                        page_cache,
+                        &page_cache,
                         &commit.lease,
                         &version,
                         &plan,
@@ -263,7 +264,7 @@ impl Database {
                 committed.push(match result {
                     Ok((plan, written)) => {
                         let number = written.number;
-                        last = Some((instance, plan, written));
+                        written_lists.push((instance, page_cache, plan, written));
                         Ok(number)
                     }
                     Err(e) => Err(e),
@@ -286,8 +287,9 @@ impl Database {
             }
             hook("before-commit");
             tx.commit()?;
-            if let Some((instance, plan, written)) = last {
-                written.update_cache(page_cache, instance, &plan);
+            for (instance, mut page_cache, plan, written) in written_lists {
+                written.update_cache(&mut page_cache, instance, &plan);
+                page_caches.put(page_cache);
             }
             done.claims = taken
                 .into_iter()

@@ -113,6 +113,18 @@ fn store_with_instance(backend: Backend) -> (TestDb, Database, u64) {
     (dir, store, id)
 }
 
+/// `count` new instances of the test module.
+fn new_instances(store: &Database, count: usize) -> Vec<u64> {
+    let hash = store.put_module(MODULE).unwrap();
+    (0..count)
+        .map(|_| {
+            store
+                .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
+                .unwrap()
+        })
+        .collect()
+}
+
 fn commit_chain(store: &Database, id: u64, steps: std::ops::RangeInclusive<u32>) {
     commit_chain_with(store, &store.lease(id).unwrap(), steps);
 }
@@ -723,6 +735,48 @@ pub(crate) fn downgrade_to_schema_3(path: &Path, id: u64, versions: u32) {
     conn.pragma_update(None, "user_version", 3).unwrap();
 }
 
+/// Versions of two instances committed in turn through one handle (as a
+/// service does) are each planned against their own parent's list: every
+/// version of both loads back as committed.
+#[test]
+fn versions_of_instances_committed_in_turn_load_as_committed() {
+    let (_dir, path) = temp_db();
+    let store = Database::open(&path).unwrap();
+    let ids = new_instances(&store, 2);
+    let leases: Vec<Lease> = ids.iter().map(|&id| store.lease(id).unwrap()).collect();
+    // The second instance's steps differ from the first's in every version.
+    let snapshot = |k: usize, n: u32| step(n + 100 * k as u32);
+    for n in 1..=12u32 {
+        for (k, lease) in leases.iter().enumerate() {
+            let parent = (n > 1).then(|| n - 1);
+            commit_as(
+                &store,
+                lease,
+                parent,
+                &Outcome::Suspended(&snapshot(k, n)),
+                b"go",
+                n,
+            );
+        }
+    }
+    drop(leases);
+    let reopened = Database::open(&path).unwrap();
+    for (k, &id) in ids.iter().enumerate() {
+        for n in 1..=12 {
+            assert_eq!(
+                store.load_version(id, n).unwrap(),
+                snapshot(k, n),
+                "{id}@{n}"
+            );
+            assert_eq!(
+                reopened.load_version(id, n).unwrap(),
+                snapshot(k, n),
+                "{id}@{n}"
+            );
+        }
+    }
+}
+
 /// A database of schema version 3 (every version listed all its pages) is
 /// upgraded when opened: its versions load the same, and new versions
 /// keep their lists as differences.
@@ -925,14 +979,7 @@ const CHAIN: u32 = 24;
 fn concurrent_commits_and_gc_on_postgres() {
     let db = TestDb::new(Backend::Postgres);
     let store = Database::open(db.location()).unwrap();
-    let hash = store.put_module(MODULE).unwrap();
-    let ids: Vec<u64> = (0..4)
-        .map(|_| {
-            store
-                .create_instance(&hash, &["wf.wasm".into()], &Policy::default())
-                .unwrap()
-        })
-        .collect();
+    let ids = new_instances(&store, 4);
     let mut children: Vec<Child> = ids
         .iter()
         .map(|id| spawn_child(db.location(), &format!("chain:{id}")))
