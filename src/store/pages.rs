@@ -206,22 +206,32 @@ impl PageCache {
     }
 }
 
-/// How many instances' lists [`PageCaches`] keeps.
-const CACHED_LISTS: usize = 256;
+/// How many instances' lists [`PageCaches`] keeps: enough for a service's
+/// instances in flight, which it commits in turn (a bound below their
+/// number would forget every list before its next use).
+const CACHED_LISTS: usize = 1 << 16;
 
 /// How many entries the lists of [`PageCaches`] hold together at most
-/// (about 24 bytes each): a list of a 256 MiB memory has up to 4,096.
+/// (about 24 bytes each): a list of a 1 MiB memory has up to 16, one of a
+/// 256 MiB memory up to 4,096.
 const CACHED_ENTRIES: usize = 1 << 20;
 
 /// The page lists of the instances a store handle committed or loaded
 /// last, one [`PageCache`] each, within [`CACHED_LISTS`] and
-/// [`CACHED_ENTRIES`]: a service commits versions of many instances in
-/// turn, and each commit is then planned against its parent's list without
-/// reading that back from the database.
+/// [`CACHED_ENTRIES`], the least recently used forgotten first: a service
+/// commits versions of many instances in turn, and each commit is then
+/// planned against its parent's list without reading that back from the
+/// database.
 #[derive(Default)]
 pub(super) struct PageCaches {
-    /// The least recently used first.
-    lists: Vec<PageCache>,
+    /// The lists by instance, each with the time it was put back.
+    lists: HashMap<InstanceId, (u64, PageCache)>,
+    /// The instances by the time their lists were put back.
+    by_use: BTreeMap<u64, InstanceId>,
+    /// Counts puts: the time of the next one.
+    clock: u64,
+    /// The entries of every list kept.
+    entries: usize,
 }
 
 impl PageCaches {
@@ -229,8 +239,12 @@ impl PageCaches {
     /// back with [`PageCaches::put`] once what it holds is committed; a
     /// cache not put back is simply forgotten.
     pub(super) fn take(&mut self, instance: InstanceId) -> PageCache {
-        match self.lists.iter().position(|c| c.instance == Some(instance)) {
-            Some(at) => self.lists.remove(at),
+        match self.lists.remove(&instance) {
+            Some((used, cache)) => {
+                self.by_use.remove(&used);
+                self.entries -= cache.pages.len();
+                cache
+            }
             None => PageCache::default(),
         }
     }
@@ -241,12 +255,20 @@ impl PageCaches {
         let Some(instance) = cache.instance else {
             return;
         };
-        self.lists.retain(|c| c.instance != Some(instance));
-        self.lists.push(cache);
-        let mut entries: usize = self.lists.iter().map(|c| c.pages.len()).sum();
-        while self.lists.len() > CACHED_LISTS || (entries > CACHED_ENTRIES && self.lists.len() > 1)
+        drop(self.take(instance));
+        self.clock += 1;
+        self.entries += cache.pages.len();
+        self.by_use.insert(self.clock, instance);
+        self.lists.insert(instance, (self.clock, cache));
+        while self.lists.len() > CACHED_LISTS
+            || (self.entries > CACHED_ENTRIES && self.lists.len() > 1)
         {
-            entries -= self.lists.remove(0).pages.len();
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            if let Some((_, forgotten)) = self.lists.remove(&oldest) {
+                self.entries -= forgotten.pages.len();
+            }
         }
     }
 }
@@ -874,7 +896,8 @@ mod tests {
         assert!(caches.take(10).holds(10, 1));
         // A cache that holds no list is not kept.
         caches.put(PageCache::default());
-        assert!(caches.lists.iter().all(|c| c.instance.is_some()));
+        assert!(caches.lists.values().all(|(_, c)| c.instance.is_some()));
+        assert_eq!(caches.lists.len(), caches.by_use.len());
     }
 
     #[test]
