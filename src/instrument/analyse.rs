@@ -26,7 +26,7 @@ use wasmparser::{
     TypeRef, ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
-use super::Options;
+use super::{MAX_NESTING, Options};
 
 /// Everything the later phases need to know about the input module.
 pub(crate) struct Analysis<'a> {
@@ -385,6 +385,20 @@ fn validate_body(
     Ok(validator.into_allocations())
 }
 
+/// The depth of nesting after `op`, given the depth before it.
+fn nested_after(nesting: usize, op: &Operator<'_>) -> usize {
+    match op {
+        Operator::Block { .. }
+        | Operator::Loop { .. }
+        | Operator::If { .. }
+        | Operator::Try { .. }
+        | Operator::TryTable { .. } => nesting + 1,
+        // A valid body's last `end` closes the function itself.
+        Operator::End => nesting.saturating_sub(1),
+        _ => nesting,
+    }
+}
+
 /// The one-line error for a module the validator refuses.
 fn invalid(error: wasmparser::BinaryReaderError) -> anyhow::Error {
     anyhow!("the module is not valid WebAssembly: {error}")
@@ -505,8 +519,15 @@ impl CallGraph {
     }
 
     fn scan_body(&mut self, function: u32, body: &FunctionBody<'_>) -> Result<()> {
+        let mut nesting = 0usize;
         for op in body.get_operators_reader()? {
             let op = op?;
+            nesting = nested_after(nesting, &op);
+            if nesting > MAX_NESTING {
+                bail!(
+                    "function {function} nests blocks more than {MAX_NESTING} deep: wasnap instruments functions nested at most that deep"
+                );
+            }
             match op {
                 Operator::Call { function_index } | Operator::ReturnCall { function_index } => self
                     .callers

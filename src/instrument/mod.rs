@@ -45,7 +45,7 @@ mod rewrite;
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use wasmparser::ValType;
 
 pub use frames::SavedFrame;
@@ -317,9 +317,39 @@ pub struct CallSite {
     pub saved: Vec<SavedLocal>,
 }
 
+/// How deep a function's blocks, loops and `if`s may nest: [`instrument`]
+/// refuses a module with a function nested deeper. The rewrite recurses
+/// once per level of nesting, on a stack sized for this many; compilers
+/// stay far below (a C `switch` nests a block per case; the deepest
+/// function of the Python runtime, RustPython, nests 691 deep, of QuickJS
+/// 306).
+pub const MAX_NESTING: usize = 10_000;
+
 /// Instruments `wasm` so that it can suspend at the imports `options`
 /// names, and exposes all of its state; see the module documentation.
 pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
+    // The rewrite recurses once per level of a function's nesting, up to
+    // `MAX_NESTING` levels; a thread of the caller's (an async runtime's
+    // 2 MiB, say) may not hold that, so it runs on a thread of its own.
+    std::thread::scope(|scope| {
+        let instrumenting = std::thread::Builder::new()
+            .name("wasnap-instrument".into())
+            .stack_size(INSTRUMENT_STACK)
+            .spawn_scoped(scope, || instrument_here(wasm, options))
+            .context("cannot start a thread to instrument on")?;
+        instrumenting
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The stack the instrumenter runs on: a function nested
+/// [`MAX_NESTING`] deep needs between 32 and 48 MiB in a debug
+/// build (measured; `errors::` tests the deepest nesting), less
+/// in a release build. Only the pages used are ever backed by memory.
+const INSTRUMENT_STACK: usize = 128 << 20;
+
+fn instrument_here(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     let module = analyse::analyse(wasm, options)?;
     let output = emit::emit(wasm, module)?;
     if cfg!(debug_assertions) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use wasnap::instrument::{MAX_NESTING, Options, instrument};
 use wasnap::{Engine, Settings, Step};
 
 fn approval() -> Vec<u8> {
@@ -176,4 +177,41 @@ fn a_trap_after_a_resume_names_the_function_it_happened_in() {
     let mut resumed = engine.restore(&module, &snapshot).unwrap();
     let error = format!("{:?}", resumed.run().unwrap_err());
     assert!(error.contains("check_the_order"), "{error}");
+}
+
+/// A guest whose `run` nests `depth` blocks, loops and `if`s in turn
+/// around a suspending call.
+fn nested(depth: usize) -> Vec<u8> {
+    let opening = ["block\n", "loop\n", "i32.const 1\nif\n"];
+    let nesting: String = (0..depth).map(|level| opening[level % 3]).collect();
+    guest(&format!(
+        "{nesting}(drop (call $yield (i32.const 0) (i32.const 0))){}",
+        "end\n".repeat(depth)
+    ))
+}
+
+/// The instrumenter recurses once per level of nesting: it runs on a
+/// stack of its own, so that a caller's thread as small as an async
+/// runtime's blocking pool gives (2 MiB, where the service instrumented the
+/// Python runtime and overflowed) holds the deepest nesting accepted.
+#[test]
+fn the_deepest_nesting_accepted_is_instrumented_on_a_small_thread() {
+    let deepest = nested(MAX_NESTING);
+    let small_thread = std::thread::Builder::new().stack_size(2 << 20);
+    let instrumented = small_thread
+        .spawn(move || instrument(&deepest, &Options::default()).map(|_| ()))
+        .unwrap()
+        .join()
+        .unwrap();
+    instrumented.expect("the deepest nesting accepted");
+}
+
+#[test]
+fn deeper_nesting_is_refused_in_one_line() {
+    assert_eq!(
+        message(instrument(&nested(MAX_NESTING + 1), &Options::default())),
+        format!(
+            "function 1 nests blocks more than {MAX_NESTING} deep: wasnap instruments functions nested at most that deep"
+        )
+    );
 }
