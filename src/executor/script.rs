@@ -29,15 +29,21 @@
 //! 3. in `guest-workflows/out/<language>/` of the source tree wasnap was
 //!    built from, where `guest-workflows/build` puts it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
+
+use super::Executor;
+use crate::snapshot::ModuleHash;
 
 /// The variable naming a directory of runtime modules.
 const RUNTIMES_VARIABLE: &str = "WASNAP_RUNTIMES";
 
 /// A language whose scripts run in a runtime module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Language {
     /// `.js`, run by QuickJS-ng (`js.wasm`).
     JavaScript,
@@ -106,12 +112,16 @@ impl Language {
     /// The runtime module's bytes, from the first place that has it (see
     /// the module's documentation).
     pub fn runtime(self) -> Result<Vec<u8>> {
+        let path = self.runtime_path()?;
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// The runtime module's file: the first place that has it (see the
+    /// module's documentation).
+    pub fn runtime_path(self) -> Result<PathBuf> {
         let candidates = self.runtime_candidates();
-        for path in &candidates {
-            if path.is_file() {
-                return std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()));
-            }
+        if let Some(path) = candidates.iter().find(|path| path.is_file()) {
+            return Ok(path.clone());
         }
         let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
         bail!(
@@ -121,6 +131,63 @@ impl Language {
             looked.join(", "),
             self.build_name()
         )
+    }
+}
+
+/// The runtime modules a long-lived host (the service) has added to its
+/// database, remembered so that starting a script does not read and hash
+/// its runtime again (12 MB for Python) while the runtime's file is
+/// unchanged. A file that changed (another size or modification time) is
+/// added again.
+#[derive(Debug, Default)]
+pub struct Runtimes {
+    added: Mutex<HashMap<Language, AddedRuntime>>,
+}
+
+/// A runtime file as it was when it was added, and its module's hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AddedRuntime {
+    path: PathBuf,
+    len: u64,
+    modified: SystemTime,
+    hash: ModuleHash,
+}
+
+impl Runtimes {
+    /// The hash of `language`'s runtime module, added to `executor`'s
+    /// database (and compiled) the first time and whenever its file changed.
+    pub fn add(&self, executor: &Executor, language: Language) -> Result<ModuleHash> {
+        self.add_file(executor, language, &language.runtime_path()?)
+    }
+
+    fn add_file(&self, executor: &Executor, language: Language, path: &Path) -> Result<ModuleHash> {
+        let metadata =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (len, modified) = (metadata.len(), metadata.modified()?);
+        let unchanged = |added: &AddedRuntime| {
+            added.path == path && added.len == len && added.modified == modified
+        };
+        if let Some(added) = self.added().get(&language).filter(|added| unchanged(added)) {
+            return Ok(added.hash);
+        }
+        let wasm =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let hash = executor.add_module(&wasm)?;
+        let added = AddedRuntime {
+            path: path.to_path_buf(),
+            len,
+            modified,
+            hash,
+        };
+        self.added().insert(language, added);
+        Ok(hash)
+    }
+
+    fn added(&self) -> MutexGuard<'_, HashMap<Language, AddedRuntime>> {
+        // The map holds no invariant a panic elsewhere could break.
+        self.added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -171,6 +238,54 @@ pub fn started_by(args: &[String]) -> Option<ScriptStart<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module that asks `question` (eight bytes, so that two of them have
+    /// files of the same size).
+    fn module_asking(question: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+                 (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (data (i32.const 0) "{question}")
+                 (func (export "run") (drop (call $yield (i32.const 0) (i32.const 8)))))"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_runtime_is_read_again_only_when_its_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::open(dir.path().join("wasnap.db")).unwrap();
+        let path = dir.path().join("js.wasm");
+        let (first, second) = (module_asking("approve?"), module_asking("approve!"));
+        assert_eq!(first.len(), second.len());
+        std::fs::write(&path, &first).unwrap();
+        let runtimes = Runtimes::default();
+        let added = |runtimes: &Runtimes| {
+            runtimes
+                .add_file(&executor, Language::JavaScript, &path)
+                .unwrap()
+        };
+        let first_hash = added(&runtimes);
+        assert_eq!(first_hash, crate::runtime::module_hash(&first));
+
+        // Other bytes under the same size and time: the file is taken as
+        // unchanged, which shows that it was not read again.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, &second).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(modified).unwrap();
+        assert_eq!(added(&runtimes), first_hash);
+
+        // A new modification time: read, added and compiled again.
+        file.set_modified(modified + std::time::Duration::from_secs(1))
+            .unwrap();
+        let second_hash = added(&runtimes);
+        assert_eq!(second_hash, crate::runtime::module_hash(&second));
+        assert!(executor.engine().cached(&second_hash).is_some());
+        // Another host starts from nothing and reads the file.
+        assert_eq!(added(&Runtimes::default()), second_hash);
+    }
 
     #[test]
     fn a_script_start_reads_back_from_its_arguments() {

@@ -279,8 +279,8 @@ async fn runtime_of(worker: &Shared, name: &str) -> Result<ModuleHash, ApiError>
             "script {name:?}: its name must end in .js (JavaScript) or .py (Python)"
         )));
     };
-    let executor = worker.executor().clone();
-    blocking(move || executor.add_module(&language.runtime()?)).await
+    let worker = Arc::clone(worker);
+    blocking(move || worker.runtime(language)).await
 }
 
 async fn instance_json(worker: &Shared, id: InstanceId) -> Result<Value, ApiError> {

@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, oneshot};
 
+use crate::executor::script::{Language, Runtimes};
 use crate::executor::{Executor, Ran, Report, Round};
 use crate::runtime::{Output, now_ms, workflow_thread_stack};
+use crate::snapshot::ModuleHash;
 use crate::store::{Checkpointer, Claim, Database, InstanceId, Request};
 
 /// How long a claimed lease lasts without renewal.
@@ -82,6 +84,8 @@ pub struct Worker {
     /// A connection of its own for reads, so that they never wait for the
     /// writer's transactions (WAL readers do not block on the writer).
     reader: Database,
+    /// The script runtimes added to the database, by language.
+    runtimes: Runtimes,
     /// SQLite's log checkpoints, off the writer's thread; declared last so
     /// that it stops after the threads.
     _checkpointer: Option<Checkpointer>,
@@ -149,6 +153,7 @@ impl Worker {
             shared,
             threads: Mutex::new(threads),
             reader,
+            runtimes: Runtimes::default(),
             _checkpointer: checkpointer,
         })
     }
@@ -161,6 +166,12 @@ impl Worker {
     /// The executor the worker runs with.
     pub fn executor(&self) -> &Executor {
         &self.shared.executor
+    }
+
+    /// The hash of `language`'s runtime module, added to the database the
+    /// first time a script of it starts and whenever its file changed.
+    pub fn runtime(&self, language: Language) -> Result<ModuleHash> {
+        self.runtimes.add(self.executor(), language)
     }
 
     /// Changes to instances, as they are committed.
