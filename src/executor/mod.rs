@@ -232,13 +232,13 @@ impl Executor {
     /// database as it was. Returns its content hash. A module stored
     /// before with an artifact for this engine is not compiled again: an
     /// interpreter's runtime module takes a minute to instrument and
-    /// compile, and every script it runs starts it anew.
+    /// compile, and every script it runs starts it anew. Nor is that
+    /// artifact read here: [`Executor::module`] reads it to run it.
     pub fn add_module(&self, wasm: &[u8]) -> Result<ModuleHash> {
         let hash = module_hash(wasm);
         if self
             .database
-            .compiled(&hash, &self.engine.fingerprint())?
-            .is_some()
+            .has_compiled(&hash, &self.engine.fingerprint())?
         {
             return Ok(hash);
         }

@@ -153,6 +153,23 @@ impl Database {
             .clone()
     }
 
+    /// Whether an artifact is cached for module `hash` under the engine
+    /// `fingerprint`, without reading it (an interpreter's is 140 MB): the
+    /// check before compiling. [`Database::compiled`] authenticates it when
+    /// it is read to run; one that fails is compiled again then, and
+    /// replaced.
+    pub fn has_compiled(&self, hash: &ModuleHash, fingerprint: &str) -> Result<bool> {
+        if self.artifact_key().is_none() {
+            return Ok(false);
+        }
+        self.with(|s| {
+            s.conn.exists(
+                "SELECT 1 FROM compiled WHERE module_hash = ?1 AND fingerprint = ?2",
+                params![hash, fingerprint],
+            )
+        })
+    }
+
     /// The compiled artifact cached for module `hash` under the engine
     /// `fingerprint` (which names everything that makes artifacts
     /// incompatible: engine version, settings, instrumenter version), if

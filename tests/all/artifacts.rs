@@ -57,6 +57,16 @@ fn a_crafted_artifact_is_not_run() {
         ok(&db, &["resume", "1", "--send", "true"]),
         "do another after approved\n"
     );
+    // Nor when the module is run again: adding it finds an artifact stored
+    // without reading it, and running it authenticates what it reads.
+    conn.execute(swap, rusqlite::params![approval.0, greenlet.2, greenlet.3])
+        .unwrap();
+    assert_eq!(ok(&db, &["run", &guest("approval")]), "do something\n");
+    let replaced = artifacts(&db)
+        .into_iter()
+        .find(|row| row.0 == approval.0)
+        .unwrap();
+    assert_eq!(replaced.2, approval.2);
 }
 
 /// The key is the user's, not the database's: another user (or machine)
@@ -89,8 +99,12 @@ fn a_database_of_another_user_compiles_its_modules_again() {
     );
     store.set_artifact_key(Some(ArtifactKey::generate().unwrap()));
     assert_eq!(store.compiled(&hash, &engine.fingerprint()).unwrap(), None);
+    // Stored, which the check before compiling sees without a key of its
+    // own; without any key nothing is kept or used.
+    assert!(store.has_compiled(&hash, &engine.fingerprint()).unwrap());
     store.set_artifact_key(None);
     assert_eq!(store.compiled(&hash, &engine.fingerprint()).unwrap(), None);
+    assert!(!store.has_compiled(&hash, &engine.fingerprint()).unwrap());
 }
 
 /// Adding a module stored before with its artifact compiles nothing: a new
