@@ -66,6 +66,17 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
     if module.export_names.contains("asyncify_start_unwind") {
         return expose(wasm, &module);
     }
+    // Not instrumented by Binaryen, yet exporting a name the output exports
+    // (found by `cargo fuzz run robustness`: the output had two exports of
+    // one name).
+    if let Some(name) = RUNTIME_FUNCTIONS
+        .iter()
+        .find(|name| !name.is_empty() && module.export_names.contains(**name))
+    {
+        bail!(
+            "the module exports {name} but not asyncify_start_unwind: it is not a module instrumented by Binaryen's Asyncify, and wasnap's instrumented module exports that name itself"
+        );
+    }
     let function_count = module.func_types.len() as u32;
     let additions = Additions {
         state_global: module.globals.len() as u32,

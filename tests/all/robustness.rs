@@ -289,6 +289,22 @@ fn a_name_with_a_line_break_still_makes_a_one_line_error() {
     assert!(error.contains(r"__wasnap_x\nsecond line"), "{error}");
 }
 
+/// A module that exports a name of the functions wasnap's output exports,
+/// without being instrumented by Binaryen, is refused: the output would
+/// export that name twice (found by `cargo fuzz run robustness`).
+#[test]
+fn a_module_exporting_a_name_the_output_exports_is_refused() {
+    for name in ["asyncify_stop_unwind", "asyncify_get_state"] {
+        let wasm = wat::parse_str(format!(
+            r#"(module (func (export "{name}")) (func (export "run")))"#
+        ))
+        .unwrap();
+        assert_eq!(check(&wasm), Ok(Outcome::Refused));
+        let error = format!("{:#}", instrument(&wasm, &options()).unwrap_err());
+        assert!(error.contains(name), "{error}");
+    }
+}
+
 #[test]
 fn broken_modules_are_refused_in_one_line_and_never_panic() {
     let bases = bases(env!("CARGO_MANIFEST_DIR"));
