@@ -358,7 +358,7 @@ impl Filler {
             .map(|(range, image)| LazyMemory {
                 placed: vec![false; (range.end - range.start) / PAGE_SIZE],
                 range,
-                pages: image.pages.clone(),
+                pages: image.pages.to_vec(),
             })
             .collect();
         let state = Arc::new(FillState {

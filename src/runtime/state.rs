@@ -10,7 +10,9 @@ use super::abi::HostState;
 use super::paging::{self, ChangeTracking, Filler, MemoryRestore, Tracker};
 use super::uffd::{self, Userfaultfd};
 use crate::instrument::{GLOBAL_EXPORT_PREFIX, MEMORY_EXPORT_PREFIX, Metadata};
-use crate::snapshot::{GlobalValue, MemoryImage, PAGE_SIZE, Page, PageData, TableImage};
+use crate::snapshot::{
+    GlobalValue, MemoryImage, PAGE_SIZE, Page, PageData, PageList, RUN_PAGES, TableImage,
+};
 
 pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u32) -> Memory {
     instance
@@ -19,8 +21,8 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
 }
 
 /// The pages of a workflow's memories as of its last capture or restore,
-/// by memory and page index (`None`: all zeros then), and how the writes
-/// since are found.
+/// by memory and group of [`RUN_PAGES`] places (`None`: all zeros then),
+/// and how the writes since are found.
 ///
 /// How a capture finds the pages that changed: where the kernel tracks
 /// writes ([`Tracker`]: userfaultfd's write protection), only the pages
@@ -35,9 +37,14 @@ pub(crate) fn memory(store: &mut Store<HostState>, instance: &Instance, index: u
 /// A page that was all zeros then, outside the tracked range, is read
 /// again only if the kernel has mapped it since (see [`touched_pages`]):
 /// a sparse memory costs what its guest touched, not its size.
+///
+/// The pages are kept as the runs of the last snapshot's [`PageList`]s,
+/// one per group of places: a group none of whose pages was written since
+/// goes into the next snapshot as that very run, one reference for all
+/// its pages.
 #[derive(Default)]
 pub(crate) struct PageHistory {
-    memories: Vec<Vec<Option<PageData>>>,
+    memories: Vec<Vec<Option<Arc<[Page]>>>>,
     /// Whether `memories` describes every page (after a capture or a
     /// restore), so that a page it has as zeros and nobody touched since is
     /// still zeros.
@@ -159,38 +166,71 @@ pub(crate) fn capture_memories(
         let untouched = |page: usize| {
             (complete || page >= grown_from) && touched.as_ref().is_some_and(|t| !t[page])
         };
-        let kept = &mut history.memories[i];
-        kept.resize(len / PAGE_SIZE, None);
-        let mut pages = Vec::new();
-        for ((page_index, page), kept) in data.chunks_exact(PAGE_SIZE).enumerate().zip(kept) {
-            let unwritten = written
-                .as_ref()
-                .is_some_and(|w| page_index < w.tracked && !w.pages[page_index]);
-            let data = match kept {
-                // Not written since: the kept page is still what is there.
-                Some(old) if unwritten => old.clone(),
-                None if unwritten => continue,
-                Some(old) if old.bytes()? == page => old.clone(),
-                None if untouched(page_index) => continue,
-                _ if is_zero(page) => {
-                    *kept = None;
-                    continue;
-                }
-                _ => kept.insert(PageData::from(page)).clone(),
+        let groups = &mut history.memories[i];
+        groups.resize((len / PAGE_SIZE).div_ceil(RUN_PAGES), None);
+        for (group, kept) in groups.iter_mut().enumerate() {
+            let places = group * RUN_PAGES..((group + 1) * RUN_PAGES).min(len / PAGE_SIZE);
+            let unwritten = |page: usize| {
+                written
+                    .as_ref()
+                    .is_some_and(|w| page < w.tracked && !w.pages[page])
             };
-            pages.push(Page {
-                index: page_index as u32,
-                data,
-            });
+            if places.clone().all(unwritten) {
+                // Nothing written here since: the kept run is still what is there.
+                continue;
+            }
+            let page = |index: usize| &data[index * PAGE_SIZE..(index + 1) * PAGE_SIZE];
+            let old: &[Page] = kept.as_deref().unwrap_or(&[]);
+            let mut old = old.iter().peekable();
+            let mut pages = Vec::new();
+            for page_index in places {
+                while old.next_if(|p| (p.index as usize) < page_index).is_some() {}
+                let old = old
+                    .next_if(|p| p.index as usize == page_index)
+                    .map(|p| &p.data);
+                let data = match old {
+                    Some(old) if unwritten(page_index) => old.clone(),
+                    None if unwritten(page_index) => continue,
+                    Some(old) if old.bytes()? == page(page_index) => old.clone(),
+                    None if untouched(page_index) => continue,
+                    _ if is_zero(page(page_index)) => continue,
+                    _ => PageData::from(page(page_index)),
+                };
+                pages.push(Page {
+                    index: page_index as u32,
+                    data,
+                });
+            }
+            *kept = keep_run(kept.take(), pages);
         }
         history.tracker.track(i, base, len);
         memories.push(MemoryImage {
             page_count: (len / PAGE_SIZE) as u64,
-            pages,
+            pages: PageList::from_runs(history.memories[i].iter().flatten().cloned()),
         });
     }
     history.complete = true;
     Ok(memories)
+}
+
+/// The run to keep for a group of places that now holds `pages`: the old
+/// run itself if every page in it is still the very same (so that the next
+/// snapshot and the store see it unchanged), else a new one; `None` where
+/// the group is all zeros.
+fn keep_run(old: Option<Arc<[Page]>>, pages: Vec<Page>) -> Option<Arc<[Page]>> {
+    match old {
+        Some(old)
+            if old.len() == pages.len()
+                && old
+                    .iter()
+                    .zip(&pages)
+                    .all(|(a, b)| a.index == b.index && a.data.same(&b.data)) =>
+        {
+            Some(old)
+        }
+        _ if pages.is_empty() => None,
+        _ => Some(pages.into()),
+    }
 }
 
 /// Whether a page is all zeros, a machine word at a time.
@@ -283,6 +323,17 @@ pub(crate) fn restore_memories(
             None => copy_pages(store, &memory, index, image, initialised)?,
         }
     }
+    // Sizes are known to be sound here: every memory grew to its size.
+    let kept = images
+        .iter()
+        .enumerate()
+        .map(|(index, image)| {
+            let groups = (image.page_count as usize).div_ceil(RUN_PAGES);
+            image.pages.by_place(groups).with_context(|| {
+                format!("the pages of memory {index} of the snapshot are not in ascending order of index")
+            })
+        })
+        .collect::<Result<_>>()?;
     let filler = match (lazy, tracker.userfaultfd()) {
         (true, Some(uffd)) => Some(Filler::start(
             Arc::clone(uffd),
@@ -292,16 +343,7 @@ pub(crate) fn restore_memories(
         _ => None,
     };
     Ok(PageHistory {
-        memories: images
-            .iter()
-            .map(|image| {
-                let mut pages = vec![None; image.page_count as usize];
-                for page in &image.pages {
-                    pages[page.index as usize] = Some(page.data.clone());
-                }
-                pages
-            })
-            .collect(),
+        memories: kept,
         complete: true,
         tracker,
         filler,

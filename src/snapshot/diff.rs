@@ -133,7 +133,7 @@ fn text(bytes: &[u8]) -> String {
 /// that cannot be read fails the diff.
 fn pages_of(m: Option<&MemoryImage>) -> Result<BTreeMap<u32, &[u8]>> {
     let mut pages = BTreeMap::new();
-    for page in m.map_or(&[][..], |m| &m.pages[..]) {
+    for page in m.iter().flat_map(|m| &m.pages) {
         pages.insert(page.index, page.data.bytes()?);
     }
     Ok(pages)
@@ -314,11 +314,11 @@ mod tests {
         };
         let a = MemoryImage {
             page_count: 3,
-            pages: vec![page(0, &[(10, 1)])],
+            pages: vec![page(0, &[(10, 1)])].into(),
         };
         let b = MemoryImage {
             page_count: 4,
-            pages: vec![page(0, &[(10, 2), (20, 1), (100, 1)]), page(2, &[(5, 9)])],
+            pages: vec![page(0, &[(10, 2), (20, 1), (100, 1)]), page(2, &[(5, 9)])].into(),
         };
         let d = memory_diff(0, Some(&a), Some(&b)).unwrap().unwrap();
         assert_eq!(d.pages, (3, 4));

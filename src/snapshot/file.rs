@@ -646,14 +646,16 @@ pub(crate) mod tests {
                             index: 16,
                             data: other.clone().into(),
                         },
-                    ],
+                    ]
+                    .into(),
                 },
                 MemoryImage {
                     page_count: 1,
                     pages: vec![Page {
                         index: 0,
                         data: other.into(),
-                    }],
+                    }]
+                    .into(),
                 },
             ],
             globals: vec![
@@ -812,14 +814,15 @@ pub(crate) mod tests {
     #[test]
     fn refuses_invalid_memories_when_encoding() {
         let mut s = sample();
-        s.memories[0].pages.swap(0, 1);
+        s.memories[0].pages.edit(|pages| pages.swap(0, 1));
         assert!(encode(&s, None).is_err());
         let mut s = sample();
         s.memories[1].page_count = 0;
         assert!(encode(&s, None).is_err());
         let mut s = sample();
         let short = &s.memories[0].pages[0].data.bytes().unwrap()[..PAGE_SIZE - 1];
-        s.memories[0].pages[0].data = short.into();
+        let short = crate::snapshot::PageData::from(short);
+        s.memories[0].pages.edit(|pages| pages[0].data = short);
         assert!(encode(&s, None).is_err());
     }
 

@@ -10,8 +10,11 @@ pub(crate) mod codec;
 pub mod diff;
 pub mod file;
 pub mod inspect;
+mod list;
 mod page;
 
+pub use list::PageList;
+pub(crate) use list::RUN_PAGES;
 pub use page::PageData;
 pub(crate) use page::{PageSource, WeakPage};
 
@@ -50,8 +53,8 @@ pub struct MemoryImage {
     /// Size in Wasm pages (64 KiB each).
     pub page_count: u64,
     /// The pages that hold at least one non-zero byte, by ascending index;
-    /// every other page is all zeros.
-    pub pages: Vec<Page>,
+    /// every other page is all zeros. Built from a `Vec<Page>` (`.into()`).
+    pub pages: PageList,
 }
 
 /// One non-zero page of a memory.

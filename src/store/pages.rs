@@ -22,7 +22,7 @@
 //! non-cryptographic hashes give no guarantee against collisions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Context, Result, bail};
 
@@ -78,6 +78,16 @@ pub(super) struct ListShape {
     pub chain_rows: u64,
 }
 
+/// A run of a committed snapshot's [`PageList`](crate::snapshot::PageList)
+/// every page of which the cache lists, as that very object: a snapshot
+/// that holds the same run again changes none of those places, and its
+/// plan skips them in one step. The weak reference keeps the run's
+/// allocation (not its pages), so its address names no other run.
+struct KnownRun {
+    first: PageKey,
+    run: Weak<[Page]>,
+}
+
 /// One entry of a page list as the cache keeps it: the place, the row id,
 /// and the page object it was committed or loaded as, if known.
 struct Listed {
@@ -106,6 +116,8 @@ pub(super) struct PageCache {
     version: Option<u32>,
     shape: ListShape,
     pages: Vec<Listed>,
+    /// Runs of the version's snapshot whose pages `pages` lists, by place.
+    runs: Vec<KnownRun>,
 }
 
 impl PageCache {
@@ -129,6 +141,7 @@ impl PageCache {
         self.instance = Some(instance);
         self.version = Some(version);
         self.shape = shape;
+        self.runs = Vec::new();
         self.pages = list
             .iter()
             .map(|(&key, &id)| Listed {
@@ -183,6 +196,26 @@ impl PageCache {
         self.instance = Some(instance);
         self.version = Some(version);
         self.shape = shape;
+        self.runs = plan
+            .known_runs
+            .iter()
+            .map(|&(first, run)| KnownRun {
+                first,
+                run: Arc::downgrade(run),
+            })
+            .collect();
+    }
+
+    /// Whether `run`, whose first page is at `first`, is a run of the
+    /// cached version's snapshot all of whose pages are listed; `cursor`
+    /// walks the known runs in order of place across calls.
+    fn knows(&self, cursor: &mut usize, first: PageKey, run: &Arc<[Page]>) -> bool {
+        while self.runs.get(*cursor).is_some_and(|k| k.first < first) {
+            *cursor += 1;
+        }
+        self.runs.get(*cursor).is_some_and(|k| {
+            k.first == first && std::ptr::addr_eq(k.run.as_ptr(), Arc::as_ptr(run))
+        })
     }
 
     /// The full list after `plan` with `ids`, as rows.
@@ -318,6 +351,9 @@ pub(super) struct Plan<'a> {
     pub pages: usize,
     /// Whether it was made against the cached list (else against none).
     against_cache: bool,
+    /// The snapshot's runs whose every page will be listed, as that very
+    /// object, once the plan is committed, with the place of their first.
+    known_runs: Vec<(PageKey, &'a Arc<[Page]>)>,
 }
 
 impl Plan<'_> {
@@ -353,40 +389,71 @@ impl Plan<'_> {
 pub(super) fn plan<'a>(memories: &'a [MemoryImage], cache: Option<&PageCache>) -> Result<Plan<'a>> {
     let listed: &[Listed] = cache.map_or(&[], |c| &c.pages);
     let mut listed = listed.iter().peekable();
+    let mut known = 0;
     let mut plan = Plan {
         named: Vec::new(),
         removed: Vec::new(),
         pages: 0,
         against_cache: cache.is_some(),
+        known_runs: Vec::new(),
     };
     for (m, memory) in memories.iter().zip(0u32..) {
-        for page in &m.pages {
-            let key = (memory, page.index);
-            while let Some(gone) = listed.next_if(|l| l.key < key) {
+        for run in m.pages.runs() {
+            let first = (memory, run[0].index);
+            while let Some(gone) = listed.next_if(|l| l.key < first) {
                 plan.removed.push(gone.key);
             }
-            let parent = listed.next_if(|l| l.key == key);
-            if parent.is_some_and(|l| l.page.as_ref().is_some_and(|w| w.is(&page.data))) {
-                plan.pages += 1;
+            if cache.is_some_and(|c| c.knows(&mut known, first, run)) {
+                // The parent's very run: its places are the next listed
+                // ones (a list holds no empty run).
+                listed.nth(run.len() - 1);
+                plan.pages += run.len();
+                plan.known_runs.push((first, run));
                 continue;
             }
-            if page.data.is_loaded() && page.data.bytes()? == &ZERO_PAGE[..] {
-                if let Some(l) = parent {
-                    plan.removed.push(l.key);
-                }
-                continue;
+            let mut whole = true;
+            for page in run.iter() {
+                whole &= plan_page(&mut plan, &mut listed, (memory, page.index), page)?;
             }
-            plan.pages += 1;
-            plan.named.push(NamedPage {
-                key,
-                page,
-                name: page.data.name()?,
-                parent: parent.map(|l| l.id),
-            });
+            if whole {
+                plan.known_runs.push((first, run));
+            }
         }
     }
     plan.removed.extend(listed.map(|l| l.key));
     Ok(plan)
+}
+
+/// Plans the snapshot's `page` at `key` against the listed pages ahead of
+/// it; false if the page is all zeros (so it will not be listed).
+fn plan_page<'a>(
+    plan: &mut Plan<'a>,
+    listed: &mut std::iter::Peekable<std::slice::Iter<'_, Listed>>,
+    key: PageKey,
+    page: &'a Page,
+) -> Result<bool> {
+    while let Some(gone) = listed.next_if(|l| l.key < key) {
+        plan.removed.push(gone.key);
+    }
+    let parent = listed.next_if(|l| l.key == key);
+    if parent.is_some_and(|l| l.page.as_ref().is_some_and(|w| w.is(&page.data))) {
+        plan.pages += 1;
+        return Ok(true);
+    }
+    if page.data.is_loaded() && page.data.bytes()? == &ZERO_PAGE[..] {
+        if let Some(l) = parent {
+            plan.removed.push(l.key);
+        }
+        return Ok(false);
+    }
+    plan.pages += 1;
+    plan.named.push(NamedPage {
+        key,
+        page,
+        name: page.data.name()?,
+        parent: parent.map(|l| l.id),
+    });
+    Ok(true)
 }
 
 /// Names and compresses, ahead of a commit, the pages of `memories` that
@@ -650,6 +717,7 @@ pub(super) fn load(
 ) -> Result<()> {
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| anyhow::anyhow!("cannot start zstd: {e}"))?;
+    let mut placed = vec![Vec::new(); memories.len()];
     let entries: Vec<(PageKey, i64)> = list.iter().map(|(&k, &id)| (k, id)).collect();
     for chunk in entries.chunks(BATCH) {
         let sql = format!(
@@ -667,9 +735,10 @@ pub(super) fn load(
                 .with_context(|| format!("page {index} of memory {memory} is missing"))?;
             let bytes = unpack(&mut decompressor, data, hash)
                 .with_context(|| format!("page {index} of memory {memory}"))?;
-            place(memories, memory, index, PageData::named(bytes, *hash))?;
+            place(&mut placed, memory, index, PageData::named(bytes, *hash))?;
         }
     }
+    set_lists(memories, placed);
     Ok(())
 }
 
@@ -680,19 +749,34 @@ pub(super) fn load_lazily(
     source: &Arc<LazyPages>,
     memories: &mut [MemoryImage],
 ) -> Result<()> {
+    let mut placed = vec![Vec::new(); memories.len()];
     for (i, &(memory, index)) in list.keys().enumerate() {
         let source: Arc<dyn PageSource> = source.clone();
-        place(memories, memory, index, PageData::stored(source, i as i64))?;
+        place(
+            &mut placed,
+            memory,
+            index,
+            PageData::stored(source, i as i64),
+        )?;
     }
+    set_lists(memories, placed);
     Ok(())
 }
 
-fn place(memories: &mut [MemoryImage], memory: u32, index: u32, data: PageData) -> Result<()> {
-    let Some(image) = memories.get_mut(memory as usize) else {
+/// Adds the page at `index` of `memory` to that memory's pages.
+fn place(placed: &mut [Vec<Page>], memory: u32, index: u32, data: PageData) -> Result<()> {
+    let Some(pages) = placed.get_mut(memory as usize) else {
         bail!("a page refers to memory {memory}, which the snapshot does not have");
     };
-    image.pages.push(Page { index, data });
+    pages.push(Page { index, data });
     Ok(())
+}
+
+/// Gives each memory the pages placed in it.
+fn set_lists(memories: &mut [MemoryImage], placed: Vec<Vec<Page>>) {
+    for (memory, pages) in memories.iter_mut().zip(placed) {
+        memory.pages = pages.into();
+    }
 }
 
 /// Decompresses a stored page and checks it against its name.
@@ -853,7 +937,7 @@ mod tests {
     fn memory(pages: Vec<Page>) -> Vec<MemoryImage> {
         vec![MemoryImage {
             page_count: 16,
-            pages,
+            pages: pages.into(),
         }]
     }
 
@@ -909,7 +993,7 @@ mod tests {
         let mut memories = memory(vec![page(0, &zero), page(1, &a)]);
         memories.push(MemoryImage {
             page_count: 1,
-            pages: vec![page(0, &a)],
+            pages: vec![page(0, &a)].into(),
         });
         let plan = plan(&memories, None).unwrap();
         assert_eq!(plan.pages, 2);
@@ -977,6 +1061,61 @@ mod tests {
         let again = super::plan(&now, Some(&cache)).unwrap();
         assert!(again.named.is_empty() && again.removed.is_empty());
         assert_eq!(again.pages, 4);
+        assert_eq!(cache.full_rows(&again, &[]), full);
+    }
+
+    #[test]
+    fn runs_of_the_parents_snapshot_are_planned_in_one_step() {
+        let data = |n: u8| PageData::new(vec![n; PAGE_SIZE]);
+        let parent: Vec<Page> = (0..40).map(|i| page(i, &data(i as u8 + 1))).collect();
+        let parent = vec![MemoryImage {
+            page_count: 64,
+            pages: parent.into(),
+        }];
+        let runs = parent[0].pages.runs().to_vec();
+        assert_eq!(runs.len(), 2, "places 0-31 and 32-39");
+        let mut cache = PageCache::default();
+        let first = plan(&parent, Some(&cache)).unwrap();
+        assert_eq!((first.named.len(), first.known_runs.len()), (40, 2));
+        let ids: Vec<i64> = (100..140).collect();
+        cache.commit(1, 1, ListShape::default(), &first, &ids);
+        assert_eq!(cache.runs.len(), 2);
+
+        // The first run again, the second rebuilt: page 33 changed, page
+        // 39 became zeros.
+        let mut second_run: Vec<Page> = runs[1].to_vec();
+        second_run[1] = page(33, &data(200));
+        second_run.pop();
+        let now = vec![
+            MemoryImage {
+                page_count: 64,
+                pages: crate::snapshot::PageList::from_runs([runs[0].clone(), second_run.into()]),
+            },
+            MemoryImage {
+                page_count: 64,
+                pages: crate::snapshot::PageList::from_runs([runs[0].clone()]),
+            },
+        ];
+        let plan = plan(&now, Some(&cache)).unwrap();
+        let named: Vec<_> = plan.named.iter().map(|p| (p.key, p.parent)).collect();
+        assert_eq!(named[0], ((0, 33), Some(133)));
+        assert_eq!(named.len(), 33, "page 33, and memory 1's pages: new places");
+        assert!(
+            named[1..]
+                .iter()
+                .all(|(key, parent)| key.0 == 1 && parent.is_none())
+        );
+        assert_eq!(plan.removed, [(0, 39)]);
+        assert_eq!(plan.pages, 39 + 32);
+        let ids: Vec<i64> = (200..233).collect();
+        let full = cache.full_rows(&plan, &ids);
+        assert_eq!(full.len(), 39 + 32);
+        assert_eq!(full[0], ((0, 0), Some(100)));
+        assert_eq!(full[33], ((0, 33), Some(200)));
+        cache.commit(1, 2, ListShape::default(), &plan, &ids);
+        assert_eq!(cache.runs.len(), 3);
+        let again = super::plan(&now, Some(&cache)).unwrap();
+        assert!(again.named.is_empty() && again.removed.is_empty());
         assert_eq!(cache.full_rows(&again, &[]), full);
     }
 

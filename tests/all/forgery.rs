@@ -172,7 +172,7 @@ fn same_state(snapshot: &Snapshot, metadata: &Metadata) -> Snapshot {
     for memory in &mut normal.memories {
         memory
             .pages
-            .retain(|page| page.data.bytes().unwrap().iter().any(|&b| b != 0));
+            .edit(|pages| pages.retain(|page| page.data.bytes().unwrap().iter().any(|&b| b != 0)));
     }
     for coroutine in &mut normal.coroutines {
         let Ok(frames) = metadata.saved_frames(&coroutine.stack) else {
@@ -443,7 +443,7 @@ fn edit_memory(s: &mut Snapshot, u: &mut Unstructured) -> Drawn<String> {
                     .cloned()
                     .unwrap_or_else(|| wasnap::snapshot::MemoryImage {
                         page_count: 1,
-                        pages: Vec::new(),
+                        pages: Default::default(),
                     }),
             );
         return Ok("one memory more".to_string());
@@ -467,21 +467,24 @@ fn edit_memory(s: &mut Snapshot, u: &mut Unstructured) -> Drawn<String> {
             let mut data = memory.pages[page].data.bytes().unwrap().to_vec();
             let at = u.choose_index(PAGE_SIZE)?;
             data[at] ^= u.int_in_range(1..=255)?;
-            memory.pages[page].data = data.into();
+            memory.pages.edit(|pages| pages[page].data = data.into());
             format!("memory {index}: a byte of page {page} flipped")
         }
         2 => {
             let page_index = u.int_in_range(0..=(memory.page_count as u32).saturating_add(1))?;
-            memory.pages.retain(|p| p.index != page_index);
-            let at = memory.pages.partition_point(|p| p.index < page_index);
             let fill: u8 = u.arbitrary()?;
-            memory.pages.insert(
-                at,
-                Page {
-                    index: page_index,
-                    data: vec![fill; PAGE_SIZE].into(),
-                },
-            );
+            memory.pages.edit(|pages| {
+                pages.retain(|p| p.index != page_index);
+                let at = pages.partition_point(|p| p.index < page_index);
+                let data = vec![fill; PAGE_SIZE].into();
+                pages.insert(
+                    at,
+                    Page {
+                        index: page_index,
+                        data,
+                    },
+                );
+            });
             format!("memory {index}: page {page_index} filled with {fill}")
         }
         _ => {

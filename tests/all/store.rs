@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::backends::{Backend, TestDb, on_both_backends};
 use wasnap::Policy;
 use wasnap::snapshot::{
-    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, Snapshot,
-    TableImage,
+    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, PageList,
+    Snapshot, TableImage,
 };
 use wasnap::store::{
     ArtifactKey, Database, Durability, GcReport, InstanceState, Lease, Outcome, Request,
@@ -49,7 +49,7 @@ fn base_pages() -> &'static [Vec<u8>] {
 /// The snapshot of step `n` of a 1 MiB workflow: every page holds data,
 /// and step `n` rewrites page `n % 16` with its number.
 fn step(n: u32) -> Snapshot {
-    let pages = (0..PAGES)
+    let pages: PageList = (0..PAGES)
         .map(|index| {
             let mut data = base_pages()[index as usize].clone();
             if index == n % PAGES {
@@ -393,9 +393,11 @@ on_both_backends! {
 fn zero_pages_are_not_stored(backend: Backend) {
     let (_dir, store, id) = store_with_instance(backend);
     let mut s = step(1);
-    s.memories[0].pages.push(Page {
-        index: PAGES,
-        data: vec![0; PAGE_SIZE].into(),
+    s.memories[0].pages.edit(|pages| {
+        pages.push(Page {
+            index: PAGES,
+            data: vec![0; PAGE_SIZE].into(),
+        })
     });
     let lease = store.lease(id).unwrap();
     store
@@ -542,7 +544,7 @@ fn failed_calls_change_nothing(backend: Backend) {
             .starts_with("the snapshot is of module 0101")
     );
     let mut bad = step(3);
-    bad.memories[0].pages.swap(0, 1);
+    bad.memories[0].pages.edit(|pages| pages.swap(0, 1));
     let err = store
         .commit_version(&lease, Some(2), &Outcome::Suspended(&bad), b"")
         .map(drop);
@@ -876,7 +878,7 @@ fn page_lists_are_differences_that_load_exactly(backend: Backend) {
         .unwrap();
     // Page 3 becomes zeros, then comes back.
     let mut holes = step(153);
-    holes.memories[0].pages.remove(3);
+    holes.memories[0].pages.edit(|pages| pages.remove(3));
     store
         .commit_version(&lease, Some(152), &Outcome::Suspended(&holes), b"")
         .unwrap();
@@ -906,7 +908,7 @@ fn gc_frees_pages_with_zeroed_places_listed(backend: Backend) {
     commit_chain(&store, id, 1..=1);
     let lease = store.lease(id).unwrap();
     let mut holes = step(2);
-    holes.memories[0].pages.remove(5);
+    holes.memories[0].pages.edit(|pages| pages.remove(5));
     store
         .commit_version(&lease, Some(1), &Outcome::Suspended(&holes), b"")
         .unwrap();
