@@ -263,22 +263,31 @@ impl Executor {
         // user (see `store::ArtifactKey`).
         let module = unsafe { self.engine.load_with_artifact(&wasm, artifact.as_deref()) }?;
         if artifact.is_none() {
-            self.keep_artifact(&module)?;
+            // None stored, or one that failed its authentication: either
+            // way the one just compiled takes its place.
+            self.store_artifact(&module)?;
         }
         Ok(module)
     }
 
+    /// Stores the compiled code of `module` for later runs, unless some is
+    /// stored already (checked without reading it: an interpreter's
+    /// artifact is over 100 MB).
     fn keep_artifact(&self, module: &Module) -> Result<()> {
-        let fingerprint = self.engine.fingerprint();
-        if self
+        if !self
             .database
-            .compiled(&module.hash(), &fingerprint)?
-            .is_none()
+            .has_compiled(&module.hash(), &self.engine.fingerprint())?
         {
-            self.database
-                .put_compiled(&module.hash(), &fingerprint, &module.serialize()?)?;
+            self.store_artifact(module)?;
         }
         Ok(())
+    }
+
+    /// Stores the compiled code of `module`, replacing any stored.
+    fn store_artifact(&self, module: &Module) -> Result<()> {
+        let fingerprint = self.engine.fingerprint();
+        self.database
+            .put_compiled(&module.hash(), &fingerprint, &module.serialize()?)
     }
 
     /// Starts a new instance of the stored module `module` with WASI
