@@ -549,3 +549,78 @@ pub(crate) fn capture_tables(metadata: &Metadata) -> Result<Vec<TableImage>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::runtime::{ChangeTracking, Settings, Step, support};
+    use crate::snapshot::Snapshot;
+
+    /// Writes every one of its 80 pages and yields; writes page 40 and
+    /// yields; grows by 40 pages, writes page 100 and yields.
+    const WRITER: &str = r#"
+    (module
+      (import "wasnap" "yield" (func $yield (param i32 i32) (result i32)))
+      (memory (export "memory") 80)
+      (func (export "run") (local $page i32)
+        (loop $every
+          (i32.store (i32.mul (local.get $page) (i32.const 65536)) (i32.const 1))
+          (local.set $page (i32.add (local.get $page) (i32.const 1)))
+          (br_if $every (i32.lt_u (local.get $page) (i32.const 80))))
+        (drop (call $yield (i32.const 0) (i32.const 0)))
+        (i32.store (i32.const 2621444) (i32.const 2))
+        (drop (call $yield (i32.const 0) (i32.const 0)))
+        (drop (memory.grow (i32.const 40)))
+        (i32.store (i32.const 6553600) (i32.const 3))
+        (drop (call $yield (i32.const 0) (i32.const 0)))))
+    "#;
+
+    /// For each run of `b`'s memory 0: whether it is the very run `a` has.
+    fn shared(a: &Snapshot, b: &Snapshot) -> Vec<bool> {
+        let runs = a.memories[0].pages.runs();
+        let run_pointers = |run| runs.iter().any(|r| Arc::ptr_eq(r, run));
+        b.memories[0]
+            .pages
+            .runs()
+            .iter()
+            .map(run_pointers)
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_shares_every_run_not_written_since_the_last() {
+        let engine = crate::Engine::new().unwrap();
+        let module = engine.load(&wat::parse_str(WRITER).unwrap()).unwrap();
+        let mut trackings = vec![ChangeTracking::Compare, ChangeTracking::Auto];
+        if support().write_protect {
+            trackings.push(ChangeTracking::WriteProtect);
+        }
+        for tracking in trackings {
+            let settings = Settings::default().change_tracking(tracking);
+            let mut workflow = engine.start(&module, settings).unwrap();
+            let mut next = || {
+                assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+                let snapshot = workflow.snapshot().unwrap();
+                // Nothing written in between: every run is shared.
+                let again = workflow.snapshot().unwrap();
+                assert!(shared(&snapshot, &again).iter().all(|&s| s));
+                snapshot
+            };
+            let first = next();
+            assert_eq!(first.memories[0].pages.len(), 80);
+            // Places 0-31, 32-63 (page 40 written), 64-79.
+            let second = next();
+            assert_eq!(shared(&first, &second), [true, false, true], "{tracking:?}");
+            // Places 64-95 now reach past the old end: looked at again,
+            // found the same, and kept as the very same run.
+            let third = next();
+            assert_eq!(
+                shared(&second, &third),
+                [true, true, true, false],
+                "{tracking:?}"
+            );
+            assert_eq!(third.memories[0].pages.len(), 81);
+        }
+    }
+}

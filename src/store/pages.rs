@@ -245,8 +245,10 @@ impl PageCache {
 const CACHED_LISTS: usize = 1 << 16;
 
 /// How many entries the lists of [`PageCaches`] hold together at most
-/// (about 24 bytes each): a list of a 1 MiB memory has up to 16, one of a
-/// 256 MiB memory up to 4,096.
+/// (about 24 bytes each, and the allocation of the page object each one
+/// refers to weakly; plus one weak reference per run of up to 32 pages):
+/// a list of a 1 MiB memory has up to 16, one of a 256 MiB memory up to
+/// 4,096.
 const CACHED_ENTRIES: usize = 1 << 20;
 
 /// The page lists of the instances a store handle committed or loaded
