@@ -623,4 +623,32 @@ mod tests {
             assert_eq!(third.memories[0].pages.len(), 81);
         }
     }
+
+    #[test]
+    fn a_snapshot_whose_pages_are_out_of_order_is_refused_in_one_line() {
+        let engine = crate::Engine::new().unwrap();
+        let module = engine.load(&wat::parse_str(WRITER).unwrap()).unwrap();
+        let mut workflow = engine.start(&module, Settings::default()).unwrap();
+        assert_eq!(workflow.run().unwrap(), Step::Yielded(Vec::new()));
+        let good = workflow.snapshot().unwrap();
+        for edit in [
+            |pages: &mut Vec<crate::snapshot::Page>| pages.swap(3, 40),
+            |pages: &mut Vec<crate::snapshot::Page>| pages[5] = pages[4].clone(),
+        ] {
+            let mut bad = good.clone();
+            bad.memories[0].pages.edit(edit);
+            let Err(error) = engine.restore(&module, &bad) else {
+                panic!("restored pages out of order");
+            };
+            // Checked with the rest of the snapshot, before the memory is
+            // grouped into runs.
+            let error = error.to_string();
+            assert!(
+                error.contains("memory 0: page 4 is out of order"),
+                "{error}"
+            );
+            assert!(!error.contains('\n'), "{error}");
+        }
+        assert!(engine.restore(&module, &good).is_ok());
+    }
 }
