@@ -168,18 +168,18 @@ pub(crate) fn capture_memories(
         };
         let groups = &mut history.memories[i];
         groups.resize((len / PAGE_SIZE).div_ceil(RUN_PAGES), None);
+        let unwritten = |page: usize| {
+            written
+                .as_ref()
+                .is_some_and(|w| page < w.tracked && !w.pages[page])
+        };
+        let page = |index: usize| &data[index * PAGE_SIZE..(index + 1) * PAGE_SIZE];
         for (group, kept) in groups.iter_mut().enumerate() {
             let places = group * RUN_PAGES..((group + 1) * RUN_PAGES).min(len / PAGE_SIZE);
-            let unwritten = |page: usize| {
-                written
-                    .as_ref()
-                    .is_some_and(|w| page < w.tracked && !w.pages[page])
-            };
             if places.clone().all(unwritten) {
                 // Nothing written here since: the kept run is still what is there.
                 continue;
             }
-            let page = |index: usize| &data[index * PAGE_SIZE..(index + 1) * PAGE_SIZE];
             let old: &[Page] = kept.as_deref().unwrap_or(&[]);
             let mut old = old.iter().peekable();
             let mut pages = Vec::new();

@@ -59,8 +59,8 @@ impl PageList {
     }
 
     /// The pages, in order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Page> + Clone + '_ {
-        self.runs.iter().flat_map(|run| run.iter())
+    pub fn iter(&self) -> Pages<'_> {
+        Pages(self.runs.iter().flat_map(|run| run.iter()))
     }
 
     /// The first page, if any.
@@ -115,48 +115,38 @@ impl PageList {
     /// The list's pages grouped by place: entry `k` holds the pages of
     /// indices `k * RUN_PAGES .. (k + 1) * RUN_PAGES`, for the `slots`
     /// groups of a memory of `slots * RUN_PAGES` pages or fewer. Runs that
-    /// already are such a group (a captured list's are) are shared, not
-    /// rebuilt. `None` if the list is not sorted by index or has a page
-    /// beyond the last group.
+    /// already are such groups (a captured list's are) are shared, other
+    /// lists are cut again. `None` if the list is not sorted by index or
+    /// has a page beyond the last group.
     pub(crate) fn by_place(&self, slots: usize) -> Option<Vec<Option<Arc<[Page]>>>> {
-        let mut grouped: Vec<Option<Arc<[Page]>>> = vec![None; slots];
-        let mut pending: Vec<Page> = Vec::new();
-        let mut pending_slot = 0;
-        let mut previous: Option<u32> = None;
-        for run in &self.runs {
-            let (first, last) = (run.first()?.index, run.last()?.index);
-            let sorted = run.windows(2).all(|w| w[0].index < w[1].index);
-            if !sorted || previous.is_some_and(|p| p >= first) {
+        let mut indices = self.iter().map(|p| p.index);
+        let mut previous = indices.next();
+        for index in indices {
+            if previous.is_some_and(|p| p >= index) {
                 return None;
             }
-            previous = Some(last);
-            let slot = first as usize / RUN_PAGES;
-            if slot != pending_slot && !pending.is_empty() {
-                *grouped.get_mut(pending_slot)? = Some(std::mem::take(&mut pending).into());
-            }
-            let whole = slot == last as usize / RUN_PAGES && pending.is_empty();
-            if whole && grouped.get(slot)?.is_none() {
-                grouped[slot] = Some(Arc::clone(run));
-                continue;
-            }
-            for page in run.iter() {
-                let slot = page.index as usize / RUN_PAGES;
-                if slot != pending_slot && !pending.is_empty() {
-                    *grouped.get_mut(pending_slot)? = Some(std::mem::take(&mut pending).into());
-                }
-                if pending.is_empty() {
-                    pending_slot = slot;
-                    // A group begun by an earlier run goes on.
-                    pending = grouped
-                        .get_mut(slot)?
-                        .take()
-                        .map_or(Vec::new(), |r| r.to_vec());
-                }
-                pending.push(page.clone());
-            }
+            previous = Some(index);
         }
-        if !pending.is_empty() {
-            *grouped.get_mut(pending_slot)? = Some(pending.into());
+        let group = |page: &Page| page.index as usize / RUN_PAGES;
+        let one_group_each = self
+            .runs
+            .iter()
+            .all(|run| group(&run[0]) == group(&run[run.len() - 1]))
+            && self
+                .runs
+                .windows(2)
+                .all(|w| group(&w[0][0]) != group(&w[1][0]));
+        let cut_again;
+        let runs = match one_group_each {
+            true => &self.runs,
+            false => {
+                cut_again = PageList::from(self.to_vec());
+                &cut_again.runs
+            }
+        };
+        let mut grouped: Vec<Option<Arc<[Page]>>> = vec![None; slots];
+        for run in runs {
+            *grouped.get_mut(group(&run[0]))? = Some(Arc::clone(run));
         }
         Some(grouped)
     }
@@ -188,12 +178,35 @@ impl FromIterator<Page> for PageList {
     }
 }
 
+/// The pages of a [`PageList`], in order.
+#[derive(Clone)]
+pub struct Pages<'a>(
+    std::iter::FlatMap<std::slice::Iter<'a, Arc<[Page]>>, std::slice::Iter<'a, Page>, RunPages<'a>>,
+);
+
+/// The pages of one run.
+type RunPages<'a> = fn(&'a Arc<[Page]>) -> std::slice::Iter<'a, Page>;
+
+impl<'a> Iterator for Pages<'a> {
+    type Item = &'a Page;
+
+    fn next(&mut self) -> Option<&'a Page> {
+        self.0.next()
+    }
+}
+
+impl DoubleEndedIterator for Pages<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back()
+    }
+}
+
 impl<'a> IntoIterator for &'a PageList {
     type Item = &'a Page;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a Page> + 'a>;
+    type IntoIter = Pages<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+    fn into_iter(self) -> Pages<'a> {
+        self.iter()
     }
 }
 

@@ -13,8 +13,8 @@ pub mod inspect;
 mod list;
 mod page;
 
-pub use list::PageList;
 pub(crate) use list::RUN_PAGES;
+pub use list::{PageList, Pages};
 pub use page::PageData;
 pub(crate) use page::{PageSource, WeakPage};
 
