@@ -14,12 +14,18 @@
 //! (`json`). Without them this bench says so and measures nothing.
 //!
 //! `WASNAP_BENCH_GUESTS=lua,quickjs` measures only those guests;
-//! `WASNAP_BENCH_ROUNDS` sets the number of paired rounds (15).
+//! `WASNAP_BENCH_ROUNDS` sets the number of paired rounds (15);
+//! `WASNAP_BENCH_PERF_MAP=1` writes a map of the compiled guest code for
+//! `perf record` (`/tmp/perf-PID.map`).
 //!
 //! Every variant runs in plain wasmtime, on the same engine, with a host
 //! whose `wasnap.yield` returns 0 at once: nothing ever unwinds, so the run
 //! time differences are the instrumentation's cost on the normal path. The
 //! variants must print the same output, which is checked before timing.
+//! The engine compiles as wasnap's does where that shapes the machine
+//! code: branch hints are honoured (wasnap marks its unwind and rewind
+//! paths cold with them; the other variants carry none). wasnap's epoch
+//! checks for time limits are left out, as they cost every variant alike.
 //!
 //! - `original`: the module as clang made it;
 //! - `wasnap`: `wasnap::instrument::instrument` of it;
@@ -97,6 +103,19 @@ fn guest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-guests")
 }
 
+/// An engine that compiles modules as wasnap's engine does (see the
+/// module's documentation).
+fn bench_engine() -> Engine {
+    let mut config = wasmtime::Config::new();
+    config.wasm_branch_hinting(true);
+    if std::env::var_os("WASNAP_BENCH_PERF_MAP").is_some() {
+        // For `perf record`: names the guests' compiled functions in
+        // /tmp/perf-PID.map.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    Engine::new(&config).unwrap()
+}
+
 /// Size in bytes of the code section's contents.
 fn code_size(wasm: &[u8]) -> usize {
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -146,7 +165,7 @@ fn instrumentation(c: &mut Criterion) {
         );
         return;
     }
-    let engine = Engine::default();
+    let engine = bench_engine();
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     p1::add_to_linker_sync(&mut linker, |ctx| ctx).unwrap();
     linker
