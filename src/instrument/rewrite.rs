@@ -39,6 +39,33 @@
 //! has to survive a call on that path; `finish_frame` then writes the
 //! frame's header and keeps room for the next frame.
 //!
+//! Call sites that save the same values share one unwind path: the site
+//! sets a local to its call index and branches to the path, which follows
+//! the end of a block around the whole body (one block per shared path):
+//!
+//! ```wat
+//! block $unwind_a                ;; around the body
+//!   block (result i32)           ;; the body
+//!     ...
+//!     call $f
+//!     (if (i32.eq (global.get $state) (i32.const 1))
+//!       (then (local.set $site (i32.const 3)) (br $unwind_a)))
+//!     ...
+//!   end
+//!   return
+//! end
+//! (local.set $pos (i32.load (global.get $data)))
+//! ...the stores...
+//! (call $finish_frame (i32.const 8) (i32.const $f) (local.get $site))
+//! (return (i32.const 0))
+//! ```
+//!
+//! In an interpreter's loop most of the hundreds of call sites save one of
+//! a few sets of values, so this is far less code, and far fewer places
+//! that read every value live after a call: measured on SQLite, whose
+//! bytecode loop has 420 call sites, the run time went from 1.14x the
+//! original to 1.09x and the code from 4.95x to 4.40x.
+//!
 //! Saving only live values at the call site, instead of every local in one
 //! shared epilogue, is what keeps instrumented code fast: a shared save
 //! reads every local on a path reachable from every call, so a compiler
@@ -108,7 +135,7 @@
 //! Code outside suspendable constructs, and functions that cannot suspend,
 //! are left exactly as they were.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
@@ -341,7 +368,7 @@ fn emit_version<'a>(
         local_types,
         validator,
         types: Vec::new(),
-        labels: vec![Label::Original(FUNCTION_FRAME)],
+        labels: Vec::new(),
         next_mark: 0,
         out: Vec::new(),
         slots: HashMap::new(),
@@ -350,6 +377,7 @@ fn emit_version<'a>(
         pos: local_types.len() as u32,
         cold: Vec::new(),
         call_sites: Vec::new(),
+        shared_unwinds: SharedUnwinds::default(),
         additions,
         new_types,
         describe: description.to_string(),
@@ -357,11 +385,15 @@ fn emit_version<'a>(
     let results = signature.results().to_vec();
     let body_type = rewriter.new_types.block_type(&results);
 
+    rewriter.open_shared_unwinds();
+    rewriter.labels.push(Label::Original(FUNCTION_FRAME));
     rewriter.out.push(Instruction::Block(body_type));
     let (end, _) = rewriter.region(0, Vec::new())?;
     rewriter.load_region_results(0, &results);
     rewriter.validate(end)?;
     rewriter.out.push(Instruction::End);
+    rewriter.labels.pop();
+    rewriter.close_shared_unwinds()?;
 
     let mut function = Function::new(compress_locals(
         local_types[signature.params().len()..]
@@ -542,6 +574,30 @@ struct Dispatch {
     emitted: bool,
 }
 
+/// The unwind paths of a function that several call sites share: those
+/// saving the same values (in an interpreter's loop, most of its hundreds
+/// of call sites save one of a few sets). One copy of the stores is less
+/// code, and fewer places that read every value live after a call.
+#[derive(Default)]
+struct SharedUnwinds {
+    /// Each shared path, the innermost block first.
+    paths: Vec<SharedUnwind>,
+    /// Which path each call site (by operator index) branches to.
+    by_site: HashMap<usize, usize>,
+    /// The local holding the call index of the site that branched.
+    site_local: u32,
+}
+
+/// One unwind path shared by call sites that save the same values.
+struct SharedUnwind {
+    /// The label of the block whose end it follows.
+    mark: u32,
+    /// What it saves.
+    values: Vec<Value>,
+    /// Whether it makes room for the first frame of an unwind.
+    reserve: bool,
+}
+
 struct Rewriter<'m, 'a> {
     module: &'m Analysis<'a>,
     function_index: u32,
@@ -568,6 +624,8 @@ struct Rewriter<'m, 'a> {
     /// Indices in `out` of the `if`s only unwinding or rewinding enters.
     cold: Vec<usize>,
     call_sites: Vec<CallSite>,
+    /// The unwind paths that call sites share, and which site uses which.
+    shared_unwinds: SharedUnwinds,
     additions: &'m Additions,
     new_types: &'m mut NewTypes,
     describe: String,
@@ -1186,7 +1244,8 @@ impl<'a> Rewriter<'_, 'a> {
     }
 
     /// Emits what follows a suspending call: if the call started (or
-    /// continued) an unwind, store what `site` saves and return.
+    /// continued) an unwind, store what `site` saves and return, or
+    /// branch to the unwind path it shares with other call sites.
     fn unwind_path(&mut self, i: usize, site: &SitePlan) -> Result<()> {
         let call_index = self.call_sites.len() as u32;
         let mut saved = Vec::new();
@@ -1194,14 +1253,49 @@ impl<'a> Rewriter<'_, 'a> {
             saved.push(self.saved_local(value)?);
         }
         saved.sort_by_key(|value| value.offset);
-        let frame_size = self.plan.frame_size;
 
         // Unwinding: the call's results (still on the stack, below) are
         // dummies and the argument slots are intact; save, then return.
-        // Nothing is called before the values are stored, so that none of
-        // them has to survive a call on this path.
         self.if_state(STATE_UNWINDING, BlockType::Empty);
-        if self.may_call_import(i) {
+        if let Some(&shared) = self.shared_unwinds.by_site.get(&i) {
+            let site_local = self.shared_unwinds.site_local;
+            let mark = self.shared_unwinds.paths[shared].mark;
+            self.out.extend([
+                Instruction::I32Const(call_index as i32),
+                Instruction::LocalSet(site_local),
+                // One more label than `labels` knows: the `if` above.
+                Instruction::Br(self.depth_of(Label::Marked(mark)) + 1),
+            ]);
+        } else {
+            let reserve = self.may_call_import(i);
+            self.save_frame(&saved, reserve, Instruction::I32Const(call_index as i32));
+        }
+        self.out.push(Instruction::End);
+
+        self.call_sites.push(CallSite {
+            code_offset: self.ops[i].1,
+            callee: match self.ops[i].0 {
+                Operator::Call { function_index } => Some(function_index),
+                _ => None,
+            },
+            table: match self.ops[i].0 {
+                Operator::CallIndirect { table_index, .. } => Some(table_index),
+                _ => None,
+            },
+            size: self.plan.frame_size,
+            saved,
+        });
+        Ok(())
+    }
+
+    /// Emits the end of an unwind path: store `saved` in a new frame (made
+    /// room for first when `reserve`), write its header with the call
+    /// index `call_index` pushes, and return.
+    ///
+    /// Nothing is called before the values are stored, so that none of
+    /// them has to survive a call on this path.
+    fn save_frame(&mut self, saved: &[SavedLocal], reserve: bool, call_index: Instruction<'a>) {
+        if reserve {
             // The first frame of an unwind: make room for the largest
             // frame (every later one is pushed after `finish_frame`, which
             // keeps that much room).
@@ -1212,6 +1306,7 @@ impl<'a> Rewriter<'_, 'a> {
             Instruction::I32Load(stack_memarg(self.additions.stack_memory, 0)),
             Instruction::LocalSet(self.pos),
         ]);
+        let frame_size = self.plan.frame_size;
         let stored: u32 = saved.iter().map(|value| byte_size(value.ty)).sum();
         if stored < frame_size {
             // What this call does not save is zero, so that a frame's
@@ -1223,7 +1318,7 @@ impl<'a> Rewriter<'_, 'a> {
                 Instruction::MemoryFill(self.additions.stack_memory),
             ]);
         }
-        for value in &saved {
+        for value in saved {
             self.out.extend([
                 Instruction::LocalGet(self.pos),
                 Instruction::LocalGet(value.index),
@@ -1236,26 +1331,67 @@ impl<'a> Rewriter<'_, 'a> {
         self.out.extend([
             Instruction::I32Const(frame_size as i32),
             Instruction::I32Const(self.function_index as i32),
-            Instruction::I32Const(call_index as i32),
+            call_index,
             Instruction::Call(self.additions.finish_frame),
         ]);
         let function_results = self.module.func_type(self.function_index).results();
         self.out.extend(function_results.iter().map(|&ty| zero(ty)));
-        self.out.extend([Instruction::Return, Instruction::End]);
+        self.out.push(Instruction::Return);
+    }
 
-        self.call_sites.push(CallSite {
-            code_offset: self.ops[i].1,
-            callee: match self.ops[i].0 {
-                Operator::Call { function_index } => Some(function_index),
-                _ => None,
-            },
-            table: match self.ops[i].0 {
-                Operator::CallIndirect { table_index, .. } => Some(table_index),
-                _ => None,
-            },
-            size: frame_size,
-            saved,
-        });
+    /// Finds the call sites that save the same values, and opens, around
+    /// the body, a block for each set saved at more than one site: the
+    /// unwind path those sites share follows the block's end.
+    fn open_shared_unwinds(&mut self) {
+        let mut sites_by_key: BTreeMap<(Vec<Value>, bool), Vec<usize>> = BTreeMap::new();
+        for (&i, site) in &self.plan.sites {
+            let mut values: Vec<Value> = site.saved.iter().map(|&(value, _)| value).collect();
+            values.sort();
+            let key = (values, self.may_call_import(i));
+            sites_by_key.entry(key).or_default().push(i);
+        }
+        let shared: Vec<_> = sites_by_key
+            .into_iter()
+            .filter(|(_, sites)| sites.len() > 1)
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        self.shared_unwinds.site_local = self.new_local(ValType::I32);
+        // The first path's block is the innermost.
+        for ((values, reserve), sites) in shared.into_iter().rev() {
+            let path = self.shared_unwinds.paths.len();
+            for i in sites {
+                self.shared_unwinds.by_site.insert(i, path);
+            }
+            let mark = self.open_marked_block(BlockType::Empty);
+            self.shared_unwinds.paths.push(SharedUnwind {
+                mark,
+                values,
+                reserve,
+            });
+        }
+    }
+
+    /// Closes the blocks [`Self::open_shared_unwinds`] opened, each
+    /// followed by its unwind path, after the body (whose results it
+    /// returns first).
+    fn close_shared_unwinds(&mut self) -> Result<()> {
+        if self.shared_unwinds.paths.is_empty() {
+            return Ok(());
+        }
+        self.out.push(Instruction::Return);
+        let paths = std::mem::take(&mut self.shared_unwinds.paths);
+        for path in paths.iter().rev() {
+            self.close_block();
+            let mut saved = Vec::new();
+            for &value in &path.values {
+                saved.push(self.saved_local(value)?);
+            }
+            saved.sort_by_key(|value| value.offset);
+            let site_local = self.shared_unwinds.site_local;
+            self.save_frame(&saved, path.reserve, Instruction::LocalGet(site_local));
+        }
         Ok(())
     }
 

@@ -130,6 +130,61 @@ fn indirect_calls_are_narrowed_per_table() {
 }
 
 #[test]
+fn call_sites_saving_the_same_values_share_one_unwind_path() {
+    // The first three calls save `n` and `acc`; the last also `x`.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "sleep" (func $sleep (param i32) (result i32)))
+          (func (export "run") (result i32)
+            (local $n i32) (local $acc i32) (local $x i32)
+            (local.set $n (i32.const 5))
+            (local.set $x (call $sleep (i32.const 1)))
+            (local.set $acc (i32.add (local.get $acc) (local.get $x)))
+            (local.set $x (call $sleep (i32.const 2)))
+            (local.set $acc (i32.add (local.get $acc) (local.get $x)))
+            (local.set $x (call $sleep (i32.const 3)))
+            (local.set $acc (i32.add (local.get $acc) (local.get $x)))
+            (local.set $acc (i32.add (local.get $acc) (call $sleep (local.get $x))))
+            (i32.add (i32.mul (local.get $acc) (local.get $n)) (local.get $x))))"#,
+    )
+    .unwrap();
+    let output = instrument(&wasm, &options()).unwrap();
+    assert_eq!(output.metadata.frames[&1].call_sites.len(), 4);
+    // Functions: the import, `run`, then the runtime's (`grow_stack`,
+    // `finish_frame`, `reserve` and the five `asyncify_*` exports), then
+    // the whole copy of `run`.
+    let finish_frame = 3;
+    let bodies: Vec<Vec<wasmparser::Operator>> = wasmparser::Parser::new(0)
+        .parse_all(&output.wasm)
+        .filter_map(|payload| match payload.unwrap() {
+            wasmparser::Payload::CodeSectionEntry(body) => Some(
+                body.get_operators_reader()
+                    .unwrap()
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies.len(), 10);
+    for (name, body) in [("running", &bodies[0]), ("whole", &bodies[9])] {
+        let frames_finished = body
+            .iter()
+            .filter(|op| {
+                matches!(op, wasmparser::Operator::Call { function_index } if *function_index == finish_frame)
+            })
+            .count();
+        // One shared path for the first three sites, one of its own for
+        // the last.
+        assert_eq!(frames_finished, 2, "{name} version");
+    }
+    let report = differential(&wasm, &options()).unwrap().unwrap();
+    assert_eq!(report.suspensions, 4);
+    assert_eq!(report.original.outcomes, report.suspended.outcomes);
+}
+
+#[test]
 fn output_is_deterministic() {
     let wasm = wat::parse_file(format!(
         "{}/tests/fixtures/branches.wat",
