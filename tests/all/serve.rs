@@ -389,6 +389,63 @@ fn a_script_starts_through_the_api() {
     }
 }
 
+/// The Python runtime through the API: the approval demo, its branch, and
+/// its end. The runtime (12 MB of Wasm) is instrumented and compiled at
+/// the first start, half a minute or so.
+#[test]
+fn a_python_script_runs_the_approval_demo_through_the_api() {
+    let (_dir, db) = database(Backend::Sqlite);
+    let service = Service::start(&db);
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/guest-workflows/python/approval.py"
+    ))
+    .unwrap();
+    let script = json!({ "name": "approval.py", "source": source });
+    let (code, first) = service.post("/api/instances", json!({ "script": script }));
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["value"], "do something");
+    let id = id(&first);
+
+    let (code, second) = service.resume(id, json!({ "version": 1 }));
+    assert_eq!(
+        (code, &second["value"]),
+        (200, &json!("ask boss for permission")),
+        "{second}"
+    );
+    let (code, approved) = service.resume(id, json!({ "version": 2, "reply": "true" }));
+    assert_eq!(
+        (code, &approved["value"]),
+        (200, &json!("do another after approved")),
+        "{approved}"
+    );
+    let (code, rejected) = service.resume(
+        id,
+        json!({ "version": 2, "reply": "false", "branch": true }),
+    );
+    assert_eq!(
+        (code, &rejected["value"]),
+        (200, &json!("do another after rejected")),
+        "{rejected}"
+    );
+    let (code, end) = service.resume(id, json!({ "version": 4 }));
+    assert_eq!((code, &end["state"]), (200, &json!("finished")), "{end}");
+    let shape: Vec<_> = values(&service, id)
+        .iter()
+        .map(|(v, p, s, _)| (*v, *p, s.clone()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, None, "suspended".to_string()),
+            (2, Some(1), "suspended".to_string()),
+            (3, Some(2), "suspended".to_string()),
+            (4, Some(2), "suspended".to_string()),
+            (5, Some(4), "finished".to_string()),
+        ]
+    );
+}
+
 /// What the deploy demo's status query says of an instance's head.
 fn status_of_head(service: &Service, id: u64) -> String {
     let (code, answer) = service.post(&format!("/api/instances/{id}/query/status"), json!({}));
