@@ -151,7 +151,7 @@ pub struct Restored {
 }
 
 /// A run that has ended and whose outcome is prepared but not committed:
-/// a service commits many of them at once ([`Executor::commit_runs`]).
+/// a service commits many of them at once ([`Executor::write_round`]).
 pub struct Ran {
     lease: Lease,
     prepared: Prepared,
@@ -581,7 +581,7 @@ impl Executor {
 
     /// Runs claimed work ([`Database::claim`]) to its next suspension or
     /// end and prepares its outcome, to be committed with others by
-    /// [`Executor::commit_runs`]. Work that cannot even start (its module
+    /// [`Executor::write_round`]. Work that cannot even start (its module
     /// or version cannot be loaded, a request that no longer fits) ends as
     /// a failed version too, so that it is not claimed again and again.
     pub fn run_claim(&self, claim: Claim, stdout: &Output) -> Result<Ran> {

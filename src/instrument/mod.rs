@@ -4,16 +4,16 @@
 //!
 //! The pipeline is three phases, one file each:
 //!
-//! 1. [`analyse`]: read the module, refuse what cannot be snapshotted, and
+//! 1. `analyse`: read the module, refuse what cannot be snapshotted, and
 //!    find the functions that can reach a suspending import (call graph,
 //!    with indirect calls narrowed by signature and referenceability).
-//! 2. [`rewrite`]: rewrite each of those function bodies so that a call
-//!    which starts an unwind saves what is live there ([`liveness`]) to the
+//! 2. `rewrite`: rewrite each of those function bodies so that a call
+//!    which starts an unwind saves what is live there (`liveness`) to the
 //!    stack memory and returns, and a function entered while rewinding
 //!    branches straight to the call it was suspended in and restores it;
 //!    the rewinding part lives in a second copy of the function, so that
 //!    the code that runs before any resume carries none of it.
-//! 3. [`emit`]: assemble the output module: the rewritten bodies, the
+//! 3. `emit`: assemble the output module: the rewritten bodies, the
 //!    stack memory, the state globals, the Binaryen-compatible
 //!    `asyncify_*` functions and an export for every memory, global and
 //!    table.

@@ -28,7 +28,7 @@ pub(crate) const RUN_PAGES: usize = 32;
 /// It reads like a slice of [`Page`]s (`len`, `iter`, `get`, `[i]`) and
 /// is built from a `Vec<Page>`. Cloning it, as a snapshot of a workflow
 /// does with the pages that did not change, takes one reference per run
-/// of [`RUN_PAGES`] places, not one per page.
+/// of 32 places, not one per page.
 #[derive(Clone, Default)]
 pub struct PageList {
     runs: Vec<Arc<[Page]>>,
@@ -152,7 +152,7 @@ impl PageList {
     }
 }
 
-/// Groups the pages into runs of one [`RUN_PAGES`] group of places each
+/// Groups the pages into runs of one group of 32 places each
 /// (a new run wherever the group changes or the order is broken).
 impl From<Vec<Page>> for PageList {
     fn from(pages: Vec<Page>) -> PageList {
