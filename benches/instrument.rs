@@ -90,6 +90,22 @@ fn only_functions(guest: &str) -> Option<Options> {
             "sqlite3Step",
             "sqlite3VdbeExec",
         ],
+        // As `wasnap inspect` lists the stack of `quickjs.wasm hot` in
+        // `wasnap.yield`: a JavaScript call of a native function.
+        "quickjs" => &[
+            "_start*",
+            "__original_main",
+            "__main_void",
+            "main",
+            "wasnap_js_run",
+            "JS_Eval",
+            "JS_EvalThis2",
+            "__JS_EvalInternal",
+            "JS_EvalFunctionInternal",
+            "JS_CallInternal",
+            "js_call_c_function",
+            "js_wasnap_yield",
+        ],
         _ => return None,
     };
     Some(
