@@ -580,7 +580,8 @@ struct Dispatch {
 /// code, and fewer places that read every value live after a call.
 #[derive(Default)]
 struct SharedUnwinds {
-    /// Each shared path, the innermost block first.
+    /// Each shared path, in the order its block was opened: the
+    /// outermost first.
     paths: Vec<SharedUnwind>,
     /// Which path each call site (by operator index) branches to.
     by_site: HashMap<usize, usize>,
@@ -1032,6 +1033,15 @@ impl<'a> Rewriter<'_, 'a> {
         })
     }
 
+    /// The locals holding `values`, in the order of their places in a frame.
+    fn saved_locals(&mut self, values: impl Iterator<Item = Value>) -> Result<Vec<SavedLocal>> {
+        let mut saved = values
+            .map(|value| self.saved_local(value))
+            .collect::<Result<Vec<_>>>()?;
+        saved.sort_by_key(|value| value.offset);
+        Ok(saved)
+    }
+
     /// Pushes the address of the frame being restored: the prologue has
     /// already popped it, so it starts at `pos`.
     fn frame_address(&mut self) {
@@ -1248,11 +1258,7 @@ impl<'a> Rewriter<'_, 'a> {
     /// branch to the unwind path it shares with other call sites.
     fn unwind_path(&mut self, i: usize, site: &SitePlan) -> Result<()> {
         let call_index = self.call_sites.len() as u32;
-        let mut saved = Vec::new();
-        for &(value, _) in &site.saved {
-            saved.push(self.saved_local(value)?);
-        }
-        saved.sort_by_key(|value| value.offset);
+        let saved = self.saved_locals(site.saved.iter().map(|&(value, _)| value))?;
 
         // Unwinding: the call's results (still on the stack, below) are
         // dummies and the argument slots are intact; save, then return.
@@ -1358,7 +1364,9 @@ impl<'a> Rewriter<'_, 'a> {
             return;
         }
         self.shared_unwinds.site_local = self.new_local(ValType::I32);
-        // The first path's block is the innermost.
+        // Opened outermost first, from the last set in order, so that the
+        // first set's block is the innermost and its path comes first
+        // after the body.
         for ((values, reserve), sites) in shared.into_iter().rev() {
             let path = self.shared_unwinds.paths.len();
             for i in sites {
@@ -1384,11 +1392,7 @@ impl<'a> Rewriter<'_, 'a> {
         let paths = std::mem::take(&mut self.shared_unwinds.paths);
         for path in paths.iter().rev() {
             self.close_block();
-            let mut saved = Vec::new();
-            for &value in &path.values {
-                saved.push(self.saved_local(value)?);
-            }
-            saved.sort_by_key(|value| value.offset);
+            let saved = self.saved_locals(path.values.iter().copied())?;
             let site_local = self.shared_unwinds.site_local;
             self.save_frame(&saved, path.reserve, Instruction::LocalGet(site_local));
         }

@@ -28,7 +28,7 @@ pub(crate) const RUN_PAGES: usize = 32;
 /// It reads like a slice of [`Page`]s (`len`, `iter`, `get`, `[i]`) and
 /// is built from a `Vec<Page>`. Cloning it, as a snapshot of a workflow
 /// does with the pages that did not change, takes one reference per run
-/// of 32 places, not one per page.
+/// of `RUN_PAGES` (32) places, not one per page.
 #[derive(Clone, Default)]
 pub struct PageList {
     runs: Vec<Arc<[Page]>>,
@@ -137,12 +137,11 @@ impl PageList {
                 .windows(2)
                 .all(|w| group(&w[0][0]) != group(&w[1][0]));
         let cut_again;
-        let runs = match one_group_each {
-            true => &self.runs,
-            false => {
-                cut_again = PageList::from(self.to_vec());
-                &cut_again.runs
-            }
+        let runs = if one_group_each {
+            &self.runs
+        } else {
+            cut_again = PageList::from(self.to_vec());
+            &cut_again.runs
         };
         let mut grouped: Vec<Option<Arc<[Page]>>> = vec![None; slots];
         for run in runs {
@@ -152,7 +151,7 @@ impl PageList {
     }
 }
 
-/// Groups the pages into runs of one group of 32 places each
+/// Groups the pages into runs of one group of `RUN_PAGES` places each
 /// (a new run wherever the group changes or the order is broken).
 impl From<Vec<Page>> for PageList {
     fn from(pages: Vec<Page>) -> PageList {

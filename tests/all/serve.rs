@@ -332,16 +332,23 @@ fn deploy_is_queried_and_updated_through_the_api() {
     );
 }
 
+/// The demo script `guest-workflows/DIR/NAME` as a request's `script`,
+/// and its text.
+fn demo_script(dir: &str, name: &str) -> (String, Value) {
+    let path = format!(
+        "{}/guest-workflows/{dir}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let source = std::fs::read_to_string(path).unwrap();
+    let script = json!({ "name": name, "source": source });
+    (source, script)
+}
+
 #[test]
 fn a_script_starts_through_the_api() {
     let (_dir, db) = database(Backend::Sqlite);
     let service = Service::start(&db);
-    let source = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/guest-workflows/js/deploy.js"
-    ))
-    .unwrap();
-    let script = json!({ "name": "deploy.js", "source": source });
+    let (source, script) = demo_script("js", "deploy.js");
     let (code, first) = service.post("/api/instances", json!({ "script": script }));
     assert_eq!(code, 201, "{first}");
     assert_eq!(first["value"], "waiting for approval [yes/no]");
@@ -396,12 +403,7 @@ fn a_script_starts_through_the_api() {
 fn a_python_script_runs_the_approval_demo_through_the_api() {
     let (_dir, db) = database(Backend::Sqlite);
     let service = Service::start(&db);
-    let source = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/guest-workflows/python/approval.py"
-    ))
-    .unwrap();
-    let script = json!({ "name": "approval.py", "source": source });
+    let (_, script) = demo_script("python", "approval.py");
     let (code, first) = service.post("/api/instances", json!({ "script": script }));
     assert_eq!(code, 201, "{first}");
     assert_eq!(first["value"], "do something");
@@ -430,18 +432,19 @@ fn a_python_script_runs_the_approval_demo_through_the_api() {
     );
     let (code, end) = service.resume(id, json!({ "version": 4 }));
     assert_eq!((code, &end["state"]), (200, &json!("finished")), "{end}");
-    let shape: Vec<_> = values(&service, id)
+    let tree = values(&service, id);
+    let shape: Vec<_> = tree
         .iter()
-        .map(|(v, p, s, _)| (*v, *p, s.clone()))
+        .map(|(v, p, s, _)| (*v, *p, s.as_str()))
         .collect();
     assert_eq!(
         shape,
         [
-            (1, None, "suspended".to_string()),
-            (2, Some(1), "suspended".to_string()),
-            (3, Some(2), "suspended".to_string()),
-            (4, Some(2), "suspended".to_string()),
-            (5, Some(4), "finished".to_string()),
+            (1, None, "suspended"),
+            (2, Some(1), "suspended"),
+            (3, Some(2), "suspended"),
+            (4, Some(2), "suspended"),
+            (5, Some(4), "finished"),
         ]
     );
 }
