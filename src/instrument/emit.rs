@@ -24,7 +24,7 @@ use wasm_encoder::{
 use wasmparser::{Operator, Parser, Payload};
 
 use super::analyse::Analysis;
-use super::rewrite::{Additions, NewTypes, Version, guard_calls, rewrite};
+use super::rewrite::{Additions, NewTypes, Versions, guard_calls, rewrite};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -118,22 +118,18 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
             // The function as it runs, in its place; its whole copy, which
             // resumes, after the runtime functions.
             let whole = whole_copies.index_of(index);
-            let versions = [Version::Running { whole }, Version::Whole];
-            let rewritten = rewrite(
+            let Versions {
+                running,
+                whole: copy,
+            } = rewrite(
                 &module,
                 index,
                 &body,
                 func,
                 &additions,
                 &mut new_types,
-                &versions,
+                whole,
             )?;
-            let [running, copy] = <[_; 2]>::try_from(rewritten).map_err(|_| {
-                anyhow!(
-                    "{}: two versions asked for",
-                    module.describe_function(index)
-                )
-            })?;
             code.function(&running.body);
             branch_hints.insert(index, unlikely(running.cold_branches));
             branch_hints.insert(whole, unlikely(copy.cold_branches));

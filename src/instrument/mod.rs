@@ -58,7 +58,7 @@ pub const INSTRUMENTER_VERSION: u32 = 3;
 /// [`INSTRUMENTER_VERSION`] it does not change what a frame means (a
 /// snapshot still resumes), but modules compiled from an older revision's
 /// output are compiled again.
-pub(crate) const CODE_REVISION: u32 = 3;
+pub(crate) const CODE_REVISION: u32 = 4;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";

@@ -110,20 +110,23 @@
 //! then keeps the loop's state in far more stack slots and reloads it on
 //! the hot path (measured on QuickJS: the bytecode loop's frame grew from
 //! 720 to 3,376 bytes, and the program ran at about 2x). So each function
-//! is emitted twice. In its own place is the version that runs: the same
-//! code with the unwind paths, but no dispatch and no landing (each
-//! landing block holds `unreachable`), and a prologue that, while
-//! rewinding, goes on in the other version with a tail call. That other
-//! version, the *whole* copy after the module's functions, is everything
-//! above; a rewind runs in it, and so does the rest of a function
-//! activation that was resumed. Both versions have the same call sites and
-//! frames, so either one's frame resumes in the whole copy.
+//! is emitted twice. In its own place is the version that runs: the
+//! original code with an unwind path after each suspending call
+//! ([`emit_running_in_place`]), and a prologue that, while rewinding, goes
+//! on in the other version with a tail call. That other version, the
+//! *whole* copy after the module's functions, is everything above; a
+//! rewind runs in it, and so does the rest of a function activation that
+//! was resumed. Both versions have the same call sites and frames, so
+//! either one's frame resumes in the whole copy. (A function where a call
+//! keeps values pushed outside its innermost block, which its unwind path
+//! could not reach, runs the rewritten code instead, with the unwind paths
+//! but no dispatch and no landing.)
 //!
 //! ```wat
 //! (func $f (param i32) (result i32)       ;; runs
 //!   (if (i32.eq (global.get $state) (i32.const 2))
 //!     (then (return_call $f_whole (local.get 0))))
-//!   ...the body with unwind paths, no dispatch...)
+//!   ...the original body, an unwind path after each suspending call...)
 //! (func $f_whole (param i32) (result i32) ;; resumes
 //!   ...rewind prologue, dispatches, landings, unwind paths...)
 //! ```
@@ -268,8 +271,8 @@ pub(crate) fn rewrite(
     func: FuncToValidate<ValidatorResources>,
     additions: &Additions,
     new_types: &mut NewTypes,
-    versions: &[Version],
-) -> Result<Vec<Rewritten>> {
+    whole: u32,
+) -> Result<Versions> {
     let describe = || module.describe_function(index);
     let mut ops = Vec::new();
     let mut reader = body.get_operators_reader()?;
@@ -312,21 +315,46 @@ pub(crate) fn rewrite(
     )
     .with_context(|| format!("in {description}"))?;
 
-    versions
-        .iter()
-        .map(|&version| {
-            let source = Source {
-                module,
-                index,
-                ops: &ops,
-                roles: &roles,
-                plan: &plan,
-                local_types: &local_types,
-                description: &description,
-            };
-            emit_version(source, validator.clone(), additions, new_types, version)
-        })
-        .collect()
+    let source = Source {
+        module,
+        index,
+        ops: &ops,
+        roles: &roles,
+        plan: &plan,
+        local_types: &local_types,
+        description: &description,
+    };
+    let whole_copy = emit_version(
+        &source,
+        validator.clone(),
+        additions,
+        new_types,
+        Version::Whole,
+    )?;
+    let running_version = Version::Running { whole };
+    let running = match emit_running_in_place(
+        &source,
+        validator.clone(),
+        additions,
+        new_types,
+        running_version,
+        &whole_copy.layout.call_sites,
+    )? {
+        Some(running) => running,
+        None => emit_version(&source, validator, additions, new_types, running_version)?,
+    };
+    Ok(Versions {
+        running,
+        whole: whole_copy,
+    })
+}
+
+/// The two versions of a function [`rewrite`] emits.
+pub(crate) struct Versions {
+    /// The function as it runs, in its own place.
+    pub running: Rewritten,
+    /// The whole copy, which resumes.
+    pub whole: Rewritten,
 }
 
 /// What [`rewrite`] worked out about a function, shared by its versions.
@@ -342,85 +370,107 @@ struct Source<'m, 'a> {
 
 /// Emits one version of a rewritten function.
 fn emit_version<'a>(
-    source: Source<'_, 'a>,
+    source: &Source<'_, 'a>,
     validator: FuncValidator<ValidatorResources>,
     additions: &Additions,
     new_types: &mut NewTypes,
     version: Version,
 ) -> Result<Rewritten> {
-    let Source {
-        module,
-        index,
-        ops,
-        roles,
-        plan,
-        local_types,
-        description,
-    } = source;
-    let signature = module.func_type(index);
-    let mut rewriter = Rewriter {
-        module,
-        function_index: index,
-        version,
-        ops,
-        roles,
-        plan,
-        local_types,
-        validator,
-        types: Vec::new(),
-        labels: Vec::new(),
-        next_mark: 0,
-        out: Vec::new(),
-        slots: HashMap::new(),
-        extra_locals: vec![ValType::I32],
-        first_extra: local_types.len() as u32,
-        pos: local_types.len() as u32,
-        cold: Vec::new(),
-        call_sites: Vec::new(),
-        shared_unwinds: SharedUnwinds::default(),
-        additions,
-        new_types,
-        describe: description.to_string(),
-    };
-    let results = signature.results().to_vec();
-    let body_type = rewriter.new_types.block_type(&results);
-
-    rewriter.open_shared_unwinds();
-    rewriter.labels.push(Label::Original(FUNCTION_FRAME));
-    rewriter.out.push(Instruction::Block(body_type));
+    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version);
+    let results = rewriter.open_body();
     let (end, _) = rewriter.region(0, Vec::new())?;
     rewriter.load_region_results(0, &results);
     rewriter.validate(end)?;
     rewriter.out.push(Instruction::End);
     rewriter.labels.pop();
     rewriter.close_shared_unwinds()?;
+    rewriter.finish()
+}
 
-    let mut function = Function::new(compress_locals(
-        local_types[signature.params().len()..]
-            .iter()
-            .chain(&rewriter.extra_locals)
-            .copied(),
-    ));
-    let prologue = match version {
-        Version::Whole => rewriter.rewind_prologue(signature.params())?,
-        Version::Running { whole } => rewriter.continue_rewind_in(whole, signature.params()),
-    };
-    let mut cold = rewriter.cold.iter().copied().peekable();
-    let mut cold_branches = Vec::new();
-    for (k, instruction) in prologue.iter().chain(&rewriter.out).enumerate() {
-        if cold.next_if(|&index| index == k).is_some() {
-            cold_branches.push(function.byte_len() as u32);
+/// Emits the running version of a function as its original code, changed
+/// only at its suspending calls, when it can be: when, at every call, all
+/// the values on the operand stack were pushed inside the innermost block
+/// (so the call site can take them into locals for its unwind path).
+/// Returns `None` otherwise, and [`emit_version`] emits it with slots.
+///
+/// Each suspending call gets its unwind path, with the call index
+/// `whole_sites` (the whole copy's call sites) gives it. A call that keeps
+/// values below its operands, or whose operands a rewind needs again,
+/// first moves the stack into the slot locals and back, which costs the
+/// compiled code nothing:
+///
+/// ```wat
+/// ;; before                      ;; after (call index 4)
+/// local.get 0                    local.get 0
+/// local.get 1                    local.get 1
+/// local.get 2                    local.get 2
+/// call_indirect (type $t)        local.set $slot2_i32  local.set $slot1_i32
+///                                local.set $slot0_i32  local.get $slot0_i32
+///                                local.get $slot1_i32  local.get $slot2_i32
+///                                call_indirect (type $t)
+///                                (if (i32.eq (global.get $state) (i32.const 1))
+///                                  (then (local.set $site (i32.const 4))
+///                                        (br $unwind_a)))
+/// ```
+///
+/// Everything else is copied as it is. A compiler then sees the original
+/// function plus a check and a cold branch after each call: measured on
+/// QuickJS, whose bytecode loop makes hundreds of calls that can suspend,
+/// the slots, blocks and landings that [`emit_version`] leaves in a
+/// running version cost about 10% of its run time.
+fn emit_running_in_place<'a>(
+    source: &Source<'_, 'a>,
+    validator: FuncValidator<ValidatorResources>,
+    additions: &Additions,
+    new_types: &mut NewTypes,
+    version: Version,
+    whole_sites: &[CallSite],
+) -> Result<Option<Rewritten>> {
+    let call_index_at: HashMap<usize, u32> = whole_sites
+        .iter()
+        .enumerate()
+        .map(|(k, site)| (site.code_offset, k as u32))
+        .collect();
+    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version);
+    rewriter.open_body();
+    let mut instrumented = 0;
+    for i in 0..rewriter.ops.len() {
+        let (op, offset) = &rewriter.ops[i];
+        let reachable = !rewriter.frame_is_unreachable();
+        if rewriter.roles[i] == Role::SuspendingCall && reachable {
+            let Some(&call_index) = call_index_at.get(offset) else {
+                return Ok(None);
+            };
+            if !rewriter.call_in_place(i, call_index)? {
+                return Ok(None);
+            }
+            instrumented += 1;
+            continue;
         }
-        function.instruction(instruction);
+        match op {
+            Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                rewriter.labels.push(Label::Original(i));
+            }
+            Operator::End => {
+                rewriter.labels.pop();
+            }
+            Operator::Else => {}
+            // Anything else that opens a frame (exception handling) is
+            // left to the general rewrite.
+            Operator::TryTable { .. } | Operator::Try { .. } | Operator::Delegate { .. } => {
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let instruction = rewriter.translate(i)?;
+        rewriter.out.push(instruction);
+        rewriter.validate(i)?;
     }
-    function.instruction(&Instruction::End);
-    Ok(Rewritten {
-        body: function,
-        layout: FrameLayout {
-            call_sites: rewriter.call_sites,
-        },
-        cold_branches,
-    })
+    if instrumented != whole_sites.len() {
+        return Ok(None);
+    }
+    rewriter.close_shared_unwinds()?;
+    Ok(Some(rewriter.finish()?))
 }
 
 /// Copies the body of a function that [`super::Options::only_functions`]
@@ -632,7 +682,125 @@ struct Rewriter<'m, 'a> {
     describe: String,
 }
 
-impl<'a> Rewriter<'_, 'a> {
+impl<'m, 'a> Rewriter<'m, 'a> {
+    fn new(
+        source: &Source<'m, 'a>,
+        validator: FuncValidator<ValidatorResources>,
+        additions: &'m Additions,
+        new_types: &'m mut NewTypes,
+        version: Version,
+    ) -> Self {
+        let local_count = source.local_types.len() as u32;
+        Rewriter {
+            module: source.module,
+            function_index: source.index,
+            version,
+            ops: source.ops,
+            roles: source.roles,
+            plan: source.plan,
+            local_types: source.local_types,
+            validator,
+            types: Vec::new(),
+            labels: Vec::new(),
+            next_mark: 0,
+            out: Vec::new(),
+            slots: HashMap::new(),
+            extra_locals: vec![ValType::I32],
+            first_extra: local_count,
+            pos: local_count,
+            cold: Vec::new(),
+            call_sites: Vec::new(),
+            shared_unwinds: SharedUnwinds::default(),
+            additions,
+            new_types,
+            describe: source.description.to_string(),
+        }
+    }
+
+    /// Opens the blocks of the shared unwind paths, then the block of the
+    /// body, labelled as the function's own frame; returns the function's
+    /// result types, which the body's block has.
+    fn open_body(&mut self) -> Vec<ValType> {
+        let results = self
+            .module
+            .func_type(self.function_index)
+            .results()
+            .to_vec();
+        let body_type = self.new_types.block_type(&results);
+        self.open_shared_unwinds();
+        self.labels.push(Label::Original(FUNCTION_FRAME));
+        self.out.push(Instruction::Block(body_type));
+        results
+    }
+
+    /// Puts the body emitted after its prologue, with the locals it added.
+    fn finish(mut self) -> Result<Rewritten> {
+        let signature = self.module.func_type(self.function_index);
+        let mut function = Function::new(compress_locals(
+            self.local_types[signature.params().len()..]
+                .iter()
+                .chain(&self.extra_locals)
+                .copied(),
+        ));
+        let prologue = match self.version {
+            Version::Whole => self.rewind_prologue(signature.params())?,
+            Version::Running { whole } => self.continue_rewind_in(whole, signature.params()),
+        };
+        let mut cold = self.cold.iter().copied().peekable();
+        let mut cold_branches = Vec::new();
+        for (k, instruction) in prologue.iter().chain(&self.out).enumerate() {
+            if cold.next_if(|&index| index == k).is_some() {
+                cold_branches.push(function.byte_len() as u32);
+            }
+            function.instruction(instruction);
+        }
+        function.instruction(&Instruction::End);
+        Ok(Rewritten {
+            body: function,
+            layout: FrameLayout {
+                call_sites: self.call_sites,
+            },
+            cold_branches,
+        })
+    }
+
+    /// Emits the suspending call at `i` for [`emit_running_in_place`]:
+    /// the values its unwind path saves from the operand stack taken into
+    /// their slots and back, the call, and its unwind path. Returns false,
+    /// having emitted nothing, when a value it saves was pushed outside
+    /// the innermost block, or one it moves has no slot.
+    fn call_in_place(&mut self, i: usize, call_index: u32) -> Result<bool> {
+        let frame_base = self
+            .validator
+            .get_control_frame(0)
+            .map_or(0, |frame| frame.height);
+        let site = self.plan.sites[&i].clone();
+        let lowest_saved = site
+            .saved
+            .iter()
+            .filter_map(|&(value, _)| match value {
+                Value::Operand(height, _) => Some(height),
+                Value::Local(_) => None,
+            })
+            .min();
+        if let Some(lowest) = lowest_saved {
+            if (lowest as usize) < frame_base {
+                return Ok(false);
+            }
+            let moved = self.types[lowest as usize..].to_vec();
+            if !moved.iter().all(|&ty| is_storable(ty)) {
+                return Ok(false);
+            }
+            self.store_slots(lowest, &moved)?;
+            self.load_slots(lowest, &moved);
+        }
+        let call = self.translate(i)?;
+        self.out.push(call);
+        self.validate(i)?;
+        self.unwind_path(i, &site, call_index)?;
+        Ok(true)
+    }
+
     fn new_local(&mut self, ty: ValType) -> u32 {
         self.extra_locals.push(ty);
         self.first_extra + self.extra_locals.len() as u32 - 1
@@ -1247,7 +1415,8 @@ impl<'a> Rewriter<'_, 'a> {
             Ok(())
         })?;
         self.validate(i)?;
-        self.unwind_path(i, &site)?;
+        let call_index = self.call_sites.len() as u32;
+        self.unwind_path(i, &site, call_index)?;
         let results = self.types[base as usize..].to_vec();
         self.store_slots(base, &results)?;
         Ok(i + 1)
@@ -1256,8 +1425,7 @@ impl<'a> Rewriter<'_, 'a> {
     /// Emits what follows a suspending call: if the call started (or
     /// continued) an unwind, store what `site` saves and return, or
     /// branch to the unwind path it shares with other call sites.
-    fn unwind_path(&mut self, i: usize, site: &SitePlan) -> Result<()> {
-        let call_index = self.call_sites.len() as u32;
+    fn unwind_path(&mut self, i: usize, site: &SitePlan, call_index: u32) -> Result<()> {
         let saved = self.saved_locals(site.saved.iter().map(|&(value, _)| value))?;
 
         // Unwinding: the call's results (still on the stack, below) are

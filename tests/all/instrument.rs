@@ -154,19 +154,7 @@ fn call_sites_saving_the_same_values_share_one_unwind_path() {
     // `finish_frame`, `reserve` and the five `asyncify_*` exports), then
     // the whole copy of `run`.
     let finish_frame = 3;
-    let bodies: Vec<Vec<wasmparser::Operator>> = wasmparser::Parser::new(0)
-        .parse_all(&output.wasm)
-        .filter_map(|payload| match payload.unwrap() {
-            wasmparser::Payload::CodeSectionEntry(body) => Some(
-                body.get_operators_reader()
-                    .unwrap()
-                    .into_iter()
-                    .map(Result::unwrap)
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect();
+    let bodies = code_bodies(&output.wasm);
     assert_eq!(bodies.len(), 10);
     for (name, body) in [("running", &bodies[0]), ("whole", &bodies[9])] {
         let frames_finished = body
@@ -182,6 +170,74 @@ fn call_sites_saving_the_same_values_share_one_unwind_path() {
     let report = differential(&wasm, &options()).unwrap().unwrap();
     assert_eq!(report.suspensions, 4);
     assert_eq!(report.original.outcomes, report.suspended.outcomes);
+}
+
+#[test]
+fn the_running_version_is_the_original_code_with_a_check_after_each_call() {
+    // Both calls keep a value under their operands (`acc`), in the block
+    // they are made in.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "sleep" (func $sleep (param i32) (result i32)))
+          (func (export "run") (result i32)
+            (local $n i32) (local $acc i32)
+            (local.set $n (i32.const 4))
+            (loop $again
+              (local.set $acc (i32.add (local.get $acc) (call $sleep (local.get $n))))
+              (br_if $again (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+            (i32.mul (local.get $acc) (call $sleep (i32.const 7)))))"#,
+    )
+    .unwrap();
+    let output = instrument(&wasm, &options()).unwrap();
+    let original = &code_bodies(&wasm)[0];
+    let running = &code_bodies(&output.wasm)[0];
+
+    // Every original operator is there, in order, branch depths and all.
+    let mut rest = running.iter();
+    for op in original {
+        assert!(
+            rest.any(|candidate| candidate == op),
+            "{op:?} is missing or out of order in {running:?}"
+        );
+    }
+    // What opens a frame: the original's loop, the body's block, the
+    // entry's check for a rewind and one check per call; no block around
+    // the code before a call, as the whole copy has.
+    let frames = |ops: &[wasmparser::Operator]| {
+        ops.iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    wasmparser::Operator::Block { .. }
+                        | wasmparser::Operator::Loop { .. }
+                        | wasmparser::Operator::If { .. }
+                )
+            })
+            .count()
+    };
+    assert_eq!(frames(original), 1);
+    assert_eq!(frames(running), 1 + 1 + 1 + 2);
+
+    let report = differential(&wasm, &options()).unwrap().unwrap();
+    assert_eq!(report.suspensions, 5);
+    assert_eq!(report.original.outcomes, report.suspended.outcomes);
+}
+
+/// The operators of each function body in the code section of `wasm`.
+fn code_bodies(wasm: &[u8]) -> Vec<Vec<wasmparser::Operator<'_>>> {
+    wasmparser::Parser::new(0)
+        .parse_all(wasm)
+        .filter_map(|payload| match payload.unwrap() {
+            wasmparser::Payload::CodeSectionEntry(body) => Some(
+                body.get_operators_reader()
+                    .unwrap()
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
