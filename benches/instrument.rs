@@ -33,6 +33,11 @@
 //!   functions that are on the stack when the guest suspends (what a user
 //!   who knows the program can declare, as with Binaryen's
 //!   `asyncify-onlylist`); only for guests that have such a list;
+//! - `wasnap-resumed`: the `wasnap` module, unwound at its first
+//!   `wasnap.yield` and rewound at once in the same instance, so that the
+//!   functions on the stack then run the rest of their activations in
+//!   their whole copies, as after any resume (the rest of the guests' work,
+//!   for the interpreters' `hot` loops);
 //! - `asyncify`: `wasm-opt --asyncify -O2` of it;
 //! - `wasm-opt-O2`: `wasm-opt -O2` of it, to tell Binaryen's optimiser apart
 //!   from Asyncify's cost.
@@ -42,11 +47,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime::{Caller, Engine, Extern, Linker, Module, Store, Val};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasnap::instrument::{Options, instrument};
+use wasnap::instrument::{
+    DATA_GLOBAL_EXPORT, Options, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
+    STATE_REWINDING, STATE_UNWINDING, instrument,
+};
 
 /// Each guest, by file name, with the arguments it runs with.
 const GUESTS: &[(&str, &[&str])] = &[
@@ -148,21 +156,52 @@ struct Guest<'a> {
     args: &'a [&'a str],
 }
 
-/// Runs a WASI command to its end with a never-suspending `wasnap.yield`,
-/// and returns what it printed.
-fn run(engine: &Engine, linker: &Linker<WasiP1Ctx>, guest: &Guest, module: &Module) -> Vec<u8> {
+/// What a guest's store holds.
+struct Host {
+    wasi: WasiP1Ctx,
+    /// Whether the first `wasnap.yield` is to unwind the stack (a module
+    /// instrumented by wasnap); once it has, every yield returns at once.
+    suspend_once: bool,
+}
+
+/// A variant to run: its name and compiled module, and whether it
+/// suspends once ([`Host::suspend_once`]).
+struct Variant<'a> {
+    name: &'a str,
+    module: Module,
+    suspend_once: bool,
+}
+
+/// Runs a WASI command to its end and returns what it printed. Its
+/// `wasnap.yield` returns 0 at once, except that a variant that suspends
+/// once is unwound at its first yield and rewound at once.
+fn run(engine: &Engine, linker: &Linker<Host>, guest: &Guest, variant: &Variant) -> Vec<u8> {
     let stdout = MemoryOutputPipe::new(usize::MAX);
     let wasi = wasmtime_wasi::WasiCtxBuilder::new()
         .stdout(stdout.clone())
         .arg(guest.name)
         .args(guest.args)
         .build_p1();
-    let mut store = Store::new(engine, wasi);
-    let instance = linker.instantiate(&mut store, module).unwrap();
+    let host = Host {
+        wasi,
+        suspend_once: variant.suspend_once,
+    };
+    let mut store = Store::new(engine, host);
+    let instance = linker.instantiate(&mut store, &variant.module).unwrap();
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .unwrap();
-    match start.call(&mut store, ()) {
+    let mut outcome = start.call(&mut store, ());
+    if outcome.is_ok()
+        && let Some(state) = instance.get_global(&mut store, STATE_GLOBAL_EXPORT)
+        && state.get(&mut store).unwrap_i32() == STATE_UNWINDING
+    {
+        // Rewind from the frames just written: they are in place, with
+        // the header's `pos` after the last one.
+        state.set(&mut store, Val::I32(STATE_REWINDING)).unwrap();
+        outcome = start.call(&mut store, ());
+    }
+    match outcome {
         Ok(()) => {}
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => {}
@@ -170,6 +209,39 @@ fn run(engine: &Engine, linker: &Linker<WasiP1Ctx>, guest: &Guest, module: &Modu
         },
     }
     stdout.contents().to_vec()
+}
+
+/// `wasnap.yield`: returns 0, after starting an unwind the first time if
+/// the run suspends once, and ending the rewind when it comes back.
+fn yield_to_host(mut caller: Caller<'_, Host>) -> i32 {
+    if !caller.data().suspend_once {
+        return 0;
+    }
+    let Some(Extern::Global(state)) = caller.get_export(STATE_GLOBAL_EXPORT) else {
+        panic!("a variant that suspends once lacks wasnap's state global");
+    };
+    if state.get(&mut caller).unwrap_i32() == STATE_REWINDING {
+        state.set(&mut caller, Val::I32(STATE_NORMAL)).unwrap();
+        caller.data_mut().suspend_once = false;
+        return 0;
+    }
+    let Some(Extern::Global(data)) = caller.get_export(DATA_GLOBAL_EXPORT) else {
+        panic!("no data global");
+    };
+    let Some(Extern::Memory(stack)) = caller.get_export(STACK_MEMORY_EXPORT) else {
+        panic!("no stack memory");
+    };
+    // The `{pos, end}` header at address 0, the frames after it (the
+    // runtime's `reserve` grows the memory for them).
+    if stack.data_size(&caller) < 8 {
+        stack.grow(&mut caller, 1).unwrap();
+    }
+    let end = stack.data_size(&caller) as u32;
+    let header = [8u32.to_le_bytes(), end.to_le_bytes()].concat();
+    stack.write(&mut caller, 0, &header).unwrap();
+    data.set(&mut caller, Val::I32(0)).unwrap();
+    state.set(&mut caller, Val::I32(STATE_UNWINDING)).unwrap();
+    0
 }
 
 fn instrumentation(c: &mut Criterion) {
@@ -182,10 +254,14 @@ fn instrumentation(c: &mut Criterion) {
         return;
     }
     let engine = bench_engine();
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-    p1::add_to_linker_sync(&mut linker, |ctx| ctx).unwrap();
+    let mut linker: Linker<Host> = Linker::new(&engine);
+    p1::add_to_linker_sync(&mut linker, |host| &mut host.wasi).unwrap();
     linker
-        .func_wrap("wasnap", "yield", |_ptr: i32, _len: i32| -> i32 { 0 })
+        .func_wrap(
+            "wasnap",
+            "yield",
+            |caller: Caller<'_, Host>, _ptr: i32, _len: i32| yield_to_host(caller),
+        )
         .unwrap();
     // Never called: every reply is empty. The interpreters import it.
     linker
@@ -209,7 +285,8 @@ fn instrumentation(c: &mut Criterion) {
         let instrumented = instrument(&original, &options).unwrap().wasm;
         let mut variants = vec![
             ("original", original.clone()),
-            ("wasnap", instrumented),
+            ("wasnap", instrumented.clone()),
+            ("wasnap-resumed", instrumented),
             ("asyncify", read(".asyncify")),
             ("wasm-opt-O2", read(".opt")),
         ];
@@ -245,24 +322,29 @@ fn instrumentation(c: &mut Criterion) {
         }
         group.finish();
 
-        let compiled: Vec<(&str, Module)> = variants
+        let compiled: Vec<Variant> = variants
             .iter()
-            .map(|(name, wasm)| (*name, Module::new(&engine, wasm).unwrap()))
+            .map(|(name, wasm)| Variant {
+                name,
+                module: Module::new(&engine, wasm).unwrap(),
+                suspend_once: *name == "wasnap-resumed",
+            })
             .collect();
-        let expected = run(&engine, &linker, &target, &compiled[0].1);
+        let expected = run(&engine, &linker, &target, &compiled[0]);
         eprint!("{}", String::from_utf8_lossy(&expected));
-        for (name, module) in &compiled[1..] {
+        for variant in &compiled[1..] {
             assert_eq!(
-                run(&engine, &linker, &target, module),
+                run(&engine, &linker, &target, variant),
                 expected,
-                "{guest}: the {name} variant prints something else"
+                "{guest}: the {} variant prints something else",
+                variant.name
             );
         }
 
         let mut group = c.benchmark_group(format!("instrument_run/{guest}"));
-        for (name, module) in &compiled {
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| black_box(run(&engine, &linker, &target, module)))
+        for variant in &compiled {
+            group.bench_function(BenchmarkId::from_parameter(variant.name), |b| {
+                b.iter(|| black_box(run(&engine, &linker, &target, variant)))
             });
         }
         group.finish();
@@ -276,12 +358,7 @@ fn instrumentation(c: &mut Criterion) {
 /// median of these per-round ratios is steadier than a ratio of medians
 /// taken minutes apart. Written to `target/bench-instrument/paired.tsv`
 /// (guest, variant, median ratio, rounds) for `scripts/bench-ratios`.
-fn paired_runs(
-    target: &Guest,
-    engine: &Engine,
-    linker: &Linker<WasiP1Ctx>,
-    compiled: &[(&str, Module)],
-) {
+fn paired_runs(target: &Guest, engine: &Engine, linker: &Linker<Host>, compiled: &[Variant]) {
     let guest = target.name;
     let rounds: usize = std::env::var("WASNAP_BENCH_ROUNDS")
         .ok()
@@ -291,9 +368,9 @@ fn paired_runs(
     for _ in 0..rounds {
         let times: Vec<f64> = compiled
             .iter()
-            .map(|(_, module)| {
+            .map(|variant| {
                 let start = Instant::now();
-                black_box(run(engine, linker, target, module));
+                black_box(run(engine, linker, target, variant));
                 start.elapsed().as_secs_f64()
             })
             .collect();
@@ -310,7 +387,7 @@ fn paired_runs(
         .filter(|line| !line.starts_with(&format!("{guest}\t")))
         .map(str::to_string)
         .collect();
-    for ((name, _), mut samples) in compiled.iter().zip(ratios) {
+    for (Variant { name, .. }, mut samples) in compiled.iter().zip(ratios) {
         samples.sort_by(f64::total_cmp);
         let median = samples[samples.len() / 2];
         eprintln!("{guest}: {name} / original, median of {rounds} paired rounds: {median:.3}x");
