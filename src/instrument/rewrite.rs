@@ -994,7 +994,8 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         // Items in unreachable code were skipped: close their blocks. No
         // dispatch enters a skipped item's landing (it has no call index),
         // and nothing runs after it: the code before it ended in a branch.
-        for item in &items[ranges.len()..] {
+        let skipped = ranges.len()..items.len();
+        for item in &items[skipped.clone()] {
             if item.landing.is_some() {
                 self.close_block();
                 self.out.push(Instruction::Unreachable);
@@ -1002,6 +1003,12 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             self.close_block();
             self.out.push(Instruction::Unreachable);
         }
+        // A skipped item holds no call, but keeps its place among the
+        // dispatch's targets, which pair with the ranges in order: without
+        // it, the calls of the items after it (inherited from an outer
+        // region) would go to the wrong target.
+        let end = self.call_sites.len();
+        ranges.extend(skipped.map(|_| end..end));
         let Some(mut dispatch) = dispatch else {
             // Deferred, and the first item, the only one with calls,
             // filled its own dispatch (or was unreachable).

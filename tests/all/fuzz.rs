@@ -3,8 +3,9 @@
 //! a cause the instrumenter documents (a reference-typed value that would
 //! have to be saved).
 //!
-//! `WASNAP_FUZZ_CASES=N` runs more seeds; `WASNAP_FUZZ_SEED=S` runs only
-//! seed `S`; `WASNAP_FUZZ_DUMP=DIR` writes each failing module there as
+//! `WASNAP_FUZZ_CASES=N` runs more seeds, from `WASNAP_FUZZ_FIRST` (0) on,
+//! so that a long run can go on where an earlier one stopped;
+//! `WASNAP_FUZZ_SEED=S` runs only seed `S`; `WASNAP_FUZZ_DUMP=DIR` writes each failing module there as
 //! `seed-S.wasm`, to minimise it.
 
 use std::time::Instant;
@@ -26,7 +27,11 @@ fn env_u64(name: &str) -> Option<u64> {
 fn wasm_smith_modules_suspend_everywhere() {
     let seeds: Vec<u64> = match env_u64("WASNAP_FUZZ_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("WASNAP_FUZZ_CASES").unwrap_or(DEFAULT_CASES)).collect(),
+        None => {
+            let first = env_u64("WASNAP_FUZZ_FIRST").unwrap_or(0);
+            let cases = env_u64("WASNAP_FUZZ_CASES").unwrap_or(DEFAULT_CASES);
+            (first..first + cases).collect()
+        }
     };
     let dump = std::env::var_os("WASNAP_FUZZ_DUMP");
     let start = Instant::now();

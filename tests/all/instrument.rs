@@ -302,3 +302,8 @@ fn refuses_components_and_garbage() {
     let message = format!("{:#}", instrument(b"hello", &options()).unwrap_err());
     assert!(message.contains("not a WebAssembly module"), "{message}");
 }
+
+#[test]
+fn a_dead_call_in_a_block_leaves_the_next_call_its_landing() {
+    assert_eq!(fixture("dead_call_in_block"), [128]);
+}
