@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use wasmparser::{FuncValidator, Operator, ValType, ValidatorResources};
 
 use super::analyse::Analysis;
@@ -138,7 +138,8 @@ pub(crate) fn plan(
     function: &Function,
     validator: FuncValidator<ValidatorResources>,
 ) -> Result<Plan> {
-    let stacks = operand_types(function, validator)?;
+    let stacks =
+        operand_types(function, validator).with_context(|| format!("in {}", function.describe))?;
     let ends = construct_ends(function.ops);
     let loop_writes = loop_writes(function.ops, function.local_types.len());
     let written = Written {
@@ -262,8 +263,9 @@ fn plan_site(
         let ty = function.local_types[local as usize];
         if TypeRank::of(ty).is_none() {
             bail!(
-                "{} needs local {local} of type {ty} after a suspending call, which cannot be saved in a snapshot",
-                function.describe
+                "{} needs local {local} of {} after a suspending call, which cannot be saved in a snapshot",
+                function.describe,
+                describe_type(ty)
             );
         }
         let point = local_restore_point(local, i, chain, written_since);
@@ -272,8 +274,9 @@ fn plan_site(
     for (height, &ty) in stack.iter().enumerate().take(below) {
         let Some(rank) = TypeRank::of(ty) else {
             bail!(
-                "{} keeps a value of type {ty} on the operand stack across a suspending call, which cannot be saved in a snapshot",
-                function.describe
+                "{} keeps a value of {} on the operand stack across a suspending call, which cannot be saved in a snapshot",
+                function.describe,
+                describe_type(ty)
             );
         };
         let height = height as u32;
@@ -290,8 +293,9 @@ fn plan_site(
             let ty = stack[below + k];
             let Some(rank) = TypeRank::of(ty) else {
                 bail!(
-                    "{} passes a value of type {ty} to a call that can suspend and must be made again on resume, which cannot be saved in a snapshot",
-                    function.describe
+                    "{} passes a value of {} to a call that can suspend and must be made again on resume, which cannot be saved in a snapshot",
+                    function.describe,
+                    describe_type(ty)
                 );
             };
             saved.push((Value::Operand(height, rank), RestorePoint::Landing));
@@ -586,5 +590,15 @@ pub(crate) fn byte_size(ty: ValType) -> u32 {
         ValType::I64 | ValType::F64 => 8,
         ValType::V128 => 16,
         ValType::Ref(_) => unreachable!("reference types are refused before layout"),
+    }
+}
+
+/// A value type as refusals name it: "type i64", or for a reference,
+/// which has no bytes to save, "reference type funcref".
+pub(crate) fn describe_type(ty: ValType) -> String {
+    if ty.is_reference_type() {
+        format!("reference type {ty}")
+    } else {
+        format!("type {ty}")
     }
 }

@@ -312,8 +312,7 @@ pub(crate) fn rewrite(
             describe: &description,
         },
         validator.clone(),
-    )
-    .with_context(|| format!("in {description}"))?;
+    )?;
 
     let source = Source {
         module,
@@ -813,8 +812,9 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         }
         if !is_storable(ty) {
             bail!(
-                "{} keeps a value of type {ty} on the operand stack across a suspending call, which cannot be saved in a snapshot",
-                self.describe
+                "{} keeps a value of {} on the operand stack across a suspending call, which cannot be saved in a snapshot",
+                self.describe,
+                layout::describe_type(ty)
             );
         }
         let local = self.new_local(ty);

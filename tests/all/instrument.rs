@@ -295,6 +295,20 @@ fn refuses_a_suspending_tail_call() {
 }
 
 #[test]
+fn refuses_a_reference_passed_to_a_suspending_import() {
+    // The import is called again on resume with the same arguments, and a
+    // funcref has no bytes to save.
+    let message = refusal(
+        r#"(module
+             (import "env" "sleep" (func $sleep (param funcref) (result i32)))
+             (func $f (result i32) ref.null func call $sleep))"#,
+    );
+    assert!(message.contains("reference type funcref"), "{message}");
+    assert!(message.contains("function 1 (f)"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
+#[test]
 fn refuses_components_and_garbage() {
     let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
     let message = format!("{:#}", instrument(&component, &options()).unwrap_err());

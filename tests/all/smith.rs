@@ -173,6 +173,12 @@ fn acceptable_refusal(message: &str) -> Option<&'static str> {
         && message.contains("cannot be saved")
     {
         Some("reference-typed operand live across a suspension")
+    } else if message.contains("must be made again on resume")
+        && message.contains("cannot be saved")
+    {
+        // A suspending import is called again on resume with the same
+        // arguments, so they are saved too.
+        Some("reference-typed argument of a call made again on resume")
     } else {
         None
     }
