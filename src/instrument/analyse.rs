@@ -36,6 +36,9 @@ pub(crate) struct Analysis<'a> {
     pub func_types: Vec<u32>,
     /// Number of imported functions.
     pub imported_funcs: u32,
+    /// How many suspending calls a loop makes itself to be an entry loop
+    /// ([`Options::busy_loop_calls`]).
+    pub busy_loop_calls: usize,
     /// Every global's type, imports first.
     pub globals: Vec<GlobalType>,
     /// Number of imported globals.
@@ -129,6 +132,7 @@ pub(crate) fn analyse<'a>(wasm: &'a [u8], options: &Options) -> Result<Analysis<
         types: Vec::new(),
         func_types: Vec::new(),
         imported_funcs: 0,
+        busy_loop_calls: options.busy_loop_calls(),
         globals: Vec::new(),
         imported_globals: 0,
         memories: Vec::new(),

@@ -24,7 +24,7 @@ use wasm_encoder::{
 use wasmparser::{Operator, Parser, Payload};
 
 use super::analyse::Analysis;
-use super::rewrite::{Additions, NewTypes, Versions, guard_calls, rewrite};
+use super::rewrite::{Additions, CopyIndices, NewTypes, Versions, guard_calls, rewrite};
 use super::{
     DATA_GLOBAL_EXPORT, FRAME_HEADER_SIZE, GLOBAL_EXPORT_PREFIX, Instrumented,
     MEMORY_EXPORT_PREFIX, Metadata, STACK_MEMORY_EXPORT, STATE_GLOBAL_EXPORT, STATE_NORMAL,
@@ -107,8 +107,10 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
     // Hints the input gives stay valid for the bodies copied as they were.
     let mut branch_hints = input_branch_hints(wasm);
     let bodies = std::mem::take(&mut module.bodies);
-    let whole_copies = WholeCopies::new(&module, &bodies, function_count);
+    let mut whole_copies = WholeCopies::new(&module, &bodies, function_count);
     let mut wholes = Vec::new();
+    let mut entered_copies = Vec::new();
+    let mut leave_room = 0;
     for (body, func) in bodies {
         let index = func.index;
         if module.can_suspend[index as usize] || module.unnarrowed.is_some() {
@@ -116,11 +118,14 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
         }
         if module.can_suspend[index as usize] {
             // The function as it runs, in its place; its whole copy, which
-            // resumes, after the runtime functions.
+            // resumes, after the runtime functions; the copy the whole copy
+            // goes on in from an entry loop, after the whole copies.
             let whole = whole_copies.index_of(index);
+            let entered_index = whole_copies.first_entered() + entered_copies.len() as u32;
             let Versions {
                 running,
                 whole: copy,
+                entered,
             } = rewrite(
                 &module,
                 index,
@@ -128,13 +133,21 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
                 func,
                 &additions,
                 &mut new_types,
-                whole,
+                CopyIndices {
+                    whole,
+                    entered: entered_index,
+                },
             )?;
             code.function(&running.body);
             branch_hints.insert(index, unlikely(running.cold_branches));
             branch_hints.insert(whole, unlikely(copy.cold_branches));
             metadata.frames.insert(index, copy.layout);
+            leave_room = leave_room.max(copy.leave_room);
             wholes.push(copy.body);
+            if let Some(entered) = entered {
+                branch_hints.insert(entered_index, unlikely(entered.cold_branches));
+                entered_copies.push((index, entered.body));
+            }
         } else if let Some(could_suspend) = &module.unnarrowed
             && could_suspend[index as usize]
         {
@@ -143,10 +156,17 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
             code.raw(&wasm[body.range()]);
         }
     }
-    for function in runtime_function_bodies(&additions, largest_frame(&metadata)) {
+    // `reserve` keeps room for the largest frame, and for what a whole
+    // copy leaves above `pos` for its entered copy.
+    let room = largest_frame(&metadata).max(leave_room);
+    for function in runtime_function_bodies(&additions, room) {
         code.function(&function);
     }
     for function in &wholes {
+        code.function(function);
+    }
+    for (copied, function) in &entered_copies {
+        whole_copies.add_entered(&module, *copied);
         code.function(function);
     }
 
@@ -201,13 +221,17 @@ pub(crate) fn emit(wasm: &[u8], mut module: Analysis<'_>) -> Result<Instrumented
     })
 }
 
-/// Where the whole copies of the instrumented functions go: after the
-/// runtime functions, in the order of the functions they copy.
+/// Where the copies of the instrumented functions go: after the runtime
+/// functions, the whole copies, in the order of the functions they copy;
+/// then the entered copies, likewise, of the functions with entry loops.
 struct WholeCopies {
     /// The first copy's function index.
     first: u32,
-    /// The functions copied, by ascending index.
+    /// The functions copied, by ascending index: whole copies, then
+    /// entered copies.
     copied: Vec<u32>,
+    /// How many of `copied` are whole copies.
+    whole_count: usize,
     /// The copies' type indices, in order.
     types: Vec<u32>,
 }
@@ -232,15 +256,26 @@ impl WholeCopies {
             .collect();
         WholeCopies {
             first: function_count + RUNTIME_FUNCTIONS.len() as u32,
+            whole_count: copied.len(),
             copied,
             types,
         }
     }
 
+    /// The function index of the first entered copy.
+    fn first_entered(&self) -> u32 {
+        self.first + self.whole_count as u32
+    }
+
+    /// Adds the entered copy of `copied`, after those added before.
+    fn add_entered(&mut self, module: &Analysis, copied: u32) {
+        self.copied.push(copied);
+        self.types.push(module.func_types[copied as usize]);
+    }
+
     /// The index of the whole copy of instrumented function `index`.
     fn index_of(&self, index: u32) -> u32 {
-        let position = self
-            .copied
+        let position = self.copied[..self.whole_count]
             .binary_search(&index)
             .expect("every instrumented function has a whole copy");
         self.first + position as u32

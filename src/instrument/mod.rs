@@ -12,7 +12,9 @@
 //!    stack memory and returns, and a function entered while rewinding
 //!    branches straight to the call it was suspended in and restores it;
 //!    the rewinding part lives in a second copy of the function, so that
-//!    the code that runs before any resume carries none of it.
+//!    the code that runs before any resume carries none of it, and a
+//!    resumed activation goes on in a third copy, entered at the next head
+//!    of a loop (`reentry`).
 //! 3. `emit`: assemble the output module: the rewritten bodies, the
 //!    stack memory, the state globals, the Binaryen-compatible
 //!    `asyncify_*` functions and an export for every memory, global and
@@ -41,6 +43,7 @@ mod emit;
 mod frames;
 mod layout;
 mod liveness;
+mod reentry;
 mod rewrite;
 
 use std::collections::BTreeMap;
@@ -58,7 +61,7 @@ pub const INSTRUMENTER_VERSION: u32 = 3;
 /// [`INSTRUMENTER_VERSION`] it does not change what a frame means (a
 /// snapshot still resumes), but modules compiled from an older revision's
 /// output are compiled again.
-pub(crate) const CODE_REVISION: u32 = 4;
+pub(crate) const CODE_REVISION: u32 = 5;
 
 /// Export name of the memory that holds unwound frames.
 pub const STACK_MEMORY_EXPORT: &str = "__wasnap_stack";
@@ -94,6 +97,7 @@ pub struct Options {
     suspending_imports: Vec<String>,
     suspending_functions: Vec<String>,
     stdin_suspends: bool,
+    busy_loop_calls: usize,
 }
 
 impl Default for Options {
@@ -112,11 +116,28 @@ impl Default for Options {
             .to_vec(),
             suspending_functions: Vec::new(),
             stdin_suspends: false,
+            busy_loop_calls: reentry::BUSY_LOOP_CALLS,
         }
     }
 }
 
 impl Options {
+    /// How many suspending calls a loop must make itself (16 by default)
+    /// for a resumed activation to leave the whole copy at its head and go
+    /// on in a copy of the function's running code entered there. Fewer
+    /// means more functions with that third copy: more code, and more
+    /// resumed loops as fast as before the suspension.
+    pub fn with_busy_loop_calls(mut self, calls: usize) -> Self {
+        self.busy_loop_calls = calls.max(1);
+        self
+    }
+
+    /// How many suspending calls make a loop busy; see
+    /// [`Options::with_busy_loop_calls`].
+    pub fn busy_loop_calls(&self) -> usize {
+        self.busy_loop_calls
+    }
+
     /// Makes every read of standard input a suspension point, so that a
     /// program written for a terminal (`fgets`, `input()`) waits for its
     /// input as a workflow waits for a reply: WASI's `fd_read` is treated

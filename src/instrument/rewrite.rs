@@ -116,8 +116,10 @@
 //! on in the other version with a tail call. That other version, the
 //! *whole* copy after the module's functions, is everything above; a
 //! rewind runs in it, and so does the rest of a function activation that
-//! was resumed. Both versions have the same call sites and frames, so
-//! either one's frame resumes in the whole copy. (A function where a call
+//! was resumed, up to the next head of a busy loop, where it goes on in a
+//! third version entered at that loop ([`reentry`]). All versions have
+//! the same call sites and frames, so any one's frame resumes in the
+//! whole copy. (A function where a call
 //! keeps values pushed outside its innermost block, which its unwind path
 //! could not reach, runs the rewritten code instead, with the unwind paths
 //! but no dispatch and no landing.)
@@ -151,6 +153,7 @@ use wasmparser::{
 use super::analyse::Analysis;
 use super::layout::{self, Plan, RestorePoint, SitePlan, Value, byte_size};
 use super::liveness::live_after;
+use super::reentry::{self, EntryLoops, FUNCTION_BODY};
 use super::{
     CallSite, FRAME_HEADER_SIZE, FrameLayout, LocalOrigin, STATE_REWINDING, STATE_UNWINDING,
     SavedLocal,
@@ -220,6 +223,9 @@ pub(crate) struct Rewritten {
     /// Byte offsets, from the start of the body, of the `if`s that only
     /// unwinding or rewinding enters, for the branch-hint section.
     pub cold_branches: Vec<u32>,
+    /// The room a whole copy needs above `pos` to go back to its running
+    /// version (see [`reentry`]); 0 if it never does.
+    pub leave_room: u32,
 }
 
 /// Which code a rewritten body carries.
@@ -237,6 +243,11 @@ pub(crate) enum Version {
         /// The index of the function's whole copy.
         whole: u32,
     },
+    /// The running version entered at one of its entry loops, which the
+    /// whole copy goes on in (see [`reentry`]): the same code plus a way
+    /// into each entry loop, and a prologue that takes the locals the
+    /// whole copy left.
+    Entered,
 }
 
 /// A label of the emitted code, to remap branch depths.
@@ -271,8 +282,9 @@ pub(crate) fn rewrite(
     func: FuncToValidate<ValidatorResources>,
     additions: &Additions,
     new_types: &mut NewTypes,
-    whole: u32,
+    copies: CopyIndices,
 ) -> Result<Versions> {
+    let CopyIndices { whole, entered } = copies;
     let describe = || module.describe_function(index);
     let mut ops = Vec::new();
     let mut reader = body.get_operators_reader()?;
@@ -301,6 +313,24 @@ pub(crate) fn rewrite(
         validator
     };
     let description = describe();
+    let has_params = |blockty| match blockty {
+        wasmparser::BlockType::FuncType(index) => module.types[index as usize]
+            .as_ref()
+            .is_some_and(|ty| !ty.params().is_empty()),
+        _ => false,
+    };
+    let entries = reentry::entry_loops(
+        &ops,
+        module.busy_loop_calls,
+        |i| match roles[i] {
+            Role::SuspendingCall => reentry::Kind::SuspendingCall,
+            Role::SuspendableStart => reentry::Kind::Suspendable,
+            Role::Plain => reentry::Kind::Other,
+        },
+        has_params,
+        &local_types,
+        validator.clone(),
+    )?;
     let plan = layout::plan(
         &layout::Function {
             module,
@@ -317,49 +347,113 @@ pub(crate) fn rewrite(
     let source = Source {
         module,
         index,
+        entered_copy: None,
         ops: &ops,
         roles: &roles,
         plan: &plan,
         local_types: &local_types,
         description: &description,
     };
+    let none = EntryLoops::default();
+    let running_version = Version::Running { whole };
+    let whole_copy = Source {
+        entered_copy: (!entries.is_empty()).then_some(entered),
+        ..source
+    };
     let whole_copy = emit_version(
-        &source,
+        &whole_copy,
         validator.clone(),
         additions,
         new_types,
         Version::Whole,
+        &entries,
     )?;
-    let running_version = Version::Running { whole };
-    let running = match emit_running_in_place(
-        &source,
-        validator.clone(),
-        additions,
-        new_types,
-        running_version,
-        &whole_copy.layout.call_sites,
-    )? {
+    let sites = whole_copy.layout.call_sites.clone();
+    let in_place = |version, entries: &EntryLoops, new_types: &mut NewTypes| {
+        emit_running_in_place(
+            &source,
+            validator.clone(),
+            additions,
+            new_types,
+            version,
+            &sites,
+            entries,
+        )
+    };
+    if let Some(running) = in_place(running_version, &none, new_types)? {
+        let entered = if entries.is_empty() {
+            None
+        } else {
+            in_place(Version::Entered, &entries, new_types)?
+        };
+        if entered.is_some() || entries.is_empty() {
+            return Ok(Versions {
+                running,
+                whole: whole_copy,
+                entered,
+            });
+        }
+    }
+    // The running version keeps the rewritten structure, which has no way
+    // into a loop: the whole copy must not leave for it.
+    let whole_copy = if entries.is_empty() {
+        whole_copy
+    } else {
+        let version = Version::Whole;
+        emit_version(
+            &source,
+            validator.clone(),
+            additions,
+            new_types,
+            version,
+            &none,
+        )?
+    };
+    let running = match in_place(running_version, &none, new_types)? {
         Some(running) => running,
-        None => emit_version(&source, validator, additions, new_types, running_version)?,
+        None => emit_version(
+            &source,
+            validator.clone(),
+            additions,
+            new_types,
+            running_version,
+            &none,
+        )?,
     };
     Ok(Versions {
         running,
         whole: whole_copy,
+        entered: None,
     })
 }
 
-/// The two versions of a function [`rewrite`] emits.
+/// Where a function's copies go, for the code that calls them.
+#[derive(Clone, Copy)]
+pub(crate) struct CopyIndices {
+    /// The index of its whole copy.
+    pub whole: u32,
+    /// The index its entered copy gets if it has one.
+    pub entered: u32,
+}
+
+/// The versions of a function [`rewrite`] emits.
 pub(crate) struct Versions {
     /// The function as it runs, in its own place.
     pub running: Rewritten,
     /// The whole copy, which resumes.
     pub whole: Rewritten,
+    /// The running version entered at an entry loop, which the whole copy
+    /// goes on in after a rewind, if the function has entry loops.
+    pub entered: Option<Rewritten>,
 }
 
 /// What [`rewrite`] worked out about a function, shared by its versions.
+#[derive(Clone, Copy)]
 struct Source<'m, 'a> {
     module: &'m Analysis<'a>,
     index: u32,
+    /// For the whole copy: the index of the entered copy it leaves for.
+    entered_copy: Option<u32>,
     ops: &'m [(Operator<'a>, usize)],
     roles: &'m [Role],
     plan: &'m Plan,
@@ -374,8 +468,9 @@ fn emit_version<'a>(
     additions: &Additions,
     new_types: &mut NewTypes,
     version: Version,
+    entries: &EntryLoops,
 ) -> Result<Rewritten> {
-    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version);
+    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version, entries);
     let results = rewriter.open_body();
     let (end, _) = rewriter.region(0, Vec::new())?;
     rewriter.load_region_results(0, &results);
@@ -424,14 +519,16 @@ fn emit_running_in_place<'a>(
     new_types: &mut NewTypes,
     version: Version,
     whole_sites: &[CallSite],
+    entries: &EntryLoops,
 ) -> Result<Option<Rewritten>> {
     let call_index_at: HashMap<usize, u32> = whole_sites
         .iter()
         .enumerate()
         .map(|(k, site)| (site.code_offset, k as u32))
         .collect();
-    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version);
+    let mut rewriter = Rewriter::new(source, validator, additions, new_types, version, entries);
     rewriter.open_body();
+    rewriter.open_ways_in(FUNCTION_BODY);
     let mut instrumented = 0;
     for i in 0..rewriter.ops.len() {
         let (op, offset) = &rewriter.ops[i];
@@ -448,6 +545,7 @@ fn emit_running_in_place<'a>(
         }
         match op {
             Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                rewriter.close_way_in(i);
                 rewriter.labels.push(Label::Original(i));
             }
             Operator::End => {
@@ -464,6 +562,9 @@ fn emit_running_in_place<'a>(
         let instruction = rewriter.translate(i)?;
         rewriter.out.push(instruction);
         rewriter.validate(i)?;
+        if let Operator::Block { .. } | Operator::Loop { .. } = op {
+            rewriter.open_ways_in(i);
+        }
     }
     if instrumented != whole_sites.len() {
         return Ok(None);
@@ -676,6 +777,22 @@ struct Rewriter<'m, 'a> {
     call_sites: Vec<CallSite>,
     /// The unwind paths that call sites share, and which site uses which.
     shared_unwinds: SharedUnwinds,
+    /// The loops a resumed activation leaves the whole copy at.
+    entries: &'m EntryLoops,
+    /// For the whole copy: the index of the entered copy it leaves for.
+    entered_copy: Option<u32>,
+    /// The local holding an entry loop's number: in the whole copy, the
+    /// one it leaves at; in the entered copy, the one it enters at (0 once
+    /// there).
+    entry_local: u32,
+    /// In the whole copy, the label of the block around the body whose
+    /// end is followed by the path that leaves for the entered copy.
+    leave_mark: Option<u32>,
+    /// In the entered copy, for each construct on the way to an entry loop
+    /// (by its operator index): the label of the block that ends right
+    /// before it, and, for an entry loop, of the block inside that whose
+    /// end clears the entry loop's number (the way in to the loop itself).
+    way_in_marks: HashMap<usize, (u32, Option<u32>)>,
     additions: &'m Additions,
     new_types: &'m mut NewTypes,
     describe: String,
@@ -688,6 +805,7 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         additions: &'m Additions,
         new_types: &'m mut NewTypes,
         version: Version,
+        entries: &'m EntryLoops,
     ) -> Self {
         let local_count = source.local_types.len() as u32;
         Rewriter {
@@ -710,6 +828,11 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             cold: Vec::new(),
             call_sites: Vec::new(),
             shared_unwinds: SharedUnwinds::default(),
+            entries,
+            entered_copy: source.entered_copy,
+            entry_local: 0,
+            leave_mark: None,
+            way_in_marks: HashMap::new(),
             additions,
             new_types,
             describe: source.description.to_string(),
@@ -726,6 +849,12 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             .results()
             .to_vec();
         let body_type = self.new_types.block_type(&results);
+        if !self.entries.is_empty() {
+            self.entry_local = self.new_local(ValType::I32);
+            if self.entered_copy.is_some() {
+                self.leave_mark = Some(self.open_marked_block(BlockType::Empty));
+            }
+        }
         self.open_shared_unwinds();
         self.labels.push(Label::Original(FUNCTION_FRAME));
         self.out.push(Instruction::Block(body_type));
@@ -744,6 +873,11 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         let prologue = match self.version {
             Version::Whole => self.rewind_prologue(signature.params())?,
             Version::Running { whole } => self.continue_rewind_in(whole, signature.params()),
+            Version::Entered => self.entering_prologue(),
+        };
+        let leave_room = match self.entered_copy {
+            Some(_) => self.entries.room(),
+            None => 0,
         };
         let mut cold = self.cold.iter().copied().peekable();
         let mut cold_branches = Vec::new();
@@ -760,6 +894,7 @@ impl<'m, 'a> Rewriter<'m, 'a> {
                 call_sites: self.call_sites,
             },
             cold_branches,
+            leave_room,
         })
     }
 
@@ -1217,6 +1352,15 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         Ok(saved)
     }
 
+    /// Sets `pos` to the top of the stack memory's frames.
+    fn pos_to_top(&mut self) {
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.data_global),
+            Instruction::I32Load(stack_memarg(self.additions.stack_memory, 0)),
+            Instruction::LocalSet(self.pos),
+        ]);
+    }
+
     /// Pushes the address of the frame being restored: the prologue has
     /// already popped it, so it starts at `pos`.
     fn frame_address(&mut self) {
@@ -1340,6 +1484,135 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         self.out
             .extend([Instruction::ReturnCall(whole), Instruction::End]);
         self.finish_prologue(body)
+    }
+
+    /// The entry of a [`Version::Entered`] body: take the locals the whole
+    /// copy left above `pos`, and the number of the entry loop to go to.
+    fn entering_prologue(&mut self) -> Vec<Instruction<'a>> {
+        let body = self.start_prologue();
+        let memory = self.additions.stack_memory;
+        self.pos_to_top();
+        for (local, &ty) in self.local_types.iter().enumerate() {
+            self.out.extend([
+                Instruction::LocalGet(self.pos),
+                load_instruction(ty, stack_memarg(memory, self.entries.offsets[local])),
+                Instruction::LocalSet(local as u32),
+            ]);
+        }
+        self.out.extend([
+            Instruction::LocalGet(self.pos),
+            Instruction::I32Load(stack_memarg(memory, self.entries.size)),
+            Instruction::LocalSet(self.entry_local),
+        ]);
+        self.finish_prologue(body)
+    }
+
+    /// In the entered copy, at the start of the function's body or of a
+    /// block or loop on the way to entry loops: a block ending right before
+    /// each construct that is or holds one (and inside it, for an entry
+    /// loop, one whose end clears the number), and a dispatch over them,
+    /// which only the way in from the prologue takes (see [`reentry`]).
+    fn open_ways_in(&mut self, construct: usize) {
+        let Some(items) = self.entries.ways_in.get(&construct) else {
+            return;
+        };
+        for (item, numbers) in items.iter().rev() {
+            let before = self.open_marked_block(BlockType::Empty);
+            let is_entry_loop = self.entries.numbers.get(item) == Some(&numbers.start);
+            let clearing = is_entry_loop.then(|| self.open_marked_block(BlockType::Empty));
+            self.way_in_marks.insert(*item, (before, clearing));
+        }
+        let first = items[0].1.start;
+        self.out.push(Instruction::LocalGet(self.entry_local));
+        self.cold.push(self.out.len());
+        self.out.push(Instruction::If(BlockType::Empty));
+        self.labels.push(Label::Added);
+        let mut targets = Vec::new();
+        for (item, numbers) in items {
+            let (before, clearing) = self.way_in_marks[item];
+            for number in numbers.clone() {
+                let label = match clearing {
+                    Some(clearing) if number == numbers.start => clearing,
+                    _ => before,
+                };
+                targets.push(self.depth_of(Label::Marked(label)));
+            }
+        }
+        self.out.extend([
+            Instruction::LocalGet(self.entry_local),
+            Instruction::I32Const(first as i32),
+            Instruction::I32Sub,
+            // Another construct's entry loop: on, as if not entering.
+            Instruction::BrTable(targets.into(), 0),
+        ]);
+        self.close_block();
+    }
+
+    /// In the entered copy, before construct `i`: ends the blocks a way in
+    /// to it branches out of, if it is on the way to an entry loop; the
+    /// way in to an entry loop itself clears the number, so that no
+    /// dispatch takes it again.
+    fn close_way_in(&mut self, i: usize) {
+        let Some((before, clearing)) = self.way_in_marks.remove(&i) else {
+            return;
+        };
+        if let Some(clearing) = clearing {
+            debug_assert!(self.labels.last() == Some(&Label::Marked(clearing)));
+            self.out
+                .push(Instruction::Br(self.depth_of(Label::Marked(before))));
+            self.close_block();
+            self.out.extend([
+                Instruction::I32Const(0),
+                Instruction::LocalSet(self.entry_local),
+            ]);
+        }
+        debug_assert!(self.labels.last() == Some(&Label::Marked(before)));
+        self.close_block();
+    }
+
+    /// In the whole copy, at the head of entry loop `number`: when not
+    /// rewinding, leave for the entered copy (see [`reentry`]).
+    fn leave_at_loop_head(&mut self, number: u32) {
+        let Some(mark) = self.leave_mark else {
+            return;
+        };
+        self.out.extend([
+            Instruction::GlobalGet(self.additions.state_global),
+            Instruction::I32Eqz,
+        ]);
+        self.cold.push(self.out.len());
+        self.out.extend([
+            Instruction::If(BlockType::Empty),
+            Instruction::I32Const(number as i32),
+            Instruction::LocalSet(self.entry_local),
+            // One more label than `labels` knows: the `if`.
+            Instruction::Br(self.depth_of(Label::Marked(mark)) + 1),
+            Instruction::End,
+        ]);
+    }
+
+    /// The path that leaves the whole copy for the entered copy: keep
+    /// every local above `pos` (made room for first), then the entry
+    /// loop's number, and tail-call the entered copy.
+    fn leave_path(&mut self, entered_copy: u32) {
+        let memory = self.additions.stack_memory;
+        self.out.push(Instruction::Call(self.additions.reserve));
+        self.pos_to_top();
+        for (local, &ty) in self.local_types.iter().enumerate() {
+            self.out.extend([
+                Instruction::LocalGet(self.pos),
+                Instruction::LocalGet(local as u32),
+                store_instruction(ty, stack_memarg(memory, self.entries.offsets[local])),
+            ]);
+        }
+        let params = self.module.func_type(self.function_index).params().len() as u32;
+        self.out.extend([
+            Instruction::LocalGet(self.pos),
+            Instruction::LocalGet(self.entry_local),
+            Instruction::I32Store(stack_memarg(memory, self.entries.size)),
+        ]);
+        self.out.extend((0..params).map(Instruction::LocalGet));
+        self.out.push(Instruction::ReturnCall(entered_copy));
     }
 
     /// Whether the call at `i` may call a suspending import itself, which
@@ -1482,11 +1755,7 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             // keeps that much room).
             self.out.push(Instruction::Call(self.additions.reserve));
         }
-        self.out.extend([
-            Instruction::GlobalGet(self.additions.data_global),
-            Instruction::I32Load(stack_memarg(self.additions.stack_memory, 0)),
-            Instruction::LocalSet(self.pos),
-        ]);
+        self.pos_to_top();
         let frame_size = self.plan.frame_size;
         let stored: u32 = saved.iter().map(|value| byte_size(value.ty)).sum();
         if stored < frame_size {
@@ -1559,8 +1828,10 @@ impl<'m, 'a> Rewriter<'m, 'a> {
     /// Closes the blocks [`Self::open_shared_unwinds`] opened, each
     /// followed by its unwind path, after the body (whose results it
     /// returns first).
+    /// Then, in a whole copy with entry loops, the block around them all,
+    /// followed by the path that leaves for the running version.
     fn close_shared_unwinds(&mut self) -> Result<()> {
-        if self.shared_unwinds.paths.is_empty() {
+        if self.shared_unwinds.paths.is_empty() && self.leave_mark.is_none() {
             return Ok(());
         }
         self.out.push(Instruction::Return);
@@ -1570,6 +1841,10 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             let saved = self.saved_locals(path.values.iter().copied())?;
             let site_local = self.shared_unwinds.site_local;
             self.save_frame(&saved, path.reserve, Instruction::LocalGet(site_local));
+        }
+        if self.leave_mark.take().is_some() {
+            self.close_block();
+            self.leave_path(self.entered_copy.expect("a leave block leaves for it"));
         }
         Ok(())
     }
@@ -1604,6 +1879,9 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         // Entry and every branch back to a loop bring the parameters on the
         // real stack: keep them in their slots.
         self.store_slots(base, &params)?;
+        if let Some(&number) = self.entries.numbers.get(&i) {
+            self.leave_at_loop_head(number);
+        }
         let (end, dispatch) = if is_if {
             (self.if_arms(i, base, height - 1, &results)?, None)
         } else {

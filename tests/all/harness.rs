@@ -52,6 +52,9 @@ pub struct Report {
     /// Whether it was rewound in the same instance, its state not being
     /// copyable as bytes.
     pub rewound_in_place: bool,
+    /// If the suspending run trapped: the index of each function on the
+    /// stack at the trap, innermost first, in the instrumented module.
+    pub trapped_in: Vec<u32>,
 }
 
 pub fn engine() -> Engine {
@@ -139,7 +142,7 @@ pub fn differential(wasm: &[u8], options: &Options) -> Result<Option<Report>> {
         Run::default(),
         &instrumented.metadata,
     )?;
-    let (suspended, suspensions, rewound_in_place) = run_instrumented(
+    let (suspended, suspensions, rewound_in_place, trapped_in) = run_instrumented(
         &engine,
         &compiled,
         &suspending,
@@ -171,6 +174,7 @@ pub fn differential(wasm: &[u8], options: &Options) -> Result<Option<Report>> {
         suspended,
         suspensions,
         rewound_in_place,
+        trapped_in,
     }))
 }
 
@@ -199,7 +203,7 @@ pub fn suspend_everywhere(
         suspend: true,
         grow_memory_0,
     };
-    let (trace, suspensions, _) =
+    let (trace, suspensions, _, _) =
         run_instrumented(&engine, &compiled, &suspending, run, &instrumented.metadata)?;
     Ok(Some((trace, suspensions)))
 }
@@ -368,7 +372,7 @@ fn run_instrumented(
     suspending: &[bool],
     run: Run,
     metadata: &instrument::Metadata,
-) -> Result<(Trace, usize, bool)> {
+) -> Result<(Trace, usize, bool, Vec<u32>)> {
     let linker = linker_for(engine, module, suspending)?;
     let host = Host {
         suspend: run.suspend,
@@ -386,6 +390,7 @@ fn run_instrumented(
     let copyable =
         !metadata.writes_tables && !has_mutable_reference_global(&mut store, &instance, metadata);
     let mut outcomes = Vec::new();
+    let mut trapped_in = Vec::new();
     let functions: Vec<_> = exported_functions(module)
         .into_iter()
         .filter(|(name, _)| !name.starts_with("__wasnap_"))
@@ -396,7 +401,10 @@ fn run_instrumented(
         loop {
             let func = instance.get_func(&mut store, &name).unwrap();
             let result = func.call(&mut store, &args, &mut results);
-            if result.is_err() {
+            if let Err(error) = &result {
+                if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    trapped_in = backtrace.frames().iter().map(|f| f.func_index()).collect();
+                }
                 outcomes.push(call_outcome(result, &results));
                 break 'exports;
             }
@@ -452,6 +460,7 @@ fn run_instrumented(
         },
         suspensions,
         !copyable,
+        trapped_in,
     ))
 }
 

@@ -12,14 +12,19 @@ fn options() -> Options {
 /// Runs a fixture from `tests/fixtures` through the harness and returns
 /// the results of its `run` export, checking it really suspended.
 fn fixture(name: &str) -> Vec<u128> {
-    let path = format!("{}/tests/fixtures/{name}.wat", env!("CARGO_MANIFEST_DIR"));
-    let wasm = wat::parse_file(&path).unwrap();
+    let wasm = fixture_module(name);
     let report = differential(&wasm, &options())
         .unwrap_or_else(|e| panic!("{name}: {e:?}"))
         .expect("fixtures import functions only");
     assert!(report.suspensions > 0, "{name} never suspended");
     assert_eq!(report.original.outcomes, report.suspended.outcomes);
     report.suspended.outcomes[0].clone().expect("run returns")
+}
+
+/// The module of a fixture in `tests/fixtures`.
+fn fixture_module(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}.wat", env!("CARGO_MANIFEST_DIR"));
+    wat::parse_file(&path).unwrap()
 }
 
 #[test]
@@ -320,4 +325,50 @@ fn refuses_components_and_garbage() {
 #[test]
 fn a_dead_call_in_a_block_leaves_the_next_call_its_landing() {
     assert_eq!(fixture("dead_call_in_block"), [128]);
+}
+
+#[test]
+fn every_local_comes_through_the_step_into_the_entered_copy() {
+    assert_eq!(fixture("loops_after_resume"), [1]);
+}
+
+#[test]
+fn a_resumed_busy_loop_goes_on_in_the_entered_copy_at_its_next_head() {
+    let wasm = fixture_module("leave_at_loop_head");
+    let report = differential(&wasm, &options()).unwrap().unwrap();
+    assert_eq!(report.suspensions, 16);
+    assert_eq!(report.suspended.outcomes.len(), 1);
+    assert!(report.suspended.outcomes[0].is_err());
+    // Function 1 is `run` as it runs; after the runtime's eight
+    // functions come its whole copy (10), which the rewind went through,
+    // and its entered copy (11), which the whole copy went on in at the
+    // loop's next head.
+    assert_eq!(report.trapped_in, [11]);
+
+    // In an `if`, the loop has no way in from the entered copy's entry,
+    // so the rest of the activation stays in the whole copy.
+    let sixteen_calls = (0..15).fold("(call $sleep (i32.const 1))".to_string(), |sum, _| {
+        format!("(i32.add {sum} (call $sleep (i32.const 1)))")
+    });
+    let in_an_if = wat::parse_str(
+        r#"(module
+          (import "env" "sleep" (func $sleep (param i32) (result i32)))
+          (func (export "run") (param $go i32) (result i32)
+            (local $i i32)
+            (if (i32.eqz (local.get $go))
+              (then
+                (loop $again
+                  (if (i32.eqz (local.get $i))
+                    (then (drop SIXTEEN_CALLS)))
+                  (if (i32.eq (local.get $i) (i32.const 3))
+                    (then unreachable))
+                  (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                  (br $again))))
+            (local.get $i)))"#
+            .replace("SIXTEEN_CALLS", &sixteen_calls),
+    )
+    .unwrap();
+    let report = differential(&in_an_if, &options()).unwrap().unwrap();
+    assert_eq!(report.suspensions, 16);
+    assert_eq!(report.trapped_in, [10]);
 }

@@ -141,9 +141,11 @@ pub fn module_for_seed(seed: u64, max_memories: usize) -> Vec<u8> {
         .expect("wasm-smith never runs out of choices")
 }
 
-/// Every import is suspending.
+/// Every import is suspending, and every loop that can be an entry loop
+/// is one, so that resumed code goes through entered copies as often as
+/// the modules allow.
 pub fn options() -> Options {
-    Options::default().suspending("*")
+    Options::default().suspending("*").with_busy_loop_calls(1)
 }
 
 /// What happened to one module.
