@@ -51,13 +51,14 @@ fn wasm_smith_modules_suspend_everywhere() {
         }
     }
     eprintln!(
-        "wasm-smith differential: {} cases in {:.1?}: {} passed ({} of them suspended, {} suspensions in all, {} rewound in place), {} skipped, {} with externref (not run: no wasmtime gc), refused: {:?}, {} failed",
+        "wasm-smith differential: {} cases in {:.1?}: {} passed ({} of them suspended, {} suspensions in all, {} rewound in place, {} with entered copies), {} skipped, {} with externref (not run: no wasmtime gc), refused: {:?}, {} failed",
         seeds.len(),
         start.elapsed(),
         summary.passed,
         summary.suspended_modules,
         summary.suspensions,
         summary.rewound_in_place,
+        summary.suspended_with_entered_copies,
         summary.skipped,
         summary.engine_refuses,
         summary.refused,
@@ -74,5 +75,10 @@ fn wasm_smith_modules_suspend_everywhere() {
     assert!(
         seeds.len() < 50 || summary.suspensions > 0,
         "no module suspended: the generator no longer calls imports"
+    );
+    // Nor one where no resumed code can go on in an entered copy.
+    assert!(
+        seeds.len() < DEFAULT_CASES as usize || summary.suspended_with_entered_copies > 0,
+        "no module that suspended has an entered copy"
     );
 }

@@ -156,6 +156,8 @@ pub enum Verdict {
     Passed {
         suspensions: usize,
         rewound_in_place: bool,
+        /// Whether the output has an entered copy of some function.
+        entered_copies: bool,
     },
     /// The instrumenter refused it for an acceptable cause.
     Refused(&'static str),
@@ -197,20 +199,37 @@ pub fn check(wasm: &[u8]) -> Result<Verdict> {
         bail!("wasmtime refuses a generated module: {error:#}");
     }
     let options = options();
-    if let Err(error) = instrument::instrument(wasm, &options) {
-        let message = format!("{error:#}");
-        return match acceptable_refusal(&message) {
-            Some(cause) => Ok(Verdict::Refused(cause)),
-            None => bail!("unexpected refusal: {message}"),
-        };
-    }
+    let instrumented = match instrument::instrument(wasm, &options) {
+        Ok(instrumented) => instrumented,
+        Err(error) => {
+            let message = format!("{error:#}");
+            return match acceptable_refusal(&message) {
+                Some(cause) => Ok(Verdict::Refused(cause)),
+                None => bail!("unexpected refusal: {message}"),
+            };
+        }
+    };
+    // Each instrumented function has a whole copy; the runtime adds eight
+    // functions; any more are entered copies.
+    let copies_and_runtime = instrumented.metadata.frames.len() + 8;
+    let entered_copies =
+        defined_functions(&instrumented.wasm) > defined_functions(wasm) + copies_and_runtime;
     match differential(wasm, &options).context("differential run")? {
         Some(report) => Ok(Verdict::Passed {
             suspensions: report.suspensions,
             rewound_in_place: report.rewound_in_place,
+            entered_copies,
         }),
         None => Ok(Verdict::Skipped),
     }
+}
+
+/// How many functions a module defines.
+fn defined_functions(wasm: &[u8]) -> usize {
+    wasmparser::Parser::new(0)
+        .parse_all(wasm)
+        .filter(|payload| matches!(payload, Ok(wasmparser::Payload::CodeSectionEntry(_))))
+        .count()
 }
 
 /// Counts of verdicts over a run.
@@ -220,6 +239,8 @@ pub struct Summary {
     pub suspensions: usize,
     pub suspended_modules: usize,
     pub rewound_in_place: usize,
+    /// Modules that suspended and have an entered copy.
+    pub suspended_with_entered_copies: usize,
     pub skipped: usize,
     pub engine_refuses: usize,
     pub refused: BTreeMap<&'static str, usize>,
@@ -231,8 +252,11 @@ impl Summary {
             Verdict::Passed {
                 suspensions,
                 rewound_in_place,
+                entered_copies,
             } => {
                 self.passed += 1;
+                self.suspended_with_entered_copies +=
+                    usize::from(*suspensions > 0 && *entered_copies);
                 self.suspensions += suspensions;
                 self.suspended_modules += usize::from(*suspensions > 0);
                 self.rewound_in_place += usize::from(*suspensions > 0 && *rewound_in_place);
