@@ -25,9 +25,10 @@
 //!   itself (not in loops inside it), and is the loop of its loop nest
 //!   that makes the most (QuickJS's bytecode loop lies in a loop that
 //!   rarely turns; Lua's and SQLite's are a nest's outermost loop);
-//! - it lies in no `if` and no block with parameters, and starts with an
-//!   empty operand stack, so that the way in needs no value but the
-//!   locals.
+//! - it lies in no `if` and no block with parameters, and it and every
+//!   block and loop around it start with an empty operand stack, in code
+//!   that can be reached (not after a branch), so that the way in needs no
+//!   value but the locals and makes nothing run that could not.
 //!
 //! Each construct on the way (the function's body, then every block and
 //! loop around the entry loop) starts with a dispatch over the entry loops
@@ -165,7 +166,12 @@ pub(crate) fn entry_loops(
     // Suspending calls directly in each loop (in no loop inside it).
     let mut calls_in: HashMap<usize, usize> = HashMap::new();
     for (i, (op, offset)) in ops.iter().enumerate() {
-        let empty_stack = validator.operand_stack_height() == 0;
+        // Code after a branch: the validator lets it pop what is not
+        // there, and a way in would make it run.
+        let reachable = validator
+            .get_control_frame(0)
+            .is_some_and(|frame| !frame.unreachable);
+        let empty_stack = reachable && validator.operand_stack_height() == 0;
         let way_open = open.last().is_some_and(|&(_, may)| may);
         if kind(i) == Kind::SuspendingCall
             && let Some(&innermost) = open_loops.last()

@@ -372,3 +372,34 @@ fn a_resumed_busy_loop_goes_on_in_the_entered_copy_at_its_next_head() {
     assert_eq!(report.suspensions, 16);
     assert_eq!(report.trapped_in, [10]);
 }
+
+#[test]
+fn a_busy_loop_after_a_branch_gets_no_way_in() {
+    // The loop follows a branch, so nothing reaches it (nor its call), and
+    // the code after it pops an f64 that is not there, which only
+    // unreachable code may. A way in to it would make that code run (found
+    // by wasm-smith, seed 960).
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "sleep" (func $sleep (param i32) (result i32)))
+          (global $g (mut f64) (f64.const 0))
+          (func (export "run") (result i32)
+            (block $out
+              (drop (call $sleep (i32.const 1)))
+              (br $out)
+              (loop $dead (result i32)
+                (block $skip
+                  (br $skip)
+                  (drop (call $sleep (i32.const 2))))
+                (i32.const 5))
+              drop
+              f64.add
+              global.set $g)
+            (i32.const 7)))"#,
+    )
+    .unwrap();
+    let every_loop = options().with_busy_loop_calls(1);
+    let report = differential(&wasm, &every_loop).unwrap().unwrap();
+    assert_eq!(report.suspensions, 1);
+    assert_eq!(report.suspended.outcomes, [Ok(vec![7])]);
+}
