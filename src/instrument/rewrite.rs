@@ -223,8 +223,8 @@ pub(crate) struct Rewritten {
     /// Byte offsets, from the start of the body, of the `if`s that only
     /// unwinding or rewinding enters, for the branch-hint section.
     pub cold_branches: Vec<u32>,
-    /// The room a whole copy needs above `pos` to go back to its running
-    /// version (see [`reentry`]); 0 if it never does.
+    /// The room a whole copy needs above `pos` to leave for its entered
+    /// copy (see [`reentry`]); 0 if it never does.
     pub leave_room: u32,
 }
 
@@ -380,25 +380,17 @@ pub(crate) fn rewrite(
             entries,
         )
     };
-    if let Some(running) = in_place(running_version, &none, new_types)? {
-        let entered = if entries.is_empty() {
-            None
-        } else {
-            in_place(Version::Entered, &entries, new_types)?
-        };
-        if entered.is_some() || entries.is_empty() {
-            return Ok(Versions {
-                running,
-                whole: whole_copy,
-                entered,
-            });
-        }
-    }
-    // The running version keeps the rewritten structure, which has no way
-    // into a loop: the whole copy must not leave for it.
-    let whole_copy = if entries.is_empty() {
+    let running = in_place(running_version, &none, new_types)?;
+    let entered = match running {
+        Some(_) if !entries.is_empty() => in_place(Version::Entered, &entries, new_types)?,
+        _ => None,
+    };
+    let whole_copy = if entered.is_some() || entries.is_empty() {
         whole_copy
     } else {
+        // The running code could not be copied as it is (a call keeps
+        // values outside its innermost block), so there is no entered copy:
+        // the whole copy must not leave for one.
         let version = Version::Whole;
         emit_version(
             &source,
@@ -409,11 +401,11 @@ pub(crate) fn rewrite(
             &none,
         )?
     };
-    let running = match in_place(running_version, &none, new_types)? {
+    let running = match running {
         Some(running) => running,
         None => emit_version(
             &source,
-            validator.clone(),
+            validator,
             additions,
             new_types,
             running_version,
@@ -423,7 +415,7 @@ pub(crate) fn rewrite(
     Ok(Versions {
         running,
         whole: whole_copy,
-        entered: None,
+        entered,
     })
 }
 
@@ -1829,7 +1821,7 @@ impl<'m, 'a> Rewriter<'m, 'a> {
     /// followed by its unwind path, after the body (whose results it
     /// returns first).
     /// Then, in a whole copy with entry loops, the block around them all,
-    /// followed by the path that leaves for the running version.
+    /// followed by the path that leaves for the entered copy.
     fn close_shared_unwinds(&mut self) -> Result<()> {
         if self.shared_unwinds.paths.is_empty() && self.leave_mark.is_none() {
             return Ok(());
