@@ -98,7 +98,7 @@ pub(crate) struct EntryLoops {
     /// The number (from 1) of each entry loop, by its operator index.
     pub numbers: HashMap<usize, u32>,
     /// For each construct on the way to an entry loop (by the operator
-    /// index of its `block`, or [`FUNCTION_BODY`]): the constructs directly
+    /// index of its `block` or `loop`, or [`FUNCTION_BODY`]): the constructs directly
     /// in it that are or hold entry loops, in order, each with the numbers
     /// of the entry loops it holds.
     pub ways_in: HashMap<usize, Vec<(usize, Range<u32>)>>,

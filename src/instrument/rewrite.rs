@@ -313,12 +313,7 @@ pub(crate) fn rewrite(
         validator
     };
     let description = describe();
-    let has_params = |blockty| match blockty {
-        wasmparser::BlockType::FuncType(index) => module.types[index as usize]
-            .as_ref()
-            .is_some_and(|ty| !ty.params().is_empty()),
-        _ => false,
-    };
+    let has_params = |blockty| !block_signature(module, blockty).0.is_empty();
     let entries = reentry::entry_loops(
         &ops,
         module.busy_loop_calls,
@@ -1855,7 +1850,7 @@ impl<'m, 'a> Rewriter<'m, 'a> {
             }
             _ => unreachable!("classified as a construct start"),
         };
-        let (params, results) = self.block_signature(block_type);
+        let (params, results) = block_signature(self.module, block_type);
         let is_if = matches!(op, Operator::If { .. });
         let height = self.height();
         let base = height - params.len() as u32 - is_if as u32;
@@ -1937,19 +1932,6 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         }
     }
 
-    fn block_signature(&self, block_type: wasmparser::BlockType) -> (Vec<ValType>, Vec<ValType>) {
-        match block_type {
-            wasmparser::BlockType::Empty => (vec![], vec![]),
-            wasmparser::BlockType::Type(ty) => (vec![], vec![ty]),
-            wasmparser::BlockType::FuncType(index) => {
-                let ty = self.module.types[index as usize]
-                    .as_ref()
-                    .expect("validated block type");
-                (ty.params().to_vec(), ty.results().to_vec())
-            }
-        }
-    }
-
     /// Translates operator `i`, remapping branch depths to the emitted labels.
     fn translate(&self, i: usize) -> Result<Instruction<'a>> {
         let op = self.ops[i].0.clone();
@@ -1990,6 +1972,23 @@ impl<'m, 'a> Rewriter<'m, 'a> {
     fn depth_of(&self, wanted: Label) -> u32 {
         let position = self.labels.iter().rev().position(|l| *l == wanted);
         position.expect("label is open") as u32
+    }
+}
+
+/// A block type's parameters and results.
+fn block_signature(
+    module: &Analysis,
+    block_type: wasmparser::BlockType,
+) -> (Vec<ValType>, Vec<ValType>) {
+    match block_type {
+        wasmparser::BlockType::Empty => (vec![], vec![]),
+        wasmparser::BlockType::Type(ty) => (vec![], vec![ty]),
+        wasmparser::BlockType::FuncType(index) => {
+            let ty = module.types[index as usize]
+                .as_ref()
+                .expect("validated block type");
+            (ty.params().to_vec(), ty.results().to_vec())
+        }
     }
 }
 
