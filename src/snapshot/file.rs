@@ -549,7 +549,12 @@ fn read_host(r: &mut Reader, version: u32) -> Result<HostSide> {
 fn write_memories(w: &mut Writer, memories: &[MemoryImage], with_pages: bool) -> Result<()> {
     w.len(memories.len())?;
     for (i, m) in memories.iter().enumerate() {
-        check_memory(m).map_err(|e| anyhow::anyhow!("memory {i} cannot be saved: {e}"))?;
+        // Without its pages, only the memory's layout is saved here.
+        let checked = match with_pages {
+            true => check_memory(m),
+            false => check_layout(m),
+        };
+        checked.map_err(|e| anyhow::anyhow!("memory {i} cannot be saved: {e}"))?;
         w.u64(m.page_count);
         if with_pages {
             w.len(m.pages.len())?;
@@ -591,18 +596,21 @@ fn read_memory(r: &mut Reader) -> Result<MemoryImage> {
 /// The invariants of a memory image: a possible size, and whole pages
 /// inside it in strictly ascending order.
 pub(crate) fn check_memory(m: &MemoryImage) -> Result<()> {
+    check_layout(m)?;
+    m.pages.iter().try_for_each(check_page_size)
+}
+
+/// [`check_memory`] but for the pages' sizes: a possible size, and page
+/// indices inside it in strictly ascending order. It reads the page list
+/// only, not a page, so that it costs little per page of a large memory
+/// whose pages are checked where their bytes are written (the store
+/// checks the pages it stores, [`check_page_size`]).
+pub(crate) fn check_layout(m: &MemoryImage) -> Result<()> {
     if m.page_count > MAX_PAGE_COUNT {
         bail!("size of {} pages is beyond any Wasm memory", m.page_count);
     }
     let mut previous: Option<u32> = None;
     for p in &m.pages {
-        if p.data.len() != PAGE_SIZE {
-            bail!(
-                "page {} holds {} bytes, not {PAGE_SIZE}",
-                p.index,
-                p.data.len()
-            );
-        }
         if u64::from(p.index) >= m.page_count {
             bail!(
                 "page {} is beyond its size of {} pages",
@@ -614,6 +622,18 @@ pub(crate) fn check_memory(m: &MemoryImage) -> Result<()> {
             bail!("page {} is out of order", p.index);
         }
         previous = Some(p.index);
+    }
+    Ok(())
+}
+
+/// That a page holds exactly [`PAGE_SIZE`] bytes.
+pub(crate) fn check_page_size(p: &Page) -> Result<()> {
+    if p.data.len() != PAGE_SIZE {
+        bail!(
+            "page {} holds {} bytes, not {PAGE_SIZE}",
+            p.index,
+            p.data.len()
+        );
     }
     Ok(())
 }

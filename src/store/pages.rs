@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use super::sql::{Connection, Dialect, Param, params};
 use super::{InstanceId, Location};
-use crate::snapshot::{MemoryImage, PAGE_SIZE, Page, PageData, PageSource, WeakPage};
+use crate::snapshot::{MemoryImage, PAGE_SIZE, Page, PageData, PageSource, WeakPage, file};
 
 /// zstd level for pages: they are compressed on the path of a suspension,
 /// where speed matters more than the last few percent of size.
@@ -448,6 +448,9 @@ fn plan_page<'a>(
         }
         return Ok(false);
     }
+    // A stored page has its size; a new one is checked before it is named.
+    file::check_page_size(page)
+        .map_err(|e| anyhow::anyhow!("memory {} cannot be saved: {e}", key.0))?;
     plan.pages += 1;
     plan.named.push(NamedPage {
         key,

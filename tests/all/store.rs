@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::backends::{Backend, TestDb, on_both_backends};
 use wasnap::Policy;
 use wasnap::snapshot::{
-    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, PageList,
-    Snapshot, TableImage,
+    Coroutine, CoroutineState, GlobalValue, HostSide, MemoryImage, PAGE_SIZE, Page, PageData,
+    PageList, Snapshot, TableImage,
 };
 use wasnap::store::{
     ArtifactKey, Database, Durability, GcReport, InstanceState, Lease, Outcome, Request,
@@ -549,6 +549,19 @@ fn failed_calls_change_nothing(backend: Backend) {
         .commit_version(&lease, Some(2), &Outcome::Suspended(&bad), b"")
         .map(drop);
     assert!(err.unwrap_err().to_string().contains("out of order"));
+    assert_eq!(db.dump(TABLES), before);
+    // A page of the wrong size is refused before anything is stored.
+    let mut short = step(3);
+    let index = short.memories[0].pages[0].index;
+    short.memories[0]
+        .pages
+        .edit(|pages| pages[0].data = PageData::new(vec![1u8; 10]));
+    expect(
+        store
+            .commit_version(&lease, Some(2), &Outcome::Suspended(&short), b"")
+            .map(drop),
+        &format!("memory 0 cannot be saved: page {index} holds 10 bytes, not 65536"),
+    );
     assert_eq!(db.dump(TABLES), before);
     // A lease that another holder has taken over is no good for commits.
     db.execute("UPDATE instances SET lease_token = lease_token + 1");
