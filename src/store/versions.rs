@@ -369,8 +369,11 @@ impl Database {
                 pages::load(&mut *tx, &list, &mut snapshot.memories).map_err(corrupt)?;
             }
             tx.commit()?;
+            // Each page was checked against its name (so its size) as it was
+            // read, or will be when first used: the list's layout is what is
+            // left to check.
             for m in &snapshot.memories {
-                file::check_memory(m).map_err(corrupt)?;
+                file::check_layout(m).map_err(corrupt)?;
             }
             // A commit resumed from this version will find most of these
             // pages unchanged, shared with the restored workflow.
